@@ -1,0 +1,379 @@
+"""The Spectacles AMQP bridge of one worker, on the worker's own asyncio loop (pika's adapter).
+
+Inbound: every dispatch becomes one persistent publish on the group's durable direct exchange with
+routing key ``t``; publisher confirms are on and every message stays in memory until RabbitMQ
+confirms it, so a lost connection republishes instead of losing (at-least-once). The buffer is
+bounded: callers ``await wait_room()`` before publishing more, which stops the gateway read.
+
+Outbound: the durable queues ``<group>:<shard>`` (one per owned shard) and ``<group>:SEND`` are
+consumed with manual acks; packets are validated (``outbound``), handed to the shard, and acked
+only once written to the socket. A SEND packet for a shard of another process is republished
+with routing key ``<shard>`` and acked once RabbitMQ confirmed that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+from . import outbound, spectacles
+from .gateway.backoff import exponential_backoff
+from .logs import mask_url
+
+log = logging.getLogger("shard_worker.broker")
+
+DEFAULT_MAX_BUFFERED = 10_000
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
+#: ``on_packet(shard_id, packet, ack)``: send ``packet`` on that shard, then call ``ack()``.
+PacketHandler = Callable[[int, outbound.Packet, Callable[[], None]], None]
+
+
+class _Entry:
+    """One message waiting for RabbitMQ's confirm."""
+
+    __slots__ = ("shard_id", "session_id", "seq", "routing_key", "body", "props", "tag", "acked", "done", "on_confirm")
+
+    def __init__(self, shard_id, session_id, seq, routing_key, body, props, on_confirm=None):
+        self.shard_id = shard_id
+        self.session_id = session_id
+        self.seq = seq
+        self.routing_key = routing_key
+        self.body = body
+        self.props = props
+        self.tag = 0
+        self.acked = False
+        self.done = False
+        self.on_confirm = on_confirm
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+class AmqpBridge:
+    def __init__(
+        self,
+        url: str,
+        group: str,
+        shard_ids: list[int],
+        shard_count: int,
+        on_packet: PacketHandler,
+        *,
+        prefetch: int = 100,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    ) -> None:
+        self.url = url
+        self.group = group
+        self.shard_ids = list(shard_ids)
+        self._local = set(shard_ids)
+        self.shard_count = shard_count
+        self.on_packet = on_packet
+        self.prefetch = prefetch
+        self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
+
+        self._conn: AsyncioConnection | None = None
+        self._pub: Any = None  # the confirm channel
+        self._sub: Any = None  # the consumer channel
+        self._next_tag = 0
+        self._inflight: deque[_Entry] = deque()  # published on the current channel, unconfirmed
+        self._backlog: deque[_Entry] = deque()  # waiting for a channel
+        self._by_shard: dict[int, deque[_Entry]] = {s: deque() for s in shard_ids}
+        self._buffered_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.connected = asyncio.Event()
+        self._closed_unexpectedly: asyncio.Future | None = None
+        self._queue_of_consumer: dict[str, int | None] = {}
+        self._stopping = False
+        self.blocked = False
+        self.stats: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    # -- publishing (hot path) ----------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        return len(self._inflight) + len(self._backlog)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered_bytes
+
+    def has_room(self) -> bool:
+        return self._room.is_set()
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
+
+    def publish_event(self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes) -> None:
+        """Publish one dispatch's ``d`` (already JSON) with routing key ``t``."""
+        props = pika.BasicProperties(
+            content_type=spectacles.CONTENT_TYPE,
+            delivery_mode=spectacles.PERSISTENT,
+            message_id=spectacles.message_id(shard_id, session_id, seq),
+            headers={spectacles.SHARD_HEADER: shard_id},
+        )
+        entry = _Entry(shard_id, session_id, seq, t, body, props)
+        self._by_shard[shard_id].append(entry)
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._buffered_bytes += len(entry.body)
+        self._empty.clear()
+        if self.buffered + 1 >= self.max_buffered or self._buffered_bytes >= self.max_buffered_bytes:
+            self._room.clear()
+        if self._pub is not None and not self._backlog:
+            self._send(entry)
+        else:
+            self._backlog.append(entry)
+
+    def _send(self, entry: _Entry) -> None:
+        self._pub.basic_publish(self.group, entry.routing_key, entry.body, entry.props)
+        self._next_tag += 1
+        entry.tag = self._next_tag
+        self._inflight.append(entry)
+        self.stats["published"] += 1
+
+    def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
+        """The lowest seq of ``session_id`` not yet confirmed by RabbitMQ, if any."""
+        for entry in self._by_shard.get(shard_id, ()):
+            if not entry.done and entry.session_id == session_id and entry.seq is not None:
+                return entry.seq
+        return None
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        inflight = self._inflight
+        if not inflight:
+            return
+        if method.multiple:
+            while inflight and inflight[0].tag <= tag:
+                self._settle(inflight.popleft(), nack)
+        else:
+            index = tag - inflight[0].tag
+            if 0 <= index < len(inflight):
+                inflight[index].acked = True
+                inflight[index].done = nack  # marks a nack for _settle below
+            while inflight and inflight[0].acked:
+                entry = inflight.popleft()
+                self._settle(entry, entry.done)
+        if self._backlog and self._pub is not None:
+            self._flush_backlog()
+
+    def _settle(self, entry: _Entry, nack: bool) -> None:
+        if nack:
+            # RabbitMQ could not take it: publish again (at-least-once).
+            entry.acked = entry.done = False
+            self.stats["nacked"] += 1
+            self._backlog.append(entry)
+            return
+        entry.done = True
+        self.stats["confirmed"] += 1
+        self._buffered_bytes -= len(entry.body)
+        if entry.on_confirm is not None:
+            entry.on_confirm()
+        else:
+            per_shard = self._by_shard[entry.shard_id]
+            while per_shard and per_shard[0].done:
+                per_shard.popleft()
+        if not self._room.is_set() and self.buffered < self.max_buffered and self._buffered_bytes < self.max_buffered_bytes:
+            self._room.set()
+        if not self._inflight and not self._backlog:
+            self._empty.set()
+
+    def _flush_backlog(self) -> None:
+        while self._backlog and self._pub is not None:
+            self._send(self._backlog.popleft())
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every buffered message is confirmed; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- consuming ----------------------------------------------------------------------------
+    def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        source = self._queue_of_consumer.get(method.consumer_tag)
+        tag = method.delivery_tag
+        try:
+            if source is None:  # the SEND queue
+                routed = outbound.parse_send(body, self.shard_count)
+                shard_id, packet = routed.shard_id, routed.packet
+            else:
+                shard_id, packet = source, outbound.parse_shard_packet(body)
+        except outbound.Rejected as exc:
+            self.rejected[exc.reason] += 1
+            log.warning("rejected outbound message from %s: %s", self._queue_label(source), exc)
+            channel.basic_reject(tag, requeue=False)
+            return
+        ack = self._acker(channel, tag)
+        if shard_id in self._local:
+            self.stats["outbound_received"] += 1
+            self.on_packet(shard_id, packet, ack)
+        else:
+            self.stats["send_rerouted"] += 1
+            props = pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
+            entry = _Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), props, ack)
+            self._enqueue(entry)
+
+    def _queue_label(self, source: int | None) -> str:
+        return spectacles.send_queue(self.group) if source is None else spectacles.shard_queue(self.group, source)
+
+    def _acker(self, channel: Any, tag: int) -> Callable[[], None]:
+        def ack() -> None:
+            # A message from a channel that has since closed is redelivered by RabbitMQ; acking it
+            # on the new channel would be a protocol error, so it is dropped here.
+            if channel is self._sub and channel.is_open:
+                channel.basic_ack(tag)
+
+        return ack
+
+    # -- connection lifecycle -----------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, declare, consume; reconnect with backoff until ``stop``."""
+        delays = exponential_backoff(base=1.0, cap=30.0)
+        while not self._stopping:
+            try:
+                await self._connect_once()
+            except (BrokerError, pika.exceptions.AMQPError, OSError) as exc:
+                if self._stopping:
+                    break
+                self._drop_channels()
+                delay = next(delays)
+                log.warning("RabbitMQ %s unavailable (%s); retrying in %.1f s", mask_url(self.url), exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            delays = exponential_backoff(base=1.0, cap=30.0)
+            log.info("RabbitMQ %s connected; exchange %r, %d shard queues", mask_url(self.url), self.group, len(self.shard_ids))
+            reason = await self._closed_unexpectedly  # type: ignore[misc]
+            self._drop_channels()
+            if not self._stopping:
+                log.warning("RabbitMQ connection lost (%s); reconnecting", reason)
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future = loop.create_future()
+        self._closed_unexpectedly = loop.create_future()
+
+        def on_open(conn: Any) -> None:
+            if not opened.done():
+                opened.set_result(conn)
+
+        def on_open_error(conn: Any, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(BrokerError(str(exc) or type(exc).__name__))
+
+        def on_close(conn: Any, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(BrokerError(str(exc) or type(exc).__name__))
+            fut = self._closed_unexpectedly
+            if fut is not None and not fut.done():
+                fut.set_result(str(exc))
+
+        params = pika.URLParameters(self.url)
+        conn = AsyncioConnection(params, on_open, on_open_error, on_close, custom_ioloop=loop)
+        self._conn = conn
+        await opened
+        conn.add_on_connection_blocked_callback(self._on_blocked)
+        conn.add_on_connection_unblocked_callback(self._on_unblocked)
+        try:
+            pub = await self._open_channel(conn)
+            await self._call(pub.exchange_declare, exchange=self.group, exchange_type=spectacles.EXCHANGE_TYPE, durable=True)
+            await self._call(pub.confirm_delivery, self._on_confirm)
+            sub = await self._open_channel(conn)
+            await self._call(sub.basic_qos, prefetch_count=self.prefetch)
+            queues: list[tuple[str, str, int | None]] = [
+                (spectacles.shard_queue(self.group, s), spectacles.shard_routing_key(s), s) for s in self.shard_ids
+            ]
+            queues.append((spectacles.send_queue(self.group), spectacles.SEND_EVENT, None))
+            for queue, key, _ in queues:
+                await self._call(sub.queue_declare, queue=queue, durable=True)
+                await self._call(sub.queue_bind, queue=queue, exchange=self.group, routing_key=key)
+        except BaseException:
+            if conn.is_open:
+                conn.close()
+            raise
+        self._queue_of_consumer.clear()
+        for queue, _, source in queues:
+            consumer_tag = sub.basic_consume(queue, self._on_message)
+            self._queue_of_consumer[consumer_tag] = source
+        self._next_tag = 0
+        self._pub, self._sub = pub, sub
+        self.connected.set()
+        self._flush_backlog()
+
+    async def _open_channel(self, conn: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        channel = conn.channel(on_open_callback=lambda ch: fut.done() or fut.set_result(ch))
+        channel.add_on_close_callback(self._on_channel_closed)
+        self._channel_waiters = fut
+        return await fut
+
+    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one pika RPC and wait for its reply (or for its channel to close)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._channel_waiters = fut
+        method(*args, callback=lambda frame: fut.done() or fut.set_result(frame), **kwargs)
+        return await fut
+
+    def _on_channel_closed(self, channel: Any, exc: BaseException) -> None:
+        waiter = getattr(self, "_channel_waiters", None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(BrokerError(f"channel closed: {exc}"))
+        if channel is self._pub or channel is self._sub:
+            # A channel error (e.g. a PRECONDITION_FAILED) takes the whole connection down; run()
+            # then reconnects and republishes what was unconfirmed.
+            fut = self._closed_unexpectedly
+            if fut is not None and not fut.done():
+                fut.set_result(f"channel closed: {exc}")
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+
+    def _drop_channels(self) -> None:
+        """The connection is gone: unconfirmed messages go back to the front of the backlog."""
+        self.connected.clear()
+        self._pub = self._sub = None
+        if self._inflight:
+            self.stats["republished"] += len(self._inflight)
+            for entry in self._inflight:
+                entry.acked = False
+            self._backlog.extendleft(reversed(self._inflight))
+            self._inflight.clear()
+
+    def _on_blocked(self, conn: Any, frame: Any) -> None:
+        self.blocked = True
+        log.warning("RabbitMQ blocked the connection (%s); publishes wait", getattr(frame.method, "reason", ""))
+
+    def _on_unblocked(self, conn: Any, frame: Any) -> None:
+        self.blocked = False
+        log.info("RabbitMQ unblocked the connection")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        fut = self._closed_unexpectedly
+        if fut is not None and not fut.done():
+            fut.set_result("stopping")
+        conn = self._conn
+        if conn is not None and not (conn.is_closed or conn.is_closing):
+            closed = asyncio.get_running_loop().create_future()
+            conn.add_on_close_callback(lambda c, e: closed.done() or closed.set_result(None))
+            conn.close()
+            try:
+                await asyncio.wait_for(closed, 5.0)
+            except asyncio.TimeoutError:
+                log.warning("RabbitMQ connection did not close in time")
+        self._drop_channels()

@@ -1,0 +1,82 @@
+"""What one worker process needs to run its group of shards.
+
+The supervisor (or a user running ``python -m shard_worker`` alone) builds a :class:`WorkerConfig`.
+It crosses the process boundary as JSON in the environment variable ``SPECTACLES_WORKER_CONFIG``;
+the token never travels with it: it comes from ``DISCORD_TOKEN`` in the child's environment, so it
+is never in argv, a process title or an IPC message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+CONFIG_ENV = "SPECTACLES_WORKER_CONFIG"
+TOKEN_ENV = "DISCORD_TOKEN"
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+DEFAULT_GROUP = "gateway"
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    """What a shard needs to RESUME instead of IDENTIFY."""
+
+    session_id: str
+    seq: int | None
+    resume_gateway_url: str
+
+
+@dataclass
+class WorkerConfig:
+    shard_ids: list[int]
+    shard_count: int
+    gateway_url: str
+    token: str = field(default="", repr=False)
+    amqp_url: str = DEFAULT_AMQP_URL
+    group: str = DEFAULT_GROUP
+    #: Only these dispatch types are published; ``None`` publishes every dispatch.
+    events: frozenset[str] | None = None
+    intents: int = 0
+    compress: bool = True
+    max_concurrency: int = 1
+    large_threshold: int | None = None
+    presence: dict | None = None
+    #: Unacknowledged outbound messages the worker takes from RabbitMQ at once.
+    prefetch: int = 100
+    log_level: str = "INFO"
+    #: Sessions to resume, by shard id (a replacement process gets its predecessor's).
+    sessions: dict[int, SavedSession] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise everything but the token."""
+        data = dataclasses.asdict(self)
+        del data["token"]
+        data["events"] = sorted(self.events) if self.events is not None else None
+        data["sessions"] = {str(k): dataclasses.asdict(v) for k, v in self.sessions.items()}
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str, token: str) -> WorkerConfig:
+        data = json.loads(text)
+        events = data.pop("events")
+        sessions = data.pop("sessions", {}) or {}
+        return cls(
+            **data,
+            token=token,
+            events=frozenset(events) if events is not None else None,
+            sessions={int(k): SavedSession(**v) for k, v in sessions.items()},
+        )
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> WorkerConfig:
+        env = os.environ if environ is None else environ
+        try:
+            text = env[CONFIG_ENV]
+        except KeyError:
+            raise SystemExit(f"{CONFIG_ENV} is not set: the worker needs its configuration") from None
+        token = env.get(TOKEN_ENV, "")
+        if not token:
+            raise SystemExit(f"{TOKEN_ENV} is not set: the worker needs the bot token")
+        return cls.from_json(text, token)

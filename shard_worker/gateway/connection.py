@@ -1,0 +1,328 @@
+"""The I/O driver of one shard: a websocket, a clock and the broker around a ``ShardMachine``.
+
+Per connection three small tasks run: the reader (frames → machine → publishes), the timer
+(heartbeats, zombie and HELLO deadlines) and, once the session is ready, the sender (outbound
+packets within Discord's send window). A connection's tasks simply end when the socket closes;
+``run`` then asks the machine how to go on (resume, identify anew, or stop for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from .. import jsonlib
+from ..outbound import Packet
+from .backoff import exponential_backoff
+from .protocol import IDENTIFY_INTERVAL_S, RESUMABLE_CLOSE, identify_bucket
+from .send_window import SendWindow
+from .state import (
+    CloseConnection,
+    Dispatch,
+    Fatal,
+    Phase,
+    Reconnect,
+    RequestIdentify,
+    Send,
+    SessionReady,
+    ShardMachine,
+)
+
+log = logging.getLogger("shard_worker.shard")
+
+#: Largest websocket message accepted (uncompressed READY payloads of big bots are large).
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+CONNECT_TIMEOUT_S = 15.0
+CLOSE_TIMEOUT_S = 3.0
+#: Keep a little margin over Discord's 5 s so that two identifies of a bucket never arrive closer.
+IDENTIFY_MARGIN_S = 0.25
+
+
+class IdentifyGate(Protocol):
+    async def acquire(self, shard_id: int) -> None:
+        """Return once this shard may send IDENTIFY now."""
+
+
+class Publisher(Protocol):
+    def publish_event(self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes) -> None: ...
+    def has_room(self) -> bool: ...
+    async def wait_room(self) -> None: ...
+
+
+class LocalIdentifyGate:
+    """One IDENTIFY per ``interval`` per bucket ``shard_id % max_concurrency``, in one process."""
+
+    def __init__(self, max_concurrency: int, interval: float = IDENTIFY_INTERVAL_S + IDENTIFY_MARGIN_S) -> None:
+        self.max_concurrency = max(1, max_concurrency)
+        self.interval = interval
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._last: dict[int, float] = {}
+
+    async def acquire(self, shard_id: int) -> None:
+        bucket = identify_bucket(shard_id, self.max_concurrency)
+        lock = self._locks.setdefault(bucket, asyncio.Lock())
+        async with lock:
+            loop = asyncio.get_running_loop()
+            last = self._last.get(bucket)
+            if last is not None:
+                wait = last + self.interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._last[bucket] = loop.time()
+
+
+class Outbox:
+    """Packets waiting for a shard's socket; a packet that failed to go is put back in front."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Packet, Callable[[], None]]] = deque()
+        self._event = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, packet: Packet, ack: Callable[[], None]) -> None:
+        self._items.append((packet, ack))
+        self._event.set()
+
+    def put_back(self, item: tuple[Packet, Callable[[], None]]) -> None:
+        self._items.appendleft(item)
+        self._event.set()
+
+    async def get(self) -> tuple[Packet, Callable[[], None]]:
+        while not self._items:
+            self._event.clear()
+            await self._event.wait()
+        return self._items.popleft()
+
+
+class ShardRunner:
+    """Keeps one shard connected until stopped or a fatal close."""
+
+    def __init__(
+        self,
+        machine: ShardMachine,
+        gateway: str,
+        publisher: Publisher,
+        gate: IdentifyGate,
+        *,
+        events: frozenset[str] | None = None,
+        on_state: Callable[[ShardRunner, str], None] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.shard_id = machine.shard_id
+        self.gateway = gateway
+        self.publisher = publisher
+        self.gate = gate
+        self.events = events
+        self.on_state = on_state or (lambda runner, state: None)
+        self.outbox = Outbox()
+        self.ready = asyncio.Event()
+        self.fatal: Fatal | None = None
+        self._ws: ClientConnection | None = None
+        self._window = SendWindow()
+        self._stopping = False
+        self._backoff = exponential_backoff()
+        self._wake = asyncio.Event()
+        self._closing: set[asyncio.Task] = set()
+        # counters (reported over IPC and in status)
+        self.received = 0
+        self.published = 0
+        self.filtered = 0
+        self.reconnects = 0
+        self.identifies = 0
+        self.resumes = 0
+        self.sent = 0
+
+    @property
+    def state(self) -> str:
+        return self.machine.phase.value
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> Fatal | None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            url = self.machine.connect_url(self.gateway)
+            self.on_state(self, "connecting")
+            try:
+                ws = await connect(
+                    url,
+                    compression=None,
+                    max_size=MAX_FRAME_BYTES,
+                    ping_interval=None,  # Discord heartbeats are the liveness check
+                    open_timeout=CONNECT_TIMEOUT_S,
+                    close_timeout=CLOSE_TIMEOUT_S,
+                    user_agent_header="DiscordBot (spectacles-supervisor, 0.1)",
+                )
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                delay = next(self._backoff)
+                log.warning("shard %d: cannot connect to %s (%s); retry in %.1f s", self.shard_id, url, type(exc).__name__, delay)
+                await self._sleep(delay)
+                continue
+            if self._stopping:
+                await ws.close(RESUMABLE_CLOSE)
+                break
+            self._ws = ws
+            self._window = SendWindow()
+            self.machine.on_connect(loop.time())
+            decision = await self._serve(ws)
+            self._ws = None
+            self.ready.clear()
+            if isinstance(decision, Fatal):
+                self.fatal = decision
+                log.error("shard %d: fatal close %s; not reconnecting", self.shard_id, decision.reason)
+                self.on_state(self, "fatal")
+                return decision
+            if self._stopping:
+                break
+            self.reconnects += 1
+            delay = max(decision.delay, next(self._backoff))
+            log.info(
+                "shard %d: %s; %s in %.1f s",
+                self.shard_id,
+                decision.reason,
+                "resuming" if decision.resume else "identifying anew",
+                delay,
+            )
+            self.on_state(self, "disconnected")
+            await self._sleep(delay)
+        self.on_state(self, "stopped")
+        return None
+
+    async def stop(self) -> None:
+        """Close with a code that keeps the session resumable, and return from ``run``."""
+        self._stopping = True
+        ws = self._ws
+        for action in self.machine.stop():
+            if isinstance(action, CloseConnection) and ws is not None:
+                await self._close(ws, action)
+        self._wake.set()
+
+    async def _sleep(self, delay: float) -> None:
+        if delay <= 0:
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- one connection -----------------------------------------------------------------------
+    async def _serve(self, ws: ClientConnection) -> Reconnect | Fatal:
+        timer = asyncio.create_task(self._timer(ws), name=f"shard-{self.shard_id}-timer")
+        tasks: list[asyncio.Task] = [timer]
+        try:
+            await self._read(ws, tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.machine.on_close(ws.close_code if ws.close_code is not None else 1006)
+
+    async def _read(self, ws: ClientConnection, tasks: list[asyncio.Task]) -> None:
+        machine = self.machine
+        publisher = self.publisher
+        events = self.events
+        shard_id = self.shard_id
+        time = asyncio.get_running_loop().time
+        dumps_bytes = jsonlib.dumps_bytes
+        try:
+            async for frame in ws:
+                for action in machine.receive(frame, time()):
+                    if type(action) is Dispatch:
+                        self.received += 1
+                        if events is not None and action.t not in events:
+                            self.filtered += 1
+                            continue
+                        publisher.publish_event(shard_id, machine.session_id, action.t, action.seq, dumps_bytes(action.d))
+                        self.published += 1
+                        if not publisher.has_room():
+                            await publisher.wait_room()
+                    else:
+                        await self._act(ws, action, tasks)
+        except websockets.exceptions.ConnectionClosed:
+            pass
+
+    async def _act(self, ws: ClientConnection, action: object, tasks: list[asyncio.Task]) -> None:
+        if type(action) is Send:
+            await self._send_control(ws, action)
+        elif type(action) is CloseConnection:
+            # Not awaited here: the reader keeps draining frames (ignored now) so that the
+            # server's close frame is seen promptly; the read loop ends when the socket closes.
+            task = asyncio.create_task(self._close(ws, action))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        elif type(action) is RequestIdentify:
+            tasks.append(asyncio.create_task(self._identify(ws, tasks), name=f"shard-{self.shard_id}-identify"))
+        elif type(action) is SessionReady:
+            self._backoff = exponential_backoff()
+            if action.resumed:
+                self.resumes += 1
+            log.info("shard %d: %s (session %s)", self.shard_id, "resumed" if action.resumed else "ready", action.session_id)
+            self.ready.set()
+            self.on_state(self, "ready")
+            tasks.append(asyncio.create_task(self._sender(ws), name=f"shard-{self.shard_id}-sender"))
+
+    async def _send_control(self, ws: ClientConnection, action: Send) -> None:
+        self._window.record(asyncio.get_running_loop().time())
+        try:
+            await ws.send(action.text)
+        except websockets.exceptions.ConnectionClosed:
+            pass
+
+    async def _close(self, ws: ClientConnection, action: CloseConnection) -> None:
+        log.info("shard %d: closing (%d %s)", self.shard_id, action.code, action.reason)
+        try:
+            await ws.close(action.code, action.reason)
+        except Exception:  # noqa: BLE001 - the socket may already be gone; the outcome is the same
+            log.debug("shard %d: close failed", self.shard_id, exc_info=True)
+
+    async def _timer(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        machine = self.machine
+        while True:
+            deadline = machine.next_deadline
+            now = loop.time()
+            if deadline is None or deadline > now:
+                await asyncio.sleep(1.0 if deadline is None else min(1.0, deadline - now))
+                continue
+            for action in machine.on_timer(now):
+                await self._act(ws, action, [])
+
+    async def _identify(self, ws: ClientConnection, tasks: list[asyncio.Task]) -> None:
+        self.on_state(self, "identifying")
+        await self.gate.acquire(self.shard_id)
+        if ws.close_code is not None or self.machine.phase is not Phase.IDENTIFYING:
+            return
+        self.identifies += 1
+        for action in self.machine.identify_granted(asyncio.get_running_loop().time()):
+            await self._act(ws, action, tasks)
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self.outbox.get()
+            packet, ack = item
+            delay = self._window.delay(loop.time())
+            if delay > 0:
+                self.outbox.put_back(item)
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await ws.send(packet.text)
+            except (websockets.exceptions.ConnectionClosed, asyncio.CancelledError):
+                self.outbox.put_back(item)
+                raise
+            self._window.record(loop.time())
+            self.sent += 1
+            ack()
+
+    def send(self, packet: Packet, ack: Callable[[], None]) -> None:
+        """Queue an outbound packet; it goes out once the session is ready, then is acked."""
+        self.outbox.put(packet, ack)

@@ -1,0 +1,363 @@
+"""The gateway state of one shard, without I/O: frames in, actions out.
+
+The driver (``shard_worker.gateway.connection``) owns the socket and the clock; it feeds this
+machine every received frame (``receive``), calls ``on_timer`` when ``next_deadline`` passes,
+tells it when an IDENTIFY was granted, and when the socket closed (``on_close``). The machine
+answers with actions: payloads to send, dispatches to publish, a close to perform, or a verdict
+on how to reconnect. Every Discord rule about the session lives here, so it is tested with
+literal payloads and a fake clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import jsonlib
+from ..config import SavedSession
+from .inflate import InflateError, ZlibStreamInflater
+from .protocol import (
+    INVALID_SESSION_WAIT_S,
+    MAX_PAYLOAD_BYTES,
+    RESUMABLE_CLOSE,
+    CloseAction,
+    Op,
+    close_action,
+    describe_close,
+    gateway_url,
+)
+
+#: If HELLO does not arrive this long after the socket opened, drop the connection.
+HELLO_TIMEOUT_S = 20.0
+IDENTIFY_PROPERTIES = {"os": "linux", "browser": "spectacles-supervisor", "device": "spectacles-supervisor"}
+
+
+class Phase(enum.Enum):
+    DISCONNECTED = "disconnected"
+    AWAITING_HELLO = "connecting"
+    IDENTIFYING = "identifying"
+    RESUMING = "resuming"
+    READY = "ready"
+    CLOSING = "closing"
+    FATAL = "fatal"
+
+
+# -- actions ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write this text frame. Control payloads (heartbeat, identify, resume) may use the reserve."""
+
+    text: str = field(repr=False)  # IDENTIFY and RESUME carry the token
+    op: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """An op-0 event to publish: ``d`` is already decoded."""
+
+    t: str
+    seq: int | None
+    d: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIdentify:
+    """Ask the identify gate; call ``identify_granted`` once it admits this shard."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close the socket with ``code``; then call ``on_close``."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReady:
+    """The session is usable (READY or RESUMED); reset backoff, start sending commands."""
+
+    resumed: bool
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Open a new connection after ``delay`` s; ``resume`` tells whether the session survives."""
+
+    resume: bool
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """Never reconnect this shard: ``code`` says why (bad token, shard, intents...)."""
+
+    code: int
+    reason: str
+
+
+def _is_ws_url(url: Any) -> bool:
+    """A ``resume_gateway_url`` we can connect to later (anything else: identify anew)."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("ws", "wss") and bool(parts.netloc)
+
+
+class ShardMachine:
+    """Protocol state of one shard across all its connections."""
+
+    def __init__(
+        self,
+        shard_id: int,
+        shard_count: int,
+        token: str,
+        *,
+        intents: int = 0,
+        compress: bool = True,
+        large_threshold: int | None = None,
+        presence: dict | None = None,
+        session: SavedSession | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.shard_id = shard_id
+        self.shard_count = shard_count
+        self._token = token
+        self.intents = intents
+        self.compress = compress
+        self.large_threshold = large_threshold
+        self.presence = presence
+        self._rng = rng
+
+        # Session state: survives reconnects while resumable.
+        self.session_id: str | None = session.session_id if session else None
+        self.seq: int | None = session.seq if session else None
+        self.resume_url: str | None = session.resume_gateway_url if session else None
+
+        # Connection state: reset by on_connect.
+        self.phase = Phase.DISCONNECTED
+        self.heartbeat_interval: float | None = None
+        self._next_heartbeat: float | None = None
+        self._hello_deadline: float | None = None
+        self._acked = True
+        self._last_heartbeat_sent: float | None = None
+        self.latency: float | None = None
+        self._inflater: ZlibStreamInflater | None = None
+        self._pending_close: Reconnect | Fatal | None = None
+        if presence is not None:
+            # Fail at start-up, not at the first IDENTIFY, if the presence cannot fit.
+            self.phase = Phase.IDENTIFYING
+            self.identify_granted(0.0)
+            self.phase = Phase.DISCONNECTED
+
+    # -- queries ------------------------------------------------------------------------------
+    @property
+    def resumable(self) -> bool:
+        return self.session_id is not None and self.resume_url is not None
+
+    def saved_session(self) -> SavedSession | None:
+        if self.session_id is None or self.resume_url is None:
+            return None
+        return SavedSession(self.session_id, self.seq, self.resume_url)
+
+    def connect_url(self, gateway: str) -> str:
+        """Where the next connection goes: the resume URL while the session is resumable."""
+        base = self.resume_url if self.resumable else gateway
+        return gateway_url(base, compress=self.compress)  # type: ignore[arg-type]
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest time ``on_timer`` has something to do."""
+        if self._hello_deadline is not None:
+            return self._hello_deadline
+        return self._next_heartbeat
+
+    # -- inputs -------------------------------------------------------------------------------
+    def on_connect(self, now: float) -> None:
+        """A new socket is open: per-connection state starts afresh."""
+        self.phase = Phase.AWAITING_HELLO
+        self.heartbeat_interval = None
+        self._next_heartbeat = None
+        self._hello_deadline = now + HELLO_TIMEOUT_S
+        self._acked = True
+        self._last_heartbeat_sent = None
+        self._inflater = ZlibStreamInflater() if self.compress else None
+        self._pending_close = None
+
+    def receive(self, frame: bytes | str, now: float) -> list:
+        """Handle one websocket message. A bad frame never raises: it ends in a resume."""
+        if self.phase in (Phase.CLOSING, Phase.DISCONNECTED, Phase.FATAL):
+            return []
+        try:
+            if isinstance(frame, bytes):
+                if self._inflater is None:
+                    text = frame  # uncompressed binary JSON: allowed, decode as is
+                else:
+                    text = self._inflater.feed(frame)
+                    if text is None:
+                        return []
+            else:
+                text = frame
+            payload = jsonlib.loads(text)
+            op = payload["op"]
+        except (InflateError, ValueError, TypeError, KeyError) as exc:
+            return self._close(RESUMABLE_CLOSE, f"bad frame: {type(exc).__name__}", resume=True)
+        if op == Op.DISPATCH:
+            return self._on_dispatch(payload)
+        return self._on_control(op, payload.get("d"), now)
+
+    def _on_dispatch(self, payload: dict) -> list:
+        seq = payload.get("s")
+        t = payload.get("t")
+        d = payload.get("d")
+        if type(seq) is int and 0 <= seq < 2**63:  # a huge seq would make heartbeats unsendable
+            if self.seq is None or seq > self.seq:
+                self.seq = seq
+        if type(t) is not str:
+            return []  # a dispatch without a name cannot be routed; seq is still counted
+        if t == "READY" and isinstance(d, dict):
+            sid, url = d.get("session_id"), d.get("resume_gateway_url")
+            self.session_id = sid if isinstance(sid, str) else None
+            self.resume_url = url if _is_ws_url(url) else None
+            self.phase = Phase.READY
+            return [Dispatch(t, seq, d), SessionReady(False, self.session_id or "")]
+        if t == "RESUMED":
+            self.phase = Phase.READY
+            return [Dispatch(t, seq, d), SessionReady(True, self.session_id or "")]
+        return [Dispatch(t, seq, d)]
+
+    def _on_control(self, op: Any, d: Any, now: float) -> list:
+        if op == Op.HEARTBEAT_ACK:
+            self._acked = True
+            if self._last_heartbeat_sent is not None:
+                self.latency = now - self._last_heartbeat_sent
+            return []
+        if op == Op.HEARTBEAT:
+            return [self._heartbeat(now)]
+        if op == Op.HELLO:
+            return self._on_hello(d, now)
+        if op == Op.RECONNECT:
+            return self._close(RESUMABLE_CLOSE, "server asked to reconnect (op 7)", resume=True)
+        if op == Op.INVALID_SESSION:
+            if d is True and self.resumable:
+                return self._close(RESUMABLE_CLOSE, "invalid session (resumable)", resume=True)
+            self._forget_session()
+            lo, hi = INVALID_SESSION_WAIT_S
+            return self._close(
+                RESUMABLE_CLOSE,
+                "invalid session: identify anew",
+                resume=False,
+                delay=lo + self._rng() * (hi - lo),
+            )
+        return []  # ops we do not know are ignored: Discord may add some
+
+    def _on_hello(self, d: Any, now: float) -> list:
+        if self.phase is not Phase.AWAITING_HELLO:
+            return []
+        try:
+            interval = float(d["heartbeat_interval"]) / 1000.0
+            if not 0 < interval < math.inf:
+                raise ValueError
+        except (TypeError, KeyError, ValueError, OverflowError):
+            return self._close(RESUMABLE_CLOSE, "bad HELLO", resume=True)
+        self.heartbeat_interval = interval
+        self._hello_deadline = None
+        self._next_heartbeat = now + interval * self._rng()
+        if self.resumable:
+            self.phase = Phase.RESUMING
+            return [self._encode(Op.RESUME, {"token": self._token, "session_id": self.session_id, "seq": self.seq})]
+        self.phase = Phase.IDENTIFYING
+        self._forget_session()  # a new session: its seq starts afresh
+        return [RequestIdentify()]
+
+    def identify_granted(self, now: float) -> list:
+        """The identify gate admitted this shard: send IDENTIFY (if still on the same socket)."""
+        if self.phase is not Phase.IDENTIFYING:
+            return []
+        d: dict[str, Any] = {
+            "token": self._token,
+            "properties": IDENTIFY_PROPERTIES,
+            "intents": self.intents,
+            "shard": [self.shard_id, self.shard_count],
+        }
+        if self.large_threshold is not None:
+            d["large_threshold"] = self.large_threshold
+        if self.presence is not None:
+            d["presence"] = self.presence
+        return [self._encode(Op.IDENTIFY, d)]
+
+    def on_timer(self, now: float) -> list:
+        """Heartbeat when due; a heartbeat still unacknowledged at the next one means zombie."""
+        if self._hello_deadline is not None and now >= self._hello_deadline:
+            return self._close(RESUMABLE_CLOSE, "no HELLO", resume=True)
+        if self._next_heartbeat is None or now < self._next_heartbeat:
+            return []
+        if not self._acked:
+            return self._close(RESUMABLE_CLOSE, "zombie connection: heartbeat not acknowledged", resume=True)
+        self._acked = False
+        self._next_heartbeat = now + self.heartbeat_interval  # type: ignore[operator]
+        return [self._heartbeat(now)]
+
+    def on_close(self, code: int | None) -> Reconnect | Fatal:
+        """The socket is closed (by us with a pending decision, or by the server with ``code``)."""
+        self._next_heartbeat = None
+        self._hello_deadline = None
+        self._inflater = None
+        decision = self._pending_close
+        self._pending_close = None
+        if decision is None:
+            action = close_action(code)
+            reason = f"closed by server: {describe_close(code)}"
+            if action is CloseAction.FATAL:
+                decision = Fatal(code, reason)  # type: ignore[arg-type]
+            elif action is CloseAction.REIDENTIFY:
+                self._forget_session()
+                decision = Reconnect(False, 0.0, reason)
+            else:
+                decision = Reconnect(self.resumable, 0.0, reason)
+        if isinstance(decision, Fatal):
+            self.phase = Phase.FATAL
+        else:
+            self.phase = Phase.DISCONNECTED
+            if decision.resume and not self.resumable:
+                decision = Reconnect(False, decision.delay, decision.reason)
+        return decision
+
+    def stop(self) -> list:
+        """Close for a shutdown that keeps the session resumable (a handoff or restart)."""
+        if self.phase in (Phase.DISCONNECTED, Phase.FATAL, Phase.CLOSING):
+            return []
+        return self._close(RESUMABLE_CLOSE, "shutting down (session kept)", resume=True)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _heartbeat(self, now: float) -> Send:
+        self._last_heartbeat_sent = now
+        return self._encode(Op.HEARTBEAT, self.seq)
+
+    def _encode(self, op: int, d: Any) -> Send:
+        text = jsonlib.dumps({"op": op, "d": d})
+        if len(text.encode()) > MAX_PAYLOAD_BYTES:  # only a huge presence could do this
+            raise ValueError(f"op {op} payload over {MAX_PAYLOAD_BYTES} bytes")
+        return Send(text, op)
+
+    def _forget_session(self) -> None:
+        self.session_id = None
+        self.resume_url = None
+        self.seq = None
+
+    def _close(self, code: int, reason: str, *, resume: bool, delay: float = 0.0) -> list:
+        self.phase = Phase.CLOSING
+        self._next_heartbeat = None
+        self._hello_deadline = None
+        self._pending_close = Reconnect(resume, delay, reason)
+        return [CloseConnection(code, reason)]

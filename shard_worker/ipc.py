@@ -1,0 +1,77 @@
+"""Spectacles IPC framing: one JSON object ``{"event": <name>, "data": <any>}`` per line.
+
+Pure bytes-in, messages-out, used on both ends of the supervisor's pipes (the parent imports it
+from here; the worker never imports the supervisor). A line that is not such an object is logged
+and skipped, never fatal: one bad line must not take a child or the supervisor down. The events
+themselves are documented in ``docs/ipc.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from . import jsonlib
+
+log = logging.getLogger("shard_worker.ipc")
+
+#: A longer line is discarded (up to its newline): nothing we send comes close.
+MAX_LINE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    event: str
+    data: Any = None
+
+
+def encode(event: str, data: Any = None) -> bytes:
+    """One framed message, newline included."""
+    return jsonlib.dumps({"event": event, "data": data}).encode() + b"\n"
+
+
+class Decoder:
+    """Feed raw chunks as they are read; get every complete, valid message out."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_line
+        self._discarding = False
+        self.errors = 0
+
+    def feed(self, chunk: bytes) -> list[Message]:
+        messages: list[Message] = []
+        self._buffer += chunk
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self._max:
+                    self._reject("line over %d bytes" % self._max)
+                    self._buffer.clear()
+                    self._discarding = True
+                return messages
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if self._discarding:  # the tail of an overlong line
+                self._discarding = False
+                continue
+            if line.strip():
+                message = self._parse(line)
+                if message is not None:
+                    messages.append(message)
+
+    def _parse(self, line: bytes) -> Message | None:
+        try:
+            obj = jsonlib.loads(line)
+        except (ValueError, TypeError, OverflowError):
+            self._reject("not JSON")
+            return None
+        if not isinstance(obj, dict) or type(obj.get("event")) is not str:
+            self._reject("not an {event, data} object")
+            return None
+        return Message(obj["event"], obj.get("data"))
+
+    def _reject(self, why: str) -> None:
+        self.errors += 1
+        log.warning("IPC: skipped a bad line (%s)", why)

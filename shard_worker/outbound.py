@@ -1,0 +1,95 @@
+"""Validation of packets consumed from the outbound queues (pure: bytes in, verdict out).
+
+A shard queue carries a full gateway packet ``{"op": .., "d": ..}``; the SEND queue carries
+``{"guild_id": .., "packet": {..}}``. Anything else is rejected with a reason that is logged and
+counted; only ops a bot may send on its own are let through (1, 2 and 6 would break or hijack the
+connection's session), and the packet is re-encoded to exactly ``{op, d}`` so nothing else rides
+along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import jsonlib
+from .gateway.protocol import MAX_PAYLOAD_BYTES, USER_SENDABLE_OPS, Op, shard_for_guild
+
+MAX_SNOWFLAKE = (1 << 64) - 1
+CONNECTION_OPS = frozenset({Op.HEARTBEAT, Op.IDENTIFY, Op.RESUME})
+
+
+class Rejected(ValueError):
+    """The message cannot be sent; ``reason`` is a short label used in logs and metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    op: int
+    text: str  # the exact frame to write: {"op":..,"d":..}
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    shard_id: int
+    packet: Packet
+
+
+def _decode(body: bytes) -> object:
+    try:
+        return jsonlib.loads(body)
+    except (ValueError, TypeError, OverflowError):
+        raise Rejected("not_json") from None
+
+
+def check_packet(obj: object) -> Packet:
+    """Validate a decoded ``{op, d}`` packet and encode the frame to send."""
+    if not isinstance(obj, dict):
+        raise Rejected("not_an_object")
+    op = obj.get("op")
+    if type(op) is not int:
+        raise Rejected("bad_op", f"op must be an integer, got {type(op).__name__}")
+    if op in CONNECTION_OPS:
+        raise Rejected("reserved_op", f"op {op} belongs to the connection itself")
+    if op not in USER_SENDABLE_OPS:
+        raise Rejected("unknown_op", f"op {op}")
+    if "d" not in obj:
+        raise Rejected("missing_d")
+    try:
+        text = jsonlib.dumps({"op": op, "d": obj["d"]})
+    except (ValueError, TypeError, OverflowError):
+        raise Rejected("unencodable") from None
+    size = len(text.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise Rejected("oversize", f"{size} bytes > {MAX_PAYLOAD_BYTES}")
+    return Packet(op, text)
+
+
+def parse_shard_packet(body: bytes) -> Packet:
+    """A message from a ``<group>:<shard_id>`` queue."""
+    return check_packet(_decode(body))
+
+
+def parse_snowflake(value: object) -> int:
+    if type(value) is str and value.isdigit() and value.isascii():
+        n = int(value)
+    elif type(value) is int:
+        n = value
+    else:
+        raise Rejected("bad_guild_id", "guild_id must be a snowflake (digits)")
+    if not 0 < n <= MAX_SNOWFLAKE:
+        raise Rejected("bad_guild_id", "guild_id out of range")
+    return n
+
+
+def parse_send(body: bytes, shard_count: int) -> Routed:
+    """A message from the ``<group>:SEND`` queue, routed to its guild's shard."""
+    obj = _decode(body)
+    if not isinstance(obj, dict):
+        raise Rejected("not_an_object")
+    guild_id = parse_snowflake(obj.get("guild_id"))
+    packet = check_packet(obj.get("packet"))
+    return Routed(shard_for_guild(guild_id, shard_count), packet)

@@ -1,0 +1,166 @@
+"""One worker process: a group of shards and their AMQP bridge on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from . import exit_codes, outbound
+from .broker import AmqpBridge
+from .config import SavedSession, WorkerConfig
+from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
+from .gateway.state import Fatal, ShardMachine
+from .logs import add_secret, mask_url, setup_logging
+from .supervised import IPC_FD_ENV, ParentLink, die_with_parent
+
+log = logging.getLogger("shard_worker.worker")
+
+#: How long a graceful stop waits for RabbitMQ to confirm what is still buffered.
+FLUSH_TIMEOUT_S = 5.0
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        gate: IdentifyGate | None = None,
+        on_state: Callable[[ShardRunner, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.gate = gate or LocalIdentifyGate(config.max_concurrency)
+        self.bridge = AmqpBridge(
+            config.amqp_url,
+            config.group,
+            config.shard_ids,
+            config.shard_count,
+            self._on_packet,
+            prefetch=config.prefetch,
+        )
+        self.runners: dict[int, ShardRunner] = {}
+        for shard_id in config.shard_ids:
+            machine = ShardMachine(
+                shard_id,
+                config.shard_count,
+                config.token,
+                intents=config.intents,
+                compress=config.compress,
+                large_threshold=config.large_threshold,
+                presence=config.presence,
+                session=config.sessions.get(shard_id),
+            )
+            self.runners[shard_id] = ShardRunner(
+                machine, config.gateway_url, self.bridge, self.gate, events=config.events, on_state=on_state
+            )
+        self._stop = asyncio.Event()
+
+    def _on_packet(self, shard_id: int, packet: outbound.Packet, ack: Callable[[], None]) -> None:
+        self.runners[shard_id].send(packet, ack)
+
+    def session_of(self, shard_id: int) -> SavedSession | None:
+        """The session to hand over: its seq is the last one RabbitMQ confirmed in order."""
+        machine = self.runners[shard_id].machine
+        saved = machine.saved_session()
+        if saved is None:
+            return None
+        first = self.bridge.first_unconfirmed_seq(shard_id, saved.session_id)
+        if first is not None:
+            return SavedSession(saved.session_id, first - 1, saved.resume_gateway_url)
+        return saved
+
+    def sessions(self) -> dict[int, SavedSession]:
+        return {s: saved for s in self.runners if (saved := self.session_of(s)) is not None}
+
+    def stop(self) -> None:
+        """Ask ``run`` to stop gracefully (safe from a signal handler via the loop)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped (exit 0) or a shard is closed fatally (exit 4x/5x)."""
+        log.info(
+            "worker: shards %s of %d, exchange %r on %s",
+            self.config.shard_ids,
+            self.config.shard_count,
+            self.config.group,
+            mask_url(self.config.amqp_url),
+        )
+        bridge_task = asyncio.create_task(self.bridge.run(), name="amqp-bridge")
+        stop_task = asyncio.create_task(self._stop.wait(), name="stop")
+        connected = asyncio.create_task(self.bridge.connected.wait())
+        await asyncio.wait({connected, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
+        shard_tasks = {
+            asyncio.create_task(r.run(), name=f"shard-{s}"): s for s, r in self.runners.items()
+        } if not self._stop.is_set() else {}
+        fatal: Fatal | None = None
+        crashed = False
+        pending = set(shard_tasks) | {stop_task, bridge_task}
+        while pending and not self._stop.is_set():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is bridge_task:
+                    log.error("AMQP bridge ended: %r", task.exception())
+                    self._stop.set()
+                    crashed = True
+                elif task in shard_tasks:
+                    if task.exception() is not None:
+                        log.error("shard %d crashed", shard_tasks[task], exc_info=task.exception())
+                        self._stop.set()
+                        crashed = True
+                    elif isinstance(task.result(), Fatal):
+                        fatal = task.result()
+                        self._stop.set()
+        await self._shutdown(shard_tasks, bridge_task, stop_task)
+        if fatal is not None:
+            return exit_codes.for_fatal_close(fatal.code)
+        return exit_codes.ERROR if crashed else exit_codes.OK
+
+    async def _shutdown(self, shard_tasks: dict, bridge_task: asyncio.Task, stop_task: asyncio.Task) -> None:
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        if shard_tasks:
+            done, still = await asyncio.wait(shard_tasks, timeout=5.0)
+            for task in still:
+                task.cancel()
+        if not await self.bridge.flush(FLUSH_TIMEOUT_S):
+            log.warning("stopping with %d messages unconfirmed by RabbitMQ", self.bridge.buffered)
+        await self.bridge.stop()
+        for task in (bridge_task, stop_task):
+            task.cancel()
+        await asyncio.gather(bridge_task, stop_task, return_exceptions=True)
+
+
+def run_group(config: WorkerConfig) -> int:
+    """Run one group in this process until stopped; return the exit code.
+
+    Alone, it stops on SIGINT/SIGTERM and gates identifies itself. Under the supervisor (the
+    ``SPECTACLES_IPC_FD`` environment variable is set) it also reports over IPC, asks the parent
+    before every IDENTIFY and stops when the parent says so or dies.
+    """
+    add_secret(config.token)
+    setup_logging(config.log_level, prefix=f"[shards {config.shard_ids[0]}-{config.shard_ids[-1]}] ")
+    ipc_fd = os.environ.get(IPC_FD_ENV)
+
+    async def main() -> int:
+        link = None
+        if ipc_fd is not None:
+            die_with_parent()
+            link = ParentLink(int(ipc_fd))
+            worker = Worker(config, gate=link, on_state=link.on_state)
+            link.attach(worker)
+        else:
+            worker = Worker(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        code = await worker.run()
+        if link is not None:
+            sessions = {str(k): dataclasses.asdict(v) for k, v in worker.sessions().items()}
+            link.send("stopped", {"exit_code": code, "sessions": sessions, "report": link.report()})
+            link.close()
+        return code
+
+    return asyncio.run(main())

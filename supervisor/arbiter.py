@@ -1,0 +1,474 @@
+"""The supervisor's main loop, in the manner of gunicorn's arbiter.
+
+Signal handlers only enqueue the signal (and wake the loop through ``signal.set_wakeup_fd``).
+One loop waits on the children's pipes, the wake-up fd and the control socket, and on each pass:
+handles queued signals, reads IPC, reaps dead children, stops unresponsive or oversized ones,
+grants identifies, saves sessions and starts missing children when their restart time came.
+
+Exit codes are a contract (see ``shard_worker.exit_codes``): a child that exits with a fatal
+Discord close code halts the whole supervisor with that code instead of restarting anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shard_worker import exit_codes
+from shard_worker.config import SavedSession, WorkerConfig
+from shard_worker.gateway.protocol import describe_close
+from shard_worker.ipc import Message
+
+from .child import Child
+from .control import ControlServer
+from .identify_gate import IdentifyGate
+from .restart_policy import RestartPolicy
+from shard_worker.shard_ranges import format_shard_ids
+from .state_store import StateStore
+
+log = logging.getLogger("supervisor.arbiter")
+
+
+@dataclass
+class ArbiterOptions:
+    state_dir: str = "state"
+    #: A child that sends no IPC heartbeat for this long is stopped and replaced.
+    heartbeat_timeout: float = 30.0
+    #: A stopping child gets this long before SIGKILL.
+    stop_grace: float = 8.0
+    max_memory_mb: float | None = None
+    sample_interval: float = 5.0
+    save_interval: float = 1.0
+    session_start_remaining: int | None = None
+    session_start_reset_after: float | None = None  # seconds from start
+    restart_policy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    index: int
+    config: WorkerConfig
+    policy: RestartPolicy
+    child: Child | None = None
+    start_at: float = 0.0  # monotonic time the next child may start
+    restarts: int = 0
+
+
+class Arbiter:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+    def __init__(self, groups: list[WorkerConfig], options: ArbiterOptions) -> None:
+        if not groups:
+            raise ValueError("no shard groups to run")
+        self.options = options
+        template = groups[0]
+        self.shard_count = template.shard_count
+        self.all_shards = [s for g in groups for s in g.shard_ids]
+        self.store = StateStore(options.state_dir, self.shard_count)
+        self.sessions: dict[int, SavedSession] = self.store.load_sessions()
+        if self.sessions:
+            log.info("resuming %d saved sessions from %s", len(self.sessions), self.store.dir)
+        self.groups = [
+            Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
+        ]
+        now = time.monotonic()
+        reset_at = now + options.session_start_reset_after if options.session_start_reset_after else None
+        self.gate = IdentifyGate(
+            template.max_concurrency, remaining=options.session_start_remaining, reset_at=reset_at
+        )
+        self.selector = selectors.DefaultSelector()
+        self.signal_queue: deque[int] = deque()
+        self.stopping = False
+        self.exit_code = exit_codes.OK
+        self.rolling: deque[int] = deque()
+        self.rolling_current: int | None = None
+        self.started_at = now
+        self._sessions_dirty = False
+        self._next_save = 0.0
+        self._next_sample = 0.0
+        self._wake_r = self._wake_w = -1
+        self.control: ControlServer | None = None
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal_queue.append(signum)  # only enqueue: the loop does the work
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _handle_signals(self, now: float) -> None:
+        while self.signal_queue:
+            sig = self.signal_queue.popleft()
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
+                    log.info("%s: stopping every group (sessions kept)", signal.Signals(sig).name)
+                    self.begin_stop(now)
+            elif sig == signal.SIGHUP:
+                self.begin_rolling_restart()
+            # SIGCHLD: nothing to do here, the loop reaps on every pass
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        self.control = ControlServer(self.store.dir, self)
+        self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        log.info(
+            "master: %d shards of %d in %d processes; state in %s",
+            len(self.all_shards),
+            self.shard_count,
+            len(self.groups),
+            self.store.dir,
+        )
+        try:
+            while True:
+                now = time.monotonic()
+                self._handle_signals(now)
+                self._reap(now)
+                if self.stopping and not any(g.child for g in self.groups):
+                    break
+                self._check_children(now)
+                self._grant_identifies(now)
+                self._advance_rolling(now)
+                if not self.stopping:
+                    self._spawn_missing(now)
+                self._maybe_save(now)
+                self._wait(self._timeout(now))
+        finally:
+            self._save_sessions()
+            if self.control is not None:
+                self.control.close()
+            signal.set_wakeup_fd(-1)
+        log.info("master: stopped (%s)", exit_codes.describe(self.exit_code))
+        return self.exit_code
+
+    def begin_stop(self, now: float, exit_code: int = exit_codes.OK) -> None:
+        self.stopping = True
+        if exit_code != exit_codes.OK and self.exit_code == exit_codes.OK:
+            self.exit_code = exit_code
+        for group in self.groups:
+            if group.child is not None:
+                group.child.stop(now)
+
+    def begin_rolling_restart(self) -> bool:
+        if self.stopping:
+            return False
+        if self.rolling or self.rolling_current is not None:
+            log.info("rolling restart already in progress")
+            return False
+        log.info("rolling restart of %d groups, one at a time", len(self.groups))
+        self.rolling.extend(g.index for g in self.groups)
+        return True
+
+    # -- the loop's steps ---------------------------------------------------------------------
+    def _timeout(self, now: float) -> float:
+        timeout = 1.0
+        grant_at = self.gate.next_time(now)
+        if grant_at is not None:
+            timeout = min(timeout, max(0.0, grant_at - now))
+        for group in self.groups:
+            if group.child is None and not self.stopping:
+                timeout = min(timeout, max(0.0, group.start_at - now))
+        return max(0.01, timeout)
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            ready = self.selector.select(timeout)
+        except InterruptedError:
+            return
+        for key, _ in ready:
+            kind, obj = key.data
+            if kind == "wake":
+                self._drain_wakeup()
+            elif kind == "child":
+                self._read_child(obj)
+            elif kind == "control":
+                self.control.accept()  # type: ignore[union-attr]
+            elif kind == "control-conn":
+                self.control.serve(obj)  # type: ignore[union-attr]
+
+    def _read_child(self, child: Child) -> None:
+        messages = child.read()
+        if messages is None:
+            self._unregister(child)
+            return
+        for message in messages:
+            self._on_message(child, message)
+
+    def _unregister(self, child: Child) -> None:
+        try:
+            self.selector.unregister(child.read_fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_message(self, child: Child, message: Message) -> None:
+        data = message.data if isinstance(message.data, dict) else {}
+        event = message.event
+        now = time.monotonic()
+        if event == "heartbeat":
+            child.last_heartbeat = now
+            child.report = data
+            for key, shard in (data.get("shards") or {}).items():
+                self._update_session(child, int(key), shard.get("session"))
+        elif event == "identify_request":
+            shard = data.get("shard")
+            if shard in child.shard_ids:
+                self.gate.request(child.pid, shard)
+        elif event == "shard_state":
+            self._on_shard_state(child, data)
+        elif event == "stopped":
+            for key, session in (data.get("sessions") or {}).items():
+                self._update_session(child, int(key), session)
+            child.report = data.get("report") or child.report
+        elif event == "hello":
+            child.last_heartbeat = now
+        else:
+            log.warning("%s: unknown IPC event %r", child.label, event)
+
+    def _on_shard_state(self, child: Child, data: dict) -> None:
+        shard = data.get("shard")
+        state = data.get("state")
+        if shard not in child.shard_ids:
+            return
+        if state == "ready":
+            child.ready.add(shard)
+            self._update_session(child, shard, data.get("session"))
+        elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
+            child.ready.discard(shard)
+        if state == "fatal":
+            log.error(
+                "shard %d: Discord closed with %s", shard, describe_close(data.get("code"))
+            )
+
+    def _update_session(self, child: Child, shard: int, session: Any) -> None:
+        if shard not in child.shard_ids or not isinstance(session, dict):
+            return
+        try:
+            saved = SavedSession(str(session["session_id"]), session.get("seq"), str(session["resume_gateway_url"]))
+        except (KeyError, TypeError):
+            return
+        if self.sessions.get(shard) != saved:
+            self.sessions[shard] = saved
+            self._sessions_dirty = True
+
+    def _reap(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            for group in self.groups:
+                child = group.child
+                if child is not None and child.pid == pid:
+                    child.proc.returncode = os.waitstatus_to_exitcode(status)
+                    self._on_exit(group, child, child.proc.returncode, now)
+
+    def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
+        # Read what the child said last (its final sessions) before forgetting it.
+        leftover = child.read()
+        for message in leftover or []:
+            self._on_message(child, message)
+        self._unregister(child)
+        child.close()
+        self.gate.cancel(child.pid)
+        group.child = None
+        if self.rolling_current == group.index and not self.stopping:
+            group.start_at = now
+            log.info("%s exited for the rolling restart", child.label)
+            return
+        close = exit_codes.fatal_close_of(code)
+        if close is not None:
+            log.critical(
+                "fatal: %s: Discord closed with %s; stopping everything, no restart",
+                child.label,
+                describe_close(close),
+            )
+            self.begin_stop(now, code)
+            return
+        if self.stopping:
+            log.info("%s stopped (%s)", child.label, exit_codes.describe(code))
+            return
+        if code == exit_codes.USAGE:
+            log.critical("%s: bad configuration (exit 2); stopping everything", child.label)
+            self.begin_stop(now, exit_codes.USAGE)
+            return
+        decision = group.policy.on_exit(now, child.uptime(now))
+        group.start_at = now + decision.delay
+        group.restarts += 1
+        how = "recycled" if child.stopping_since is not None else f"died ({_describe_status(code)})"
+        if decision.flapping:
+            log.error("%s is flapping (%d quick exits); holding it back %.0f s", child.label, decision.failures, decision.delay)
+        else:
+            log.warning("%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay)
+
+    def _check_children(self, now: float) -> None:
+        sample = now >= self._next_sample
+        if sample:
+            self._next_sample = now + self.options.sample_interval
+        for group in self.groups:
+            child = group.child
+            if child is None:
+                continue
+            if child.stopping_since is not None:
+                if not child.killed and now - child.stopping_since > self.options.stop_grace:
+                    log.warning("%s did not stop in %.0f s: killing it", child.label, self.options.stop_grace)
+                    child.kill()
+                continue
+            if now - child.last_heartbeat > self.options.heartbeat_timeout:
+                log.error("%s sent no heartbeat for %.0f s: replacing it", child.label, now - child.last_heartbeat)
+                child.stop(now)
+                continue
+            if sample:
+                child.sample()
+                limit = self.options.max_memory_mb
+                if limit and child.rss > limit * 1024 * 1024 and child.uptime(now) > 10:
+                    log.warning("%s uses %.0f MB (> %.0f): recycling it", child.label, child.rss / 2**20, limit)
+                    child.stop(now)
+
+    def _grant_identifies(self, now: float) -> None:
+        was_exhausted = getattr(self, "_budget_logged", False)
+        for grant in self.gate.due(now):
+            for group in self.groups:
+                if group.child is not None and group.child.pid == grant.requester:
+                    group.child.send("identify_grant", {"shard": grant.shard_id})
+        exhausted = self.gate.waiting and self.gate.budget_exhausted(now)
+        if exhausted and not was_exhausted:
+            log.error(
+                "identify budget down to %s; holding identifies until Discord resets it in %.0f s",
+                self.gate.remaining,
+                (self.gate.reset_at or now) - now,
+            )
+        self._budget_logged = bool(exhausted)
+
+    def _advance_rolling(self, now: float) -> None:
+        if self.stopping:
+            self.rolling.clear()
+            self.rolling_current = None
+            return
+        if self.rolling_current is not None:
+            group = self.groups[self.rolling_current]
+            child = group.child
+            if child is None or child.stopping_since is not None:
+                return  # still stopping, or waiting to start
+            if set(child.ready) >= set(child.shard_ids):
+                log.info("rolling restart: group %d ready", group.index)
+                self.rolling_current = None
+            else:
+                return
+        if self.rolling:
+            index = self.rolling.popleft()
+            group = self.groups[index]
+            self.rolling_current = index
+            if group.child is not None:
+                log.info("rolling restart: stopping group %d", index)
+                group.child.stop(now)
+
+    def _spawn_missing(self, now: float) -> None:
+        for group in self.groups:
+            if group.child is None and now >= group.start_at:
+                self._spawn(group, now)
+
+    def _spawn(self, group: Group, now: float) -> None:
+        sessions = {s: self.sessions[s] for s in group.config.shard_ids if s in self.sessions}
+        config = replace(group.config, sessions=sessions)
+        child = Child(group.index, config)
+        group.child = child
+        self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        log.info(
+            "started %s: %d to resume, %d to identify",
+            child.label,
+            len(sessions),
+            len(config.shard_ids) - len(sessions),
+        )
+
+    def _maybe_save(self, now: float) -> None:
+        if self._sessions_dirty and now >= self._next_save:
+            self._save_sessions()
+            self._next_save = now + self.options.save_interval
+
+    def _save_sessions(self) -> None:
+        try:
+            self.store.save_sessions(self.sessions)
+            self._sessions_dirty = False
+        except OSError as exc:
+            log.error("cannot save sessions to %s: %s", self.store.dir, exc)
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        shards = []
+        for group in self.groups:
+            child = group.child
+            report = (child.report.get("shards") if child else None) or {}
+            for shard in group.config.shard_ids:
+                info = report.get(str(shard), {})
+                shards.append(
+                    {
+                        "shard": shard,
+                        "group": group.index,
+                        "pid": child.pid if child else None,
+                        "state": info.get("state", "down" if child is None else "starting"),
+                        "seq": info.get("seq"),
+                        "latency_ms": info.get("latency_ms"),
+                        "published": info.get("published", 0),
+                        "received": info.get("received", 0),
+                        "reconnects": info.get("reconnects", 0),
+                        "resumes": info.get("resumes", 0),
+                        "identifies": info.get("identifies", 0),
+                        "rss": child.rss if child else None,
+                    }
+                )
+        return {
+            "shard_count": self.shard_count,
+            "shards_label": format_shard_ids(self.all_shards),
+            "uptime": round(now - self.started_at, 1),
+            "groups": [
+                {
+                    "group": g.index,
+                    "shards": format_shard_ids(g.config.shard_ids),
+                    "pid": g.child.pid if g.child else None,
+                    "restarts": g.restarts,
+                    "rss": g.child.rss if g.child else None,
+                    "cpu_percent": g.child.cpu_percent if g.child else None,
+                    "uptime": round(g.child.uptime(now), 1) if g.child else None,
+                }
+                for g in self.groups
+            ],
+            "identify_budget_remaining": self.gate.remaining,
+            "identifies_granted": self.gate.total_granted,
+            "shards": shards,
+        }
+
+
+def _describe_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return exit_codes.describe(code)

@@ -1,0 +1,359 @@
+"""The ``spectacles-supervisor`` command line (console script ``supervisor.cli:main``).
+
+Commands:
+
+- ``start``: resolve the settings (flag > environment > config file > default, see
+  :mod:`supervisor.settings`), ask ``GET /gateway/bot`` for the shard count and gateway URL if they
+  were not given, then run the shards with :func:`shard_worker.worker.run_group`.
+- ``config --show``: print every resolved ``start`` setting with its source (same options as
+  ``start``; the token and the AMQP password are masked). Makes no network call.
+- ``simulate``: the local Discord gateway simulator (:mod:`supervisor.simulator.cli`), loaded
+  only when asked for, so a problem there never stops ``start``.
+
+Errors are reported as exactly one line on stderr, ``spectacles-supervisor: error: <reason>``,
+never a traceback or click's usage block. The token is never printed.
+
+Exit codes (the process contract of :mod:`shard_worker.exit_codes`, which a systemd unit can
+use, e.g. ``RestartPreventExitStatus=2 44``):
+
+=====  =========================================================================================
+code   meaning
+=====  =========================================================================================
+0      success (``start``: the worker group ended cleanly; ``config --show``: printed)
+1      a runtime failure before the shards started: Discord's API could not be reached or
+       answered with an error other than 401, the daily identify budget is used up, or the
+       worker code could not be loaded. Retrying later may help.
+2      bad usage or configuration: unknown command or option, a bad value from a flag, an
+       environment variable or the config file, an unreadable config file, a missing token,
+       shard ids not below the shard count. Fix the invocation; retrying will not help.
+44     Discord rejected the token (HTTP 401 from GET /gateway/bot). The same code a worker
+       exits with on close 4004 (see :mod:`shard_worker.exit_codes`): restarting will not
+       help, fix the token.
+130    interrupted (Ctrl-C) and the interrupt reached the command line.
+other  ``start`` exits with the return code of ``run_group`` once the shards ran.
+=====  =========================================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from shard_worker import exit_codes
+from shard_worker.gateway.intents import privileged_names
+from shard_worker.gateway.protocol import Close
+
+from .discord_api import DiscordAPIError, GatewayBot, get_gateway_bot
+from shard_worker.shard_ranges import format_shard_ids
+from .settings import (
+    CONFIG_FLAG,
+    SETTINGS,
+    SettingsError,
+    StartSettings,
+    build_worker_configs,
+    resolve_start_settings,
+)
+
+PROG = "spectacles-supervisor"
+
+EXIT_OK = exit_codes.OK  # 0
+EXIT_RUNTIME = exit_codes.ERROR  # 1
+EXIT_USAGE = exit_codes.USAGE  # 2
+#: A 401 means the same as a 4004 close: the token is bad (or was reset).
+EXIT_UNAUTHORIZED = exit_codes.for_fatal_close(Close.AUTHENTICATION_FAILED)  # 44
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("supervisor")
+
+
+class StartError(Exception):
+    """``start`` cannot go on; ``str()`` is the one-line reason, ``exit_code`` the code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_RUNTIME) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- the group: error mapping and lazy commands -----------------------------------------------
+
+#: Commands living in modules that are imported only when the command is used.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("supervisor.simulator.cli", "simulate_command"),
+}
+
+
+def _secrets(args: Sequence[str] | None) -> list[str]:
+    """Token values this invocation knows of, to scrub from any message before printing it."""
+    found = [os.environ.get("DISCORD_TOKEN", "")]
+    argv = list(sys.argv[1:] if args is None else args)
+    for index, arg in enumerate(argv):
+        if arg == "--token" and index + 1 < len(argv):
+            found.append(argv[index + 1])
+        elif arg.startswith("--token="):
+            found.append(arg.partition("=")[2])
+    return [secret for secret in found if len(secret.strip()) >= 4]
+
+
+def _error(message: str, args: Sequence[str] | None) -> None:
+    line = " ".join(str(message).split())
+    for secret in _secrets(args):
+        line = line.replace(secret.strip(), "<token>")
+    click.echo(f"{PROG}: error: {line}", err=True)
+
+
+def _load_lazy(name: str) -> click.Command | None:
+    module_name, attribute = LAZY_COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            return None  # not written (yet): the command does not exist
+        raise click.ClickException(f"the {name} command cannot be loaded: {error}") from None
+    except Exception as error:  # noqa: BLE001 - report it as one line, keep other commands usable
+        raise click.ClickException(f"the {name} command cannot be loaded: {error}") from None
+    command = getattr(module, attribute, None)
+    if not isinstance(command, click.Command):
+        raise click.ClickException(f"the {name} command cannot be loaded: no {attribute}")
+    return command
+
+
+class SupervisorGroup(click.Group):
+    """A click group that reports every error as one line and loads some commands lazily.
+
+    ``main`` always runs click with ``standalone_mode=False`` and maps the exceptions itself (see
+    the exit code table of this module). With ``standalone_mode=True`` (the default, and what
+    click's ``CliRunner`` uses) it then exits with the code; otherwise it returns it.
+    """
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            command = _load_lazy(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        for name in LAZY_COMMANDS:
+            try:
+                if _load_lazy(name) is not None:
+                    names.add(name)
+            except click.ClickException:
+                pass  # shown as an error only when the command itself is asked for
+        return sorted(names)
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> int:
+        code = self._run(args, prog_name or PROG, complete_var, **extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str,
+        complete_var: str | None,
+        **extra: Any,
+    ) -> int:
+        run = super().main
+        try:
+            result = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.format_message(), err=True)
+            return EXIT_USAGE
+        except click.ClickException as error:
+            _error(error.format_message(), args)
+            return error.exit_code
+        except SettingsError as error:
+            _error(str(error), args)
+            return EXIT_USAGE
+        except DiscordAPIError as error:
+            _error(str(error), args)
+            return EXIT_UNAUTHORIZED if error.unauthorized else EXIT_RUNTIME
+        except StartError as error:
+            _error(str(error), args)
+            return error.exit_code
+        except (click.Abort, KeyboardInterrupt, EOFError):
+            _error("interrupted", args)
+            return EXIT_INTERRUPTED
+        if isinstance(result, bool) or not isinstance(result, int):
+            return EXIT_OK
+        return result
+
+
+# -- shared options ---------------------------------------------------------------------------
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one option per ``start`` setting (and ``--config``) to ``command``.
+
+    Every option is a plain string defaulting to ``None`` ("not given"), so that
+    :func:`supervisor.settings.resolve_start_settings` applies the precedence and the parsing in
+    one place; environment variables are read there too, never by click.
+    """
+    for setting in reversed(SETTINGS):
+        env = " or ".join(setting.envs)
+        command = click.option(
+            setting.flag,
+            setting.name,
+            type=str,
+            default=None,
+            metavar=setting.metavar,
+            help=f"{setting.help} [env: {env}]",
+        )(command)
+    return click.option(
+        "--config",
+        CONFIG_FLAG,
+        type=str,
+        default=None,
+        metavar="FILE",
+        help="Spectacles TOML config file (values there lose to flags and environment).",
+    )(command)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("spectacles-supervisor")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0 (not installed)"
+
+
+@click.group(cls=SupervisorGroup, name=PROG)
+@click.version_option(version=_version(), prog_name=PROG)
+def cli() -> None:
+    """Run Discord gateway shards in worker processes and bridge them to RabbitMQ (Spectacles)."""
+
+
+# -- start ------------------------------------------------------------------------------------
+
+
+def _configure_logging(settings: StartSettings) -> None:
+    """The worker's logging setup (stderr, token redacted) for the supervisor's own lines."""
+    from shard_worker.logs import add_secret, setup_logging
+
+    add_secret(settings.token)
+    setup_logging(settings.log_level)
+
+
+def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
+    """Refuse to start with no identify left (going over the limit resets the token)."""
+    if gateway_bot is None:
+        return
+    limit = gateway_bot.session_start_limit
+    reset_in = f"{limit.reset_after / 1000:.0f} s"
+    if limit.remaining <= 0:
+        raise StartError(
+            f"the session start limit is used up (0 of {limit.total} identifies left); "
+            f"it resets in {reset_in}"
+        )
+    if limit.remaining < shards:
+        log.warning(
+            "only %d of %d identifies left for %d shards (resets in %s): some shards will have "
+            "to resume or wait",
+            limit.remaining,
+            limit.total,
+            shards,
+            reset_in,
+        )
+
+
+def _start(settings: StartSettings) -> int:
+    settings.require_token()
+    _configure_logging(settings)
+    gateway_bot = _gateway_bot(settings)
+    configs = build_worker_configs(settings, gateway_bot)
+    shard_ids = [s for config in configs for s in config.shard_ids]
+    _check_identify_budget(gateway_bot, len(shard_ids))
+    privileged = privileged_names(configs[0].intents)
+    if privileged:
+        log.info(
+            "privileged intents requested (enable them in the developer portal): %s",
+            ", ".join(privileged),
+        )
+    from shard_worker.logs import add_secret
+    from shard_worker.proctitle import set_title
+
+    from .arbiter import Arbiter, ArbiterOptions
+
+    add_secret(settings.token)
+    limit = gateway_bot.session_start_limit if gateway_bot else None
+    options = ArbiterOptions(
+        state_dir=str(settings.state_dir),
+        max_memory_mb=settings.max_memory_mb,
+        session_start_remaining=limit.remaining if limit else None,
+        session_start_reset_after=limit.reset_after / 1000 if limit else None,
+    )
+    set_title(f"master [{format_shard_ids(shard_ids)}]")
+    log.info(
+        "starting %d of %d shards in %d processes, group %r",
+        len(shard_ids),
+        configs[0].shard_count,
+        len(configs),
+        configs[0].group,
+    )
+    return Arbiter(configs, options).run()
+
+
+def _gateway_bot(settings: StartSettings) -> GatewayBot | None:
+    """GET /gateway/bot: needed for the shard count or URL if not given; always wanted for the
+    identify concurrency and budget. When both were given and Discord cannot be reached, go on
+    with max_concurrency 1 (slower start, never wrong)."""
+    try:
+        return get_gateway_bot(settings.api_url, settings.token)
+    except DiscordAPIError as error:
+        if settings.needs_gateway_bot or error.unauthorized:
+            raise
+        log.warning("GET /gateway/bot failed (%s): identifying one shard at a time", error)
+        return None
+
+
+@cli.command("start")
+@settings_options
+def start_command(**flags: Any) -> int:
+    """Run the shards (all of them unless --shards says otherwise)."""
+    return _start(resolve_start_settings(flags))
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def format_settings_table(settings: StartSettings) -> str:
+    """The ``config --show`` table: setting, value (secrets masked) and source, one per line."""
+    rows = [("SETTING", "VALUE", "SOURCE"), *settings.describe()]
+    name_width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    return "\n".join(
+        f"{name:<{name_width}}  {value:<{value_width}}  {source}".rstrip()
+        for name, value, source in rows
+    )
+
+
+@cli.command("config")
+@click.option("--show", is_flag=True, help="Print each resolved setting and where it came from.")
+@settings_options
+def config_command(show: bool, **flags: Any) -> int:
+    """Show the settings `start` would use, and their sources (no network call)."""
+    if not show:
+        raise click.UsageError("nothing to do: pass --show")
+    click.echo(format_settings_table(resolve_start_settings(flags)))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    return cli.main(args=argv, prog_name=PROG, standalone_mode=False)

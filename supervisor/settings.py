@@ -1,0 +1,750 @@
+"""The settings of ``spectacles-supervisor start``: where each comes from and what it may be.
+
+Precedence, for every setting: **flag > environment variable > config file > default**. An empty
+environment variable counts as unset (as in the Spectacles Go gateway), and so does an empty
+string or empty array in the config file (the Spectacles config template ships ``token = ""``).
+
+==================  ====================  =============================  ========================
+setting             flag                  environment                    config file key
+==================  ====================  =============================  ========================
+token               --token               DISCORD_TOKEN                  discord.token
+shard_ids           --shards              DISCORD_SHARD_IDS              discord.shards.ids
+shard_count         --shard-count         DISCORD_SHARD_COUNT            discord.shards.count
+shards_per_process  --shards-per-process  SPECTACLES_SHARDS_PER_PROCESS  supervisor.*
+amqp_url            --amqp-url            AMQP_URL                       broker.url
+group               --group               BROKER_GROUP                   broker.groups.gateway
+events              --events              DISCORD_EVENTS                 supervisor.events
+intents             --intents             DISCORD_INTENTS, then          supervisor.intents
+                                          DISCORD_RAW_INTENTS
+gateway_url         --gateway-url         DISCORD_GATEWAY_URL            supervisor.gateway_url
+api_url             --api-url             DISCORD_API_URL                supervisor.api_url
+compress            --compress            SPECTACLES_COMPRESS            supervisor.compress
+log_level           --log-level           SPECTACLES_LOG_LEVEL           supervisor.log_level
+state_dir           --state-dir           SPECTACLES_STATE_DIR           supervisor.state_dir
+prefetch            --prefetch            SPECTACLES_PREFETCH            supervisor.prefetch
+max_memory_mb       --max-memory-mb       SPECTACLES_MAX_MEMORY_MB       supervisor.max_memory_mb
+==================  ====================  =============================  ========================
+
+(``supervisor.*`` is ``supervisor.shards_per_process``.)
+
+The config file (``--config FILE``) is the one Spectacles TOML file shared by all Spectacles
+services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
+
+    [discord]
+    token = "..."                       # prefer DISCORD_TOKEN: files get copied around
+      [discord.shards]
+      count = 16                        # total shards (default: GET /gateway/bot "shards")
+      ids = [0, 1, 2, 3]                # shards run here; a range string "0-3,8" also works
+
+    [broker]
+    url = "amqp://guest:guest@localhost:5672/%2F"
+      [broker.groups]
+      gateway = "gateway"               # the exchange; other services' groups may sit here too
+
+    [supervisor]
+    shards_per_process = 4              # default: ceil(shards / CPU cores)
+    events = ["MESSAGE_CREATE", "GUILD_CREATE"]   # dispatches to publish (default: all)
+    intents = "DEFAULT|MESSAGE_CONTENT" # names, an integer, or an array of names
+    compress = "zlib-stream"            # or "none" (true / false also accepted)
+    log_level = "INFO"
+    gateway_url = "wss://gateway.discord.gg"      # default: GET /gateway/bot "url"
+    api_url = "https://discord.com/api/v10"
+    state_dir = "./state"               # relative paths are relative to the working directory
+    prefetch = 100                      # unacknowledged outbound messages per worker (1-65535)
+    max_memory_mb = 512                 # recycle a worker past this RSS (default: no limit)
+
+Tables other services own (``[redis]``, ``[prometheus]``...) are ignored, as are other keys of
+``[broker.groups]``; an unknown key inside ``[discord]``, ``[discord.shards]``, ``[broker]`` or
+``[supervisor]`` is an error, as is a wrong type, naming the file and the key.
+
+Every resolved value remembers its :class:`Origin` (flag, env, file or default) so that
+``spectacles-supervisor config --show`` can print it; :meth:`StartSettings.describe` never shows
+the token and masks the password of the AMQP URL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from shard_worker.config import DEFAULT_AMQP_URL, DEFAULT_GROUP, WorkerConfig
+from shard_worker.gateway.intents import DEFAULT_INTENTS, format_intents, parse_intents
+
+from .discord_api import DEFAULT_API_URL, GatewayBot
+from shard_worker.shard_ranges import (
+    MAX_SHARD_COUNT,
+    default_shards_per_process,
+    format_shard_ids,
+    parse_shard_ids,
+    split_groups,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_STATE_DIR = "./state"
+DEFAULT_PREFETCH = 100
+DEFAULT_LOG_LEVEL = "INFO"
+#: AMQP's prefetch count is a 16-bit field.
+MAX_PREFETCH = 65535
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TOKEN_MASK = "********"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value, or the config file is unreadable. ``str()`` is one line."""
+
+
+class Source(str, enum.Enum):
+    """Where a resolved setting came from."""
+
+    FLAG = "flag"
+    ENV = "env"
+    FILE = "file"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A :class:`Source` with its detail: the flag, the variable, or ``file: key``."""
+
+    source: Source
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.source.value} {self.detail}" if self.detail else self.source.value
+
+
+# -- value parsers ----------------------------------------------------------------------------
+# Text parsers take a flag's or an environment variable's string; file parsers take the TOML
+# value. Both raise ValueError with a reason that never contains the token or a URL password.
+
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
+def _type_name(value: Any) -> str:
+    for kind, name in _TOML_TYPES:
+        if isinstance(value, kind):
+            return name
+    return "a date/time" if hasattr(value, "isoformat") else type(value).__name__
+
+
+def _expect(value: Any, kind: type, wanted: str) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"expected {wanted}, got {_type_name(value)}")
+
+
+def _int_in_range(value: int, low: int, high: int) -> int:
+    if value < low:
+        raise ValueError(f"must be at least {low}, not {value}")
+    if value > high:
+        raise ValueError(f"must be at most {high}, not {value}")
+    return value
+
+
+def _int_text(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        stripped = text.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", stripped):
+            raise ValueError(f"expected an integer, got {text!r}")
+        return _int_in_range(int(stripped), low, high)
+
+    return parse
+
+
+def _int_file(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        _expect(value, int, "an integer")
+        return _int_in_range(value, low, high)
+
+    return parse
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (unchanged if it has none)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+def _url_text(
+    schemes: tuple[str, ...], what: str, strip_slash: bool = False
+) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        url = text.strip()
+        shown = mask_url(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise ValueError(f"{shown!r} is not a valid URL") from None
+        if parts.scheme.lower() not in schemes:
+            wanted = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ValueError(f"{shown!r} is not {what} URL (expected {wanted})")
+        if not parts.hostname:
+            raise ValueError(f"{shown!r} has no host")
+        return url.rstrip("/") if strip_slash else url
+
+    return parse
+
+
+def _token_text(text: str) -> str:
+    token = re.sub(r"^\s*(?i:bot)\s+", "", text).strip()
+    if not token:
+        raise ValueError("the token is empty")
+    if not token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ValueError("the token contains spaces, control or non-ASCII characters")
+    return token
+
+
+def _shard_ids_text(text: str) -> tuple[int, ...]:
+    return tuple(parse_shard_ids(text))
+
+
+def _shard_ids_file(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return _shard_ids_text(value)
+    if not isinstance(value, list):
+        raise ValueError(
+            f"expected an array of shard ids or a range string, got {_type_name(value)}"
+        )
+    ids: set[int] = set()
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"expected shard ids (integers), got {_type_name(item)} in the array")
+        if item < 0:
+            raise ValueError(f"shard ids cannot be negative: {item}")
+        if item >= MAX_SHARD_COUNT:
+            raise ValueError(f"shard id {item} is too large (at most {MAX_SHARD_COUNT - 1})")
+        ids.add(item)
+    return tuple(sorted(ids))
+
+
+_EVENT = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def _event_names(names: Iterable[str]) -> frozenset[str]:
+    events = set()
+    for name in names:
+        event = name.strip().upper()
+        if not _EVENT.fullmatch(event):
+            raise ValueError(f"{name!r} is not a gateway event name (such as MESSAGE_CREATE)")
+        events.add(event)
+    return frozenset(events)
+
+
+def _events_text(text: str) -> frozenset[str] | None:
+    items = [item.strip() for item in text.split(",")]
+    if items in (["*"], ["ALL"], ["all"]):
+        return None
+    if not any(items):
+        raise ValueError("no event names given (use * for every event)")
+    if not all(items):
+        raise ValueError(f"empty item in the event list {text.strip()!r}")
+    return _event_names(items)
+
+
+def _events_file(value: Any) -> frozenset[str] | None:
+    _expect(value, list, "an array of event names")
+    if value == ["*"]:
+        return None
+    for item in value:
+        _expect(item, str, "event names (strings) in the array")
+    return _event_names(value)
+
+
+def _intents_file(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected intent names or an integer, got a boolean")
+    if isinstance(value, int):
+        return parse_intents(str(value))
+    if isinstance(value, str):
+        return parse_intents(value)
+    if isinstance(value, list):
+        for item in value:
+            _expect(item, str, "intent names (strings) in the array")
+        return parse_intents(",".join(value))
+    raise ValueError(f"expected intent names or an integer, got {_type_name(value)}")
+
+
+def _compress_text(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("zlib-stream", "zlib"):
+        return True
+    if value == "none":
+        return False
+    raise ValueError(f"expected zlib-stream or none, got {text!r}")
+
+
+def _compress_file(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _compress_text(value)
+    raise ValueError(f'expected "zlib-stream", "none" or a boolean, got {_type_name(value)}')
+
+
+def _log_level_text(text: str) -> str:
+    level = text.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+_GROUP = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
+
+
+def _group_text(text: str) -> str:
+    group = text.strip()
+    if not _GROUP.fullmatch(group):
+        raise ValueError(
+            f"{text!r} is not a usable exchange name (1-255 letters, digits, '-', '_' or '.')"
+        )
+    if group.startswith("amq."):
+        raise ValueError(f"{group!r}: exchange names starting with 'amq.' are reserved by AMQP")
+    return group
+
+
+def _path_text(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("the path is empty")
+    return Path(text.strip()).expanduser()
+
+
+def _from_str(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def parse_file(value: Any) -> Any:
+        _expect(value, str, "a string")
+        return parse(value)
+
+    return parse_file
+
+
+# -- the table of settings --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``start`` setting: its flag, environment variables, config key, default and parsers."""
+
+    name: str
+    flag: str
+    envs: tuple[str, ...]
+    key: tuple[str, ...]
+    default: Any
+    from_text: Callable[[str], Any]
+    from_file: Callable[[Any], Any]
+    metavar: str
+    help: str
+
+    @property
+    def dotted_key(self) -> str:
+        return ".".join(self.key)
+
+
+_GATEWAY_URL = _url_text(("ws", "wss"), "a WebSocket", strip_slash=True)
+_API_URL = _url_text(("http", "https"), "an HTTP", strip_slash=True)
+_AMQP_URL = _url_text(("amqp", "amqps"), "an AMQP")
+
+#: Every ``start`` setting, in the order ``config --show`` prints them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("token", "--token", ("DISCORD_TOKEN",), ("discord", "token"), "",
+            _token_text, _from_str(_token_text), "TOKEN",
+            "Bot token. Prefer the environment variable: flags show up in process lists."),
+    Setting("shard_ids", "--shards", ("DISCORD_SHARD_IDS",), ("discord", "shards", "ids"), None,
+            _shard_ids_text, _shard_ids_file, "IDS",
+            "Shards to run, e.g. 0-15 or 0-3,8,10-11 (default: all shards)."),
+    Setting("shard_count", "--shard-count", ("DISCORD_SHARD_COUNT",),
+            ("discord", "shards", "count"), None,
+            _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "N",
+            "Total number of shards (default: 'shards' from GET /gateway/bot)."),
+    Setting("shards_per_process", "--shards-per-process", ("SPECTACLES_SHARDS_PER_PROCESS",),
+            ("supervisor", "shards_per_process"), None,
+            _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "N",
+            "Shards per worker process (default: spread over the CPU cores)."),
+    Setting("amqp_url", "--amqp-url", ("AMQP_URL",), ("broker", "url"), DEFAULT_AMQP_URL,
+            _AMQP_URL, _from_str(_AMQP_URL), "URL",
+            f"RabbitMQ URL (default: {DEFAULT_AMQP_URL})."),
+    Setting("group", "--group", ("BROKER_GROUP",), ("broker", "groups", "gateway"),
+            DEFAULT_GROUP, _group_text, _from_str(_group_text), "NAME",
+            f"Broker group, i.e. the AMQP exchange (default: {DEFAULT_GROUP})."),
+    Setting("events", "--events", ("DISCORD_EVENTS",), ("supervisor", "events"), None,
+            _events_text, _events_file, "LIST",
+            "Comma-separated dispatch events to publish, or * (default: every event)."),
+    Setting("intents", "--intents", ("DISCORD_INTENTS", "DISCORD_RAW_INTENTS"),
+            ("supervisor", "intents"), DEFAULT_INTENTS,
+            parse_intents, _intents_file, "INTENTS",
+            "Intent names (GUILDS,GUILD_MESSAGES), ALL, DEFAULT, NONE or an integer "
+            "(default: DEFAULT, every non-privileged intent)."),
+    Setting("gateway_url", "--gateway-url", ("DISCORD_GATEWAY_URL",),
+            ("supervisor", "gateway_url"), None,
+            _GATEWAY_URL, _from_str(_GATEWAY_URL), "URL",
+            "Gateway URL (default: 'url' from GET /gateway/bot)."),
+    Setting("api_url", "--api-url", ("DISCORD_API_URL",), ("supervisor", "api_url"),
+            DEFAULT_API_URL, _API_URL, _from_str(_API_URL), "URL",
+            f"Discord REST API base URL (default: {DEFAULT_API_URL})."),
+    Setting("compress", "--compress", ("SPECTACLES_COMPRESS",), ("supervisor", "compress"),
+            True, _compress_text, _compress_file, "[zlib-stream|none]",
+            "Gateway transport compression (default: zlib-stream)."),
+    Setting("log_level", "--log-level", ("SPECTACLES_LOG_LEVEL",), ("supervisor", "log_level"),
+            DEFAULT_LOG_LEVEL, _log_level_text, _from_str(_log_level_text), "LEVEL",
+            "DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)."),
+    Setting("state_dir", "--state-dir", ("SPECTACLES_STATE_DIR",), ("supervisor", "state_dir"),
+            Path(DEFAULT_STATE_DIR), _path_text, _from_str(_path_text), "DIR",
+            f"Where sessions are kept between restarts (default: {DEFAULT_STATE_DIR})."),
+    Setting("prefetch", "--prefetch", ("SPECTACLES_PREFETCH",), ("supervisor", "prefetch"),
+            DEFAULT_PREFETCH, _int_text(1, MAX_PREFETCH), _int_file(1, MAX_PREFETCH), "N",
+            f"Unacknowledged outbound messages per worker (default: {DEFAULT_PREFETCH})."),
+    Setting("max_memory_mb", "--max-memory-mb", ("SPECTACLES_MAX_MEMORY_MB",),
+            ("supervisor", "max_memory_mb"), None,
+            _int_text(16, 1 << 20), _int_file(16, 1 << 20), "MB",
+            "Recycle a worker whose RSS grows past this (its shards resume; default: no limit)."),
+)  # fmt: skip
+SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
+#: The flags dict key of ``--config``.
+CONFIG_FLAG = "config"
+
+
+# -- the config file --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A loaded and checked config file: parsed values by setting name, and their dotted keys."""
+
+    path: Path
+    values: Mapping[str, Any]
+    keys: Mapping[str, str]
+
+
+def _tables() -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for setting in SETTINGS:
+        node = tree
+        for part in setting.key[:-1]:
+            node = node.setdefault(part, {})
+        node[setting.key[-1]] = setting
+    return tree
+
+
+_SCHEMA = _tables()
+#: Tables whose unknown keys belong to other Spectacles services.
+_OPEN_TABLES = {("broker", "groups")}
+_TOML_POSITION = re.compile(
+    r"^(?P<reason>.*?)\s*\(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
+)
+
+
+def _suggest(word: str, options: Iterable[str], form: str = "'{}'") -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.75)
+    return f" (did you mean {form.format(close[0])}?)" if close else ""
+
+
+def load_config_file(path: str | os.PathLike[str]) -> ConfigFile:
+    """Read, check and parse a Spectacles TOML config file (see the module docstring).
+
+    Raises :class:`SettingsError` naming the file and the line for invalid TOML, and the file
+    and the key for an unknown key or a bad value.
+    """
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {shown}: no such file") from None
+    except IsADirectoryError:
+        raise SettingsError(f"config file {shown}: is a directory") from None
+    except OSError as error:
+        raise SettingsError(f"config file {shown}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"{shown}: invalid TOML: not UTF-8 (byte {error.start})") from None
+    except tomllib.TOMLDecodeError as error:
+        text = " ".join(str(error).split())
+        match = _TOML_POSITION.match(text)
+        if match and match.group("line"):
+            where = f"{shown}, line {match.group('line')}, column {match.group('col')}"
+            raise SettingsError(f"{where}: invalid TOML: {match.group('reason')}") from None
+        if match:
+            reason = match.group("reason")
+            raise SettingsError(f"{shown}, at the end: invalid TOML: {reason}") from None
+        raise SettingsError(f"{shown}: invalid TOML: {text}") from None
+
+    values: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+
+    def walk(table: Mapping[str, Any], schema: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in table.items():
+            dotted = ".".join((*prefix, key))
+            expected = schema.get(key)
+            if expected is None:
+                if not prefix:
+                    # Another service's table, unless it is a typo of one of ours.
+                    if isinstance(value, dict) and (hint := _suggest(key, schema, "[{}]")):
+                        raise SettingsError(f"{shown}: unknown table [{key}]{hint}")
+                    continue
+                if prefix in _OPEN_TABLES:
+                    continue
+                hint = _suggest(key, schema, "'" + ".".join(prefix) + ".{}'")
+                raise SettingsError(f"{shown}: unknown key '{dotted}'{hint}")
+            if isinstance(expected, dict):
+                if not isinstance(value, dict):
+                    got = _type_name(value)
+                    raise SettingsError(f"{shown}: {dotted}: expected a table, got {got}")
+                walk(value, expected, (*prefix, key))
+                continue
+            if value == "" or value == []:
+                continue  # the Spectacles template's "not set"
+            try:
+                values[expected.name] = expected.from_file(value)
+            except ValueError as error:
+                raise SettingsError(f"{shown}: {dotted}: {error}") from None
+            keys[expected.name] = dotted
+
+    walk(document, _SCHEMA, ())
+    return ConfigFile(Path(path), MappingProxyType(values), MappingProxyType(keys))
+
+
+# -- resolution -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartSettings:
+    """Every ``start`` setting, resolved and validated, with its :class:`Origin` in ``sources``.
+
+    ``None`` means "not given": ``shard_ids`` (run every shard), ``shard_count`` and
+    ``gateway_url`` (ask ``GET /gateway/bot``), ``shards_per_process`` (spread over the cores),
+    ``events`` (publish every dispatch). ``token`` is ``""`` when not given (``config --show``
+    works without one; :meth:`require_token` is for ``start``).
+    """
+
+    token: str = field(repr=False)
+    shard_ids: tuple[int, ...] | None
+    shard_count: int | None
+    shards_per_process: int | None
+    amqp_url: str = field(repr=False)  # may hold a password
+    group: str
+    events: frozenset[str] | None
+    intents: int
+    gateway_url: str | None
+    api_url: str
+    compress: bool
+    log_level: str
+    state_dir: Path
+    prefetch: int
+    max_memory_mb: int | None = None
+    config_file: Path | None = None
+    sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
+
+    @property
+    def needs_gateway_bot(self) -> bool:
+        """Whether ``GET /gateway/bot`` must be asked (for the shard count or the gateway URL)."""
+        return self.shard_count is None or self.gateway_url is None
+
+    def require_token(self) -> str:
+        """The token, or :class:`SettingsError` telling every way to give one."""
+        if not self.token:
+            raise SettingsError(
+                "no bot token: set DISCORD_TOKEN, pass --token or set [discord] token "
+                "in the config file"
+            )
+        return self.token
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """``(setting, shown value, source)`` rows for ``config --show``; secrets are masked."""
+        shown: dict[str, str] = {
+            "token": TOKEN_MASK if self.token else "(not set)",
+            "shard_ids": format_shard_ids(self.shard_ids)
+            if self.shard_ids is not None
+            else "(all shards)",
+            "shard_count": str(self.shard_count)
+            if self.shard_count is not None
+            else "(from GET /gateway/bot)",
+            "shards_per_process": str(self.shards_per_process)
+            if self.shards_per_process is not None
+            else f"(auto: shards / {os.cpu_count() or 1} CPU cores)",
+            "amqp_url": mask_url(self.amqp_url),
+            "group": self.group,
+            "events": ",".join(sorted(self.events)) if self.events is not None else "(all)",
+            "intents": format_intents(self.intents),
+            "gateway_url": self.gateway_url or "(from GET /gateway/bot)",
+            "api_url": self.api_url,
+            "compress": "zlib-stream" if self.compress else "none",
+            "log_level": self.log_level,
+            "state_dir": str(self.state_dir),
+            "prefetch": str(self.prefetch),
+            "max_memory_mb": str(self.max_memory_mb) if self.max_memory_mb else "(no limit)",
+        }
+        rows = [
+            (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))
+            for name, value in shown.items()
+        ]
+        rows.append(
+            (
+                "config",
+                str(self.config_file) if self.config_file else "(none)",
+                str(self.sources.get(CONFIG_FLAG, Origin(Source.DEFAULT))),
+            )
+        )
+        return rows
+
+
+def _check_shard_range(ids: Iterable[int], count: int, ids_from: str, count_from: str) -> None:
+    too_big = [shard for shard in ids if shard >= count]
+    if too_big:
+        raise SettingsError(
+            f"shard id {max(too_big)} ({ids_from}) is out of range for {count} shards "
+            f"({count_from}): shard ids go from 0 to {count - 1}"
+        )
+
+
+def resolve_start_settings(
+    flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> StartSettings:
+    """Resolve every setting: flag > environment > config file > default.
+
+    ``flags`` maps setting names (see :data:`SETTINGS`) and ``"config"`` to the command-line
+    strings, ``None`` when a flag was not given. ``environ`` defaults to :data:`os.environ`.
+    Raises :class:`SettingsError` (one line, naming the flag, variable or file key) for any bad
+    value, including shard ids not below the shard count when both are known.
+    """
+    env = os.environ if environ is None else environ
+    config_path = flags.get(CONFIG_FLAG)
+    config = load_config_file(config_path) if config_path else None
+
+    values: dict[str, Any] = {}
+    sources: dict[str, Origin] = {
+        CONFIG_FLAG: Origin(Source.FLAG, "--config") if config_path else Origin(Source.DEFAULT)
+    }
+    for setting in SETTINGS:
+        flag_value = flags.get(setting.name)
+        env_name = next((name for name in setting.envs if env.get(name)), None)
+        if flag_value is not None:
+            try:
+                values[setting.name] = setting.from_text(str(flag_value))
+            except ValueError as error:
+                raise SettingsError(f"{setting.flag}: {error}") from None
+            sources[setting.name] = Origin(Source.FLAG, setting.flag)
+        elif env_name is not None:
+            try:
+                values[setting.name] = setting.from_text(env[env_name])
+            except ValueError as error:
+                raise SettingsError(f"{env_name}: {error}") from None
+            sources[setting.name] = Origin(Source.ENV, env_name)
+        elif config is not None and setting.name in config.values:
+            values[setting.name] = config.values[setting.name]
+            detail = f"{config.path}: {config.keys[setting.name]}"
+            sources[setting.name] = Origin(Source.FILE, detail)
+        else:
+            values[setting.name] = setting.default
+            sources[setting.name] = Origin(Source.DEFAULT)
+
+    settings = StartSettings(
+        **values,
+        config_file=Path(config_path) if config_path else None,
+        sources=MappingProxyType(sources),
+    )
+    if settings.shard_ids is not None and settings.shard_count is not None:
+        _check_shard_range(
+            settings.shard_ids,
+            settings.shard_count,
+            str(sources["shard_ids"]),
+            str(sources["shard_count"]),
+        )
+    return settings
+
+
+# -- from settings to worker configs ----------------------------------------------------------
+
+
+def build_worker_config(settings: StartSettings, gateway_bot: GatewayBot | None) -> WorkerConfig:
+    """The :class:`WorkerConfig` for every shard these settings run.
+
+    The shard count and gateway URL come from the settings, else from ``gateway_bot``;
+    ``max_concurrency`` comes from ``gateway_bot``'s session start limit, else 1. Raises
+    :class:`SettingsError` when the token is missing, when neither source gives the shard count or
+    the gateway URL, or when a shard id is not below the shard count.
+    """
+    token = settings.require_token()
+    if settings.shard_count is not None:
+        shard_count, count_from = settings.shard_count, str(settings.sources.get("shard_count"))
+    elif gateway_bot is not None:
+        shard_count, count_from = gateway_bot.shards, "from GET /gateway/bot"
+    else:
+        raise SettingsError("the shard count is unknown: pass --shard-count")
+    if settings.gateway_url is not None:
+        url = settings.gateway_url
+    elif gateway_bot is not None:
+        url = gateway_bot.url.rstrip("/")
+    else:
+        raise SettingsError("the gateway URL is unknown: pass --gateway-url")
+    if settings.shard_ids is not None:
+        shard_ids = list(settings.shard_ids)
+        ids_from = str(settings.sources.get("shard_ids"))
+        _check_shard_range(shard_ids, shard_count, ids_from, count_from)
+    else:
+        shard_ids = list(range(shard_count))
+    max_concurrency = gateway_bot.session_start_limit.max_concurrency if gateway_bot else 1
+    return WorkerConfig(
+        shard_ids=shard_ids,
+        shard_count=shard_count,
+        gateway_url=url,
+        token=token,
+        amqp_url=settings.amqp_url,
+        group=settings.group,
+        events=settings.events,
+        intents=settings.intents,
+        compress=settings.compress,
+        max_concurrency=max(1, max_concurrency),
+        prefetch=settings.prefetch,
+        log_level=settings.log_level,
+    )
+
+
+def shards_per_process(settings: StartSettings, n_shards: int, cpu_count: int | None = None) -> int:
+    """The ``shards_per_process`` setting, or the default spread of ``n_shards`` over the cores."""
+    if settings.shards_per_process is not None:
+        return settings.shards_per_process
+    cpus = cpu_count if cpu_count is not None else os.cpu_count()
+    return default_shards_per_process(n_shards, cpus)
+
+
+def build_worker_configs(
+    settings: StartSettings, gateway_bot: GatewayBot | None, cpu_count: int | None = None
+) -> list[WorkerConfig]:
+    """:func:`build_worker_config` cut into one config per worker process (consecutive shards)."""
+    whole = build_worker_config(settings, gateway_bot)
+    per_process = shards_per_process(settings, len(whole.shard_ids), cpu_count)
+    return [
+        dataclasses.replace(
+            whole,
+            shard_ids=group,
+            sessions={k: v for k, v in whole.sessions.items() if k in group},
+        )
+        for group in split_groups(whole.shard_ids, per_process)
+    ]

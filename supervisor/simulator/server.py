@@ -1,0 +1,1290 @@
+"""The simulator: a local stand-in for Discord's gateway (API v10) and its ``/gateway/bot`` route.
+
+One port serves:
+
+* ``GET /api/v10/gateway/bot`` (and ``/api/v10/gateway``): Discord's REST answers, checked
+  against ``Authorization: Bot <token>``; any other ``/api`` path is a 404 JSON error;
+* ``GET /_sim/<command>?shard=N&...``: control endpoints (``stats``, ``snapshot``, ``reconnect``,
+  ``invalidate_session``, ``close``, ``zombie``, ``request_heartbeat``, ``drop``, ``send_raw``,
+  ``emit``), each mapping to the :class:`Simulator` method of that name;
+* the websocket gateway on every other path (``/`` and ``/resume`` in practice: READY's
+  ``resume_gateway_url`` is ``ws://host:port/resume``; the path each connection used is recorded).
+
+Protocol rules enforced (codes from :mod:`shard_worker.gateway.protocol`):
+
+* query ``v`` must be 10 (else close 4012); ``encoding`` must be ``json`` if given (else 4002);
+  ``compress`` may be ``zlib-stream`` (one compressobj per connection, each message ends with
+  ``00 00 ff ff``; with ``fragment`` each compressed message goes out as two websocket messages);
+* op 10 HELLO on connect; op 1 is answered with op 11 unless the connection is in zombie mode;
+* heartbeat timeout: no op 1 for ``heartbeat_timeout_s`` (default 2 intervals + 1 s) closes the
+  connection with 4000 (unknown error, so the session stays resumable, as Discord's missed
+  heartbeat closes do) and records a violation;
+* IDENTIFY/RESUME validation, the identify bucket rule, ``session_start_limit``, the send limit
+  (sliding window per connection, heartbeats included) and the payload size limit, with the close
+  codes of SPEC.md section 3 (see :meth:`Simulator._on_identify` and friends);
+* sessions: READY, one GUILD_CREATE per guild, then the event stream; RESUME replays every
+  dispatch after ``seq`` byte for byte, then RESUMED. A session survives its connection for
+  ``resume_window_s`` unless the client closed with 1000/1001 or the server forgot it.
+
+Records (see :meth:`Simulator.snapshot`) tell tests what every client did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import email.utils
+import http
+import itertools
+import logging
+import random
+import secrets
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import ujson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from shard_worker.gateway import protocol
+from shard_worker.gateway.protocol import (
+    API_VERSION,
+    CLIENT_OPS,
+    COMPRESS_ZLIB_STREAM,
+    ENCODING,
+    ZLIB_SUFFIX,
+    Close,
+    Op,
+)
+from supervisor.simulator import payloads
+
+log = logging.getLogger("supervisor.simulator")
+
+#: The path READY's ``resume_gateway_url`` points at.
+RESUME_PATH = "/resume"
+#: Stream event types with a realistic payload (any other name gets a generic one).
+STREAM_EVENT_TYPES = tuple(t for t, _ in payloads.STREAM_MIX)
+#: How many stream events are written before yielding to the loop (rate 0).
+_BURST = 64
+
+
+@dataclass
+class SimulatorOptions:
+    """Everything a :class:`Simulator` can be told. Defaults are Discord's own numbers."""
+
+    #: The bot token clients must present (never logged, never returned).
+    token: str = dataclasses.field(default="simulator-token", repr=False)
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (read it back from :attr:`Simulator.port`).
+    port: int = 0
+    #: Host put in the URLs the simulator hands out (default: ``host``, or 127.0.0.1 for 0.0.0.0).
+    advertise_host: str | None = None
+    #: The fake bot's total shard count (``/gateway/bot`` ``shards``; IDENTIFY must match it).
+    shard_count: int = 1
+    max_concurrency: int = 1
+    heartbeat_interval_ms: int = 41250
+    #: Close (4000) a connection that sent no heartbeat for this long; None = 2 intervals + 1 s;
+    #: 0 disables the check.
+    heartbeat_timeout_s: float | None = None
+    guilds_per_shard: int = 2
+    #: Stream events per session after READY/GUILD_CREATE; 0 = none, -1 = endless.
+    events_per_shard: int = 0
+    #: Stream events per second per shard; 0 = as fast as the client reads.
+    rate: float = 0.0
+    #: Send each compressed message as two websocket messages split at a random point.
+    fragment: bool = False
+    identify_interval_s: float = protocol.IDENTIFY_INTERVAL_S
+    send_limit: int = protocol.SEND_LIMIT
+    send_window_s: float = protocol.SEND_WINDOW_S
+    max_payload_bytes: int = protocol.MAX_PAYLOAD_BYTES
+    session_start_total: int = 1000
+    #: Identifies left today (default: ``session_start_total``).
+    session_start_remaining: int | None = None
+    #: Milliseconds until the daily identify budget resets.
+    session_start_reset_after_ms: int = 86_400_000
+    #: How long a disconnected session stays resumable.
+    resume_window_s: float = 180.0
+    #: After op 7, the server closes the connection itself (4000) if the client has not.
+    reconnect_grace_s: float = 5.0
+    #: Dispatches kept per session for RESUME; older ones cannot be replayed (op 9 false).
+    replay_buffer: int = 10_000
+    #: Keep at most this many ``sent`` records and ``dispatched`` entries per shard (None: all).
+    record_limit: int | None = None
+    #: Seed of the payload generator (None: random).
+    seed: int | None = None
+    zlib_level: int = zlib.Z_DEFAULT_COMPRESSION
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a one-line message naming the first bad option."""
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        need(isinstance(self.token, str) and self.token != "", "token must be a non-empty string")
+        need(0 <= self.port <= 65535, f"port must be in 0..65535, not {self.port}")
+        need(self.shard_count >= 1, f"shard count must be >= 1, not {self.shard_count}")
+        need(self.max_concurrency >= 1, f"max concurrency must be >= 1, not {self.max_concurrency}")
+        need(
+            self.heartbeat_interval_ms >= 10,
+            f"heartbeat interval must be >= 10 ms, not {self.heartbeat_interval_ms}",
+        )
+        need(
+            self.heartbeat_timeout_s is None or self.heartbeat_timeout_s >= 0,
+            "heartbeat timeout must be >= 0",
+        )
+        need(
+            0 <= self.guilds_per_shard <= 4096,
+            f"guilds per shard must be in 0..4096, not {self.guilds_per_shard}",
+        )
+        need(
+            self.events_per_shard >= -1,
+            f"events per shard must be >= 0 (or -1 for endless), not {self.events_per_shard}",
+        )
+        need(self.rate >= 0, f"rate must be >= 0, not {self.rate}")
+        need(self.identify_interval_s >= 0, "identify interval must be >= 0")
+        need(self.send_limit >= 1, "send limit must be >= 1")
+        need(self.send_window_s > 0, "send window must be > 0")
+        need(self.max_payload_bytes >= 1, "max payload bytes must be >= 1")
+        need(self.session_start_total >= 0, "session start total must be >= 0")
+        need(
+            self.session_start_remaining is None
+            or 0 <= self.session_start_remaining <= self.session_start_total,
+            "session start remaining must be in 0..total",
+        )
+        need(self.session_start_reset_after_ms >= 0, "session start reset_after must be >= 0")
+        need(self.resume_window_s >= 0, "resume window must be >= 0")
+        need(self.reconnect_grace_s >= 0, "reconnect grace must be >= 0")
+        need(self.replay_buffer >= 1, "replay buffer must be >= 1")
+        need(self.record_limit is None or self.record_limit >= 1, "record limit must be >= 1")
+        need(-1 <= self.zlib_level <= 9, "zlib level must be in -1..9")
+
+    @property
+    def effective_heartbeat_timeout_s(self) -> float:
+        """The heartbeat timeout in force (0 = disabled)."""
+        if self.heartbeat_timeout_s is not None:
+            return self.heartbeat_timeout_s
+        return 2 * self.heartbeat_interval_ms / 1000 + 1.0
+
+
+# -- per-session / per-connection state --------------------------------------------------------
+
+_T_CACHE: dict[str, bytes] = {}
+
+
+def _t_bytes(t: str) -> bytes:
+    b = _T_CACHE.get(t)
+    if b is None:
+        b = _T_CACHE[t] = ujson.dumps(t).encode()
+    return b
+
+
+class _Session:
+    __slots__ = (
+        "id", "shard", "seq", "history", "conn", "disconnected_at", "ready", "ended",
+        "emitq", "emit_pending", "base_remaining", "wake", "factory", "stream_task",
+    )
+
+    def __init__(self, sid: str, shard: int, factory: payloads.EventFactory, buffer: int,
+                 base_remaining: int) -> None:
+        self.id = sid
+        self.shard = shard
+        self.seq = 0
+        self.history: deque[bytes] = deque(maxlen=buffer)
+        self.conn: _Conn | None = None
+        self.disconnected_at: float | None = None
+        self.ready = False
+        self.ended = False
+        self.emitq: deque[list] = deque()  # [t or None, count]
+        self.emit_pending = 0
+        self.base_remaining = base_remaining
+        self.wake = asyncio.Event()
+        self.factory = factory
+        self.stream_task: asyncio.Task | None = None
+
+    @property
+    def first_retained(self) -> int:
+        return self.seq - len(self.history) + 1
+
+    def available(self) -> int:
+        if self.base_remaining < 0:
+            return 1 << 30
+        return self.emit_pending + self.base_remaining
+
+    def take(self) -> str | None:
+        if self.emitq:
+            item = self.emitq[0]
+            item[1] -= 1
+            self.emit_pending -= 1
+            if item[1] <= 0:
+                self.emitq.popleft()
+            return item[0]
+        if self.base_remaining > 0:
+            self.base_remaining -= 1
+        return None
+
+
+class _Conn:
+    __slots__ = (
+        "id", "ws", "path", "query", "record", "comp", "fragment", "rng", "shard",
+        "session", "zombie", "last_heartbeat", "window", "server_close", "dropped", "closing",
+        "reconnect_deadline", "hb_timeout",
+    )
+
+    def __init__(self, cid: int, ws: ServerConnection, path: str, query: dict, record: dict):
+        self.id = cid
+        self.ws = ws
+        self.path = path
+        self.query = query
+        self.record = record
+        self.comp: Any = None
+        self.fragment = False
+        self.rng = random.Random(cid)
+        self.shard: int | None = None
+        self.session: _Session | None = None
+        self.zombie = False
+        self.last_heartbeat = 0.0
+        self.window: deque[float] = deque()
+        self.server_close: tuple[int, str] | None = None
+        self.dropped = False
+        self.closing = False
+        self.reconnect_deadline: float | None = None
+        self.hb_timeout = 0.0
+
+    def _write(self, frames: Iterable[bytes]) -> bool:
+        """Frame (and compress) ``frames`` and hand them to the transport in ONE write.
+
+        Nothing here yields, so concurrent senders can never interleave inside the zlib stream
+        or between the two halves of a fragmented message. False if the connection is not open.
+        """
+        ws = self.ws
+        proto = ws.protocol
+        if proto.state is not State.OPEN:
+            return False
+        comp = self.comp
+        if comp is None:
+            for frame in frames:
+                proto.send_text(frame)
+        elif not self.fragment:
+            for frame in frames:
+                proto.send_binary(comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH))
+        else:
+            rng = self.rng
+            for frame in frames:
+                data = comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH)
+                cut = rng.randrange(1, len(data))
+                while cut > 1 and data[:cut].endswith(ZLIB_SUFFIX):
+                    cut -= 1
+                proto.send_binary(data[:cut])
+                proto.send_binary(data[cut:])
+        out = proto.data_to_send()
+        if out:
+            ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        return True
+
+    async def send_many(self, frames: Iterable[bytes]) -> None:
+        """Send gateway messages in order (one transport write), then wait for the buffer to
+        drain. Raises ``ConnectionClosed`` when the connection is closing or closed."""
+        if not self._write(frames):
+            await self.ws.send(b"", text=True)  # raises ConnectionClosed
+            raise ConnectionClosedError(None, None)  # pragma: no cover - not reached
+        await self._drain()
+
+    async def send(self, frame: bytes) -> None:
+        """Send one gateway message (compressed through this connection's stream if zlib)."""
+        await self.send_many((frame,))
+
+    async def _drain(self) -> None:
+        drain = getattr(self.ws, "drain", None)
+        if drain is not None:
+            await drain()
+        else:  # pragma: no cover - websockets without Connection.drain
+            await asyncio.sleep(0)
+
+
+def _close_reason(reason: str) -> str:
+    # A close reason is at most 123 bytes of UTF-8.
+    data = reason.encode()[:123]
+    return data.decode(errors="ignore")
+
+
+def _json_response(status: int, obj: Any) -> Response:
+    body = ujson.dumps(obj).encode()
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", "application/json"),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def _as_bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+class _Limited(list):
+    """A list that drops its oldest items beyond ``limit`` (None: unbounded)."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int | None) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def add(self, item: Any) -> None:
+        self.append(item)
+        if self.limit is not None and len(self) > self.limit * 2:
+            del self[: len(self) - self.limit]
+
+    def view(self) -> list:
+        if self.limit is not None and len(self) > self.limit:
+            return self[len(self) - self.limit:]
+        return list(self)
+
+
+class Simulator:
+    """A fake Discord gateway on one asyncio loop. Use ``async with Simulator(opts) as sim``.
+
+    Control methods (:meth:`reconnect`, :meth:`invalidate_session`, :meth:`close`,
+    :meth:`zombie`, :meth:`request_heartbeat`, :meth:`drop`, :meth:`send_raw`, :meth:`emit`) act
+    on the shard's current connection/session and raise ``LookupError`` when there is none.
+    """
+
+    def __init__(self, options: SimulatorOptions | None = None, **overrides: Any) -> None:
+        opts = dataclasses.replace(options or SimulatorOptions(), **overrides)
+        opts.validate()
+        self.options = opts
+        self._server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._bg: set[asyncio.Task] = set()
+        self._conn_ids = itertools.count(1)
+        self._conns: dict[int, _Conn] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._current: dict[int, _Session] = {}
+        self._shard_conn: dict[int, _Conn] = {}
+        self._factories: dict[int, payloads.EventFactory] = {}
+        self._bucket_last: dict[int, float] = {}
+        self._remaining = (
+            opts.session_start_total
+            if opts.session_start_remaining is None
+            else opts.session_start_remaining
+        )
+        self._limit_reset_at = 0.0
+        self._started_at = time.time()
+        # records
+        self.sent = _Limited(opts.record_limit)
+        self.identifies: list[dict] = []
+        self.resumes: list[dict] = []
+        self.connections: list[dict] = []
+        self.dispatched: dict[int, _Limited] = {}
+        self._dispatch_count: dict[int, int] = {}
+        self.violations: list[str] = []
+        self.counters = {
+            "connections": 0,
+            "identifies": 0,
+            "resumes": 0,
+            "dispatched": 0,
+            "replayed": 0,
+            "violations": 0,
+        }
+        interval = opts.heartbeat_interval_ms
+        self._hello = ujson.dumps(
+            {
+                "t": None,
+                "s": None,
+                "op": int(Op.HELLO),
+                "d": {"heartbeat_interval": interval, "_trace": ['["gateway-sim",{"micros":0}]']},
+            }
+        ).encode()
+        self._ack = b'{"t":null,"s":null,"op":11,"d":null}'
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind the port and start serving."""
+        if self._server is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        opts = self.options
+        self._limit_reset_at = self._loop.time() + opts.session_start_reset_after_ms / 1000
+        self._server = await serve(
+            self._handler,
+            opts.host,
+            opts.port,
+            process_request=self._process_request,
+            compression=None,
+            ping_interval=None,
+            ping_timeout=None,
+            close_timeout=2,
+            max_size=max(1 << 20, opts.max_payload_bytes * 4),
+            max_queue=64,
+            server_header="spectacles-simulator",
+        )
+        self._sweeper = asyncio.create_task(self._sweep())
+        log.info("simulator listening on %s (api %s)", self.url, self.api_url)
+
+    async def stop(self) -> None:
+        """Close every connection (1001) and stop serving."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        if self._sweeper:
+            self._sweeper.cancel()
+        try:
+            server.close(close_connections=True, code=Close.GOING_AWAY, reason="simulator stopping")
+        except TypeError:  # pragma: no cover - websockets < 14 has no code/reason here
+            server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(server.wait_closed(), 10)
+        except asyncio.TimeoutError:  # pragma: no cover - a handler refused to finish
+            log.warning("simulator: connections did not close in time")
+        for task in list(self._bg):
+            task.cancel()
+        for session in list(self._sessions.values()):
+            if session.stream_task:
+                session.stream_task.cancel()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        await self.start()
+        assert self._server is not None
+        await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        if self._server is None:
+            return self.options.port
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def public_host(self) -> str:
+        """The host used in handed-out URLs."""
+        host = self.options.advertise_host or self.options.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def url(self) -> str:
+        """The gateway base URL (what ``/gateway/bot`` returns), e.g. ``ws://127.0.0.1:8765``."""
+        return f"ws://{self.public_host}:{self.port}"
+
+    @property
+    def resume_url(self) -> str:
+        """READY's ``resume_gateway_url``."""
+        return f"ws://{self.public_host}:{self.port}{RESUME_PATH}"
+
+    @property
+    def api_url(self) -> str:
+        """The REST base, e.g. ``http://127.0.0.1:8765/api/v10``."""
+        return f"http://{self.public_host}:{self.port}/api/v{API_VERSION}"
+
+    # -- records --------------------------------------------------------------------------------
+    def _violation(self, text: str) -> None:
+        self.violations.append(text)
+        self.counters["violations"] += 1
+        log.warning("violation: %s", text)
+
+    def ready_shards(self) -> set[int]:
+        """Shards whose current session is READY/RESUMED and attached to an open connection."""
+        return {
+            s for s, sess in self._current.items() if sess.ready and sess.conn is not None
+        }
+
+    def shard_states(self) -> dict[int, dict]:
+        """Per shard: current ``session_id``, last ``seq``, ``connected``, ``connection`` id."""
+        out: dict[int, dict] = {}
+        for s, sess in sorted(self._current.items()):
+            out[s] = {
+                "session_id": sess.id,
+                "seq": sess.seq,
+                "connected": sess.conn is not None,
+                "connection": sess.conn.id if sess.conn else None,
+                "ready": sess.ready and sess.conn is not None,
+            }
+        return out
+
+    def snapshot(self) -> dict:
+        """A deep, plain-data copy of every record. Times are ``time.time()`` floats.
+
+        * ``sent``: every payload a client sent: ``{time, shard, conn, op, d}`` (``d["token"]``
+          replaced by ``"<redacted>"``; ``shard`` None until the connection identified/resumed);
+        * ``identifies``: ``{time, shard, bucket, conn, accepted, session_id}`` for every
+          identify that passed validation (``accepted`` False: bucket rule or no starts left);
+        * ``resumes``: ``{time, shard, session_id, seq, path, conn, result, replayed}``,
+          ``result`` one of ``ok``, ``invalid_session``, ``invalid_seq``, ``too_old``;
+        * ``connections``: ``{id, path, query, remote, compress, shard, opened, closed,
+          close_code, close_reason, closed_by}``, ``closed_by`` ``server``, ``client`` or
+          ``drop`` (server aborted TCP); ``close_code`` None when no close frame was exchanged;
+        * ``dispatched``: ``{shard: [(session_id, seq, t), ...]}``, first-time dispatches only;
+        * ``violations``: human-readable strings;
+        * ``ready``: set of shards whose current session is READY/RESUMED and connected;
+        * ``shards``: ``{shard: {session_id, seq, connected, connection, ready}}`` for each
+          shard's current (not forgotten) session;
+        * ``counters``: ``connections, identifies, resumes, dispatched, replayed, violations``;
+        * ``session_start_limit``: as ``/gateway/bot`` returns it.
+        """
+        return {
+            "sent": copy.deepcopy(self.sent.view()),
+            "identifies": [dict(r) for r in self.identifies],
+            "resumes": [dict(r) for r in self.resumes],
+            "connections": [dict(r, query=dict(r["query"])) for r in self.connections],
+            "dispatched": {s: v.view() for s, v in self.dispatched.items()},
+            "violations": list(self.violations),
+            "ready": self.ready_shards(),
+            "shards": self.shard_states(),
+            "counters": dict(self.counters),
+            "session_start_limit": self._session_start_limit(),
+        }
+
+    def stats(self) -> dict:
+        """A JSON-ready summary (no token, no per-event lists)."""
+        open_conns = sum(1 for r in self.connections if r["closed"] is None)
+        return {
+            **self.counters,
+            "open_connections": open_conns,
+            "dispatched_per_shard": {
+                str(s): n for s, n in sorted(self._dispatch_counts().items())
+            },
+            "ready": sorted(self.ready_shards()),
+            "shards": {str(s): v for s, v in self.shard_states().items()},
+            "violation_list": self.violations[-50:],
+            "session_start_limit": self._session_start_limit(),
+            "shard_count": self.options.shard_count,
+            "max_concurrency": self.options.max_concurrency,
+            "url": self.url,
+            "uptime_s": round(time.time() - self._started_at, 3),
+        }
+
+    def _dispatch_counts(self) -> dict[int, int]:
+        return dict(self._dispatch_count)
+
+    def _session_start_limit(self) -> dict:
+        loop = self._loop
+        now = loop.time() if loop else 0.0
+        if loop is not None and now >= self._limit_reset_at:
+            self._remaining = self.options.session_start_total
+            self._limit_reset_at = now + self.options.session_start_reset_after_ms / 1000
+        return {
+            "total": self.options.session_start_total,
+            "remaining": self._remaining,
+            "reset_after": max(0, int((self._limit_reset_at - now) * 1000)),
+            "max_concurrency": self.options.max_concurrency,
+        }
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        path = parts.path
+        if path == "/api" or path.startswith("/api/"):
+            return self._api(path, request)
+        if path.startswith("/_sim/"):
+            return await self._control_http(path[len("/_sim/"):], dict(parse_qsl(parts.query)))
+        return None  # the websocket gateway
+
+    def _api(self, path: str, request: Request) -> Response:
+        prefix = f"/api/v{API_VERSION}"
+        route = path[len(prefix):] if path.startswith(prefix + "/") else None
+        if route not in ("/gateway/bot", "/gateway"):
+            return _json_response(404, {"message": "404: Not Found", "code": 0})
+        if route == "/gateway":
+            return _json_response(200, {"url": self.url})
+        auth = request.headers.get("Authorization", "")
+        if not secrets.compare_digest(auth.encode(), f"Bot {self.options.token}".encode()):
+            return _json_response(401, {"message": "401: Unauthorized", "code": 0})
+        return _json_response(
+            200,
+            {
+                "url": self.url,
+                "shards": self.options.shard_count,
+                "session_start_limit": self._session_start_limit(),
+            },
+        )
+
+    async def _control_http(self, command: str, q: dict[str, str]) -> Response:
+        try:
+            if command == "stats":
+                return _json_response(200, self.stats())
+            if command == "snapshot":
+                snap = self.snapshot()
+                snap["ready"] = sorted(snap["ready"])
+                return _json_response(200, snap)
+            if command not in _CONTROL_COMMANDS:
+                return _json_response(404, {"error": f"unknown command {command!r}"})
+            if "shard" not in q:
+                return _json_response(400, {"error": "missing query parameter 'shard'"})
+            shard = int(q["shard"])
+            if command == "invalidate_session" or command == "invalidate":
+                result = await self.invalidate_session(shard, _as_bool(q.get("resumable"), False))
+            elif command == "close":
+                result = await self.close(shard, int(q.get("code", Close.UNKNOWN_ERROR)),
+                                          q.get("reason", ""))
+            elif command == "zombie":
+                result = await self.zombie(shard, _as_bool(q.get("on"), True))
+            elif command == "send_raw":
+                if "data_hex" in q:
+                    data: bytes | str = bytes.fromhex(q["data_hex"])
+                else:
+                    data = q.get("data", "")
+                result = await self.send_raw(shard, data, _as_bool(q.get("compressed"), True))
+            elif command == "emit":
+                result = await self.emit(shard, int(q.get("n", "1")), q.get("t") or None)
+            else:  # reconnect, request_heartbeat, drop
+                result = await getattr(self, command)(shard)
+        except LookupError as exc:
+            return _json_response(404, {"error": str(exc)})
+        except ConnectionClosed:
+            return _json_response(409, {"error": "the connection closed meanwhile"})
+        except (ValueError, TypeError) as exc:
+            return _json_response(400, {"error": str(exc)})
+        return _json_response(200, {"ok": True, "result": result})
+
+    # -- websocket gateway ----------------------------------------------------------------------
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert self._loop is not None
+        request = ws.request
+        parts = urlsplit(request.path if request else "/")
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        cid = next(self._conn_ids)
+        remote = ws.remote_address
+        record = {
+            "id": cid,
+            "path": parts.path or "/",
+            "query": query,
+            "remote": f"{remote[0]}:{remote[1]}" if remote else None,
+            "compress": query.get("compress") == COMPRESS_ZLIB_STREAM,
+            "shard": None,
+            "opened": time.time(),
+            "closed": None,
+            "close_code": None,
+            "close_reason": None,
+            "closed_by": None,
+        }
+        self.connections.append(record)
+        self.counters["connections"] += 1
+        conn = _Conn(cid, ws, record["path"], query, record)
+        self._conns[cid] = conn
+        log.info("connection %d opened on %s", cid, record["path"])
+        try:
+            bad = self._check_query(query)
+            if bad is not None:
+                await self._close(conn, *bad)
+                return
+            if record["compress"]:
+                conn.comp = zlib.compressobj(self.options.zlib_level)
+                conn.fragment = self.options.fragment
+            conn.last_heartbeat = self._loop.time()
+            conn.hb_timeout = self.options.effective_heartbeat_timeout_s
+            await conn.send(self._hello)
+            async for message in ws:
+                if conn.closing:
+                    continue
+                await self._on_message(conn, message)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("simulator: connection %d handler failed", cid)
+            await self._close(conn, Close.UNKNOWN_ERROR, "internal simulator error")
+        finally:
+            self._on_disconnect(conn)
+
+    def _check_query(self, query: dict[str, str]) -> tuple[int, str] | None:
+        v = query.get("v")
+        if v != str(API_VERSION):
+            return Close.INVALID_API_VERSION, f"Invalid API version: {v!r} (the simulator is v10)"
+        encoding = query.get("encoding", ENCODING)
+        if encoding != ENCODING:
+            return Close.DECODE_ERROR, f"Unsupported encoding {encoding!r}: only json"
+        compress = query.get("compress")
+        if compress is not None and compress != COMPRESS_ZLIB_STREAM:
+            return Close.DECODE_ERROR, f"Unsupported compress {compress!r}: only zlib-stream"
+        return None
+
+    async def _close(self, conn: _Conn, code: int, reason: str = "") -> None:
+        """Close ``conn`` from the server side with ``code`` (idempotent)."""
+        if conn.closing:
+            return
+        conn.closing = True
+        conn.server_close = (int(code), reason)
+        self._stop_stream(conn.session)
+        log.info("closing connection %d (shard %s): %s %s", conn.id, conn.shard, int(code), reason)
+        try:
+            await conn.ws.close(int(code), _close_reason(reason))
+        except Exception:  # pragma: no cover - closing an already broken connection
+            pass
+
+    def _close_soon(self, conn: _Conn, code: int, reason: str) -> None:
+        self._spawn(self._close(conn, code, reason))
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
+
+    def _on_disconnect(self, conn: _Conn) -> None:
+        self._conns.pop(conn.id, None)
+        p = conn.ws.protocol
+        if conn.dropped:
+            by, code, reason = "drop", None, None
+        elif conn.server_close is not None:
+            by, (code, reason) = "server", conn.server_close
+        elif p.close_rcvd is not None and (p.close_rcvd_then_sent or p.close_sent is None):
+            by, code, reason = "client", p.close_rcvd.code, p.close_rcvd.reason
+        elif p.close_sent is not None:
+            by, code, reason = "server", p.close_sent.code, p.close_sent.reason
+        else:
+            by, code, reason = "client", None, None
+        rec = conn.record
+        rec.update(closed=time.time(), close_code=code, close_reason=reason, closed_by=by)
+        log.info("connection %d (shard %s) closed by %s: %s", conn.id, conn.shard, by, code)
+        session = conn.session
+        if session is not None:
+            self._detach(session)
+            if by == "client" and code in (Close.NORMAL, Close.GOING_AWAY):
+                self._forget(session)
+        if conn.shard is not None and self._shard_conn.get(conn.shard) is conn:
+            del self._shard_conn[conn.shard]
+
+    async def _on_message(self, conn: _Conn, message: str | bytes) -> None:
+        opts = self.options
+        now = self._loop.time()  # type: ignore[union-attr]
+        window = conn.window
+        window.append(now)
+        cutoff = now - opts.send_window_s
+        while window[0] <= cutoff:
+            window.popleft()
+        if isinstance(message, str):
+            size = len(message) if message.isascii() else len(message.encode())
+        else:
+            size = len(message)
+        if size > opts.max_payload_bytes:
+            self._violation(
+                f"connection {conn.id} (shard {conn.shard}) sent a {size}-byte payload "
+                f"(limit {opts.max_payload_bytes}): closed {int(Close.DECODE_ERROR)}"
+            )
+            await self._close(conn, Close.DECODE_ERROR, "Payload too large")
+            return
+        try:
+            payload = ujson.loads(message)
+        except (ValueError, TypeError):
+            await self._close(conn, Close.DECODE_ERROR, "Error while decoding payload")
+            return
+        op = payload.get("op") if isinstance(payload, dict) else None
+        if not isinstance(op, int) or isinstance(op, bool):
+            await self._close(conn, Close.DECODE_ERROR, "Error while decoding payload: no op")
+            return
+        d = payload.get("d")
+        if isinstance(d, dict) and "token" in d:
+            shown = dict(d)
+            shown["token"] = "<redacted>"
+        else:
+            shown = d
+        rec = {"time": time.time(), "shard": conn.shard, "conn": conn.id, "op": op, "d": shown}
+        self.sent.add(rec)
+        if len(window) > opts.send_limit:
+            self._violation(
+                f"connection {conn.id} (shard {conn.shard}) sent {len(window)} payloads in "
+                f"{opts.send_window_s:g} s (limit {opts.send_limit}): closed "
+                f"{int(Close.RATE_LIMITED)}"
+            )
+            await self._close(conn, Close.RATE_LIMITED, "You are being rate limited.")
+            return
+        if op not in CLIENT_OPS:
+            await self._close(conn, Close.UNKNOWN_OPCODE, f"Unknown opcode {op}")
+            return
+        if op == Op.HEARTBEAT:
+            conn.last_heartbeat = now
+            if not conn.zombie:
+                await conn.send(self._ack)
+        elif op == Op.IDENTIFY or op == Op.RESUME:
+            if op == Op.IDENTIFY:
+                await self._on_identify(conn, d)
+            else:
+                await self._on_resume(conn, d)
+            if rec["shard"] is None:
+                rec["shard"] = conn.shard
+        elif conn.session is None:
+            await self._close(conn, Close.NOT_AUTHENTICATED, "Not authenticated.")
+        elif op == Op.REQUEST_GUILD_MEMBERS and isinstance(d, dict):
+            await self._on_request_members(conn, d)
+        # ops 3, 4, 31, 43: accepted and recorded; nothing to answer.
+
+    def _token_ok(self, token: Any) -> bool:
+        if not isinstance(token, str):
+            return False
+        if token.startswith("Bot "):
+            token = token[4:]
+        return secrets.compare_digest(token.encode(), self.options.token.encode())
+
+    async def _invalid_session(self, conn: _Conn, resumable: bool) -> None:
+        await conn.send(
+            b'{"t":null,"s":null,"op":9,"d":%s}' % (b"true" if resumable else b"false")
+        )
+
+    async def _on_identify(self, conn: _Conn, d: Any) -> None:
+        opts = self.options
+        if conn.session is not None:
+            await self._close(conn, Close.ALREADY_AUTHENTICATED, "You sent more than one identify.")
+            return
+        if not isinstance(d, dict):
+            await self._close(conn, Close.DECODE_ERROR, "IDENTIFY d must be an object")
+            return
+        if not self._token_ok(d.get("token")):
+            await self._close(conn, Close.AUTHENTICATION_FAILED, "Authentication failed.")
+            return
+        shard = d.get("shard")
+        count = opts.shard_count
+        if shard is None:
+            if count > 1:
+                await self._close(conn, Close.SHARDING_REQUIRED, "Sharding required.")
+                return
+            shard_id = 0
+        else:
+            if (
+                not isinstance(shard, (list, tuple))
+                or len(shard) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+                or shard[1] != count
+                or not 0 <= shard[0] < shard[1]
+            ):
+                await self._close(conn, Close.INVALID_SHARD, "Invalid shard.")
+                return
+            shard_id = shard[0]
+        intents = d.get("intents")
+        if not isinstance(intents, int) or isinstance(intents, bool) or intents < 0:
+            await self._close(conn, Close.INVALID_INTENTS, "Invalid intent(s).")
+            return
+        if not isinstance(d.get("properties"), dict):
+            await self._close(conn, Close.DECODE_ERROR, "IDENTIFY properties must be an object")
+            return
+        conn.shard = shard_id
+        conn.record["shard"] = shard_id
+        now = self._loop.time()  # type: ignore[union-attr]
+        self._session_start_limit()  # refresh the daily budget
+        bucket = protocol.identify_bucket(shard_id, opts.max_concurrency)
+        entry = {"time": time.time(), "shard": shard_id, "bucket": bucket, "conn": conn.id,
+                 "accepted": False, "session_id": None}
+        if self._remaining <= 0:
+            self.identifies.append(entry)
+            self._violation(
+                f"shard {shard_id} identified with no session starts left: token reset, "
+                f"closed {int(Close.AUTHENTICATION_FAILED)}"
+            )
+            await self._close(conn, Close.AUTHENTICATION_FAILED, "Authentication failed.")
+            return
+        last = self._bucket_last.get(bucket)
+        if last is not None and now - last < opts.identify_interval_s:
+            self.identifies.append(entry)
+            self._violation(
+                f"shard {shard_id} identified {now - last:.3f} s after the previous identify of "
+                f"bucket {bucket} (at most one per {opts.identify_interval_s:g} s): op 9"
+            )
+            await self._invalid_session(conn, False)
+            return
+        self._bucket_last[bucket] = now
+        self._remaining -= 1
+        old = self._current.get(shard_id)
+        if old is not None and old.conn is not None and not old.conn.closing:
+            self._violation(
+                f"shard {shard_id} identified on connection {conn.id} while connection "
+                f"{old.conn.id} still holds it (duplicate shard)"
+            )
+        session = _Session(
+            secrets.token_hex(16),
+            shard_id,
+            self._factory(shard_id),
+            opts.replay_buffer,
+            opts.events_per_shard,
+        )
+        entry["accepted"] = True
+        entry["session_id"] = session.id
+        self.identifies.append(entry)
+        self.counters["identifies"] += 1
+        self._sessions[session.id] = session
+        self._attach(conn, session)
+        log.info("shard %d identified on connection %d (session %s)", shard_id, conn.id,
+                 session.id)
+        factory = session.factory
+        ready = payloads.ready(
+            session_id=session.id,
+            resume_gateway_url=self.resume_url,
+            shard_id=shard_id,
+            shard_count=count,
+            guild_ids=factory.guild_ids(),
+        )
+        await conn.send(self._dispatch(session, "READY", ujson.dumps(ready).encode()))
+        for i in range(len(factory.guilds)):
+            if session.conn is not conn:
+                return
+            d_bytes = ujson.dumps(factory.guild_create(i)).encode()
+            await conn.send(self._dispatch(session, "GUILD_CREATE", d_bytes))
+        if session.conn is conn:
+            session.ready = True
+            self._start_stream(session)
+
+    async def _on_resume(self, conn: _Conn, d: Any) -> None:
+        if conn.session is not None:
+            await self._close(conn, Close.ALREADY_AUTHENTICATED, "Already authenticated.")
+            return
+        if not isinstance(d, dict):
+            await self._close(conn, Close.DECODE_ERROR, "RESUME d must be an object")
+            return
+        if not self._token_ok(d.get("token")):
+            await self._close(conn, Close.AUTHENTICATION_FAILED, "Authentication failed.")
+            return
+        sid = d.get("session_id")
+        seq = d.get("seq")
+        if seq is None:
+            seq = 0
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            await self._close(conn, Close.DECODE_ERROR, "RESUME seq must be an integer")
+            return
+        session = self._sessions.get(sid) if isinstance(sid, str) else None
+        entry = {
+            "time": time.time(),
+            "shard": session.shard if session else None,
+            "session_id": sid,
+            "seq": seq,
+            "path": conn.path,
+            "conn": conn.id,
+            "result": "ok",
+            "replayed": 0,
+        }
+        self.resumes.append(entry)
+        if session is not None:
+            conn.shard = session.shard
+            conn.record["shard"] = session.shard
+        if session is None or not self._resumable(session):
+            entry["result"] = "invalid_session"
+            await self._invalid_session(conn, False)
+            return
+        if seq > session.seq:
+            entry["result"] = "invalid_seq"
+            self._forget(session)
+            await self._close(conn, Close.INVALID_SEQ, "Invalid seq.")
+            return
+        first = session.first_retained
+        if seq + 1 < first:
+            entry["result"] = "too_old"
+            self._forget(session)
+            await self._invalid_session(conn, False)
+            return
+        old = session.conn
+        if old is not None and old is not conn:
+            self._detach(session)
+            self._close_soon(old, Close.UNKNOWN_ERROR, "Session resumed on another connection")
+        self._attach(conn, session)
+        frames = list(itertools.islice(session.history, seq + 1 - first, None))
+        for i in range(0, len(frames), 256):
+            await conn.send_many(frames[i:i + 256])
+        entry["replayed"] = len(frames)
+        self.counters["replayed"] += len(frames)
+        self.counters["resumes"] += 1
+        if session.conn is not conn:
+            return
+        log.info("shard %d resumed session %s on connection %d (%d replayed)", session.shard,
+                 session.id, conn.id, len(frames))
+        await conn.send(
+            self._dispatch(session, "RESUMED", ujson.dumps(payloads.resumed()).encode())
+        )
+        if session.conn is conn:
+            session.ready = True
+            self._start_stream(session)
+
+    async def _on_request_members(self, conn: _Conn, d: dict) -> None:
+        session = conn.session
+        assert session is not None
+        try:
+            gid = int(d.get("guild_id"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
+        nonce = d.get("nonce") if isinstance(d.get("nonce"), str) else None
+        chunk = session.factory.members_chunk(gid, nonce)
+        if chunk is not None:
+            frame = self._dispatch(session, "GUILD_MEMBERS_CHUNK", ujson.dumps(chunk).encode())
+            await conn.send(frame)
+
+    # -- sessions -------------------------------------------------------------------------------
+    def _factory(self, shard: int) -> payloads.EventFactory:
+        f = self._factories.get(shard)
+        if f is None:
+            f = self._factories[shard] = payloads.EventFactory(
+                shard, self.options.shard_count, self.options.guilds_per_shard, self.options.seed
+            )
+        return f
+
+    def _resumable(self, session: _Session) -> bool:
+        if session.ended:
+            return False
+        if session.conn is not None or session.disconnected_at is None:
+            return True
+        assert self._loop is not None
+        return self._loop.time() - session.disconnected_at <= self.options.resume_window_s
+
+    def _attach(self, conn: _Conn, session: _Session) -> None:
+        conn.session = session
+        session.conn = conn
+        session.disconnected_at = None
+        self._current[session.shard] = session
+        self._shard_conn[session.shard] = conn
+
+    def _detach(self, session: _Session) -> None:
+        self._stop_stream(session)
+        conn = session.conn
+        if conn is not None:
+            conn.session = None
+        session.conn = None
+        session.ready = False
+        session.disconnected_at = self._loop.time() if self._loop else 0.0
+
+    def _forget(self, session: _Session) -> None:
+        session.ended = True
+        self._sessions.pop(session.id, None)
+        if self._current.get(session.shard) is session:
+            del self._current[session.shard]
+        if session.conn is not None:
+            self._detach(session)
+        session.history.clear()
+
+    def _stop_stream(self, session: _Session | None) -> None:
+        if session is not None and session.stream_task is not None:
+            session.stream_task.cancel()
+            session.stream_task = None
+
+    def _start_stream(self, session: _Session) -> None:
+        self._stop_stream(session)
+        if session.conn is not None:
+            session.stream_task = asyncio.ensure_future(self._stream(session, session.conn))
+
+    def _dispatch(self, session: _Session, t: str, d: bytes) -> bytes:
+        """Give ``d`` the session's next seq, keep it for replay, record it; returns the frame."""
+        session.seq += 1
+        seq = session.seq
+        frame = b'{"t":%b,"s":%d,"op":0,"d":%b}' % (_t_bytes(t), seq, d)
+        session.history.append(frame)
+        shard = session.shard
+        lst = self.dispatched.get(shard)
+        if lst is None:
+            lst = self.dispatched[shard] = _Limited(self.options.record_limit)
+        lst.add((session.id, seq, t))
+        self._dispatch_count[shard] = self._dispatch_count.get(shard, 0) + 1
+        self.counters["dispatched"] += 1
+        return frame
+
+    async def _stream(self, session: _Session, conn: _Conn) -> None:
+        rate = self.options.rate
+        loop = self._loop
+        assert loop is not None
+        factory = session.factory
+        started = loop.time()
+        produced = 0
+        try:
+            while True:
+                if session.conn is not conn or conn.closing:
+                    return
+                avail = session.available()
+                if avail <= 0:
+                    session.wake.clear()
+                    await session.wake.wait()
+                    started, produced = loop.time(), 0
+                    continue
+                if rate > 0:
+                    elapsed = loop.time() - started
+                    due = int(elapsed * rate) + 1 - produced
+                    if due <= 0:
+                        await asyncio.sleep(max(0.0, produced / rate - elapsed))
+                        continue
+                    k = min(due, avail, 1000)
+                else:
+                    k = min(avail, _BURST)
+                frames = []
+                for _ in range(k):
+                    t, d = factory.make(session.take())
+                    frames.append(self._dispatch(session, t, d))
+                await conn.send_many(frames)
+                produced += k
+                if rate <= 0:
+                    await asyncio.sleep(0)
+        except ConnectionClosed:
+            return
+
+    async def _sweep(self) -> None:
+        """Heartbeat timeouts, op 7 grace periods and session expiry, checked periodically."""
+        loop = self._loop
+        assert loop is not None
+        opts = self.options
+        hb = opts.effective_heartbeat_timeout_s
+        period = min(0.25, hb / 4) if hb > 0 else 0.25
+        period = min(period, max(0.05, opts.reconnect_grace_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for conn in list(self._conns.values()):
+                if conn.closing:
+                    continue
+                if conn.hb_timeout > 0 and now - conn.last_heartbeat > conn.hb_timeout:
+                    self._violation(
+                        f"connection {conn.id} (shard {conn.shard}) sent no heartbeat for "
+                        f"{now - conn.last_heartbeat:.1f} s (interval "
+                        f"{opts.heartbeat_interval_ms} ms): closed {int(Close.UNKNOWN_ERROR)}"
+                    )
+                    self._close_soon(conn, Close.UNKNOWN_ERROR, "Heartbeat timeout")
+                elif conn.reconnect_deadline is not None and now >= conn.reconnect_deadline:
+                    self._close_soon(conn, Close.UNKNOWN_ERROR, "Reconnect requested")
+            for session in list(self._sessions.values()):
+                if (
+                    session.conn is None
+                    and session.disconnected_at is not None
+                    and now - session.disconnected_at > opts.resume_window_s
+                ):
+                    log.info("session %s of shard %d expired", session.id, session.shard)
+                    self._forget(session)
+
+    # -- control --------------------------------------------------------------------------------
+    def _conn_for(self, shard: int) -> _Conn:
+        conn = self._shard_conn.get(shard)
+        if conn is None or conn.closing:
+            raise LookupError(f"shard {shard} has no open connection")
+        return conn
+
+    async def reconnect(self, shard: int) -> dict:
+        """Send op 7 RECONNECT; close (4000) after ``reconnect_grace_s`` if the client has not."""
+        conn = self._conn_for(shard)
+        self._stop_stream(conn.session)
+        await conn.send(b'{"t":null,"s":null,"op":7,"d":null}')
+        assert self._loop is not None
+        conn.reconnect_deadline = self._loop.time() + self.options.reconnect_grace_s
+        return {"connection": conn.id}
+
+    async def invalidate_session(self, shard: int, resumable: bool = False) -> dict:
+        """Send op 9 ``d=resumable``. The connection becomes unauthenticated (the client may
+        IDENTIFY or RESUME on it, or reconnect); a non-resumable session is forgotten."""
+        conn = self._shard_conn.get(shard)
+        if conn is not None and conn.closing:
+            conn = None
+        session = self._current.get(shard)
+        if conn is None and session is None:
+            raise LookupError(f"shard {shard} has no connection or session")
+        if session is not None:
+            if session.conn is not None:
+                self._detach(session)
+            if not resumable:
+                self._forget(session)
+        if conn is not None:
+            conn.session = None
+            await self._invalid_session(conn, resumable)
+        return {
+            "connection": conn.id if conn else None,
+            "session_id": session.id if session else None,
+        }
+
+    async def close(self, shard: int, code: int, reason: str = "") -> dict:
+        """Close the shard's connection with ``code``; 4007/4009 (and fatal codes) also forget
+        the session, any other code leaves it resumable."""
+        conn = self._conn_for(shard)
+        code = int(code)
+        if not (code in (1000, 1001) or 3000 <= code <= 4999):
+            raise ValueError(f"cannot close with code {code}")
+        session = conn.session
+        if session is not None and (
+            code in protocol.REIDENTIFY_CLOSE_CODES or code in protocol.FATAL_CLOSE_CODES
+        ):
+            self._forget(session)
+        await self._close(conn, code, reason)
+        return {"connection": conn.id}
+
+    async def zombie(self, shard: int, on: bool = True) -> dict:
+        """Stop (or resume) answering heartbeats on the shard's current connection."""
+        conn = self._conn_for(shard)
+        conn.zombie = bool(on)
+        return {"connection": conn.id, "zombie": conn.zombie}
+
+    async def request_heartbeat(self, shard: int) -> dict:
+        """Send server op 1: the client must heartbeat at once."""
+        conn = self._conn_for(shard)
+        await conn.send(b'{"t":null,"s":null,"op":1,"d":null}')
+        return {"connection": conn.id}
+
+    async def drop(self, shard: int) -> dict:
+        """Abort the TCP connection without a close frame (the session stays resumable)."""
+        conn = self._conn_for(shard)
+        conn.dropped = True
+        conn.closing = True
+        self._stop_stream(conn.session)
+        transport = conn.ws.transport
+        transport.abort()
+        return {"connection": conn.id}
+
+    async def send_raw(self, shard: int, data: bytes | str, compressed: bool = True) -> dict:
+        """Send an arbitrary frame. On a zlib connection with ``compressed`` the data goes
+        through the connection's compressobj (and a sync flush); otherwise it is sent as is
+        (``str`` as a text frame, ``bytes`` as a binary frame)."""
+        conn = self._conn_for(shard)
+        if compressed and conn.comp is not None:
+            raw = data.encode() if isinstance(data, str) else bytes(data)
+            out = conn.comp.compress(raw) + conn.comp.flush(zlib.Z_SYNC_FLUSH)
+            await conn.ws.send(out)
+            size = len(out)
+        else:
+            await conn.ws.send(data)
+            size = len(data)
+        return {"connection": conn.id, "bytes": size}
+
+    async def emit(self, shard: int, n: int, t: str | None = None) -> dict:
+        """Queue ``n`` more stream events (type ``t``, or the usual mix) on the shard's current
+        session; they go out at once if it is connected, else after it resumes."""
+        n = int(n)
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if t is not None and (not isinstance(t, str) or not t.replace("_", "").isalnum()):
+            raise ValueError(f"bad event type {t!r}")
+        session = self._current.get(shard)
+        if session is None:
+            raise LookupError(f"shard {shard} has no session")
+        session.emitq.append([t, n])
+        session.emit_pending += n
+        session.wake.set()
+        return {"session_id": session.id, "seq": session.seq, "queued": session.emit_pending}
+
+
+_CONTROL_COMMANDS = frozenset(
+    {
+        "reconnect",
+        "invalidate_session",
+        "invalidate",
+        "close",
+        "zombie",
+        "request_heartbeat",
+        "drop",
+        "send_raw",
+        "emit",
+    }
+)

@@ -1,0 +1,97 @@
+"""The supervisor's state directory: saved sessions, written atomically, private to the user.
+
+``sessions.json`` maps shard ids to the session a replacement process (or the next ``start``)
+resumes. Files are written to a temporary name, fsynced and renamed, so a crash of the host at any
+moment leaves either the old or the new file. The directory is 0700 and files 0600: a session id
+is not the token, but it can resume the bot's session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from shard_worker.config import SavedSession
+
+log = logging.getLogger("supervisor.state")
+
+SESSIONS_FILE = "sessions.json"
+#: Sessions saved longer ago than this are not worth a RESUME attempt (Discord forgets them).
+MAX_SESSION_AGE_S = 15 * 60
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+class StateStore:
+    def __init__(self, directory: str | os.PathLike, shard_count: int) -> None:
+        self.dir = ensure_dir(Path(directory))
+        self.shard_count = shard_count
+
+    def save_sessions(self, sessions: dict[int, SavedSession], now: float | None = None) -> None:
+        data = {
+            "shard_count": self.shard_count,
+            "saved_at": time.time() if now is None else now,
+            "sessions": {str(k): asdict(v) for k, v in sorted(sessions.items())},
+        }
+        write_json_atomic(self.dir / SESSIONS_FILE, data)
+
+    def load_sessions(self, now: float | None = None) -> dict[int, SavedSession]:
+        """Saved sessions still worth resuming (same shard count, not too old)."""
+        data = read_json(self.dir / SESSIONS_FILE)
+        if not isinstance(data, dict):
+            return {}
+        now = time.time() if now is None else now
+        if data.get("shard_count") != self.shard_count:
+            log.info("saved sessions are for %s shards, not %d: identifying anew", data.get("shard_count"), self.shard_count)
+            return {}
+        age = now - float(data.get("saved_at", 0))
+        if age > MAX_SESSION_AGE_S:
+            log.info("saved sessions are %.0f s old: identifying anew", age)
+            return {}
+        sessions = {}
+        for key, value in (data.get("sessions") or {}).items():
+            try:
+                sessions[int(key)] = SavedSession(**value)
+            except (TypeError, ValueError):
+                log.warning("ignoring a malformed saved session for shard %r", key)
+        return sessions

@@ -1,0 +1,183 @@
+"""The outbound limit: 120 payloads per 60 s, with a reserve that only control payloads may use."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shard_worker.gateway.send_window import SendWindow
+
+
+def fill(win: SendWindow, now: float, n: int) -> None:
+    for _ in range(n):
+        win.record(now)
+
+
+def test_defaults_match_discord():
+    win = SendWindow()
+    assert (win.limit, win.window, win.reserved) == (120, 60.0, 5)
+
+
+@pytest.mark.parametrize(("limit", "reserved"), [(10, 10), (10, 11), (10, -1), (0, 0)])
+def test_bad_reserve_rejected(limit, reserved):
+    with pytest.raises(ValueError):
+        SendWindow(limit=limit, reserved=reserved)
+
+
+def test_zero_reserve_allowed():
+    win = SendWindow(limit=3, window=60.0, reserved=0)
+    fill(win, 0.0, 2)
+    assert win.delay(0.0) == 0.0
+    win.record(0.0)
+    assert win.delay(0.0) == 60.0
+    assert win.delay(0.0, control=True) == 60.0
+
+
+def test_commands_stop_at_limit_minus_reserved():
+    win = SendWindow()  # 120 / 60 s, 5 reserved
+    for i in range(115):
+        assert win.delay(float(i) * 0.1) == 0.0, i
+        win.record(float(i) * 0.1)
+    # The 116th command must wait until the first send (t=0) leaves the window at t=60.
+    assert win.delay(11.5) == pytest.approx(48.5)
+    # ...but control payloads may still use the 5 reserved slots.
+    for _ in range(5):
+        assert win.delay(11.5, control=True) == 0.0
+        win.record(11.5)
+    assert win.in_window(11.5) == 120
+    # Now even a heartbeat waits: until 120 - 120 + 1 -> the oldest, t=0, expires at 60.
+    assert win.delay(11.5, control=True) == pytest.approx(48.5)
+    # A command now needs 6 sends to leave (120 in window, 115 allowed): the 6th oldest is t=0.5.
+    assert win.delay(11.5) == pytest.approx(60.5 - 11.5)
+
+
+def test_delay_exact_with_fake_clock():
+    win = SendWindow(limit=4, window=60.0, reserved=1)
+    win.record(0.0)
+    win.record(10.0)
+    win.record(20.0)
+    # 3 in window: commands (allowed 3) wait for t=0 to leave at 60; control may go now.
+    assert win.delay(30.0) == 30.0
+    assert win.delay(30.0, control=True) == 0.0
+    win.record(30.0)
+    # 4 in window: control waits for the oldest (t=0); a command needs two to leave (t=10 -> 70).
+    assert win.delay(30.0, control=True) == 30.0
+    assert win.delay(30.0) == 40.0
+    assert win.delay(59.0, control=True) == 1.0
+    assert win.delay(60.0, control=True) == 0.0  # a send at t expires exactly at t + window
+    assert win.in_window(60.0) == 3
+    assert win.delay(60.0) == 10.0
+
+
+def test_window_slides():
+    win = SendWindow(limit=3, window=60.0, reserved=0)
+    for t in (0.0, 20.0, 40.0):
+        win.record(t)
+    assert win.in_window(40.0) == 3
+    assert win.in_window(59.999) == 3
+    assert win.in_window(60.0) == 2
+    assert win.in_window(80.0) == 1
+    assert win.in_window(99.0) == 1
+    assert win.in_window(100.0) == 0
+    assert win.delay(100.0) == 0.0
+
+
+def test_burst_then_wait_exactly_one_window():
+    win = SendWindow(limit=120, window=60.0, reserved=5)
+    fill(win, 5.0, 120)
+    assert win.delay(5.0, control=True) == 60.0
+    assert win.delay(5.0) == 60.0
+    assert win.delay(64.0) == 1.0
+    assert win.delay(65.0) == 0.0
+    assert win.in_window(65.0) == 0
+
+
+def test_delay_does_not_record():
+    win = SendWindow(limit=2, window=60.0, reserved=0)
+    for _ in range(10):
+        assert win.delay(0.0) == 0.0
+    assert win.in_window(0.0) == 0
+
+
+# -- property: a caller that obeys delay() never breaks the limit ---------------------------------
+# Times are multiples of 1/64 s so every sum and difference is exact in binary floating point.
+steps = st.lists(
+    st.tuples(st.integers(0, 64 * 90).map(lambda n: n / 64), st.booleans()),
+    min_size=1,
+    max_size=300,
+)
+
+
+def _run(win: SendWindow, plan) -> list[tuple[float, bool]]:
+    now = 0.0
+    sent = []
+    for increment, control in plan:
+        now += increment
+        for _ in range(10):  # one wait must always be enough with exact times
+            d = win.delay(now, control=control)
+            assert d >= 0.0
+            if d == 0.0:
+                break
+            now += d
+        else:
+            pytest.fail("delay() never reached 0")
+        win.record(now)
+        sent.append((now, control))
+    return sent
+
+
+def _check(win: SendWindow, sent) -> None:
+    window = Fraction(win.window)
+    times = [Fraction(t) for t, _ in sent]
+    assert times == sorted(times)
+    for i, (start, _) in enumerate(sent):
+        start = Fraction(start)
+        # Every send in [start, start + window): one window of Discord's.
+        inside = [c for t, c in sent[i:] if Fraction(t) < start + window]
+        assert len(inside) <= win.limit
+        assert sum(1 for c in inside if not c) <= win.limit - win.reserved
+        # A command is only admitted while fewer than limit - reserved are in its window.
+    for j, (t, control) in enumerate(sent):
+        if not control:
+            t = Fraction(t)
+            before = [s for s, _ in sent[:j] if Fraction(s) > t - window]
+            assert len(before) < win.limit - win.reserved
+
+
+@settings(max_examples=200, deadline=None)
+@given(plan=steps, limit=st.integers(1, 8), reserved_frac=st.floats(0.0, 0.99))
+def test_property_small_limits(plan, limit, reserved_frac):
+    reserved = int(limit * reserved_frac)
+    win = SendWindow(limit=limit, window=60.0, reserved=reserved)
+    sent = _run(win, plan)
+    assert len(sent) == len(plan)
+    _check(win, sent)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.0, 0.0, 0.125, 0.5, 1.0, 30.0]), st.booleans()),
+        min_size=100,
+        max_size=400,
+    )
+)
+def test_property_discord_limits(plan):
+    win = SendWindow()
+    sent = _run(win, plan)
+    _check(win, sent)
+
+
+def test_control_is_never_starved_by_commands():
+    """Commands flooding as fast as allowed still leave room for a heartbeat at once."""
+    win = SendWindow()
+    now = 0.0
+    for _ in range(1000):
+        d = win.delay(now)
+        now += d
+        win.record(now)
+        assert win.delay(now, control=True) == 0.0
+        now += 0.01

@@ -1,0 +1,130 @@
+"""Outbound packet validation: what may be sent to Discord from the shard and SEND queues."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shard_worker import outbound
+from shard_worker.gateway.protocol import MAX_PAYLOAD_BYTES, shard_for_guild
+
+GUILD = 81384788765712384  # a real-looking snowflake
+
+
+def test_valid_packet_is_reencoded_to_op_and_d_only():
+    body = json.dumps({"op": 4, "d": {"guild_id": str(GUILD), "channel_id": None}, "s": 9, "t": "X"}).encode()
+    packet = outbound.parse_shard_packet(body)
+    assert packet.op == 4
+    assert json.loads(packet.text) == {"op": 4, "d": {"guild_id": str(GUILD), "channel_id": None}}
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"not json", "not_json"),
+        (b"\xff\xfe", "not_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"text"', "not_an_object"),
+        (b'{"d": {}}', "bad_op"),
+        (b'{"op": "4", "d": {}}', "bad_op"),
+        (b'{"op": true, "d": {}}', "bad_op"),
+        (b'{"op": 1, "d": 5}', "reserved_op"),
+        (b'{"op": 2, "d": {"token": "x"}}', "reserved_op"),
+        (b'{"op": 6, "d": {}}', "reserved_op"),
+        (b'{"op": 0, "d": {}}', "unknown_op"),
+        (b'{"op": 99, "d": {}}', "unknown_op"),
+        (b'{"op": 3}', "missing_d"),
+    ],
+)
+def test_bad_shard_packets_are_rejected_with_a_reason(body, reason):
+    with pytest.raises(outbound.Rejected) as info:
+        outbound.parse_shard_packet(body)
+    assert info.value.reason == reason
+
+
+def test_oversize_packet_is_rejected_and_the_limit_is_inclusive():
+    overhead = len(json.dumps({"op": 3, "d": ""}, separators=(",", ":")))
+    exact = json.dumps({"op": 3, "d": "x" * (MAX_PAYLOAD_BYTES - overhead)}).encode()
+    assert len(outbound.parse_shard_packet(exact).text.encode()) == MAX_PAYLOAD_BYTES
+    over = json.dumps({"op": 3, "d": "x" * (MAX_PAYLOAD_BYTES - overhead + 1)}).encode()
+    with pytest.raises(outbound.Rejected) as info:
+        outbound.parse_shard_packet(over)
+    assert info.value.reason == "oversize"
+
+
+def test_size_counts_utf8_bytes_not_characters():
+    overhead = len(json.dumps({"op": 3, "d": ""}, separators=(",", ":")))
+    text = "é" * ((MAX_PAYLOAD_BYTES - overhead) // 2 + 1)  # fits in characters, not in bytes
+    with pytest.raises(outbound.Rejected):
+        outbound.parse_shard_packet(json.dumps({"op": 3, "d": text}, ensure_ascii=False).encode())
+
+
+@pytest.mark.parametrize("guild_id", [str(GUILD), GUILD])
+@pytest.mark.parametrize("count", [1, 2, 16, 1000])
+def test_send_routes_by_guild(guild_id, count):
+    body = json.dumps({"guild_id": guild_id, "packet": {"op": 8, "d": {"guild_id": str(GUILD)}}}).encode()
+    routed = outbound.parse_send(body, count)
+    assert routed.shard_id == (GUILD >> 22) % count
+    assert json.loads(routed.packet.text)["op"] == 8
+
+
+@pytest.mark.parametrize(
+    "guild_id",
+    [None, "", "abc", "12a", "-5", -5, 0, "0", 1.5, True, "１２３", str(1 << 64), [1], {"id": 1}],
+)
+def test_send_without_a_valid_snowflake_is_rejected(guild_id):
+    body = json.dumps({"guild_id": guild_id, "packet": {"op": 4, "d": {}}}).encode()
+    with pytest.raises(outbound.Rejected) as info:
+        outbound.parse_send(body, 4)
+    assert info.value.reason == "bad_guild_id"
+
+
+def test_send_checks_its_packet_like_a_shard_packet():
+    body = json.dumps({"guild_id": str(GUILD), "packet": {"op": 2, "d": {}}}).encode()
+    with pytest.raises(outbound.Rejected) as info:
+        outbound.parse_send(body, 4)
+    assert info.value.reason == "reserved_op"
+    with pytest.raises(outbound.Rejected):
+        outbound.parse_send(json.dumps({"guild_id": str(GUILD)}).encode(), 4)
+
+
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_are_either_a_packet_or_rejected(body):
+    for parse in (outbound.parse_shard_packet, lambda b: outbound.parse_send(b, 3)):
+        try:
+            result = parse(body)
+        except outbound.Rejected as exc:
+            assert exc.reason
+        else:
+            assert result is not None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["op", "d", "guild_id", "packet", "x"]), json_values, max_size=5))
+def test_arbitrary_json_objects_never_raise_anything_but_rejected(obj):
+    body = json.dumps(obj).encode()
+    for parse in (outbound.parse_shard_packet, lambda b: outbound.parse_send(b, 7)):
+        try:
+            result = parse(body)
+        except outbound.Rejected:
+            continue
+        packet = getattr(result, "packet", result)
+        decoded = json.loads(packet.text)
+        assert set(decoded) == {"op", "d"} and decoded["op"] in (3, 4, 8, 31, 43)
+        assert len(packet.text.encode()) <= MAX_PAYLOAD_BYTES
+
+
+def test_shard_formula_matches_discord_example():
+    # 197038439483310086 >> 22 == 46977624770 (worked out by hand); mod 1000 gives 770
+    guild = 197038439483310086
+    assert shard_for_guild(guild, 1000) == 770
+    assert shard_for_guild(0, 5) == 0  # DMs have no guild: shard 0

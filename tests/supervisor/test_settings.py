@@ -1,0 +1,393 @@
+"""Settings resolution (flag > env > file > default), the TOML config file, worker configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shard_worker.config import DEFAULT_AMQP_URL, WorkerConfig
+from shard_worker.gateway.intents import DEFAULT_INTENTS
+from supervisor.discord_api import DEFAULT_API_URL, GatewayBot, SessionStartLimit
+from supervisor.settings import (
+    SETTINGS,
+    Origin,
+    SettingsError,
+    Source,
+    build_worker_config,
+    build_worker_configs,
+    load_config_file,
+    mask_url,
+    resolve_start_settings,
+)
+
+TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GabCdE.secret-part-of-the-token_xyz"
+FILE_TOKEN = "file-token.abc.def"
+
+
+def gateway_bot(shards: int = 4, max_concurrency: int = 16) -> GatewayBot:
+    return GatewayBot(
+        url="wss://gateway.discord.gg",
+        shards=shards,
+        session_start_limit=SessionStartLimit(1000, 1000, 0, max_concurrency),
+    )
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "spectacles.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+FULL_FILE = f"""
+[discord]
+token = "{FILE_TOKEN}"
+  [discord.shards]
+  count = 16
+  ids = [3, 1, 2, 2]
+
+[broker]
+url = "amqp://user:hunter2@rabbit:5672/%2F"
+  [broker.groups]
+  gateway = "file-group"
+  rest = "rest-group"
+
+[supervisor]
+shards_per_process = 2
+events = ["message_create", "GUILD_CREATE"]
+intents = "GUILDS|GUILD_MESSAGES"
+compress = "none"
+log_level = "debug"
+gateway_url = "wss://example.test/"
+api_url = "http://localhost:9999/api/v10/"
+state_dir = "/tmp/spectacles-state"
+prefetch = 7
+
+[redis]
+url = "redis://localhost"
+"""
+
+
+def test_defaults_with_nothing_given():
+    settings = resolve_start_settings({}, {})
+    assert settings.token == ""
+    assert settings.shard_ids is None
+    assert settings.shard_count is None
+    assert settings.amqp_url == DEFAULT_AMQP_URL
+    assert settings.group == "gateway"
+    assert settings.events is None
+    assert settings.intents == DEFAULT_INTENTS
+    assert settings.api_url == DEFAULT_API_URL
+    assert settings.compress is True
+    assert settings.state_dir == Path("./state")
+    assert settings.prefetch == 100
+    assert settings.needs_gateway_bot
+    assert all(origin.source is Source.DEFAULT for origin in settings.sources.values())
+
+
+def test_file_values(tmp_path):
+    settings = resolve_start_settings({"config": write(tmp_path, FULL_FILE)}, {})
+    assert settings.token == FILE_TOKEN
+    assert settings.shard_ids == (1, 2, 3)
+    assert settings.shard_count == 16
+    assert settings.shards_per_process == 2
+    assert settings.amqp_url == "amqp://user:hunter2@rabbit:5672/%2F"
+    assert settings.group == "file-group"
+    assert settings.events == frozenset({"MESSAGE_CREATE", "GUILD_CREATE"})
+    assert settings.intents == 513
+    assert settings.compress is False
+    assert settings.log_level == "DEBUG"
+    assert settings.gateway_url == "wss://example.test"
+    assert settings.api_url == "http://localhost:9999/api/v10"
+    assert settings.state_dir == Path("/tmp/spectacles-state")
+    assert settings.prefetch == 7
+    assert not settings.needs_gateway_bot
+    assert settings.sources["shard_count"] == Origin(
+        Source.FILE, f"{tmp_path / 'spectacles.toml'}: discord.shards.count"
+    )
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path):
+    config = write(tmp_path, FULL_FILE)
+    env = {"DISCORD_SHARD_IDS": "0-1", "BROKER_GROUP": "env-group", "DISCORD_TOKEN": TOKEN}
+    flags = {"config": config, "shard_ids": "5", "shard_count": None}
+    settings = resolve_start_settings(flags, env)
+    assert settings.shard_ids == (5,)  # flag beats env and file
+    assert settings.group == "env-group"  # env beats file
+    assert settings.token == TOKEN  # env beats file
+    assert settings.shard_count == 16  # file beats default; a None flag is "not given"
+    assert settings.prefetch == 7
+    assert settings.sources["shard_ids"] == Origin(Source.FLAG, "--shards")
+    assert settings.sources["group"] == Origin(Source.ENV, "BROKER_GROUP")
+    assert settings.sources["shard_count"].source is Source.FILE
+    assert settings.sources["config"] == Origin(Source.FLAG, "--config")
+    no_file = resolve_start_settings({}, {})
+    assert no_file.sources["prefetch"] == Origin(Source.DEFAULT)
+
+
+def test_empty_env_var_counts_as_unset():
+    settings = resolve_start_settings({}, {"DISCORD_SHARD_IDS": "", "AMQP_URL": ""})
+    assert settings.shard_ids is None
+    assert settings.amqp_url == DEFAULT_AMQP_URL
+    assert settings.sources["shard_ids"].source is Source.DEFAULT
+
+
+def test_raw_intents_env_is_a_fallback():
+    assert resolve_start_settings({}, {"DISCORD_RAW_INTENTS": "513"}).intents == 513
+    both = resolve_start_settings({}, {"DISCORD_RAW_INTENTS": "513", "DISCORD_INTENTS": "GUILDS"})
+    assert both.intents == 1
+    assert both.sources["intents"] == Origin(Source.ENV, "DISCORD_INTENTS")
+
+
+def test_spectacles_template_empty_values_are_unset(tmp_path):
+    path = write(
+        tmp_path,
+        '[discord]\ntoken = ""\n[discord.shards]\nids = []\n[broker]\nurl = ""\n'
+        '[broker.groups]\ngateway = ""\n',
+    )
+    settings = resolve_start_settings({"config": path}, {})
+    assert settings.token == ""
+    assert settings.shard_ids is None
+    assert settings.group == "gateway"
+    assert settings.sources["group"].source is Source.DEFAULT
+
+
+def test_token_normalisation():
+    assert resolve_start_settings({"token": f"  Bot {TOKEN}\n"}, {}).token == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({"shard_ids": "x"}, {}, r"^--shards: invalid shard id or range 'x'"),
+        ({}, {"DISCORD_SHARD_IDS": "3-1"}, r"^DISCORD_SHARD_IDS: .*reversed"),
+        ({"shard_count": "0"}, {}, r"^--shard-count: must be at least 1"),
+        ({}, {"DISCORD_SHARD_COUNT": "many"}, r"^DISCORD_SHARD_COUNT: expected an integer"),
+        ({"shards_per_process": "-2"}, {}, r"^--shards-per-process: must be at least 1"),
+        ({"prefetch": "70000"}, {}, r"^--prefetch: must be at most 65535"),
+        ({"amqp_url": "http://x"}, {}, r"^--amqp-url: .*not an AMQP URL"),
+        ({"gateway_url": "https://x"}, {}, r"^--gateway-url: .*WebSocket"),
+        ({"api_url": "discord.com"}, {}, r"^--api-url: .*HTTP URL"),
+        ({"compress": "gzip"}, {}, r"^--compress: expected zlib-stream or none"),
+        ({"log_level": "loud"}, {}, r"^--log-level: expected one of"),
+        ({}, {"DISCORD_INTENTS": "GUILDS,NOPE"}, r"^DISCORD_INTENTS: unknown intent 'NOPE'"),
+        ({"events": "MESSAGE CREATE"}, {}, r"^--events: 'MESSAGE CREATE' is not"),
+        ({"events": ""}, {}, r"^--events: no event names"),
+        ({"group": "amq.direct"}, {}, r"^--group: .*reserved"),
+        ({"group": "a:b"}, {}, r"^--group: .*exchange name"),
+        ({"state_dir": " "}, {}, r"^--state-dir: the path is empty"),
+        ({"token": "Bot "}, {}, r"^--token: the token is empty"),
+        ({"shard_ids": "0-4", "shard_count": "4"}, {}, r"shard id 4 .*out of range for 4 shards"),
+    ],
+)
+def test_bad_values_name_their_source(flags, env, message):
+    with pytest.raises(SettingsError, match=message) as error:
+        resolve_start_settings(flags, env)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_token_is_not_echoed():
+    with pytest.raises(SettingsError) as error:
+        resolve_start_settings({}, {"DISCORD_TOKEN": "abc def-secret"})
+    assert "secret" not in str(error.value)
+    assert str(error.value).startswith("DISCORD_TOKEN:")
+
+
+def test_bad_amqp_url_masks_the_password():
+    with pytest.raises(SettingsError) as error:
+        resolve_start_settings({"amqp_url": "http://user:hunter2@host/"}, {})
+    assert "hunter2" not in str(error.value)
+    assert "user:***@host" in str(error.value)
+
+
+def test_out_of_range_names_both_sources(tmp_path):
+    path = write(tmp_path, "[discord.shards]\ncount = 8\n")
+    with pytest.raises(SettingsError) as error:
+        resolve_start_settings({"config": path}, {"DISCORD_SHARD_IDS": "6-9"})
+    message = str(error.value)
+    assert "shard id 9" in message
+    assert "DISCORD_SHARD_IDS" in message
+    assert "discord.shards.count" in message
+
+
+# -- the config file --------------------------------------------------------------------------
+
+
+def test_invalid_toml_names_file_and_line(tmp_path):
+    path = write(tmp_path, '[discord]\ntoken = "x"\ncount 3\n')
+    with pytest.raises(SettingsError) as error:
+        load_config_file(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}, line 3, column")
+    assert "invalid TOML" in message
+    assert "\n" not in message
+
+
+def test_missing_file():
+    with pytest.raises(SettingsError, match=r"config file /no/such/file\.toml: no such file"):
+        load_config_file("/no/such/file.toml")
+
+
+def test_directory_is_not_a_config_file(tmp_path):
+    with pytest.raises(SettingsError, match="is a directory"):
+        load_config_file(tmp_path)
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[discord]\ntoken = "\xff"\n')
+    with pytest.raises(SettingsError, match=r"bad\.toml: invalid TOML"):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[discord]\ntokn = 'x'\n", r"unknown key 'discord\.tokn' \(did you mean 'discord\.token'"),
+        ("[supervisor]\nprefech = 5\n", r"unknown key 'supervisor\.prefech'"),
+        ("[discord.shards]\ncount = '16'\n", r"shards\.count: expected an integer, got a string"),
+        ("[discord.shards]\ncount = true\n", r"shards\.count: expected an integer, got a boolean"),
+        ("[discord.shards]\nids = [0, 'one']\n", r"discord\.shards\.ids: expected shard ids"),
+        ("[discord.shards]\nids = [-1]\n", r"discord\.shards\.ids: shard ids cannot be negative"),
+        ("[discord]\nshards = 3\n", r"discord\.shards: expected a table, got an integer"),
+        ("[supervisor]\nevents = 'MESSAGE_CREATE'\n", r"supervisor\.events: expected an array"),
+        ("[supervisor]\nprefetch = 1.5\n", r"prefetch: expected an integer, got a float"),
+        ("[supervisor]\nintents = 'GUILDS,BAD'\n", r"supervisor\.intents: unknown intent 'BAD'"),
+        ("[supervisor]\ncompress = 1\n", r"supervisor\.compress: expected"),
+        ("[supervisr]\nprefetch = 1\n", r"unknown table \[supervisr\] \(did you mean \[supervisor"),
+        ("[broker]\nurl = 'redis://x'\n", r"broker\.url: .*not an AMQP URL"),
+    ],
+)
+def test_bad_file_keys_name_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SettingsError, match=message) as error:
+        load_config_file(path)
+    assert str(error.value).startswith(path + ":")
+
+
+def test_other_services_tables_and_groups_are_ignored(tmp_path):
+    path = write(
+        tmp_path,
+        "[redis]\nurl = 'x'\n[prometheus]\naddress = ':8080'\n"
+        "[broker.groups]\ngateway = 'gw'\ncache = 'cache'\n",
+    )
+    config = load_config_file(path)
+    assert dict(config.values) == {"group": "gw"}
+    assert dict(config.keys) == {"group": "broker.groups.gateway"}
+
+
+def test_file_accepts_alternative_forms(tmp_path):
+    path = write(
+        tmp_path,
+        "[discord.shards]\nids = '0-2,5'\n[supervisor]\nintents = ['GUILDS', 'guild_messages']\n"
+        "compress = true\nevents = ['*']\n",
+    )
+    values = load_config_file(path).values
+    assert values["shard_ids"] == (0, 1, 2, 5)
+    assert values["intents"] == 513
+    assert values["compress"] is True
+    assert values["events"] is None
+
+
+def test_a_bad_file_value_fails_even_when_a_flag_overrides_it(tmp_path):
+    path = write(tmp_path, "[supervisor]\nprefetch = 0\n")
+    with pytest.raises(SettingsError, match="supervisor.prefetch: must be at least 1"):
+        resolve_start_settings({"config": path, "prefetch": "5"}, {})
+
+
+# -- showing ----------------------------------------------------------------------------------
+
+
+def test_describe_masks_secrets_and_gives_sources(tmp_path):
+    path = write(tmp_path, FULL_FILE)
+    settings = resolve_start_settings({"config": path}, {"DISCORD_TOKEN": TOKEN})
+    rows = {name: (value, source) for name, value, source in settings.describe()}
+    assert rows["token"] == ("********", "env DISCORD_TOKEN")
+    assert rows["amqp_url"][0] == "amqp://user:***@rabbit:5672/%2F"
+    assert rows["shard_ids"] == ("1-3", f"file {path}: discord.shards.ids")
+    assert rows["intents"][0] == "513 (GUILDS|GUILD_MESSAGES)"
+    assert rows["config"] == (path, "flag --config")
+    assert set(rows) == {s.name for s in SETTINGS} | {"config"}
+    text = repr(settings) + "".join(value for value, _ in rows.values())
+    assert TOKEN not in text
+    assert "hunter2" not in text
+
+
+def test_describe_without_token():
+    rows = {name: value for name, value, _ in resolve_start_settings({}, {}).describe()}
+    assert rows["token"] == "(not set)"
+    assert rows["shard_count"] == "(from GET /gateway/bot)"
+
+
+def test_mask_url():
+    masked = mask_url("amqp://guest:guest@localhost:5672/%2F")
+    assert masked == "amqp://guest:***@localhost:5672/%2F"
+    assert mask_url("amqp://localhost") == "amqp://localhost"
+    assert mask_url("amqp://user@localhost") == "amqp://user@localhost"
+
+
+# -- worker configs ---------------------------------------------------------------------------
+
+
+def test_build_worker_config_from_gateway_bot():
+    settings = resolve_start_settings({"token": TOKEN, "intents": "GUILDS"}, {})
+    config = build_worker_config(settings, gateway_bot(shards=4, max_concurrency=16))
+    assert isinstance(config, WorkerConfig)
+    assert config.shard_ids == [0, 1, 2, 3]
+    assert config.shard_count == 4
+    assert config.gateway_url == "wss://gateway.discord.gg"
+    assert config.max_concurrency == 16
+    assert config.token == TOKEN
+    assert config.intents == 1
+    assert config.compress is True
+    assert TOKEN not in config.to_json()
+
+
+def test_build_worker_config_given_values_win_over_gateway_bot():
+    flags = {
+        "token": TOKEN,
+        "shard_ids": "2,3",
+        "shard_count": "8",
+        "gateway_url": "ws://127.0.0.1:9000",
+        "events": "MESSAGE_CREATE",
+        "prefetch": "5",
+        "group": "g",
+        "amqp_url": "amqp://rabbit",
+        "compress": "none",
+        "log_level": "warn",
+    }
+    settings = resolve_start_settings(flags, {})
+    config = build_worker_config(settings, gateway_bot(shards=4))
+    assert (config.shard_ids, config.shard_count) == ([2, 3], 8)
+    assert config.gateway_url == "ws://127.0.0.1:9000"
+    assert config.events == frozenset({"MESSAGE_CREATE"})
+    assert (config.prefetch, config.group, config.amqp_url) == (5, "g", "amqp://rabbit")
+    assert (config.compress, config.log_level) == (False, "WARNING")
+    # Without /gateway/bot: max_concurrency falls back to 1.
+    assert build_worker_config(settings, None).max_concurrency == 1
+
+
+def test_build_worker_config_checks_ids_against_the_discord_count():
+    settings = resolve_start_settings({"token": TOKEN, "shard_ids": "0-5"}, {})
+    with pytest.raises(SettingsError, match=r"shard id 5 .*4 shards \(from GET /gateway/bot\)"):
+        build_worker_config(settings, gateway_bot(shards=4))
+
+
+def test_build_worker_config_needs_token_and_count():
+    with pytest.raises(SettingsError, match="no bot token"):
+        build_worker_config(resolve_start_settings({}, {}), gateway_bot())
+    settings = resolve_start_settings({"token": TOKEN, "gateway_url": "wss://x"}, {})
+    with pytest.raises(SettingsError, match="shard count is unknown"):
+        build_worker_config(settings, None)
+
+
+def test_build_worker_configs_splits_consecutively():
+    settings = resolve_start_settings({"token": TOKEN, "shards_per_process": "3"}, {})
+    configs = build_worker_configs(settings, gateway_bot(shards=8))
+    assert [c.shard_ids for c in configs] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert all(c.shard_count == 8 and c.token == TOKEN for c in configs)
+    auto = resolve_start_settings({"token": TOKEN}, {})
+    assert [c.shard_ids for c in build_worker_configs(auto, gateway_bot(8), cpu_count=2)] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+    ]
