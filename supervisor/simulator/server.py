@@ -531,6 +531,16 @@ class Simulator:
             }
         return out
 
+    def history(self, session_id: str) -> list[dict]:
+        """The dispatches a session still retains for replay, decoded (``op``, ``t``, ``s``, ``d``).
+
+        Tests compare what reached the broker with exactly what was sent.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            return []
+        return [ujson.loads(frame) for frame in session.history]
+
     def snapshot(self) -> dict:
         """A deep, plain-data copy of every record. Times are ``time.time()`` floats.
 
