@@ -159,16 +159,20 @@ class AmqpBridge:
         if not inflight:
             return
         if method.multiple:
-            while inflight and inflight[0].tag <= tag:
-                self._settle(inflight.popleft(), nack)
+            for entry in inflight:
+                if entry.tag > tag:
+                    break
+                entry.acked = True
+                entry.done = nack  # marks a nack for _settle below
         else:
             index = tag - inflight[0].tag
             if 0 <= index < len(inflight):
                 inflight[index].acked = True
-                inflight[index].done = nack  # marks a nack for _settle below
-            while inflight and inflight[0].acked:
-                entry = inflight.popleft()
-                self._settle(entry, entry.done)
+                inflight[index].done = nack
+        # Confirms may come out of order: settle the acknowledged prefix, whatever its origin.
+        while inflight and inflight[0].acked:
+            entry = inflight.popleft()
+            self._settle(entry, entry.done)
         if self._backlog and self._pub is not None:
             self._flush_backlog()
 

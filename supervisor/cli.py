@@ -354,6 +354,82 @@ def config_command(show: bool, **flags: Any) -> int:
     return EXIT_OK
 
 
+# -- status / restart (the control socket of a running supervisor) -----------------------------
+
+_state_dir_option = click.option(
+    "--state-dir",
+    envvar="SPECTACLES_STATE_DIR",
+    default="./state",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The state dir of the running supervisor (its control socket lives there).",
+)
+
+
+def _ask(state_dir: str, event: str) -> Any:
+    from .control import ControlError, request
+
+    try:
+        return request(state_dir, event)
+    except (ControlError, OSError) as error:
+        raise StartError(str(error)) from None
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """One row per shard, as ``spectacles-supervisor status`` prints it."""
+    header = ("SHARD", "GROUP", "PID", "STATE", "SEQ", "LATENCY", "PUBLISHED", "RECONNECTS", "RSS")
+    rows = [header]
+    for shard in status["shards"]:
+        latency = shard.get("latency_ms")
+        rss = shard.get("rss")
+        rows.append(
+            (
+                str(shard["shard"]),
+                str(shard["group"]),
+                str(shard["pid"] or "-"),
+                shard["state"],
+                "-" if shard["seq"] is None else str(shard["seq"]),
+                "-" if latency is None else f"{latency:.0f} ms",
+                str(shard["published"]),
+                str(shard["reconnects"]),
+                "-" if not rss else f"{rss / 2**20:.0f} MB",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    budget = status.get("identify_budget_remaining")
+    lines.append(
+        f"{len(status['shards'])} shards of {status['shard_count']} in {len(status['groups'])} "
+        f"processes; up {status['uptime']:.0f} s; identify budget left: "
+        f"{'unknown' if budget is None else budget}"
+    )
+    return "\n".join(lines)
+
+
+@cli.command("status")
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status_command(state_dir: str, as_json: bool) -> int:
+    """Show every shard of the running supervisor."""
+    status = _ask(state_dir, "status")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        click.echo(format_status(status))
+    return EXIT_OK
+
+
+@cli.command("restart")
+@_state_dir_option
+def restart_command(state_dir: str) -> int:
+    """Rolling restart of the running supervisor: one group at a time, each resuming."""
+    answer = _ask(state_dir, "restart")
+    click.echo("rolling restart started" if answer.get("started") else "a rolling restart is already running")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     return cli.main(args=argv, prog_name=PROG, standalone_mode=False)

@@ -1,0 +1,173 @@
+"""The supervisor with real processes, the simulator and the real RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import psutil
+import pytest
+
+from shard_worker import exit_codes, spectacles
+from supervisor.simulator import SimulatorThread
+from tests.helpers import TOKEN, wait_for
+from tests.supervisor.supervisor_process import SupervisorProcess
+
+
+def identifies(snap, shards=None):
+    return [i for i in snap["identifies"] if i["accepted"] and (shards is None or i["shard"] in shards)]
+
+
+def assert_buckets_respected(snap, max_concurrency):
+    last: dict[int, float] = {}
+    for ident in sorted(identifies(snap), key=lambda i: i["time"]):
+        bucket = ident["shard"] % max_concurrency
+        if bucket in last:
+            assert ident["time"] - last[bucket] >= 5.0, f"bucket {bucket} identified twice within 5 s"
+        last[bucket] = ident["time"]
+
+
+def test_sixteen_shards_in_processes_kill_resume_status_and_graceful_stop(amqp_url, rabbit, group, tmp_path):
+    state = tmp_path / "state"
+    with SimulatorThread(
+        token=TOKEN, shard_count=16, max_concurrency=4, heartbeat_interval_ms=2000, events_per_shard=-1, rate=20
+    ) as sim:
+        queue = spectacles.queue_name(group, "MESSAGE_CREATE", "t")
+        rabbit.bind(group, queue, "MESSAGE_CREATE")
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards", "0-15", "--shards-per-process", "4")
+        try:
+            sup.wait_children(4)
+            expected_titles = {f"spectacles-supervisor: shards {a}-{a + 3}" for a in (0, 4, 8, 12)}
+            titles = lambda: {" ".join(c.cmdline()).strip() for c in sup.children()}  # noqa: E731
+            wait_for(lambda: titles() == expected_titles, 15, what=f"child titles, last {titles()}")
+            assert " ".join(psutil.Process(sup.pid).cmdline()).strip() == "spectacles-supervisor: master [0-15]"
+            snap = sim.wait_until(lambda s: s["ready"] == set(range(16)), timeout=60)
+            assert snap["violations"] == []
+            assert len(identifies(snap)) == 16
+            assert_buckets_respected(snap, 4)
+
+            # the token is nowhere in ps: argv and titles of every process
+            for proc in [psutil.Process(sup.pid), *sup.children()]:
+                assert TOKEN not in " ".join(proc.cmdline())
+
+            # status prints every shard
+            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
+            status = json.loads(sup.cli("status", "--json").stdout)
+            assert [row["shard"] for row in status["shards"]] == list(range(16))
+            wait_for(lambda: all(r["state"] == "ready" for r in json.loads(sup.cli("status", "--json").stdout)["shards"]), 10)
+            table = sup.cli("status").stdout.splitlines()
+            assert table[0].split()[:4] == ["SHARD", "GROUP", "PID", "STATE"]
+            assert len([line for line in table if line.split()[3:4] == ["ready"]]) == 16
+
+            # kill -9 of the child of shards 4-7: a new child RESUMEs them with the old sessions
+            before = sim.snapshot()
+            victim = next(c for c in sup.children() if " ".join(c.cmdline()).strip().endswith("shards 4-7"))
+            killed_at = time.time()
+            victim.kill()
+            snap = sim.wait_until(
+                lambda s: {r["shard"] for r in s["resumes"] if r["result"] == "ok" and r["time"] > killed_at} >= {4, 5, 6, 7}
+                and s["ready"] == set(range(16)),
+                timeout=40,
+            )
+            for shard in (4, 5, 6, 7):
+                resume = [r for r in snap["resumes"] if r["shard"] == shard and r["result"] == "ok"][-1]
+                assert resume["session_id"] == before["shards"][shard]["session_id"]
+            assert len(identifies(snap)) == 16  # no new IDENTIFY
+            assert victim.pid not in [c.pid for c in sup.children()]
+            # events keep flowing for the resumed shards
+            seq_after = snap["shards"][5]["seq"]
+            sim.wait_until(lambda s: s["shards"][5]["seq"] > seq_after + 20, timeout=20)
+
+            # SIGTERM: exit 0 in time, no process left behind
+            kids = sup.children()
+            started = time.monotonic()
+            sup.signal(signal.SIGTERM)
+            assert sup.wait(12) == 0
+            assert time.monotonic() - started < 10.0
+            for kid in kids:
+                assert not kid.is_running() or kid.status() == psutil.STATUS_ZOMBIE
+            output = sup.output()
+            assert TOKEN not in output
+            assert "died (killed by SIGKILL)" in output
+        finally:
+            sup.stop()
+
+        # a second start resumes every shard (no identify)
+        before = sim.snapshot()
+        sup2 = SupervisorProcess(sim, amqp_url, group, state, "--shards", "0-15", "--shards-per-process", "4")
+        try:
+            snap = sim.wait_until(
+                lambda s: s["ready"] == set(range(16)) and len([r for r in s["resumes"] if r["result"] == "ok"]) >= len([r for r in before["resumes"] if r["result"] == "ok"]) + 16,
+                timeout=40,
+            )
+            assert len(identifies(snap)) == 16
+            assert snap["violations"] == []
+        finally:
+            sup2.stop()
+        # nothing lost across all of it: every MESSAGE_CREATE up to the seq each shard saved as
+        # resumable arrived (what came after is replayed by Discord on the next start)
+        final = sim.snapshot()
+        saved = json.loads((state / "sessions.json").read_text())["sessions"]
+        assert {int(k) for k in saved} == set(range(16))
+        expected = set()
+        for shard, items in final["dispatched"].items():
+            mine = saved[str(shard)]
+            assert mine["session_id"] == final["shards"][shard]["session_id"]
+            assert mine["seq"] >= 3  # READY and the guilds at least
+            expected |= {
+                spectacles.message_id(shard, sid, seq)
+                for sid, seq, t in items
+                if t == "MESSAGE_CREATE" and seq <= mine["seq"]
+            }
+        got = {props.message_id for _, props, _ in rabbit.get_all(queue, expect=len(expected), timeout=30)}
+        assert expected <= got
+
+
+def test_fatal_close_stops_everything_with_its_code_and_no_retry(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=4, max_concurrency=4, heartbeat_interval_ms=2000) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "2")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=30)
+            kids = sup.wait_children(2)
+            sim.call("close", 2, 4004)
+            assert sup.wait(15) == exit_codes.for_fatal_close(4004)
+            snap = sim.snapshot()
+            assert len(identifies(snap)) == 4  # no retry burnt an identify
+            time.sleep(1.0)
+            assert len(sim.snapshot()["connections"]) == len(snap["connections"])
+            for kid in kids:
+                assert not kid.is_running() or kid.status() == psutil.STATUS_ZOMBIE
+            fatal_lines = [line for line in sup.output().splitlines() if "fatal" in line and "4004" in line]
+            assert fatal_lines and "authentication failed" in fatal_lines[0]
+        finally:
+            sup.stop()
+
+
+def test_sighup_rolls_one_group_at_a_time_and_each_resumes(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=4, max_concurrency=4, heartbeat_interval_ms=2000, events_per_shard=-1, rate=10) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "2")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=30)
+            old = {c.pid for c in sup.wait_children(2)}
+            sup.signal(signal.SIGHUP)
+            snap = sim.wait_until(
+                lambda s: {r["shard"] for r in s["resumes"] if r["result"] == "ok"} == {0, 1, 2, 3} and s["ready"] == {0, 1, 2, 3},
+                timeout=40,
+            )
+            wait_for(lambda: (kids := sup.children()) and len(kids) == 2 and not ({k.pid for k in kids} & old), 20)
+            assert len(identifies(snap)) == 4
+            first_group = max(r["time"] for r in snap["resumes"] if r["shard"] in (0, 1))
+            second_group = min(r["time"] for r in snap["resumes"] if r["shard"] in (2, 3))
+            assert first_group < second_group  # one group at a time
+        finally:
+            sup.stop()
+
+
+@pytest.mark.parametrize("args", [["--shards", "0-3,x"], ["--shards", "9", "--shard-count", "4"]])
+def test_bad_values_are_one_line_and_exit_2(amqp_url, group, tmp_path, args):
+    with SimulatorThread(token=TOKEN, shard_count=4) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", *args)
+        assert sup.wait(20) == 2
+        lines = sup.output().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("spectacles-supervisor: error:")
