@@ -295,6 +295,7 @@ def _start(settings: StartSettings) -> int:
     options = ArbiterOptions(
         state_dir=str(settings.state_dir),
         max_memory_mb=settings.max_memory_mb,
+        heartbeat_timeout=float(settings.child_timeout),
         session_start_remaining=limit.remaining if limit else None,
         session_start_reset_after=limit.reset_after / 1000 if limit else None,
     )

@@ -1,8 +1,12 @@
 """The one Discord REST call the supervisor makes: ``GET /gateway/bot``.
 
 Uses :mod:`urllib` from the standard library. The HTTP exchange itself lives in
-:func:`send_request` (one request in, one :class:`Response` out, HTTP errors included), so a REST
-ratelimiter (SPEC.md, "Ratelimits") can wrap it later without touching the interpretation.
+:func:`send_request` (one request in, one :class:`Response` out, HTTP errors included). It goes
+through a REST ratelimiter (SPEC.md, "Ratelimits"; :mod:`supervisor.ratelimits`):
+``acquire(route)`` -> HTTP -> ``update(route, status, headers)``; a 429 is retried (at most
+:data:`MAX_429_RETRIES` times) after the wait it asks for. Without a ``ratelimiter`` argument the
+process-wide :data:`DEFAULT_RATELIMITER` (in memory) is used; pass a
+:class:`~supervisor.ratelimits.RedisRatelimiter` to share the buckets with other processes.
 
 The token never appears in an error message: every message is built from the URL, the status and
 Discord's own ``message``, and is scrubbed of the token once more before it is raised.
@@ -12,16 +16,26 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .ratelimits import LocalRatelimiter, RedisRatelimiter, read_headers, route_for
+
 USER_AGENT = "DiscordBot (https://github.com/spec-tacles, 0.1)"
 DEFAULT_API_URL = "https://discord.com/api/v10"
 _MAX_DETAIL = 200
+MAX_429_RETRIES = 3
+MAX_RETRY_WAIT_MS = 60_000  # a 429 asking for a longer wait is returned, not slept on
+
+#: The ratelimiter of :func:`send_request` when none is given: this process only.
+DEFAULT_RATELIMITER = LocalRatelimiter()
+
+Ratelimiter = LocalRatelimiter | RedisRatelimiter
 
 
 class DiscordAPIError(Exception):
@@ -87,8 +101,23 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-def send_request(method: str, url: str, *, token: str, timeout: float = 10) -> Response:
+def send_request(
+    method: str,
+    url: str,
+    *,
+    token: str,
+    timeout: float = 10,
+    ratelimiter: Ratelimiter | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> Response:
     """Send one authenticated request to Discord and return the response, whatever its status.
+
+    The request waits for its ratelimit bucket (``ratelimiter``, default
+    :data:`DEFAULT_RATELIMITER`; the route is :func:`~supervisor.ratelimits.route_for`), and
+    every response updates it. A 429 is retried after the wait it gives (``X-RateLimit-Reset-After``
+    or ``Retry-After``, else the body's ``retry_after``, else 1 s), at most
+    :data:`MAX_429_RETRIES` times and only when that wait is at most :data:`MAX_RETRY_WAIT_MS`;
+    otherwise the 429 is returned. ``sleep`` takes seconds.
 
     Redirects are not followed (they come back as a 3xx response). Raises
     :class:`DiscordAPIError` (``status=None``) only when no HTTP response arrived: connection
@@ -98,6 +127,42 @@ def send_request(method: str, url: str, *, token: str, timeout: float = 10) -> R
         raise DiscordAPIError(f"cannot call Discord at {url}: the API URL must be http(s)")
     if not token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in token):
         raise DiscordAPIError("the token contains spaces, control or non-ASCII characters")
+    limiter = DEFAULT_RATELIMITER if ratelimiter is None else ratelimiter
+    route = route_for(method, url)
+    attempt = 0
+    while True:
+        limiter.acquire(route, sleep=sleep)
+        try:
+            response = _exchange(method, url, token=token, timeout=timeout)
+        except DiscordAPIError:
+            limiter.release(route)
+            raise
+        info = limiter.update(route, response.status, response.headers)
+        if response.status != 429 or attempt >= MAX_429_RETRIES:
+            return response
+        wait_ms = info.global_ms if info.is_global else info.remaining_ms
+        if wait_ms is None:
+            wait_ms = _body_retry_after_ms(response.body)
+        if wait_ms > MAX_RETRY_WAIT_MS:
+            return response
+        attempt += 1
+        sleep(wait_ms / 1000)
+
+
+def _body_retry_after_ms(body: bytes) -> int:
+    """The ``retry_after`` (seconds) of a 429's JSON body in ms; 1000 when there is none."""
+    try:
+        data = json.loads(body)
+        seconds = float(data["retry_after"])
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, OverflowError):
+        return 1000
+    if not 0 <= seconds <= 3600:  # NaN too
+        return 1000
+    return max(1, int(seconds * 1000 + 0.999))
+
+
+def _exchange(method: str, url: str, *, token: str, timeout: float) -> Response:
+    """One HTTP request and its response; :class:`DiscordAPIError` when none arrived."""
     request = urllib.request.Request(
         url,
         method=method,
@@ -209,15 +274,19 @@ def parse_gateway_bot(body: bytes, where: str = "GET /gateway/bot") -> GatewayBo
     return GatewayBot(url=url, shards=shards, session_start_limit=start_limit)
 
 
-def get_gateway_bot(api_url: str, token: str, timeout: float = 10) -> GatewayBot:
+def get_gateway_bot(
+    api_url: str, token: str, timeout: float = 10, ratelimiter: Ratelimiter | None = None
+) -> GatewayBot:
     """``GET {api_url}/gateway/bot``: the gateway URL, recommended shards and identify budget.
+
+    Ratelimited as :func:`send_request` says (``ratelimiter`` defaults to the in-process one).
 
     Raises :class:`DiscordAPIError` with a one-line message free of the token: ``status`` 401
     when Discord rejected the token, another status for other HTTP errors (with Discord's
     ``message``), ``None`` when Discord could not be reached (the message names the URL).
     """
     url = api_url.rstrip("/") + "/gateway/bot"
-    response = send_request("GET", url, token=token, timeout=timeout)
+    response = send_request("GET", url, token=token, timeout=timeout, ratelimiter=ratelimiter)
     if response.status != 200:
         error = _error_for(response, "/gateway/bot")
         raise DiscordAPIError(_scrub(str(error), token), status=error.status)

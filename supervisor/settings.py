@@ -23,6 +23,7 @@ log_level           --log-level           SPECTACLES_LOG_LEVEL           supervi
 state_dir           --state-dir           SPECTACLES_STATE_DIR           supervisor.state_dir
 prefetch            --prefetch            SPECTACLES_PREFETCH            supervisor.prefetch
 max_memory_mb       --max-memory-mb       SPECTACLES_MAX_MEMORY_MB       supervisor.max_memory_mb
+child_timeout       --child-timeout       SPECTACLES_CHILD_TIMEOUT       supervisor.child_timeout
 ==================  ====================  =============================  ========================
 
 (``supervisor.*`` is ``supervisor.shards_per_process``.)
@@ -52,6 +53,7 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
     state_dir = "./state"               # relative paths are relative to the working directory
     prefetch = 100                      # unacknowledged outbound messages per worker (1-65535)
     max_memory_mb = 512                 # recycle a worker past this RSS (default: no limit)
+    child_timeout = 30                  # replace a worker silent on IPC this long (seconds)
 
 Tables other services own (``[redis]``, ``[prometheus]``...) are ignored, as are other keys of
 ``[broker.groups]``; an unknown key inside ``[discord]``, ``[discord.shards]``, ``[broker]`` or
@@ -96,6 +98,7 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_STATE_DIR = "./state"
 DEFAULT_PREFETCH = 100
+DEFAULT_CHILD_TIMEOUT = 30
 DEFAULT_LOG_LEVEL = "INFO"
 #: AMQP's prefetch count is a 16-bit field.
 MAX_PREFETCH = 65535
@@ -425,6 +428,11 @@ SETTINGS: tuple[Setting, ...] = (
             ("supervisor", "max_memory_mb"), None,
             _int_text(16, 1 << 20), _int_file(16, 1 << 20), "MB",
             "Recycle a worker whose RSS grows past this (its shards resume; default: no limit)."),
+    Setting("child_timeout", "--child-timeout", ("SPECTACLES_CHILD_TIMEOUT",),
+            ("supervisor", "child_timeout"), DEFAULT_CHILD_TIMEOUT,
+            _int_text(3, 3600), _int_file(3, 3600), "SECONDS",
+            f"Replace a worker that sends no IPC heartbeat for this long "
+            f"(default: {DEFAULT_CHILD_TIMEOUT})."),
 )  # fmt: skip
 SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 #: The flags dict key of ``--config``.
@@ -558,6 +566,7 @@ class StartSettings:
     state_dir: Path
     prefetch: int
     max_memory_mb: int | None = None
+    child_timeout: int = DEFAULT_CHILD_TIMEOUT
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -599,6 +608,7 @@ class StartSettings:
             "state_dir": str(self.state_dir),
             "prefetch": str(self.prefetch),
             "max_memory_mb": str(self.max_memory_mb) if self.max_memory_mb else "(no limit)",
+            "child_timeout": f"{self.child_timeout} s",
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))

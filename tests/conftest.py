@@ -49,6 +49,12 @@ def amqp_url() -> str:
     return AMQP_URL
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    require_server("Redis", REDIS_URL, 6379)
+    return REDIS_URL
+
+
 class Rabbit:
     """A blocking pika connection for tests: declare queues, read what arrived, clean up."""
 

@@ -171,3 +171,54 @@ def test_bad_values_are_one_line_and_exit_2(amqp_url, group, tmp_path, args):
         assert sup.wait(20) == 2
         lines = sup.output().strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("spectacles-supervisor: error:")
+
+
+def test_unresponsive_child_is_killed_and_replaced_with_a_resume(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=2, max_concurrency=2, heartbeat_interval_ms=2000) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "1", "--child-timeout", "3")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1}, timeout=30)
+            wait_for(lambda: (tmp_path / "state" / "sessions.json").exists(), 10)
+            frozen = next(c for c in sup.wait_children(2) if " ".join(c.cmdline()).strip().endswith("shards 1"))
+            frozen.suspend()  # alive but silent: no IPC heartbeat, no gateway heartbeat
+            session = sim.snapshot()["shards"][1]["session_id"]
+            wait_for(lambda: not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE, 30, what="the frozen child killed")
+            snap = sim.wait_until(
+                lambda s: any(r["shard"] == 1 and r["result"] == "ok" and r["session_id"] == session for r in s["resumes"])
+                and 1 in s["ready"],
+                timeout=30,
+            )
+            assert len(identifies(snap)) == 2
+            assert "sent no heartbeat" in sup.output()
+        finally:
+            sup.stop()
+
+
+def test_child_over_the_memory_limit_is_recycled_and_resumes(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=1, heartbeat_interval_ms=2000) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--max-memory-mb", "16")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0}, timeout=30)
+            session = sim.snapshot()["shards"][0]["session_id"]
+            snap = sim.wait_until(
+                lambda s: any(r["result"] == "ok" and r["session_id"] == session for r in s["resumes"]) and s["ready"] == {0},
+                timeout=40,
+            )
+            assert len(identifies(snap)) == 1  # a resume, not a new identify
+            assert "recycling it" in sup.output()
+        finally:
+            sup.stop()
+
+
+def test_children_exit_when_the_supervisor_is_killed(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=2, max_concurrency=2, heartbeat_interval_ms=2000) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "1")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1}, timeout=30)
+            kids = sup.wait_children(2)
+            sup.signal(signal.SIGKILL)
+            sup.wait(10)
+            gone, alive = psutil.wait_procs(kids, timeout=15)
+            assert alive == []
+        finally:
+            sup.stop()
