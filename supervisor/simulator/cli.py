@@ -2,7 +2,7 @@
 
 The main CLI adds :data:`simulate_command` to its group. It prints one line with the gateway and
 API URLs, serves until SIGINT/SIGTERM, then prints a one-line summary. Bad option values print one
-``Error: ...`` line and exit with status 2.
+``spectacles-supervisor: error: ...`` line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from supervisor.simulator.server import Simulator, SimulatorOptions
 
 
 class _OneLineErrorsCommand(click.Command):
-    """A click command whose usage errors are one ``Error: ...`` line (exit status 2)."""
+    """A click command whose usage errors are one ``spectacles-supervisor: error: ...`` line (exit status 2)."""
 
     def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
-            click.echo(f"Error: {exc.format_message()}", err=True)
+            click.echo(f"spectacles-supervisor: error: {exc.format_message()}", err=True)
             raise click.exceptions.Exit(2) from None
 
 
@@ -94,7 +94,7 @@ def simulate_command(
     try:
         options.validate()
     except ValueError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"spectacles-supervisor: error: {exc}", err=True)
         raise click.exceptions.Exit(2) from None
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -102,7 +102,7 @@ def simulate_command(
     try:
         summary = asyncio.run(_serve(options))
     except OSError as exc:
-        click.echo(f"Error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        click.echo(f"spectacles-supervisor: error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
         raise click.exceptions.Exit(1) from None
     click.echo(summary)
 

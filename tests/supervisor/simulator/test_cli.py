@@ -36,7 +36,7 @@ def test_bad_options_exit_2_with_one_line(args) -> None:
     result = runner.invoke(simulate_command, args, env={"DISCORD_TOKEN": None})
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert len(lines) == 1 and lines[0].startswith("spectacles-supervisor: error:"), result.output
 
 
 def test_token_from_environment_and_real_run() -> None:
