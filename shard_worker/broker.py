@@ -30,6 +30,8 @@ log = logging.getLogger("shard_worker.broker")
 
 DEFAULT_MAX_BUFFERED = 10_000
 DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+#: The broker is usually local: retry it often (the gateway side keeps its sessions meanwhile).
+RECONNECT_CAP_S = 10.0
 
 #: ``on_packet(shard_id, packet, ack)``: send ``packet`` on that shard, then call ``ack()``.
 PacketHandler = Callable[[int, outbound.Packet, Callable[[], None]], None]
@@ -249,7 +251,7 @@ class AmqpBridge:
     # -- connection lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         """Connect, declare, consume; reconnect with backoff until ``stop``."""
-        delays = exponential_backoff(base=1.0, cap=30.0)
+        delays = exponential_backoff(base=0.5, cap=RECONNECT_CAP_S)
         while not self._stopping:
             try:
                 await self._connect_once()
@@ -261,7 +263,7 @@ class AmqpBridge:
                 log.warning("RabbitMQ %s unavailable (%s); retrying in %.1f s", mask_url(self.url), exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            delays = exponential_backoff(base=1.0, cap=30.0)
+            delays = exponential_backoff(base=0.5, cap=RECONNECT_CAP_S)
             log.info("RabbitMQ %s connected; exchange %r, %d shard queues", mask_url(self.url), self.group, len(self.shard_ids))
             reason = await self._closed_unexpectedly  # type: ignore[misc]
             self._drop_channels()

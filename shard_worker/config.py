@@ -46,6 +46,12 @@ class WorkerConfig:
     #: Unacknowledged outbound messages the worker takes from RabbitMQ at once.
     prefetch: int = 100
     log_level: str = "INFO"
+    #: Dispatches (and bytes) held until RabbitMQ confirms them; when full, shards stop reading.
+    buffer_events: int = 10_000
+    buffer_bytes: int = 64 * 1024 * 1024
+    #: A shard that could not publish for this long closes resumably and resumes once the
+    #: broker takes messages again.
+    stall_timeout: float = 30.0
     #: Sessions to resume, by shard id (a replacement process gets its predecessor's).
     sessions: dict[int, SavedSession] = field(default_factory=dict)
 

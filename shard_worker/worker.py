@@ -40,6 +40,8 @@ class Worker:
             config.shard_count,
             self._on_packet,
             prefetch=config.prefetch,
+            max_buffered=config.buffer_events,
+            max_buffered_bytes=config.buffer_bytes,
         )
         self.runners: dict[int, ShardRunner] = {}
         for shard_id in config.shard_ids:
@@ -54,7 +56,13 @@ class Worker:
                 session=config.sessions.get(shard_id),
             )
             self.runners[shard_id] = ShardRunner(
-                machine, config.gateway_url, self.bridge, self.gate, events=config.events, on_state=on_state
+                machine,
+                config.gateway_url,
+                self.bridge,
+                self.gate,
+                events=config.events,
+                on_state=on_state,
+                stall_timeout=config.stall_timeout,
             )
         self._stop = asyncio.Event()
 

@@ -11,13 +11,13 @@ A caller does ``limiter.acquire(route)``, sends the request, then
 
 Keys (``<prefix>:`` only when a prefix is given; the route is part of the key):
 
-==============================  ===========================================================
-``[<prefix>:]global``           exists while the bot is globally ratelimited; expires then
+================================  =========================================================
+``[<prefix>:]global``             exists while the bot is globally ratelimited; expires then
 ``[<prefix>:]<route>:remaining``  requests left, counted here (never copied from Discord);
-                                expires when the bucket resets
-``[<prefix>:]<route>:limit``    the bucket size from ``X-RateLimit-Limit``; no expiry;
-                                ``0`` when the header was absent (limiting off for the route)
-==============================  ===========================================================
+                                  expires when the bucket resets
+``[<prefix>:]<route>:limit``      the bucket size from ``X-RateLimit-Limit``; no expiry;
+                                  ``0`` when the header was absent (limiting off for the route)
+================================  =========================================================
 
 How long must a request wait (milliseconds)? One atomic decision, written twice: in Lua for
 Redis (:data:`WAIT_SCRIPT`, the source of truth) and in Python for the local store
@@ -68,6 +68,7 @@ from email.utils import mktime_tz, parsedate_tz
 from typing import Any
 
 __all__ = [
+    "DEFAULT_WAIT_MS",
     "MAX_EXPIRY_MS",
     "WAIT_SCRIPT",
     "LocalRatelimiter",
@@ -204,7 +205,7 @@ def _ms(seconds: float) -> int:
     """A duration to store: whole milliseconds rounded up, in ``[1, MAX_EXPIRY_MS]``."""
     if not math.isfinite(seconds) or seconds * 1000 >= MAX_EXPIRY_MS:
         return MAX_EXPIRY_MS if seconds > 0 else 1
-    return max(1, math.ceil(seconds * 1000))
+    return max(1, math.ceil(seconds * 1000 - 1e-3))  # up to the next ms (float noise aside)
 
 
 def read_headers(

@@ -114,6 +114,7 @@ class ShardRunner:
         *,
         events: frozenset[str] | None = None,
         on_state: Callable[[ShardRunner, str], None] | None = None,
+        stall_timeout: float = 30.0,
     ) -> None:
         self.machine = machine
         self.shard_id = machine.shard_id
@@ -122,6 +123,8 @@ class ShardRunner:
         self.gate = gate
         self.events = events
         self.on_state = on_state or (lambda runner, state: None)
+        self.stall_timeout = stall_timeout
+        self._stalled = False
         self.outbox = Outbox()
         self.ready = asyncio.Event()
         self.fatal: Fatal | None = None
@@ -182,6 +185,11 @@ class ShardRunner:
             if self._stopping:
                 break
             self.reconnects += 1
+            if self._stalled:
+                self._stalled = False
+                log.warning("shard %d: waiting for RabbitMQ to take messages before resuming", self.shard_id)
+                self.on_state(self, "stalled")
+                await self._room_or_stop(None)
             delay = max(decision.delay, next(self._backoff))
             log.info(
                 "shard %d: %s; %s in %.1f s",
@@ -242,12 +250,45 @@ class ShardRunner:
                             continue
                         publisher.publish_event(shard_id, machine.session_id, action.t, action.seq, dumps_bytes(action.d))
                         self.published += 1
-                        if not publisher.has_room():
-                            await publisher.wait_room()
+                        if not publisher.has_room() and not await self._wait_room(ws):
+                            return
                     else:
                         await self._act(ws, action, tasks)
         except websockets.exceptions.ConnectionClosed:
             pass
+
+    async def _wait_room(self, ws: ClientConnection) -> bool:
+        """The broker buffer is full: stop reading (TCP pushes back on Discord) but keep
+        heartbeating. Past ``stall_timeout``, close resumably; ``run`` then waits for room
+        before it resumes. Returns False when the connection was closed."""
+        self.machine.reading_paused = True
+        self.on_state(self, "stalled")
+        try:
+            if await self._room_or_stop(self.stall_timeout) or self._stopping:
+                if not self._stopping:
+                    self.on_state(self, self.state)
+                return not self._stopping
+            self._stalled = True
+            for action in self.machine.stop(f"broker stalled for {self.stall_timeout:.0f} s (session kept)"):
+                if isinstance(action, CloseConnection):
+                    await self._close(ws, action)
+            return False
+        finally:
+            self.machine.reading_paused = False
+
+    async def _room_or_stop(self, timeout: float | None) -> bool:
+        """Wait until the publisher has room (True), ``stop`` is called or ``timeout`` passes."""
+        if self.publisher.has_room():
+            return True
+        room = asyncio.ensure_future(self.publisher.wait_room())
+        self._wake.clear()
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({room, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+            wake.cancel()
+        return self.publisher.has_room()
 
     async def _act(self, ws: ClientConnection, action: object, tasks: list[asyncio.Task]) -> None:
         if type(action) is Send:

@@ -154,6 +154,9 @@ class ShardMachine:
         self.latency: float | None = None
         self._inflater: ZlibStreamInflater | None = None
         self._pending_close: Reconnect | Fatal | None = None
+        #: Set by the driver while it stops reading on purpose (the broker buffer is full): ACKs
+        #: then wait unread in the socket, so a missing ACK proves nothing about the server.
+        self.reading_paused = False
         if presence is not None:
             # Fail at start-up, not at the first IDENTIFY, if the presence cannot fit.
             self.phase = Phase.IDENTIFYING
@@ -302,7 +305,7 @@ class ShardMachine:
             return self._close(RESUMABLE_CLOSE, "no HELLO", resume=True)
         if self._next_heartbeat is None or now < self._next_heartbeat:
             return []
-        if not self._acked:
+        if not self._acked and not self.reading_paused:
             return self._close(RESUMABLE_CLOSE, "zombie connection: heartbeat not acknowledged", resume=True)
         self._acked = False
         self._next_heartbeat = now + self.heartbeat_interval  # type: ignore[operator]
@@ -333,11 +336,11 @@ class ShardMachine:
                 decision = Reconnect(False, decision.delay, decision.reason)
         return decision
 
-    def stop(self) -> list:
-        """Close for a shutdown that keeps the session resumable (a handoff or restart)."""
+    def stop(self, reason: str = "shutting down (session kept)") -> list:
+        """Close with a code that keeps the session resumable (shutdown, handoff, broker stall)."""
         if self.phase in (Phase.DISCONNECTED, Phase.FATAL, Phase.CLOSING):
             return []
-        return self._close(RESUMABLE_CLOSE, "shutting down (session kept)", resume=True)
+        return self._close(RESUMABLE_CLOSE, reason, resume=True)
 
     # -- helpers ------------------------------------------------------------------------------
     def _heartbeat(self, now: float) -> Send:

@@ -942,3 +942,21 @@ def test_fuzz_compressed_garbage_after_a_valid_prefix(data):
     for chunk in data:
         for a in m.receive(chunk + b"\x00\x00\xff\xff", 1.0):
             assert isinstance(a, KNOWN_ACTIONS)
+
+
+def test_no_zombie_verdict_while_the_driver_stopped_reading_on_purpose():
+    m = ready_machine(0.0)
+    assert only_send(m.on_timer(20.625))["op"] == 1
+    m.reading_paused = True  # the broker buffer is full: ACKs wait unread in the socket
+    assert only_send(m.on_timer(61.875))["op"] == 1  # keep heartbeating, no close
+    assert only_send(m.on_timer(103.125))["op"] == 1
+    m.reading_paused = False
+    assert m.receive(json.dumps({"op": 11, "d": None}), 104.0) == []
+    assert only_send(m.on_timer(144.375))["op"] == 1  # healthy again
+
+
+def test_stop_with_a_reason_keeps_the_session():
+    m = ready_machine(0.0)
+    close = assert_resumable_close(m.stop("broker stalled for 30 s (session kept)"))
+    assert "broker stalled" in close.reason
+    assert m.on_close(close.code).resume is True

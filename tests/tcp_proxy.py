@@ -1,0 +1,78 @@
+"""A small TCP proxy for fault tests: put it between a worker and RabbitMQ, then cut it.
+
+``cut()`` aborts every proxied connection and refuses new ones (accept, then reset) until
+``restore()``. Runs on its own event loop in a daemon thread; only loopback addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+
+class TcpProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.refusing = False
+        self.connections = 0
+        self._transports: set[asyncio.Transport] = set()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
+
+    def __enter__(self) -> TcpProxy:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        for w in (writer, up_writer):
+            self._transports.add(w.transport)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        for w in (writer, up_writer):
+            self._transports.discard(w.transport)
+
+    def cut(self) -> None:
+        def do() -> None:
+            self.refusing = True
+            for transport in list(self._transports):
+                transport.abort()
+            self._transports.clear()
+
+        self._loop.call_soon_threadsafe(do)
+
+    def restore(self) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "refusing", False)
