@@ -8,7 +8,6 @@ masked. Payloads are only logged at the TRACE level (below DEBUG).
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,10 +36,11 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable url>"
-    if parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    netloc = re.sub(r":[^:@]*@", ":***@", parts.netloc, count=1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 class RedactingFilter(logging.Filter):

@@ -31,9 +31,12 @@ from .control import ControlServer
 from .identify_gate import IdentifyGate
 from .restart_policy import RestartPolicy
 from shard_worker.shard_ranges import format_shard_ids
-from .state_store import StateStore
+from .state_store import IDENTIFY_WINDOW_S, StateStore
 
 log = logging.getLogger("supervisor.arbiter")
+
+#: Discord's default daily session starts, used only when its own figure is unknown.
+DAILY_IDENTIFIES = 1000
 
 
 @dataclass
@@ -79,9 +82,11 @@ class Arbiter:
             Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
         ]
         now = time.monotonic()
-        reset_at = now + options.session_start_reset_after if options.session_start_reset_after else None
+        remaining, reset_after = self._identify_budget(options)
         self.gate = IdentifyGate(
-            template.max_concurrency, remaining=options.session_start_remaining, reset_at=reset_at
+            template.max_concurrency,
+            remaining=remaining,
+            reset_at=now + reset_after if reset_after is not None else None,
         )
         self.selector = selectors.DefaultSelector()
         self.signal_queue: deque[int] = deque()
@@ -95,6 +100,23 @@ class Arbiter:
         self._next_sample = 0.0
         self._wake_r = self._wake_w = -1
         self.control: ControlServer | None = None
+
+    def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
+        """Discord's ``session_start_limit`` when known, else what the local log implies."""
+        granted = self.store.identifies()
+        if options.session_start_remaining is not None:
+            log.info(
+                "identify budget: %d left (Discord), %d granted here in the last 24 h",
+                options.session_start_remaining,
+                len(granted),
+            )
+            return options.session_start_remaining, options.session_start_reset_after
+        if not granted:
+            return None, None
+        remaining = max(0, DAILY_IDENTIFIES - len(granted))
+        reset_after = granted[0] + IDENTIFY_WINDOW_S - time.time()
+        log.info("identify budget: about %d left by the local log (Discord not asked)", remaining)
+        return remaining, max(0.0, reset_after)
 
     # -- signals ------------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -353,6 +375,10 @@ class Arbiter:
     def _grant_identifies(self, now: float) -> None:
         was_exhausted = getattr(self, "_budget_logged", False)
         for grant in self.gate.due(now):
+            try:
+                self.store.record_identify()
+            except OSError as exc:
+                log.error("cannot record the identify in %s: %s", self.store.dir, exc)
             for group in self.groups:
                 if group.child is not None and group.child.pid == grant.requester:
                     group.child.send("identify_grant", {"shard": grant.shard_id})

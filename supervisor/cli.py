@@ -285,12 +285,10 @@ def _start(settings: StartSettings) -> int:
             "privileged intents requested (enable them in the developer portal): %s",
             ", ".join(privileged),
         )
-    from shard_worker.logs import add_secret
     from shard_worker.proctitle import set_title
 
     from .arbiter import Arbiter, ArbiterOptions
 
-    add_secret(settings.token)
     limit = gateway_bot.session_start_limit if gateway_bot else None
     options = ArbiterOptions(
         state_dir=str(settings.state_dir),

@@ -24,6 +24,9 @@ state_dir           --state-dir           SPECTACLES_STATE_DIR           supervi
 prefetch            --prefetch            SPECTACLES_PREFETCH            supervisor.prefetch
 max_memory_mb       --max-memory-mb       SPECTACLES_MAX_MEMORY_MB       supervisor.max_memory_mb
 child_timeout       --child-timeout       SPECTACLES_CHILD_TIMEOUT       supervisor.child_timeout
+buffer_events       --buffer-events       SPECTACLES_BUFFER_EVENTS       supervisor.buffer_events
+buffer_mb           --buffer-mb           SPECTACLES_BUFFER_MB           supervisor.buffer_mb
+stall_timeout       --stall-timeout       SPECTACLES_STALL_TIMEOUT       supervisor.stall_timeout
 ==================  ====================  =============================  ========================
 
 (``supervisor.*`` is ``supervisor.shards_per_process``.)
@@ -54,6 +57,10 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
     prefetch = 100                      # unacknowledged outbound messages per worker (1-65535)
     max_memory_mb = 512                 # recycle a worker past this RSS (default: no limit)
     child_timeout = 30                  # replace a worker silent on IPC this long (seconds)
+    buffer_events = 10000               # dispatches held per worker until RabbitMQ confirms
+    buffer_mb = 64                      # the same bound in megabytes
+    stall_timeout = 30                  # seconds a shard may be unable to publish before it
+                                        # closes resumably (it resumes once RabbitMQ is back)
 
 Tables other services own (``[redis]``, ``[prometheus]``...) are ignored, as are other keys of
 ``[broker.groups]``; an unknown key inside ``[discord]``, ``[discord.shards]``, ``[broker]`` or
@@ -80,6 +87,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from shard_worker.config import DEFAULT_AMQP_URL, DEFAULT_GROUP, WorkerConfig
+from shard_worker.logs import mask_url
 from shard_worker.gateway.intents import DEFAULT_INTENTS, format_intents, parse_intents
 
 from .discord_api import DEFAULT_API_URL, GatewayBot
@@ -99,10 +107,13 @@ else:  # pragma: no cover - Python 3.10
 DEFAULT_STATE_DIR = "./state"
 DEFAULT_PREFETCH = 100
 DEFAULT_CHILD_TIMEOUT = 30
+DEFAULT_BUFFER_EVENTS = 10_000
+DEFAULT_BUFFER_MB = 64
+DEFAULT_STALL_TIMEOUT = 30
 DEFAULT_LOG_LEVEL = "INFO"
 #: AMQP's prefetch count is a 16-bit field.
 MAX_PREFETCH = 65535
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TOKEN_MASK = "********"
 
 
@@ -180,19 +191,6 @@ def _int_file(low: int, high: int) -> Callable[[Any], int]:
         return _int_in_range(value, low, high)
 
     return parse
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (unchanged if it has none)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def _url_text(
@@ -417,7 +415,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Gateway transport compression (default: zlib-stream)."),
     Setting("log_level", "--log-level", ("SPECTACLES_LOG_LEVEL",), ("supervisor", "log_level"),
             DEFAULT_LOG_LEVEL, _log_level_text, _from_str(_log_level_text), "LEVEL",
-            "DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)."),
+            "TRACE (payloads, token redacted), DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)."),
     Setting("state_dir", "--state-dir", ("SPECTACLES_STATE_DIR",), ("supervisor", "state_dir"),
             Path(DEFAULT_STATE_DIR), _path_text, _from_str(_path_text), "DIR",
             f"Where sessions are kept between restarts (default: {DEFAULT_STATE_DIR})."),
@@ -433,6 +431,20 @@ SETTINGS: tuple[Setting, ...] = (
             _int_text(3, 3600), _int_file(3, 3600), "SECONDS",
             f"Replace a worker that sends no IPC heartbeat for this long "
             f"(default: {DEFAULT_CHILD_TIMEOUT})."),
+    Setting("buffer_events", "--buffer-events", ("SPECTACLES_BUFFER_EVENTS",),
+            ("supervisor", "buffer_events"), DEFAULT_BUFFER_EVENTS,
+            _int_text(10, 10_000_000), _int_file(10, 10_000_000), "N",
+            "Dispatches a worker holds until RabbitMQ confirms them; when full its shards stop "
+            f"reading (default: {DEFAULT_BUFFER_EVENTS})."),
+    Setting("buffer_mb", "--buffer-mb", ("SPECTACLES_BUFFER_MB",),
+            ("supervisor", "buffer_mb"), DEFAULT_BUFFER_MB,
+            _int_text(1, 1 << 16), _int_file(1, 1 << 16), "MB",
+            f"The same bound in megabytes of bodies (default: {DEFAULT_BUFFER_MB})."),
+    Setting("stall_timeout", "--stall-timeout", ("SPECTACLES_STALL_TIMEOUT",),
+            ("supervisor", "stall_timeout"), DEFAULT_STALL_TIMEOUT,
+            _int_text(1, 3600), _int_file(1, 3600), "SECONDS",
+            "A shard that cannot publish this long closes resumably and resumes when RabbitMQ "
+            f"is back (default: {DEFAULT_STALL_TIMEOUT})."),
 )  # fmt: skip
 SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 #: The flags dict key of ``--config``.
@@ -567,6 +579,9 @@ class StartSettings:
     prefetch: int
     max_memory_mb: int | None = None
     child_timeout: int = DEFAULT_CHILD_TIMEOUT
+    buffer_events: int = DEFAULT_BUFFER_EVENTS
+    buffer_mb: int = DEFAULT_BUFFER_MB
+    stall_timeout: int = DEFAULT_STALL_TIMEOUT
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -609,6 +624,9 @@ class StartSettings:
             "prefetch": str(self.prefetch),
             "max_memory_mb": str(self.max_memory_mb) if self.max_memory_mb else "(no limit)",
             "child_timeout": f"{self.child_timeout} s",
+            "buffer_events": str(self.buffer_events),
+            "buffer_mb": f"{self.buffer_mb} MB",
+            "stall_timeout": f"{self.stall_timeout} s",
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))
@@ -733,6 +751,9 @@ def build_worker_config(settings: StartSettings, gateway_bot: GatewayBot | None)
         max_concurrency=max(1, max_concurrency),
         prefetch=settings.prefetch,
         log_level=settings.log_level,
+        buffer_events=settings.buffer_events,
+        buffer_bytes=settings.buffer_mb * 1024 * 1024,
+        stall_timeout=float(settings.stall_timeout),
     )
 
 

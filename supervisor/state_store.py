@@ -21,6 +21,9 @@ from shard_worker.config import SavedSession
 log = logging.getLogger("supervisor.state")
 
 SESSIONS_FILE = "sessions.json"
+IDENTIFIES_FILE = "identifies.json"
+#: Discord counts session starts per rolling day.
+IDENTIFY_WINDOW_S = 24 * 3600
 #: Sessions saved longer ago than this are not worth a RESUME attempt (Discord forgets them).
 MAX_SESSION_AGE_S = 15 * 60
 
@@ -95,3 +98,18 @@ class StateStore:
             except (TypeError, ValueError):
                 log.warning("ignoring a malformed saved session for shard %r", key)
         return sessions
+
+    # -- the identify log: every IDENTIFY granted in the last 24 h --------------------------------
+    def identifies(self, now: float | None = None) -> list[float]:
+        """Wall-clock times of the identifies granted in the last 24 h, oldest first."""
+        now = time.time() if now is None else now
+        data = read_json(self.dir / IDENTIFIES_FILE)
+        times = data.get("granted", []) if isinstance(data, dict) else []
+        return sorted(t for t in times if isinstance(t, (int, float)) and now - IDENTIFY_WINDOW_S < t <= now + 60)
+
+    def record_identify(self, now: float | None = None) -> int:
+        """Add one granted identify; returns how many the last 24 h now hold."""
+        now = time.time() if now is None else now
+        times = self.identifies(now) + [now]
+        write_json_atomic(self.dir / IDENTIFIES_FILE, {"granted": times})
+        return len(times)

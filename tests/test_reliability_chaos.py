@@ -20,6 +20,9 @@ with a printed seed (set ``SPECTACLES_CHAOS_SEED`` to replay one). A child is ki
 so that the supervisor's flapping protection (5 quick exits in 120 s hold a group back 300 s)
 never kicks in: that is a different feature, not what this test is about.
 
+The number of kills is drawn in [5, 8]; should every stream end before that many happened (a
+very slow machine), the test fails unless at least 5 did.
+
 The measured figures go to ``docs/reliability/chaos.json`` (written only once every guarantee
 held, so the docs never quote a failing run).
 """
@@ -47,7 +50,7 @@ EVENTS_PER_SHARD = 5000
 #: enough for every kill to land mid-stream on 2 slow cores.
 RATE = 120.0
 MIN_KILLS = 5
-MAX_KILLS = 7
+MAX_KILLS = 8
 MAX_KILLS_PER_CHILD = 2
 STREAM_TYPES = {t for t, _ in STREAM_MIX}
 #: Every dispatch type this run can produce (see supervisor/simulator/payloads.py and server.py:
@@ -130,10 +133,9 @@ def test_kill_9_children_mid_stream_loses_no_event(amqp_url, rabbit, group, tmp_
                     for shard in live
                     if killed_per_shard[shard] < MAX_KILLS_PER_CHILD and stream_count(snap, shard) < EVENTS_PER_SHARD
                 )
-                assert candidates, (
-                    f"no streaming child left to kill after {len(kills)} kills: the stream ended too "
-                    f"early (rate {RATE}/s), counts {[stream_count(snap, s) for s in range(SHARDS)]}"
-                )
+                if not candidates:  # every stream ended (asserted below: at least MIN_KILLS happened)
+                    print(f"no streaming child left to kill after {len(kills)} kills")
+                    break
                 shard = rng.choice(candidates)
                 victim = live[shard]
                 at_kill = stream_count(snap, shard)
@@ -230,7 +232,7 @@ def test_kill_9_children_mid_stream_loses_no_event(amqp_url, rabbit, group, tmp_
     assert final["violations"] == []
 
     # The chaos did happen, mid-stream, and each kill was answered by a resume.
-    assert len(kills) >= MIN_KILLS
+    assert len(kills) >= MIN_KILLS, f"only {len(kills)} kills before the streams ended (rate {RATE}/s)"
     assert all(0 < k["stream_events_before_kill"] < EVENTS_PER_SHARD for k in kills)
     assert all(k["replacement_pid"] != k["pid"] for k in kills)
     assert len(final["resumes"]) >= len(kills)

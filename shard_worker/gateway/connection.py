@@ -18,6 +18,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .. import jsonlib
+from ..logs import TRACE
 from ..outbound import Packet
 from .backoff import exponential_backoff
 from .protocol import IDENTIFY_INTERVAL_S, RESUMABLE_CLOSE, identify_bucket
@@ -240,11 +241,14 @@ class ShardRunner:
         shard_id = self.shard_id
         time = asyncio.get_running_loop().time
         dumps_bytes = jsonlib.dumps_bytes
+        trace = log.isEnabledFor(TRACE)
         try:
             async for frame in ws:
                 for action in machine.receive(frame, time()):
                     if type(action) is Dispatch:
                         self.received += 1
+                        if trace:
+                            log.log(TRACE, "shard %d <- %s #%s %s", shard_id, action.t, action.seq, jsonlib.dumps(action.d))
                         if events is not None and action.t not in events:
                             self.filtered += 1
                             continue
@@ -311,6 +315,8 @@ class ShardRunner:
             tasks.append(asyncio.create_task(self._sender(ws), name=f"shard-{self.shard_id}-sender"))
 
     async def _send_control(self, ws: ClientConnection, action: Send) -> None:
+        # The redacting log filter replaces the token of IDENTIFY/RESUME in this line.
+        log.log(TRACE, "shard %d -> %s", self.shard_id, action.text)
         self._window.record(asyncio.get_running_loop().time())
         try:
             await ws.send(action.text)
@@ -355,6 +361,7 @@ class ShardRunner:
                 self.outbox.put_back(item)
                 await asyncio.sleep(delay)
                 continue
+            log.log(TRACE, "shard %d -> %s", self.shard_id, packet.text)
             try:
                 await ws.send(packet.text)
             except (websockets.exceptions.ConnectionClosed, asyncio.CancelledError):

@@ -32,3 +32,15 @@ def test_corrupt_or_malformed_files_are_ignored(tmp_path):
     data = {"shard_count": 4, "saved_at": 0, "sessions": {"1": {"session_id": "x"}, "2": {"session_id": "y", "seq": 3, "resume_gateway_url": "u"}}}
     (tmp_path / SESSIONS_FILE).write_text(json.dumps(data))
     assert StateStore(tmp_path, 4).load_sessions(now=1.0) == {2: SavedSession("y", 3, "u")}
+
+
+def test_identify_log_keeps_the_last_24_hours(tmp_path):
+    store = StateStore(tmp_path, 4)
+    day = 24 * 3600
+    assert store.identifies(now=0.0) == []
+    assert store.record_identify(now=100.0) == 1
+    assert store.record_identify(now=200.0) == 2
+    assert store.identifies(now=300.0) == [100.0, 200.0]
+    assert store.identifies(now=100.0 + day + 1) == [200.0]  # the first fell out of the window
+    assert store.record_identify(now=200.0 + day + 1) == 1
+    assert stat.S_IMODE(os.stat(tmp_path / "identifies.json").st_mode) == 0o600

@@ -222,3 +222,43 @@ def test_children_exit_when_the_supervisor_is_killed(amqp_url, group, tmp_path):
             assert alive == []
         finally:
             sup.stop()
+
+
+def test_identify_budget_nearly_spent_holds_identifies_and_says_so(amqp_url, group, tmp_path):
+    # Discord says 7 identifies are left; 5 are kept in reserve: only 2 of 4 shards may identify.
+    with SimulatorThread(token=TOKEN, shard_count=4, max_concurrency=4, heartbeat_interval_ms=2000, session_start_remaining=7) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "2")
+        try:
+            sim.wait_until(lambda s: len(s["ready"]) == 2, timeout=30)
+            wait_for(lambda: "holding identifies" in sup.output(), 15, what="the budget warning")
+            time.sleep(2.0)
+            snap = sim.snapshot()
+            assert len(identifies(snap)) == 2 and len(snap["ready"]) == 2
+            log = json.loads((tmp_path / "state" / "identifies.json").read_text())
+            assert len(log["granted"]) == 2
+            status = json.loads(sup.cli("status", "--json").stdout)
+            assert status["identify_budget_remaining"] == 5
+        finally:
+            sup.stop()
+
+
+def test_token_never_reaches_logs_even_at_trace_nor_ps(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=2, max_concurrency=2, heartbeat_interval_ms=1000) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--log-level", "TRACE", "--shards-per-process", "1")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1}, timeout=30)
+            kids = sup.wait_children(2)
+            sim.call("reconnect", 0)  # a RESUME carries the token too
+            sim.wait_until(lambda s: any(r["result"] == "ok" for r in s["resumes"]) and s["ready"] == {0, 1}, timeout=20)
+            wait_for(lambda: '"op":6' in sup.output(), 10, what="the RESUME payload logged at TRACE")
+            for proc in [psutil.Process(sup.pid), *kids]:
+                assert TOKEN not in " ".join(proc.cmdline())
+            sup.signal(signal.SIGTERM)
+            assert sup.wait(15) == 0
+            output = sup.output()
+            assert '"op":2' in output and "<redacted>" in output  # the IDENTIFY, redacted
+            assert TOKEN not in output
+            for path in (tmp_path / "state").iterdir():
+                assert TOKEN not in path.read_text()
+        finally:
+            sup.stop()
