@@ -14,7 +14,9 @@ with routing key ``<shard>`` and acked once RabbitMQ confirmed that.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +42,9 @@ PacketHandler = Callable[[int, outbound.Packet, Callable[[], None]], None]
 class _Entry:
     """One message waiting for RabbitMQ's confirm."""
 
-    __slots__ = ("shard_id", "session_id", "seq", "routing_key", "body", "props", "tag", "acked", "done", "on_confirm")
+    __slots__ = (
+        "shard_id", "session_id", "seq", "routing_key", "body", "props", "tag", "acked", "done", "on_confirm", "sent_at",
+    )  # fmt: skip
 
     def __init__(self, shard_id, session_id, seq, routing_key, body, props, on_confirm=None):
         self.shard_id = shard_id
@@ -53,10 +57,36 @@ class _Entry:
         self.acked = False
         self.done = False
         self.on_confirm = on_confirm
+        self.sent_at = 0.0
 
 
 class BrokerError(RuntimeError):
     pass
+
+
+_monotonic = time.monotonic
+#: Upper bounds (seconds) of the publish-to-confirm latency histogram.
+CONFIRM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Cumulative-friendly fixed buckets (Prometheus style): counts per bucket, sum, count."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def snapshot(self) -> dict:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum, "count": self.count}
 
 
 class AmqpBridge:
@@ -101,6 +131,7 @@ class AmqpBridge:
         self.blocked = False
         self.stats: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        self.confirm_latency = Histogram(CONFIRM_LATENCY_BUCKETS)
 
     # -- publishing (hot path) ----------------------------------------------------------------
     @property
@@ -143,6 +174,7 @@ class AmqpBridge:
         self._pub.basic_publish(self.group, entry.routing_key, entry.body, entry.props)
         self._next_tag += 1
         entry.tag = self._next_tag
+        entry.sent_at = _monotonic()
         self._inflight.append(entry)
         self.stats["published"] += 1
 
@@ -187,6 +219,7 @@ class AmqpBridge:
             return
         entry.done = True
         self.stats["confirmed"] += 1
+        self.confirm_latency.observe(_monotonic() - entry.sent_at)
         self._buffered_bytes -= len(entry.body)
         if entry.on_confirm is not None:
             entry.on_confirm()

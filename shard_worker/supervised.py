@@ -101,6 +101,8 @@ class ParentLink:
                 "resumes": runner.resumes,
                 "sent": runner.sent,
                 "outbox": len(runner.outbox),
+                "received_by_type": runner.received_by_type,
+                "published_by_type": runner.published_by_type,
             }
         return {
             "shards": shards,
@@ -109,6 +111,7 @@ class ParentLink:
             "broker_connected": bridge.connected.is_set(),
             "rejected": dict(bridge.rejected),
             "broker": dict(bridge.stats),
+            "confirm_latency": bridge.confirm_latency.snapshot(),
         }
 
     async def _heartbeats(self) -> None:

@@ -138,6 +138,9 @@ class ShardRunner:
         # counters (reported over IPC and in status)
         self.received = 0
         self.published = 0
+        #: dispatches received and published, by event type (``t``)
+        self.received_by_type: dict[str, int] = {}
+        self.published_by_type: dict[str, int] = {}
         self.filtered = 0
         self.reconnects = 0
         self.identifies = 0
@@ -242,18 +245,23 @@ class ShardRunner:
         time = asyncio.get_running_loop().time
         dumps_bytes = jsonlib.dumps_bytes
         trace = log.isEnabledFor(TRACE)
+        received_by_type = self.received_by_type
+        published_by_type = self.published_by_type
         try:
             async for frame in ws:
                 for action in machine.receive(frame, time()):
                     if type(action) is Dispatch:
+                        t = action.t
                         self.received += 1
+                        received_by_type[t] = received_by_type.get(t, 0) + 1
                         if trace:
                             log.log(TRACE, "shard %d <- %s #%s %s", shard_id, action.t, action.seq, jsonlib.dumps(action.d))
-                        if events is not None and action.t not in events:
+                        if events is not None and t not in events:
                             self.filtered += 1
                             continue
-                        publisher.publish_event(shard_id, machine.session_id, action.t, action.seq, dumps_bytes(action.d))
+                        publisher.publish_event(shard_id, machine.session_id, t, action.seq, dumps_bytes(action.d))
                         self.published += 1
+                        published_by_type[t] = published_by_type.get(t, 0) + 1
                         if not publisher.has_room() and not await self._wait_room(ws):
                             return
                     else:
