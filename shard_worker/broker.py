@@ -17,6 +17,7 @@ import asyncio
 import bisect
 import logging
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from . import outbound, spectacles
+from .amqp_frames import BatchedPublisher, properties_prefix
 from .gateway.backoff import exponential_backoff
 from .logs import mask_url
 
@@ -43,19 +45,20 @@ class _Entry:
     """One message waiting for RabbitMQ's confirm."""
 
     __slots__ = (
-        "shard_id", "session_id", "seq", "routing_key", "body", "props", "tag", "acked", "done", "on_confirm", "sent_at",
+        "shard_id", "session_id", "seq", "routing_key", "body", "message_id", "tag", "acked", "nacked", "on_confirm",
+        "sent_at",
     )  # fmt: skip
 
-    def __init__(self, shard_id, session_id, seq, routing_key, body, props, on_confirm=None):
+    def __init__(self, shard_id, session_id, seq, routing_key, body, message_id, on_confirm=None):
         self.shard_id = shard_id
         self.session_id = session_id
         self.seq = seq
         self.routing_key = routing_key
         self.body = body
-        self.props = props
+        self.message_id = message_id
         self.tag = 0
-        self.acked = False
-        self.done = False
+        self.acked = False  # RabbitMQ answered (ack or nack)
+        self.nacked = False
         self.on_confirm = on_confirm
         self.sent_at = 0.0
 
@@ -113,12 +116,25 @@ class AmqpBridge:
         self.max_buffered_bytes = max_buffered_bytes
 
         self._conn: AsyncioConnection | None = None
-        self._pub: Any = None  # the confirm channel
+        self._pub: BatchedPublisher | None = None  # on the confirm channel
         self._sub: Any = None  # the consumer channel
         self._next_tag = 0
         self._inflight: deque[_Entry] = deque()  # published on the current channel, unconfirmed
         self._backlog: deque[_Entry] = deque()  # waiting for a channel
-        self._by_shard: dict[int, deque[_Entry]] = {s: deque() for s in shard_ids}
+        # Encoded properties (content type, persistence, shard header) up to the message id.
+        self._props = {
+            s: properties_prefix(
+                pika.BasicProperties(
+                    content_type=spectacles.CONTENT_TYPE,
+                    delivery_mode=spectacles.PERSISTENT,
+                    headers={spectacles.SHARD_HEADER: s},
+                )
+            )
+            for s in shard_ids
+        }
+        self._reroute_props = properties_prefix(
+            pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
+        )
         self._buffered_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -150,15 +166,7 @@ class AmqpBridge:
 
     def publish_event(self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes) -> None:
         """Publish one dispatch's ``d`` (already JSON) with routing key ``t``."""
-        props = pika.BasicProperties(
-            content_type=spectacles.CONTENT_TYPE,
-            delivery_mode=spectacles.PERSISTENT,
-            message_id=spectacles.message_id(shard_id, session_id, seq),
-            headers={spectacles.SHARD_HEADER: shard_id},
-        )
-        entry = _Entry(shard_id, session_id, seq, t, body, props)
-        self._by_shard[shard_id].append(entry)
-        self._enqueue(entry)
+        self._enqueue(_Entry(shard_id, session_id, seq, t, body, spectacles.message_id(shard_id, session_id, seq)))
 
     def _enqueue(self, entry: _Entry) -> None:
         self._buffered_bytes += len(entry.body)
@@ -171,7 +179,8 @@ class AmqpBridge:
             self._backlog.append(entry)
 
     def _send(self, entry: _Entry) -> None:
-        self._pub.basic_publish(self.group, entry.routing_key, entry.body, entry.props)
+        props = self._reroute_props if entry.on_confirm is not None else self._props[entry.shard_id]
+        self._pub.publish(entry.routing_key, entry.body, props, entry.message_id)  # type: ignore[union-attr]
         self._next_tag += 1
         entry.tag = self._next_tag
         entry.sent_at = _monotonic()
@@ -179,11 +188,25 @@ class AmqpBridge:
         self.stats["published"] += 1
 
     def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
-        """The lowest seq of ``session_id`` not yet confirmed by RabbitMQ, if any."""
-        for entry in self._by_shard.get(shard_id, ()):
-            if not entry.done and entry.session_id == session_id and entry.seq is not None:
-                return entry.seq
-        return None
+        """The lowest seq of ``session_id`` not yet confirmed by RabbitMQ, if any.
+
+        A scan of the buffer (a republished message is out of seq order, hence the minimum): it
+        runs when a session is reported, about once a second, which is cheaper than bookkeeping
+        on every event.
+        """
+        lowest = None
+        for queue in (self._inflight, self._backlog):
+            for entry in queue:
+                if (
+                    (not entry.acked or entry.nacked)
+                    and entry.shard_id == shard_id
+                    and entry.on_confirm is None
+                    and entry.session_id == session_id
+                    and entry.seq is not None
+                    and (lowest is None or entry.seq < lowest)
+                ):
+                    lowest = entry.seq
+        return lowest
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -197,36 +220,31 @@ class AmqpBridge:
                 if entry.tag > tag:
                     break
                 entry.acked = True
-                entry.done = nack  # marks a nack for _settle below
+                entry.nacked = nack
         else:
             index = tag - inflight[0].tag
             if 0 <= index < len(inflight):
                 inflight[index].acked = True
-                inflight[index].done = nack
+                inflight[index].nacked = nack
         # Confirms may come out of order: settle the acknowledged prefix, whatever its origin.
         while inflight and inflight[0].acked:
             entry = inflight.popleft()
-            self._settle(entry, entry.done)
+            self._settle(entry, entry.nacked)
         if self._backlog and self._pub is not None:
             self._flush_backlog()
 
     def _settle(self, entry: _Entry, nack: bool) -> None:
         if nack:
             # RabbitMQ could not take it: publish again (at-least-once).
-            entry.acked = entry.done = False
+            entry.acked = entry.nacked = False
             self.stats["nacked"] += 1
             self._backlog.append(entry)
             return
-        entry.done = True
         self.stats["confirmed"] += 1
         self.confirm_latency.observe(_monotonic() - entry.sent_at)
         self._buffered_bytes -= len(entry.body)
         if entry.on_confirm is not None:
             entry.on_confirm()
-        else:
-            per_shard = self._by_shard[entry.shard_id]
-            while per_shard and per_shard[0].done:
-                per_shard.popleft()
         if not self._room.is_set() and self.buffered < self.max_buffered and self._buffered_bytes < self.max_buffered_bytes:
             self._room.set()
         if not self._inflight and not self._backlog:
@@ -259,14 +277,19 @@ class AmqpBridge:
             log.warning("rejected outbound message from %s: %s", self._queue_label(source), exc)
             channel.basic_reject(tag, requeue=False)
             return
+        except Exception:  # noqa: BLE001 - a message must never take the connection down
+            self.rejected["internal_error"] += 1
+            log.exception("rejected outbound message from %s: validation failed", self._queue_label(source))
+            channel.basic_reject(tag, requeue=False)
+            return
         ack = self._acker(channel, tag)
         if shard_id in self._local:
             self.stats["outbound_received"] += 1
             self.on_packet(shard_id, packet, ack)
         else:
             self.stats["send_rerouted"] += 1
-            props = pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
-            entry = _Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), props, ack)
+            message_id = props.message_id or f"send:{uuid.uuid4().hex}"
+            entry = _Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack)
             self._enqueue(entry)
 
     def _queue_label(self, source: int | None) -> str:
@@ -351,7 +374,7 @@ class AmqpBridge:
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
         self._next_tag = 0
-        self._pub, self._sub = pub, sub
+        self._pub, self._sub = BatchedPublisher(conn, pub, self.group), sub
         self.connected.set()
         self._flush_backlog()
 
@@ -373,7 +396,7 @@ class AmqpBridge:
         waiter = getattr(self, "_channel_waiters", None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(BrokerError(f"channel closed: {exc}"))
-        if channel is self._pub or channel is self._sub:
+        if (self._pub is not None and channel is self._pub.channel) or channel is self._sub:
             # A channel error (e.g. a PRECONDITION_FAILED) takes the whole connection down; run()
             # then reconnects and republishes what was unconfirmed.
             fut = self._closed_unexpectedly
@@ -389,7 +412,7 @@ class AmqpBridge:
         if self._inflight:
             self.stats["republished"] += len(self._inflight)
             for entry in self._inflight:
-                entry.acked = False
+                entry.acked = entry.nacked = False
             self._backlog.extendleft(reversed(self._inflight))
             self._inflight.clear()
 

@@ -9,6 +9,7 @@ along.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from . import jsonlib
@@ -41,7 +42,7 @@ class Routed:
 def _decode(body: bytes) -> object:
     try:
         return jsonlib.loads(body)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise Rejected("not_json") from None
 
 
@@ -59,10 +60,12 @@ def check_packet(obj: object) -> Packet:
     if "d" not in obj:
         raise Rejected("missing_d")
     try:
-        text = jsonlib.dumps({"op": op, "d": obj["d"]})
-    except (ValueError, TypeError, OverflowError):
+        # The stdlib here on purpose: strict JSON (no NaN/Infinity, which some fast decoders
+        # accept), and outbound packets are few (120 per minute per shard at most).
+        text = json.dumps({"op": op, "d": obj["d"]}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())  # a lone surrogate fails here
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise Rejected("unencodable") from None
-    size = len(text.encode())
     if size > MAX_PAYLOAD_BYTES:
         raise Rejected("oversize", f"{size} bytes > {MAX_PAYLOAD_BYTES}")
     return Packet(op, text)

@@ -5,6 +5,10 @@ One loop waits on the children's pipes, the wake-up fd and the control socket, a
 handles queued signals, reads IPC, reaps dead children, stops unresponsive or oversized ones,
 grants identifies, saves sessions and starts missing children when their restart time came.
 
+It also feeds :class:`supervisor.metrics.MetricsState` (served on ``/metrics`` from a daemon thread
+when ``metrics_addr`` is set; the loop never waits on HTTP) and shows the shards' start: a live
+line on a terminal (:mod:`supervisor.progress`), else one log line per shard READY and a summary.
+
 Exit codes are a contract (see ``shard_worker.exit_codes``): a child that exits with a fatal
 Discord close code halts the whole supervisor with that code instead of restarting anything.
 """
@@ -16,6 +20,7 @@ import logging
 import os
 import selectors
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -23,12 +28,14 @@ from typing import Any
 
 from shard_worker import exit_codes
 from shard_worker.config import SavedSession, WorkerConfig
-from shard_worker.gateway.protocol import describe_close
+from shard_worker.gateway.protocol import describe_close, identify_bucket
 from shard_worker.ipc import Message
 
 from .child import Child
 from .control import ControlServer
 from .identify_gate import IdentifyGate
+from .metrics import MetricsServer, MetricsState
+from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
 from shard_worker.shard_ranges import format_shard_ids
 from .state_store import IDENTIFY_WINDOW_S, StateStore
@@ -52,6 +59,12 @@ class ArbiterOptions:
     session_start_remaining: int | None = None
     session_start_reset_after: float | None = None  # seconds from start
     restart_policy: dict[str, Any] = field(default_factory=dict)
+    #: ``(host, port)`` to serve Prometheus ``/metrics`` on; None: no HTTP server.
+    metrics_addr: tuple[str, int] | None = None
+    #: ``text`` or ``json``, for the children (``SPECTACLES_LOG_FORMAT``); None: inherited.
+    log_format: str | None = None
+    #: The live progress line on stderr; None: when stderr is a terminal and logs are text.
+    live_progress: bool | None = None
 
 
 @dataclass
@@ -100,6 +113,18 @@ class Arbiter:
         self._next_sample = 0.0
         self._wake_r = self._wake_w = -1
         self.control: ControlServer | None = None
+        self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups})
+        self.metrics_server: MetricsServer | None = None
+        #: Shards granted an identify and not READY since (they need no other grant).
+        self._granted: set[int] = set()
+        #: Since when not every shard is READY (None: all are); the start counts from here.
+        self._progress_since: float | None = now
+        self._all_ready_once = False
+        self._next_draw = 0.0
+        live = options.live_progress
+        if live is None:
+            live = options.log_format != "json" and _isatty(sys.stderr)
+        self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
 
     def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
         """Discord's ``session_start_limit`` when known, else what the local log implies."""
@@ -151,6 +176,31 @@ class Arbiter:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
+        if self.options.metrics_addr is not None:
+            host, port = self.options.metrics_addr
+            try:
+                self.metrics_server = MetricsServer(self.options.metrics_addr, self.metrics)
+            except OSError as exc:
+                log.critical("cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
+                return exit_codes.ERROR
+            bound, port = self.metrics_server.address
+            log.info("metrics: http://%s:%d/metrics", f"[{bound}]" if ":" in bound else bound, port)
+        wipe = self.live.log_filter() if self.live is not None else None
+        if wipe is not None:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(wipe)
+        try:
+            return self._run()
+        finally:
+            if self.live is not None:
+                self.live.clear()
+            if wipe is not None:
+                for handler in logging.getLogger().handlers:
+                    handler.removeFilter(wipe)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+
+    def _run(self) -> int:
         self._install_signals()
         self.control = ControlServer(self.store.dir, self)
         self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
@@ -174,6 +224,7 @@ class Arbiter:
                 if not self.stopping:
                     self._spawn_missing(now)
                 self._maybe_save(now)
+                self._progress(now)
                 self._wait(self._timeout(now))
         finally:
             self._save_sessions()
@@ -204,6 +255,8 @@ class Arbiter:
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:
         timeout = 1.0
+        if self.live is not None and self._progress_since is not None and not self.stopping:
+            timeout = 0.25  # the live line counts down
         grant_at = self.gate.next_time(now)
         if grant_at is not None:
             timeout = min(timeout, max(0.0, grant_at - now))
@@ -249,6 +302,7 @@ class Arbiter:
         if event == "heartbeat":
             child.last_heartbeat = now
             child.report = data
+            self.metrics.child_report(child.group, child.pid, data)
             for key, shard in (data.get("shards") or {}).items():
                 self._update_session(child, int(key), shard.get("session"))
         elif event == "identify_request":
@@ -261,24 +315,39 @@ class Arbiter:
             for key, session in (data.get("sessions") or {}).items():
                 self._update_session(child, int(key), session)
             child.report = data.get("report") or child.report
+            self.metrics.child_report(child.group, child.pid, child.report)
         elif event == "hello":
             child.last_heartbeat = now
         else:
-            log.warning("%s: unknown IPC event %r", child.label, event)
+            log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
 
     def _on_shard_state(self, child: Child, data: dict) -> None:
         shard = data.get("shard")
         state = data.get("state")
         if shard not in child.shard_ids:
             return
+        self.metrics.shard_event(shard, str(state))
         if state == "ready":
+            if shard not in child.ready and self._progress_since is not None and not self.stopping:
+                # the start's progress in logs (a terminal shows the live line instead)
+                log.log(
+                    logging.DEBUG if self.live is not None else logging.INFO,
+                    "shard %d ready (group %d)",
+                    shard,
+                    child.group,
+                    extra={"shard": shard, "group": child.group},
+                )
             child.ready.add(shard)
+            self._granted.discard(shard)
             self._update_session(child, shard, data.get("session"))
         elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
             child.ready.discard(shard)
         if state == "fatal":
             log.error(
-                "shard %d: Discord closed with %s", shard, describe_close(data.get("code"))
+                "shard %d: Discord closed with %s",
+                shard,
+                describe_close(data.get("code")),
+                extra={"shard": shard, "group": child.group},
             )
 
     def _update_session(self, child: Child, shard: int, session: Any) -> None:
@@ -318,10 +387,13 @@ class Arbiter:
         self._unregister(child)
         child.close()
         self.gate.cancel(child.pid)
+        self.metrics.child_exited(group.index, child.pid)  # its counters carry over
+        self._granted.difference_update(child.shard_ids)
         group.child = None
+        extra = {"group": group.index}
         if self.rolling_current == group.index and not self.stopping:
             group.start_at = now
-            log.info("%s exited for the rolling restart", child.label)
+            log.info("%s exited for the rolling restart", child.label, extra=extra)
             return
         close = exit_codes.fatal_close_of(code)
         if close is not None:
@@ -329,24 +401,34 @@ class Arbiter:
                 "fatal: %s: Discord closed with %s; stopping everything, no restart",
                 child.label,
                 describe_close(close),
+                extra=extra,
             )
             self.begin_stop(now, code)
             return
         if self.stopping:
-            log.info("%s stopped (%s)", child.label, exit_codes.describe(code))
+            log.info("%s stopped (%s)", child.label, exit_codes.describe(code), extra=extra)
             return
         if code == exit_codes.USAGE:
-            log.critical("%s: bad configuration (exit 2); stopping everything", child.label)
+            log.critical("%s: bad configuration (exit 2); stopping everything", child.label, extra=extra)
             self.begin_stop(now, exit_codes.USAGE)
             return
         decision = group.policy.on_exit(now, child.uptime(now))
         group.start_at = now + decision.delay
         group.restarts += 1
+        self.metrics.set_restarts(group.index, group.restarts)
         how = "recycled" if child.stopping_since is not None else f"died ({_describe_status(code)})"
         if decision.flapping:
-            log.error("%s is flapping (%d quick exits); holding it back %.0f s", child.label, decision.failures, decision.delay)
+            log.error(
+                "%s is flapping (%d quick exits); holding it back %.0f s",
+                child.label,
+                decision.failures,
+                decision.delay,
+                extra=extra,
+            )
         else:
-            log.warning("%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay)
+            log.warning(
+                "%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay, extra=extra
+            )
 
     def _check_children(self, now: float) -> None:
         sample = now >= self._next_sample
@@ -358,18 +440,35 @@ class Arbiter:
                 continue
             if child.stopping_since is not None:
                 if not child.killed and now - child.stopping_since > self.options.stop_grace:
-                    log.warning("%s did not stop in %.0f s: killing it", child.label, self.options.stop_grace)
+                    log.warning(
+                        "%s did not stop in %.0f s: killing it",
+                        child.label,
+                        self.options.stop_grace,
+                        extra={"group": group.index},
+                    )
                     child.kill()
                 continue
             if now - child.last_heartbeat > self.options.heartbeat_timeout:
-                log.error("%s sent no heartbeat for %.0f s: replacing it", child.label, now - child.last_heartbeat)
+                log.error(
+                    "%s sent no heartbeat for %.0f s: replacing it",
+                    child.label,
+                    now - child.last_heartbeat,
+                    extra={"group": group.index},
+                )
                 child.stop(now)
                 continue
             if sample:
                 child.sample()
+                self.metrics.child_sampled(group.index, child.pid, child.rss, child.cpu_percent)
                 limit = self.options.max_memory_mb
                 if limit and child.rss > limit * 1024 * 1024 and child.uptime(now) > 10:
-                    log.warning("%s uses %.0f MB (> %.0f): recycling it", child.label, child.rss / 2**20, limit)
+                    log.warning(
+                        "%s uses %.0f MB (> %.0f): recycling it",
+                        child.label,
+                        child.rss / 2**20,
+                        limit,
+                        extra={"group": group.index},
+                    )
                     child.stop(now)
 
     def _grant_identifies(self, now: float) -> None:
@@ -379,6 +478,7 @@ class Arbiter:
                 self.store.record_identify()
             except OSError as exc:
                 log.error("cannot record the identify in %s: %s", self.store.dir, exc)
+            self._granted.add(grant.shard_id)
             for group in self.groups:
                 if group.child is not None and group.child.pid == grant.requester:
                     group.child.send("identify_grant", {"shard": grant.shard_id})
@@ -390,6 +490,12 @@ class Arbiter:
                 (self.gate.reset_at or now) - now,
             )
         self._budget_logged = bool(exhausted)
+        self.metrics.set_supervisor(
+            identify_budget_remaining=self.gate.remaining,
+            identifies_granted=self.gate.total_granted,
+            identify_waiting=self.gate.waiting,
+            shards_ready=self._ready_count(),
+        )
 
     def _advance_rolling(self, now: float) -> None:
         if self.stopping:
@@ -402,7 +508,7 @@ class Arbiter:
             if child is None or child.stopping_since is not None:
                 return  # still stopping, or waiting to start
             if set(child.ready) >= set(child.shard_ids):
-                log.info("rolling restart: group %d ready", group.index)
+                log.info("rolling restart: group %d ready", group.index, extra={"group": group.index})
                 self.rolling_current = None
             else:
                 return
@@ -411,7 +517,7 @@ class Arbiter:
             group = self.groups[index]
             self.rolling_current = index
             if group.child is not None:
-                log.info("rolling restart: stopping group %d", index)
+                log.info("rolling restart: stopping group %d", index, extra={"group": index})
                 group.child.stop(now)
 
     def _spawn_missing(self, now: float) -> None:
@@ -422,14 +528,72 @@ class Arbiter:
     def _spawn(self, group: Group, now: float) -> None:
         sessions = {s: self.sessions[s] for s in group.config.shard_ids if s in self.sessions}
         config = replace(group.config, sessions=sessions)
-        child = Child(group.index, config)
+        child = Child(group.index, config, log_format=self.options.log_format)
         group.child = child
+        self.metrics.child_started(group.index, child.pid, child.started_at)
         self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
         log.info(
             "started %s: %d to resume, %d to identify",
             child.label,
             len(sessions),
             len(config.shard_ids) - len(sessions),
+            extra={"group": group.index},
+        )
+
+    # -- the start's progress -------------------------------------------------------------------
+    def _ready_count(self) -> int:
+        return sum(len(g.child.ready) for g in self.groups if g.child is not None)
+
+    def _progress(self, now: float) -> None:
+        """The live line while some shard is not READY (a terminal); a summary when all are."""
+        if self.stopping:
+            if self.live is not None:
+                self.live.clear()
+            return
+        total = len(self.all_shards)
+        ready = self._ready_count()
+        if ready >= total:
+            if self._progress_since is not None:
+                if self.live is not None:
+                    self.live.clear()
+                elapsed = format_elapsed(now - self._progress_since)
+                if self._all_ready_once:
+                    log.info("all %d shards ready again after %s", total, elapsed)
+                else:
+                    log.info("all %d shards ready in %s", total, elapsed)
+                self._progress_since = None
+                self._all_ready_once = True
+            return
+        if self._progress_since is None:
+            self._progress_since = now
+        if self.live is not None and now >= self._next_draw:
+            self._next_draw = now + 0.2
+            self.live.show(format_progress(self.progress(now)))
+
+    def progress(self, now: float) -> Progress:
+        """The :class:`supervisor.progress.Progress` of the shards' start, from the gate."""
+        view = gate_view(self.gate, now)
+        ready: set[int] = set()
+        for group in self.groups:
+            if group.child is not None:
+                ready |= group.child.ready
+        expected: dict[int, int] = {}
+        for shard in self.all_shards:
+            # not READY, not asking yet, nothing to resume, not granted: it will ask soon
+            if shard in ready or shard in view.waiting_shards or shard in self.sessions or shard in self._granted:
+                continue
+            bucket = identify_bucket(shard, self.gate.max_concurrency)
+            expected[bucket] = expected.get(bucket, 0) + 1
+        return estimate(
+            len(ready),
+            len(self.all_shards),
+            queued=view.queued,
+            free_at=view.free_at,
+            interval=self.gate.interval,
+            now=now,
+            expected=expected,
+            hold_until=view.hold_until,
+            settle=1.0,
         )
 
     def _maybe_save(self, now: float) -> None:
@@ -458,7 +622,9 @@ class Arbiter:
                         "shard": shard,
                         "group": group.index,
                         "pid": child.pid if child else None,
-                        "state": info.get("state", "down" if child is None else "starting"),
+                        "state": "stalled"
+                        if child is not None and self.metrics.is_stalled(shard)
+                        else info.get("state", "down" if child is None else "starting"),
                         "seq": info.get("seq"),
                         "latency_ms": info.get("latency_ms"),
                         "published": info.get("published", 0),
@@ -489,6 +655,13 @@ class Arbiter:
             "identifies_granted": self.gate.total_granted,
             "shards": shards,
         }
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _describe_status(code: int) -> str:

@@ -15,6 +15,7 @@ import psutil
 from shard_worker import ipc
 from shard_worker.shard_ranges import format_shard_ids
 from shard_worker.config import CONFIG_ENV, TOKEN_ENV, SavedSession, WorkerConfig
+from shard_worker.logs import LOG_FORMAT_ENV, LOG_GROUP_ENV
 from shard_worker.supervised import IPC_FD_ENV
 
 log = logging.getLogger("supervisor.child")
@@ -23,7 +24,7 @@ log = logging.getLogger("supervisor.child")
 class Child:
     """A running ``python -m shard_worker`` for one group of shards."""
 
-    def __init__(self, group: int, config: WorkerConfig) -> None:
+    def __init__(self, group: int, config: WorkerConfig, *, log_format: str | None = None) -> None:
         self.group = group
         self.shard_ids = list(config.shard_ids)
         self.decoder = ipc.Decoder()
@@ -32,6 +33,10 @@ class Child:
         env[CONFIG_ENV] = config.to_json()
         env[TOKEN_ENV] = config.token  # by environment, never argv
         env[IPC_FD_ENV] = str(write_fd)
+        # WorkerConfig has no log format: the child's logging reads these (shard_worker.logs).
+        if log_format is not None:
+            env[LOG_FORMAT_ENV] = log_format
+        env[LOG_GROUP_ENV] = str(group)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shard_worker"],

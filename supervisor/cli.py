@@ -21,8 +21,9 @@ code   meaning
 =====  =========================================================================================
 0      success (``start``: the worker group ended cleanly; ``config --show``: printed)
 1      a runtime failure before the shards started: Discord's API could not be reached or
-       answered with an error other than 401, the daily identify budget is used up, or the
-       worker code could not be loaded. Retrying later may help.
+       answered with an error other than 401, the daily identify budget is used up, the
+       worker code could not be loaded, or the ``--metrics-addr`` port cannot be bound.
+       Retrying later may help.
 2      bad usage or configuration: unknown command or option, a bad value from a flag, an
        environment variable or the config file, an unreadable config file, a missing token,
        shard ids not below the shard count. Fix the invocation; retrying will not help.
@@ -247,7 +248,7 @@ def _configure_logging(settings: StartSettings) -> None:
     from shard_worker.logs import add_secret, setup_logging
 
     add_secret(settings.token)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, fmt=settings.log_format)
 
 
 def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
@@ -296,6 +297,8 @@ def _start(settings: StartSettings) -> int:
         heartbeat_timeout=float(settings.child_timeout),
         session_start_remaining=limit.remaining if limit else None,
         session_start_reset_after=limit.reset_after / 1000 if limit else None,
+        metrics_addr=settings.metrics_addr,
+        log_format=settings.log_format,
     )
     set_title(f"master [{format_shard_ids(shard_ids)}]")
     log.info(

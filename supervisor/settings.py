@@ -27,6 +27,8 @@ child_timeout       --child-timeout       SPECTACLES_CHILD_TIMEOUT       supervi
 buffer_events       --buffer-events       SPECTACLES_BUFFER_EVENTS       supervisor.buffer_events
 buffer_mb           --buffer-mb           SPECTACLES_BUFFER_MB           supervisor.buffer_mb
 stall_timeout       --stall-timeout       SPECTACLES_STALL_TIMEOUT       supervisor.stall_timeout
+metrics_addr        --metrics-addr        SPECTACLES_METRICS_ADDR        supervisor.metrics_addr
+log_format          --log-format          SPECTACLES_LOG_FORMAT          supervisor.log_format
 ==================  ====================  =============================  ========================
 
 (``supervisor.*`` is ``supervisor.shards_per_process``.)
@@ -61,10 +63,14 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
     buffer_mb = 64                      # the same bound in megabytes
     stall_timeout = 30                  # seconds a shard may be unable to publish before it
                                         # closes resumably (it resumes once RabbitMQ is back)
+    metrics_addr = "127.0.0.1:9400"     # Prometheus /metrics (default: off; ":9400" = every
+                                        # interface), see docs/METRICS.md
+    log_format = "text"                 # or "json": one JSON object per line
 
 Tables other services own (``[redis]``, ``[prometheus]``...) are ignored, as are other keys of
 ``[broker.groups]``; an unknown key inside ``[discord]``, ``[discord.shards]``, ``[broker]`` or
-``[supervisor]`` is an error, as is a wrong type, naming the file and the key.
+``[supervisor]`` is an error, as is a wrong type, naming the file, the line (when it can be found
+in the text) and the key: ``spectacles.toml, line 12: supervisor.prefetch: must be at least 1``.
 
 Every resolved value remembers its :class:`Origin` (flag, env, file or default) so that
 ``spectacles-supervisor config --show`` can print it; :meth:`StartSettings.describe` never shows
@@ -76,6 +82,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import json
 import os
 import re
 import sys
@@ -111,6 +118,8 @@ DEFAULT_BUFFER_EVENTS = 10_000
 DEFAULT_BUFFER_MB = 64
 DEFAULT_STALL_TIMEOUT = 30
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_LOG_FORMAT = "text"
+LOG_FORMATS = ("text", "json")
 #: AMQP's prefetch count is a 16-bit field.
 MAX_PREFETCH = 65535
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -322,6 +331,46 @@ def _log_level_text(text: str) -> str:
 _GROUP = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 
+def _log_format_text(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected {' or '.join(LOG_FORMATS)}, got {text!r}")
+    return value
+
+
+_HOST = re.compile(r"[A-Za-z0-9_.\-]{1,253}")
+_METRICS_OFF = ("off", "none", "no", "false", "0")
+
+
+def _metrics_addr_text(text: str) -> tuple[str, int] | None:
+    """``host:port``, ``[v6]:port`` or ``:port`` (every interface); ``off`` turns it off."""
+    value = text.strip()
+    if value.lower() in _METRICS_OFF:
+        return None
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep or ":" not in host:
+            raise ValueError(f"expected [IPv6 address]:port, got {text!r}")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected host:port (or :port for every interface), got {text!r}")
+        if ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets ([::1]:9400), got {text!r}")
+        if host and not _HOST.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or address")
+    if not re.fullmatch(r"[0-9]{1,5}", port):
+        raise ValueError(f"expected a port number after the colon, got {text!r}")
+    return (host or "0.0.0.0", _int_in_range(int(port), 1, 65535))
+
+
+def format_metrics_addr(addr: tuple[str, int] | None) -> str:
+    if addr is None:
+        return "(off)"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _group_text(text: str) -> str:
     group = text.strip()
     if not _GROUP.fullmatch(group):
@@ -445,6 +494,15 @@ SETTINGS: tuple[Setting, ...] = (
             _int_text(1, 3600), _int_file(1, 3600), "SECONDS",
             "A shard that cannot publish this long closes resumably and resumes when RabbitMQ "
             f"is back (default: {DEFAULT_STALL_TIMEOUT})."),
+    Setting("metrics_addr", "--metrics-addr", ("SPECTACLES_METRICS_ADDR",),
+            ("supervisor", "metrics_addr"), None,
+            _metrics_addr_text, _from_str(_metrics_addr_text), "HOST:PORT",
+            "Serve Prometheus metrics at http://HOST:PORT/metrics from the supervisor "
+            "(:PORT for every interface; default: off). See docs/METRICS.md."),
+    Setting("log_format", "--log-format", ("SPECTACLES_LOG_FORMAT",), ("supervisor", "log_format"),
+            DEFAULT_LOG_FORMAT, _log_format_text, _from_str(_log_format_text), "[text|json]",
+            "Log lines as text, or as JSON objects with time, level, logger, message and "
+            "shard/group when known (default: text)."),
 )  # fmt: skip
 SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 #: The flags dict key of ``--config``.
@@ -486,16 +544,65 @@ def _suggest(word: str, options: Iterable[str], form: str = "'{}'") -> str:
     return f" (did you mean {form.format(close[0])}?)" if close else ""
 
 
+_BARE_OR_QUOTED = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_DOTTED = rf"{_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*"
+_TABLE_LINE = re.compile(rf"^\s*\[\[?\s*(?P<key>{_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_KEY_LINE = re.compile(rf"^\s*(?P<key>{_DOTTED})\s*=")
+_KEY_PART = re.compile(_BARE_OR_QUOTED)
+
+
+def _key_parts(dotted: str) -> tuple[str, ...]:
+    parts = []
+    for match in _KEY_PART.finditer(dotted):
+        part = match.group(0)
+        if part[0] == '"':
+            try:
+                part = json.loads(part)
+            except ValueError:
+                part = part[1:-1]
+        elif part[0] == "'":
+            part = part[1:-1]
+        parts.append(part)
+    return tuple(parts)
+
+
+def find_key_line(text: str, path: tuple[str, ...]) -> int | None:
+    """The 1-based line of ``text`` (TOML) that defines ``path``: its ``key =`` line, or the
+    ``[table]`` header that opens it. Best effort (a line scanner, not a TOML parser): ``None``
+    when it is not found, e.g. inside an inline table or a multi-line value."""
+    table: tuple[str, ...] = ()
+    header_line: int | None = None
+    inline_line: int | None = None  # a key whose value (an inline table) holds ``path``
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _TABLE_LINE.match(line)
+        if header:
+            table = _key_parts(header.group("key"))
+            if table == path or (header_line is None and table[: len(path)] == path):
+                header_line = header_line or number
+                if table == path:
+                    return number
+            continue
+        key = _KEY_LINE.match(line)
+        if key:
+            full = table + _key_parts(key.group("key"))
+            if full[: len(path)] == path:
+                return header_line or number
+            if inline_line is None and path[: len(full)] == full:
+                inline_line = number
+    return header_line or inline_line
+
+
 def load_config_file(path: str | os.PathLike[str]) -> ConfigFile:
     """Read, check and parse a Spectacles TOML config file (see the module docstring).
 
-    Raises :class:`SettingsError` naming the file and the line for invalid TOML, and the file
-    and the key for an unknown key or a bad value.
+    Raises :class:`SettingsError` naming the file and the line for invalid TOML, and the file,
+    the line (when :func:`find_key_line` finds it) and the key for an unknown key or a bad value.
     """
     shown = os.fspath(path)
     try:
         with open(path, "rb") as file:
-            document = tomllib.load(file)
+            source = file.read().decode("utf-8")
+        document = tomllib.loads(source)
     except FileNotFoundError:
         raise SettingsError(f"config file {shown}: no such file") from None
     except IsADirectoryError:
@@ -515,6 +622,10 @@ def load_config_file(path: str | os.PathLike[str]) -> ConfigFile:
             raise SettingsError(f"{shown}, at the end: invalid TOML: {reason}") from None
         raise SettingsError(f"{shown}: invalid TOML: {text}") from None
 
+    def where(*key: str) -> str:
+        line = find_key_line(source, key)
+        return f"{shown}, line {line}" if line is not None else shown
+
     values: dict[str, Any] = {}
     keys: dict[str, str] = {}
 
@@ -526,16 +637,18 @@ def load_config_file(path: str | os.PathLike[str]) -> ConfigFile:
                 if not prefix:
                     # Another service's table, unless it is a typo of one of ours.
                     if isinstance(value, dict) and (hint := _suggest(key, schema, "[{}]")):
-                        raise SettingsError(f"{shown}: unknown table [{key}]{hint}")
+                        raise SettingsError(f"{where(key)}: unknown table [{key}]{hint}")
                     continue
                 if prefix in _OPEN_TABLES:
                     continue
                 hint = _suggest(key, schema, "'" + ".".join(prefix) + ".{}'")
-                raise SettingsError(f"{shown}: unknown key '{dotted}'{hint}")
+                raise SettingsError(f"{where(*prefix, key)}: unknown key '{dotted}'{hint}")
             if isinstance(expected, dict):
                 if not isinstance(value, dict):
                     got = _type_name(value)
-                    raise SettingsError(f"{shown}: {dotted}: expected a table, got {got}")
+                    raise SettingsError(
+                        f"{where(*prefix, key)}: {dotted}: expected a table, got {got}"
+                    )
                 walk(value, expected, (*prefix, key))
                 continue
             if value == "" or value == []:
@@ -543,7 +656,7 @@ def load_config_file(path: str | os.PathLike[str]) -> ConfigFile:
             try:
                 values[expected.name] = expected.from_file(value)
             except ValueError as error:
-                raise SettingsError(f"{shown}: {dotted}: {error}") from None
+                raise SettingsError(f"{where(*prefix, key)}: {dotted}: {error}") from None
             keys[expected.name] = dotted
 
     walk(document, _SCHEMA, ())
@@ -582,6 +695,8 @@ class StartSettings:
     buffer_events: int = DEFAULT_BUFFER_EVENTS
     buffer_mb: int = DEFAULT_BUFFER_MB
     stall_timeout: int = DEFAULT_STALL_TIMEOUT
+    metrics_addr: tuple[str, int] | None = None
+    log_format: str = DEFAULT_LOG_FORMAT
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -627,6 +742,8 @@ class StartSettings:
             "buffer_events": str(self.buffer_events),
             "buffer_mb": f"{self.buffer_mb} MB",
             "stall_timeout": f"{self.stall_timeout} s",
+            "metrics_addr": format_metrics_addr(self.metrics_addr),
+            "log_format": self.log_format,
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))

@@ -128,3 +128,22 @@ def test_shard_formula_matches_discord_example():
     guild = 197038439483310086
     assert shard_for_guild(guild, 1000) == 770
     assert shard_for_guild(0, 5) == 0  # DMs have no guild: shard 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"op":3,"d":NaN}', b'{"op":3,"d":Infinity}', b'{"op":3,"d":-Infinity}', b'{"op":3,"d":1e999}', b'{"op":3,"d":"\\ud800"}'],
+)
+def test_non_strict_json_never_reaches_discord(body):
+    # Some fast decoders accept NaN/Infinity or overflow to inf; the frame we send must be strict.
+    from shard_worker import jsonlib
+
+    for codec in ("ujson", "orjson"):
+        getattr(jsonlib, f"use_{codec}")()
+        with pytest.raises(outbound.Rejected):
+            outbound.parse_shard_packet(body)
+        with pytest.raises(outbound.Rejected):
+            outbound.parse_send(b'{"guild_id":"1","packet":' + body + b"}", 2)
+    import importlib
+
+    importlib.reload(jsonlib)

@@ -19,7 +19,8 @@ class SupervisorProcess:
     def __init__(self, sim: Any, amqp_url: str, group: str, state_dir: Path, *args: str, log: Path | None = None) -> None:
         self.log_path = log or state_dir.parent / f"supervisor-{time.monotonic_ns()}.log"
         self.state_dir = state_dir
-        env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, PYTHONUNBUFFERED="1")
+        # The default codec (ujson) end to end here; in-process tests run the orjson speedup.
+        env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, PYTHONUNBUFFERED="1", SPECTACLES_JSON="ujson")
         self.argv = [
             sys.executable,
             "-m",

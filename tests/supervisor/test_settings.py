@@ -241,28 +241,87 @@ def test_not_utf8(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("text", "line", "message"),
     [
-        ("[discord]\ntokn = 'x'\n", r"unknown key 'discord\.tokn' \(did you mean 'discord\.token'"),
-        ("[supervisor]\nprefech = 5\n", r"unknown key 'supervisor\.prefech'"),
-        ("[discord.shards]\ncount = '16'\n", r"shards\.count: expected an integer, got a string"),
-        ("[discord.shards]\ncount = true\n", r"shards\.count: expected an integer, got a boolean"),
-        ("[discord.shards]\nids = [0, 'one']\n", r"discord\.shards\.ids: expected shard ids"),
-        ("[discord.shards]\nids = [-1]\n", r"discord\.shards\.ids: shard ids cannot be negative"),
-        ("[discord]\nshards = 3\n", r"discord\.shards: expected a table, got an integer"),
-        ("[supervisor]\nevents = 'MESSAGE_CREATE'\n", r"supervisor\.events: expected an array"),
-        ("[supervisor]\nprefetch = 1.5\n", r"prefetch: expected an integer, got a float"),
-        ("[supervisor]\nintents = 'GUILDS,BAD'\n", r"supervisor\.intents: unknown intent 'BAD'"),
-        ("[supervisor]\ncompress = 1\n", r"supervisor\.compress: expected"),
-        ("[supervisr]\nprefetch = 1\n", r"unknown table \[supervisr\] \(did you mean \[supervisor"),
-        ("[broker]\nurl = 'redis://x'\n", r"broker\.url: .*not an AMQP URL"),
+        ("[discord]\ntokn = 'x'\n", 2, r"unknown key 'discord\.tokn' \(did you mean 'discord\.token'"),
+        ("[supervisor]\nprefech = 5\n", 2, r"unknown key 'supervisor\.prefech'"),
+        ("[discord.shards]\ncount = '16'\n", 2, r"shards\.count: expected an integer, got a string"),
+        ("[discord.shards]\ncount = true\n", 2, r"shards\.count: expected an integer, got a boolean"),
+        ("[discord.shards]\nids = [0, 'one']\n", 2, r"discord\.shards\.ids: expected shard ids"),
+        ("[discord.shards]\nids = [-1]\n", 2, r"discord\.shards\.ids: shard ids cannot be negative"),
+        ("[discord]\nshards = 3\n", 2, r"discord\.shards: expected a table, got an integer"),
+        ("[supervisor]\nevents = 'MESSAGE_CREATE'\n", 2, r"supervisor\.events: expected an array"),
+        ("[supervisor]\nprefetch = 1.5\n", 2, r"prefetch: expected an integer, got a float"),
+        ("[supervisor]\nintents = 'GUILDS,BAD'\n", 2, r"supervisor\.intents: unknown intent 'BAD'"),
+        ("[supervisor]\ncompress = 1\n", 2, r"supervisor\.compress: expected"),
+        ("[supervisr]\nprefetch = 1\n", 1, r"unknown table \[supervisr\] \(did you mean \[supervisor"),
+        ("[broker]\nurl = 'redis://x'\n", 2, r"broker\.url: .*not an AMQP URL"),
+        # the line is found past comments, other tables, dotted and quoted keys
+        ("# mine\n[redis]\nurl = 'x'\n\n[supervisor]\nlog_level = 'INFO'\n"
+         "max_memory_mb = 8   # too small\n", 7, r"supervisor\.max_memory_mb: must be at least 16"),
+        ("[discord]\ntoken = 't'\nshards.count = 0\n", 3, r"discord\.shards\.count: must be at least 1"),
+        ("[supervisor]\n\"log_format\" = 'xml'\n", 2, r"supervisor\.log_format: expected text or json"),
+        ("[supervisor]\nprefetch = 5\nmetrics_addr = 'localhost'\n", 3,
+         r"supervisor\.metrics_addr: expected host:port"),
+        ("[supervisor]\nmetrics_addr = ':70000'\n", 2, r"supervisor\.metrics_addr: must be at most 65535"),
+        ("[supervisor]\nchild_timeout = 1\n[broker]\n", 2, r"supervisor\.child_timeout: must be at least 3"),
     ],
 )
-def test_bad_file_keys_name_file_and_key(tmp_path, text, message):
+def test_bad_file_keys_name_file_line_and_key(tmp_path, text, line, message):
     path = write(tmp_path, text)
     with pytest.raises(SettingsError, match=message) as error:
         load_config_file(path)
-    assert str(error.value).startswith(path + ":")
+    assert str(error.value).startswith(f"{path}, line {line}: ")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "reason"),
+    [
+        ('[discord]\ntoken = "x"\ncount 3\n', "line 3, column", "invalid TOML"),
+        ("[supervisor]\nprefetch = 1\nprefetch = 2\n", "line 3, column", "invalid TOML"),
+        ("[supervisor]\nevents = [\n  'A',\n", "at the end", "invalid TOML"),
+        ("[supervisor\n", "line 1, column", "invalid TOML"),
+        ('[discord]\ntoken = "unterminated\n', "line 2, column", "invalid TOML"),
+    ],
+)
+def test_invalid_toml_names_file_line_and_reason(tmp_path, text, where, reason):
+    path = write(tmp_path, text)
+    with pytest.raises(SettingsError) as error:
+        load_config_file(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}, {where}")
+    _, found, why = message.partition(f": {reason}: ")
+    assert found and len(why.strip()) > 5, message  # tomllib's reason follows "invalid TOML: "
+    assert "\n" not in message
+
+
+def test_a_bad_file_reaches_the_command_line_with_file_line_and_reason(tmp_path):
+    from click.testing import CliRunner
+
+    from supervisor.cli import cli
+
+    path = write(tmp_path, "[supervisor]\nprefetch = 5\nlog_format = 'yaml'\n")
+    result = CliRunner().invoke(cli, ["config", "--show", "--config", path], env={"SPECTACLES_LOG_FORMAT": ""})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"spectacles-supervisor: error: {path}, line 3: supervisor.log_format: "
+        "expected text or json, got 'yaml'"
+    )
+
+
+def test_line_finder_is_best_effort(tmp_path):
+    from supervisor.settings import find_key_line
+
+    text = "[supervisor]\nevents = [\n  'A',\n]\n[discord.shards]\ncount = 4\n"
+    assert find_key_line(text, ("discord", "shards", "count")) == 6
+    assert find_key_line(text, ("discord",)) == 5  # the header that opens the table
+    assert find_key_line(text, ("broker", "url")) is None
+    # an inline table hides its keys from the scanner: the file and the key are still named
+    path = write(tmp_path, "supervisor = { prefetch = 0 }\n")
+    with pytest.raises(SettingsError, match=r"supervisor\.prefetch: must be at least 1") as error:
+        load_config_file(path)
+    assert str(error.value).startswith(f"{path}, line 1: ")
 
 
 def test_other_services_tables_and_groups_are_ignored(tmp_path):
@@ -391,3 +450,77 @@ def test_build_worker_configs_splits_consecutively():
         [0, 1, 2, 3],
         [4, 5, 6, 7],
     ]
+
+
+# -- metrics_addr and log_format --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9400", ("127.0.0.1", 9400)),
+        (" localhost:80 ", ("localhost", 80)),
+        (":9400", ("0.0.0.0", 9400)),
+        ("[::1]:9400", ("::1", 9400)),
+        ("off", None),
+        ("OFF", None),
+    ],
+)
+def test_metrics_addr_forms(text, expected):
+    settings = resolve_start_settings({"metrics_addr": text}, {})
+    assert settings.metrics_addr == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("9400", r"expected host:port"),
+        ("localhost:http", r"expected a port number"),
+        ("::1:9400", r"IPv6 address in brackets"),
+        ("[::1]9400", r"expected \[IPv6 address\]:port"),
+        (":0", r"must be at least 1"),
+        ("a b:80", r"not a host name"),
+    ],
+)
+def test_bad_metrics_addr_names_the_flag(text, message):
+    with pytest.raises(SettingsError, match=r"^--metrics-addr: .*" + message):
+        resolve_start_settings({"metrics_addr": text}, {})
+
+
+def test_metrics_addr_and_log_format_from_env_file_and_default(tmp_path):
+    assert resolve_start_settings({}, {}).metrics_addr is None  # off unless asked
+    assert resolve_start_settings({}, {}).log_format == "text"
+    env = {"SPECTACLES_METRICS_ADDR": "0.0.0.0:9500", "SPECTACLES_LOG_FORMAT": "JSON"}
+    settings = resolve_start_settings({}, env)
+    assert (settings.metrics_addr, settings.log_format) == (("0.0.0.0", 9500), "json")
+    assert settings.sources["metrics_addr"] == Origin(Source.ENV, "SPECTACLES_METRICS_ADDR")
+    path = write(tmp_path, "[supervisor]\nmetrics_addr = '127.0.0.1:9600'\nlog_format = 'json'\n")
+    from_file = resolve_start_settings({"config": path}, {})
+    assert (from_file.metrics_addr, from_file.log_format) == (("127.0.0.1", 9600), "json")
+    # a flag turns off what the file turned on
+    assert resolve_start_settings({"config": path, "metrics_addr": "off"}, {}).metrics_addr is None
+    with pytest.raises(SettingsError, match=r"^SPECTACLES_LOG_FORMAT: expected text or json"):
+        resolve_start_settings({}, {"SPECTACLES_LOG_FORMAT": "logfmt"})
+
+
+def test_config_show_lists_the_new_settings(tmp_path):
+    path = write(tmp_path, "[supervisor]\nmetrics_addr = '[::1]:9400'\n")
+    rows = {name: (value, source) for name, value, source in resolve_start_settings(
+        {"config": path, "log_format": "json"}, {}).describe()}
+    assert rows["metrics_addr"] == ("[::1]:9400", f"file {path}: supervisor.metrics_addr")
+    assert rows["log_format"] == ("json", "flag --log-format")
+    assert resolve_start_settings({}, {}).describe()[-3][:2] == ("metrics_addr", "(off)")
+
+
+def test_config_show_prints_the_new_settings_with_their_sources():
+    from click.testing import CliRunner
+
+    from supervisor.cli import cli
+
+    env = {name: "" for setting in SETTINGS for name in setting.envs}
+    env["SPECTACLES_METRICS_ADDR"] = ":9400"
+    result = CliRunner().invoke(cli, ["config", "--show", "--log-format", "JSON"], env=env)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
+    assert rows["metrics_addr"][1:] == ["0.0.0.0:9400", "env", "SPECTACLES_METRICS_ADDR"]
+    assert rows["log_format"][1:] == ["json", "flag", "--log-format"]

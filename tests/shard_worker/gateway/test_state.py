@@ -726,8 +726,11 @@ def test_new_identify_starts_seq_afresh():
 
 def test_huge_seq_never_breaks_heartbeats():
     m = ready_machine(0.0)
-    big = "9" * 4200  # parses as a Python int; a heartbeat carrying it would exceed 4096 bytes
-    m.receive('{"op":0,"s":' + big + ',"t":"X","d":{}}', 1.0)
+    big = "9" * 4200  # ujson parses it as a Python int; orjson refuses the frame (a resume)
+    first = m.receive('{"op":0,"s":' + big + ',"t":"X","d":{}}', 1.0)
+    if any(isinstance(a, CloseConnection) for a in first):
+        assert m.phase is Phase.CLOSING and m.receive(SERVER_HEARTBEAT, 2.0) == []
+        return
     acts = m.receive(SERVER_HEARTBEAT, 2.0)
     assert len(acts) == 1
     assert isinstance(acts[0], (Send, CloseConnection))

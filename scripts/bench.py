@@ -1,0 +1,316 @@
+"""Benchmark: the project's forwarding cost against the leanest pipeline (``bench_reference.py``).
+
+One run measures, on the local RabbitMQ and a simulator in its own process (realistic dispatches,
+mostly MESSAGE_CREATE of about 1.5 KB, zlib-stream; persistent publishes with confirms):
+
+- events per second landed in RabbitMQ (the depth of a queue bound to every event type),
+- CPU microseconds per event of the forwarding processes (psutil, the whole process tree),
+- RSS per child process, idle and under load,
+- time from ``start`` to every shard READY for 16 and 64 shards (max_concurrency 16),
+
+alternating project (A) and reference (B) runs, and prints the ratios A/B (medians).
+
+    .venv/bin/python scripts/bench.py                  # the full run (about 6 minutes)
+    .venv/bin/python scripts/bench.py --quick          # one repetition, 1 and 4 shards
+    .venv/bin/python scripts/bench.py --project-only --shards 4 --window 20   # for profiling
+
+Results go to ``docs/bench/results.json`` and a plot to ``docs/bench/throughput.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pika
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TOKEN = "bench-token-0123456789abcdef"
+EXCHANGE = "bench"
+QUEUE = "bench:all"
+EVENTS = ["READY", "GUILD_CREATE", "MESSAGE_CREATE", "TYPING_START", "PRESENCE_UPDATE", "GUILD_MEMBER_UPDATE", "RESUMED"]
+OUT = ROOT / "docs" / "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Simulator:
+    """``spectacles-supervisor simulate`` in its own process (its CPU is not counted)."""
+
+    def __init__(self, shards: int, max_concurrency: int, stream: bool) -> None:
+        self.port = free_port()
+        argv = [PY, "-m", "supervisor", "simulate", "--port", str(self.port), "--token", TOKEN,
+                "--shards", str(shards), "--max-concurrency", str(max_concurrency),
+                "--events-per-shard", "-1" if stream else "0", "--rate", "0", "--log-level", "WARNING"]  # fmt: skip
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                self.stats()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("simulator did not start")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Rabbit:
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(EXCHANGE, "direct", durable=True)
+        self.channel.queue_declare(QUEUE, durable=True)
+        for event in EVENTS:
+            self.channel.queue_bind(QUEUE, EXCHANGE, event)
+
+    def depth(self) -> int:
+        return self.channel.queue_declare(QUEUE, durable=True, passive=True).method.message_count
+
+    def purge(self) -> None:
+        self.channel.queue_purge(QUEUE)
+
+    def close(self) -> None:
+        self.channel.queue_delete(QUEUE)
+        self.connection.close()
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+JSON = "ujson"  # set from --json
+
+
+def start_project(sim: Simulator, shards: int, amqp_url: str, state_dir: str) -> subprocess.Popen:
+    env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, SPECTACLES_JSON=JSON)
+    argv = [PY, "-m", "supervisor", "start", "--api-url", sim.api_url, "--group", EXCHANGE,
+            "--shards-per-process", str(shards), "--state-dir", state_dir, "--log-level", "WARNING"]  # fmt: skip
+    return subprocess.Popen(argv, cwd=ROOT, env=env)
+
+
+def start_reference(sim: Simulator, shards: int, amqp_url: str) -> subprocess.Popen:
+    argv = [PY, str(ROOT / "scripts" / "bench_reference.py"), "--gateway", sim.url, "--token", TOKEN,
+            "--shards", str(shards), "--amqp-url", amqp_url, "--exchange", EXCHANGE, "--json", JSON]  # fmt: skip
+    return subprocess.Popen(argv, cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        for p in tree(proc.pid)[::-1]:
+            p.kill()
+        proc.wait(5)
+
+
+def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup: float, window: float) -> dict:
+    sim = Simulator(shards, max_concurrency=16, stream=True)
+    rabbit.purge()
+    state_dir = tempfile.mkdtemp(prefix="bench-state-")
+    proc = start_project(sim, shards, amqp_url, state_dir) if kind == "project" else start_reference(sim, shards, amqp_url)
+    try:
+        deadline = time.monotonic() + 60
+        while len(sim.stats()["ready"]) < shards:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{kind}: shards not ready")
+            time.sleep(0.1)
+        time.sleep(warmup)
+        procs = tree(proc.pid)
+        d0, c0, t0 = rabbit.depth(), cpu_seconds(procs), time.monotonic()
+        time.sleep(window)
+        d1, c1, t1 = rabbit.depth(), cpu_seconds(procs), time.monotonic()
+        rss = [p.memory_info().rss for p in procs[1:]] if kind == "project" else [procs[0].memory_info().rss]
+        events = d1 - d0
+        return {
+            "kind": kind,
+            "shards": shards,
+            "events": events,
+            "events_per_s": events / (t1 - t0),
+            "cpu_us_per_event": (c1 - c0) * 1e6 / max(1, events),
+            "rss_mb_under_load": [round(r / 2**20, 1) for r in rss],
+        }
+    finally:
+        stop(proc)
+        sim.stop()
+        rabbit.purge()
+
+
+def measure_startup(shards: int, max_concurrency: int, amqp_url: str) -> dict:
+    sim = Simulator(shards, max_concurrency=max_concurrency, stream=False)
+    state_dir = tempfile.mkdtemp(prefix="bench-state-")
+    started = time.monotonic()
+    proc = start_project(sim, max(1, shards // 2), amqp_url, state_dir)
+    try:
+        while len(sim.stats()["ready"]) < shards:
+            if time.monotonic() - started > 120 or proc.poll() is not None:
+                raise RuntimeError("startup did not finish")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+        buckets = -(-shards // max_concurrency)
+        return {"shards": shards, "max_concurrency": max_concurrency, "seconds_to_all_ready": round(elapsed, 2),
+                "floor_s": 5.0 * (buckets - 1)}  # fmt: skip
+    finally:
+        stop(proc)
+        sim.stop()
+
+
+def measure_idle_rss(amqp_url: str) -> dict:
+    sim = Simulator(4, max_concurrency=4, stream=False)
+    state_dir = tempfile.mkdtemp(prefix="bench-state-")
+    proc = start_project(sim, 4, amqp_url, state_dir)
+    try:
+        while len(sim.stats()["ready"]) < 4:
+            time.sleep(0.05)
+        time.sleep(3)
+        children = tree(proc.pid)[1:]
+        return {"shards_per_child": 4, "rss_mb": [round(p.memory_info().rss / 2**20, 1) for p in children],
+                "master_rss_mb": round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)}  # fmt: skip
+    finally:
+        stop(proc)
+        sim.stop()
+
+
+def plot(summary: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib not installed (pip install -e '.[bench]'): no plot")
+        return
+    shards = sorted({int(k) for k in summary})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.38
+    xs = range(len(shards))
+    for offset, kind, color in ((-width / 2, "project", "tab:blue"), (width / 2, "reference", "tab:gray")):
+        ax1.bar([x + offset for x in xs], [summary[str(s)][kind]["events_per_s"] for s in shards], width, label=kind, color=color)
+        ax2.bar([x + offset for x in xs], [summary[str(s)][kind]["cpu_us_per_event"] for s in shards], width, label=kind, color=color)
+    for ax, title in ((ax1, "events/s landed in RabbitMQ"), (ax2, "CPU µs per event (process tree)")):
+        ax.set_xticks(list(xs), [f"{s} shard{'s' if s > 1 else ''}" for s in shards])
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"bench: plot written to {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
+    parser.add_argument("--shards", type=int, nargs="*", default=[1, 4, 16])
+    parser.add_argument("--repeat", type=int, default=3, help="A B pairs per shard count")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--window", type=float, default=8.0)
+    parser.add_argument("--quick", action="store_true", help="one pair, 1 and 4 shards, no startup runs")
+    parser.add_argument("--project-only", action="store_true", help="only the project (for profiling)")
+    parser.add_argument("--json", choices=["ujson", "orjson"], default="ujson", help="the codec of both sides")
+    args = parser.parse_args()
+    global JSON
+    JSON = args.json
+    if args.quick:
+        args.repeat, args.shards = 1, [1, 4]
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    rabbit = Rabbit(args.amqp_url)
+    runs: list[dict] = []
+    try:
+        for shards in args.shards:
+            for i in range(args.repeat):
+                for kind in ("project",) if args.project_only else ("project", "reference"):
+                    result = measure_stream(kind, shards, rabbit, args.amqp_url, args.warmup, args.window)
+                    runs.append(result)
+                    print(f"bench: {kind:<9} {shards:>2} shards  {result['events_per_s']:>8.0f} events/s  "
+                          f"{result['cpu_us_per_event']:>6.1f} µs/event  RSS {result['rss_mb_under_load']} MB")  # fmt: skip
+        summary: dict = {}
+        for shards in args.shards:
+            row = {}
+            for kind in ("project", "reference"):
+                mine = [r for r in runs if r["kind"] == kind and r["shards"] == shards]
+                if mine:
+                    row[kind] = {
+                        "events_per_s": statistics.median(r["events_per_s"] for r in mine),
+                        "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in mine),
+                    }
+            if len(row) == 2:
+                row["ratio_cpu"] = row["project"]["cpu_us_per_event"] / row["reference"]["cpu_us_per_event"]
+                row["ratio_events_per_s"] = row["project"]["events_per_s"] / row["reference"]["events_per_s"]
+                print(f"bench: {shards:>2} shards: CPU/event project/reference = {row['ratio_cpu']:.2f}, "
+                      f"events/s project/reference = {row['ratio_events_per_s']:.2f}")  # fmt: skip
+            summary[str(shards)] = row
+        extra: dict = {}
+        if not args.quick and not args.project_only:
+            extra["idle_rss"] = measure_idle_rss(args.amqp_url)
+            print(f"bench: idle RSS, 4 shards in one child: {extra['idle_rss']}")
+            extra["startup"] = [measure_startup(16, 16, args.amqp_url), measure_startup(64, 16, args.amqp_url)]
+            for s in extra["startup"]:
+                print(f"bench: startup {s['shards']} shards (max_concurrency {s['max_concurrency']}): "
+                      f"{s['seconds_to_all_ready']} s (floor {s['floor_s']} s)")  # fmt: skip
+    finally:
+        rabbit.close()
+    machine = {
+        "cpus": os.cpu_count(),
+        "cpu_model": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "json": JSON,
+    }
+    (OUT / f"results-{JSON}.json").write_text(json.dumps({"machine": machine, "runs": runs, "summary": summary, **extra}, indent=1) + "\n")
+    if len(args.shards) > 1 and not args.project_only:
+        plot(summary, OUT / f"throughput-{JSON}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

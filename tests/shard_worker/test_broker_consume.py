@@ -1,0 +1,89 @@
+"""Consuming outbound queues without a broker: every message is acked, rejected or re-routed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+from shard_worker import outbound
+from shard_worker.broker import AmqpBridge
+
+
+class FakeChannel:
+    is_open = True
+
+    def __init__(self) -> None:
+        self.rejected: list[tuple[int, bool]] = []
+        self.acked: list[int] = []
+
+    def basic_reject(self, tag, requeue=True):
+        self.rejected.append((tag, requeue))
+
+    def basic_ack(self, tag):
+        self.acked.append(tag)
+
+
+def run(fn):
+    async def main():
+        return fn()
+
+    return asyncio.run(main())
+
+
+def make(monkeypatch=None):
+    sent = []
+    bridge = AmqpBridge("amqp://x", "g", [0], 2, lambda shard, packet, ack: sent.append((shard, packet, ack)))
+    channel = FakeChannel()
+    bridge._sub = channel
+    bridge._queue_of_consumer = {"c-shard": 0, "c-send": None}
+    return bridge, channel, sent
+
+
+def deliver(bridge, channel, consumer, tag, body, message_id=None):
+    method = SimpleNamespace(consumer_tag=consumer, delivery_tag=tag)
+    bridge._on_message(channel, method, SimpleNamespace(message_id=message_id), body)
+
+
+def test_a_crash_in_validation_rejects_the_message_and_counts_it(monkeypatch):
+    def boom(body):
+        raise RuntimeError("unexpected")
+
+    def scenario():
+        bridge, channel, sent = make()
+        monkeypatch.setattr(outbound, "parse_shard_packet", boom)
+        deliver(bridge, channel, "c-shard", 7, b'{"op":3,"d":{}}')
+        return bridge, channel, sent
+
+    bridge, channel, sent = run(scenario)
+    assert channel.rejected == [(7, False)] and sent == []
+    assert bridge.rejected == {"internal_error": 1}
+
+
+def test_valid_packet_is_acked_only_once_sent():
+    def scenario():
+        bridge, channel, sent = make()
+        deliver(bridge, channel, "c-shard", 1, json.dumps({"op": 3, "d": {"status": "idle"}}).encode())
+        assert channel.acked == []
+        [(shard, packet, ack)] = sent
+        assert shard == 0 and packet.op == 3
+        ack()
+        return channel
+
+    assert run(scenario).acked == [1]
+
+
+def test_send_for_another_process_is_republished_and_acked_on_confirm():
+    def scenario():
+        bridge, channel, sent = make()
+        published = []
+        bridge._pub = SimpleNamespace(publish=lambda rk, body, props, mid: published.append((rk, body, mid)))
+        guild = next(g for g in range(1 << 22, 1 << 40, 1 << 22) if (g >> 22) % 2 == 1)
+        deliver(bridge, channel, "c-send", 5, json.dumps({"guild_id": str(guild), "packet": {"op": 8, "d": {}}}).encode(), "m-1")
+        assert sent == [] and channel.acked == []
+        [(rk, body, mid)] = published
+        assert rk == "1" and json.loads(body) == {"op": 8, "d": {}} and mid == "m-1"
+        bridge._on_confirm(SimpleNamespace(method=__import__("pika").spec.Basic.Ack(delivery_tag=1, multiple=False)))
+        return channel
+
+    assert run(scenario).acked == [5]
