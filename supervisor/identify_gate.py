@@ -9,7 +9,7 @@ holds every grant while the daily budget is down to its reserve, until ``reset_a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from shard_worker.gateway.protocol import IDENTIFY_INTERVAL_S, identify_bucket
@@ -18,6 +18,8 @@ from shard_worker.gateway.protocol import IDENTIFY_INTERVAL_S, identify_bucket
 DEFAULT_INTERVAL_S = IDENTIFY_INTERVAL_S + 0.25
 #: Identifies never spent automatically: left for a human who fixes things by hand.
 DEFAULT_RESERVE = 5
+#: How often to ask again while a shared (cross-host) budget holds identifies back.
+SHARED_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,19 @@ class IdentifyGate:
         remaining: int | None = None,
         reset_at: float | None = None,
         reserve: int = DEFAULT_RESERVE,
+        shared_lock: Callable[[int], float] | None = None,
     ) -> None:
+        """``shared_lock(bucket)``, when given, also takes the bucket across hosts (Redis): it
+        returns 0 when taken, else the seconds to wait (``inf`` while a shared budget holds)."""
         self.max_concurrency = max(1, max_concurrency)
         self.interval = interval
         self.remaining = remaining
         self.reset_at = reset_at
         self.reserve = reserve
         self.total_granted = 0
+        self.shared_lock = shared_lock
         self._last: dict[int, float] = {}
+        self._blocked_until: dict[int, float] = {}
         self._waiting: dict[int, deque[Grant]] = {}
 
     def request(self, requester: Hashable, shard_id: int) -> None:
@@ -83,6 +90,14 @@ class IdentifyGate:
             last = self._last.get(bucket)
             if last is not None and now < last + self.interval:
                 continue
+            if now < self._blocked_until.get(bucket, 0.0):
+                continue
+            if self.shared_lock is not None:
+                wait = self.shared_lock(bucket)
+                if wait > 0:
+                    # Another host has the bucket (or the shared budget is held): ask again later.
+                    self._blocked_until[bucket] = now + min(wait, SHARED_RETRY_S if wait == float("inf") else wait)
+                    continue
             self._last[bucket] = now
             grants.append(queue.popleft())
             self.total_granted += 1
@@ -98,7 +113,8 @@ class IdentifyGate:
         for bucket, queue in self._waiting.items():
             if queue:
                 last = self._last.get(bucket)
-                times.append(now if last is None else max(now, last + self.interval))
+                at = now if last is None else max(now, last + self.interval)
+                times.append(max(at, self._blocked_until.get(bucket, 0.0)))
         if not times:
             return None
         if self.budget_exhausted(now):

@@ -68,3 +68,27 @@ def test_no_bucket_is_ever_granted_twice_within_the_interval(max_concurrency, re
         last[bucket] = at
     assert {shard for _, shard in granted} == {shard for shard, _ in requests}
     assert len(granted) == gate.total_granted
+
+
+def test_a_shared_lock_held_elsewhere_delays_the_bucket():
+    answers = {0: [2.0, 0.0], 1: [0.0]}
+    asked = []
+
+    def shared(bucket):
+        asked.append(bucket)
+        return answers[bucket].pop(0)
+
+    gate = IdentifyGate(2, interval=5.0, shared_lock=shared)
+    gate.request("a", 0)
+    gate.request("a", 1)
+    assert [g.shard_id for g in gate.due(0.0)] == [1]  # bucket 0 is held by another host
+    assert gate.next_time(0.0) == 2.0
+    assert gate.due(1.0) == [] and asked == [0, 1]  # not asked again before its time
+    assert [g.shard_id for g in gate.due(2.0)] == [0]
+
+
+def test_a_held_shared_budget_retries_later():
+    gate = IdentifyGate(1, interval=5.0, shared_lock=lambda bucket: float("inf"))
+    gate.request("a", 0)
+    assert gate.due(0.0) == []
+    assert gate.next_time(0.0) == 5.0

@@ -1,0 +1,84 @@
+"""Coordination through the real Redis: bucket locks, the shared budget, sessions."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from shard_worker.config import SavedSession
+from supervisor.coordination import RedisCoordinator
+
+
+@pytest.fixture
+def coordinator(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    yield lambda host: RedisCoordinator(client, prefix, host_id=host)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def test_a_bucket_admits_one_identify_per_interval_across_hosts(coordinator):
+    a, b = coordinator("a"), coordinator("b")
+    assert a.try_identify(0, 2.0, reserve=0) == 0.0
+    wait = b.try_identify(0, 2.0, reserve=0)
+    assert 1.0 < wait <= 2.0
+    assert b.try_identify(1, 2.0, reserve=0) == 0.0  # another bucket is free
+    time.sleep(wait + 0.05)
+    assert b.try_identify(0, 2.0, reserve=0) == 0.0
+    assert a.identifies_last_24h() == 3
+
+
+def test_a_dead_host_blocks_its_bucket_no_longer_than_the_interval(coordinator):
+    dead, alive = coordinator("dead"), coordinator("alive")
+    assert dead.try_identify(3, 1.0, reserve=0) == 0.0
+    # the holder never releases anything: the key simply expires
+    time.sleep(1.1)
+    assert alive.try_identify(3, 1.0, reserve=0) == 0.0
+
+
+def test_the_shared_budget_is_decremented_and_held_at_the_reserve(coordinator):
+    a, b = coordinator("a"), coordinator("b")
+    a.set_budget(7, reset_after_s=60)
+    assert a.try_identify(0, 0.05, reserve=5) == 0.0
+    assert b.budget() == 6
+    assert b.try_identify(1, 0.05, reserve=5) == 0.0
+    assert a.budget() == 5
+    assert a.try_identify(2, 0.05, reserve=5) == float("inf")
+    assert a.budget() == 5  # a held-back attempt spends nothing
+
+
+def test_concurrent_hosts_never_share_a_bucket_window(coordinator):
+    hosts = [coordinator(f"h{i}") for i in range(6)]
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def hammer(host):
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            if host.try_identify(0, 1.0, reserve=0) == 0.0:
+                with lock:
+                    granted.append(time.monotonic())
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=hammer, args=(h,)) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    granted.sort()
+    assert 2 <= len(granted) <= 3
+    assert all(b - a >= 0.95 for a, b in zip(granted, granted[1:]))
+
+
+def test_sessions_move_between_hosts(coordinator):
+    a, b = coordinator("a"), coordinator("b")
+    a.save_sessions(24, {3: SavedSession("s3", 10, "wss://r"), 4: SavedSession("s4", None, "wss://r")})
+    assert b.load_sessions(24, [3, 4, 5]) == {3: SavedSession("s3", 10, "wss://r"), 4: SavedSession("s4", None, "wss://r")}
+    assert b.load_sessions(48, [3]) == {}  # another shard count: other sessions
+    ttl = a.redis.ttl(f"{a.prefix}:session:24:3")
+    assert 0 < ttl <= 15 * 60
