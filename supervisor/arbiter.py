@@ -65,6 +65,8 @@ class ArbiterOptions:
     log_format: str | None = None
     #: The live progress line on stderr; None: when stderr is a terminal and logs are text.
     live_progress: bool | None = None
+    #: Shared identify buckets, budget and sessions across hosts (``--redis-url``); None: local.
+    coordinator: Any = None
 
 
 @dataclass
@@ -87,10 +89,18 @@ class Arbiter:
         template = groups[0]
         self.shard_count = template.shard_count
         self.all_shards = [s for g in groups for s in g.shard_ids]
+        self._my_shards = frozenset(self.all_shards)
         self.store = StateStore(options.state_dir, self.shard_count)
+        self.coordinator = options.coordinator
         self.sessions: dict[int, SavedSession] = self.store.load_sessions()
         if self.sessions:
             log.info("resuming %d saved sessions from %s", len(self.sessions), self.store.dir)
+        if self.coordinator is not None:
+            shared = self._shared(self.coordinator.load_sessions, self.shard_count, self.all_shards) or {}
+            if shared:
+                # Redis is written with every save, by whichever host ran these shards last.
+                log.info("resuming %d sessions found in Redis", len(shared))
+                self.sessions.update(shared)
         self.groups = [
             Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
         ]
@@ -98,8 +108,10 @@ class Arbiter:
         remaining, reset_after = self._identify_budget(options)
         self.gate = IdentifyGate(
             template.max_concurrency,
-            remaining=remaining,
-            reset_at=now + reset_after if reset_after is not None else None,
+            # With Redis the budget is the shared one, checked in the same atomic step as the bucket.
+            remaining=remaining if self.coordinator is None else None,
+            reset_at=now + reset_after if reset_after is not None and self.coordinator is None else None,
+            shared_lock=self._shared_identify if self.coordinator is not None else None,
         )
         self.selector = selectors.DefaultSelector()
         self.signal_queue: deque[int] = deque()
@@ -125,6 +137,27 @@ class Arbiter:
         if live is None:
             live = options.log_format != "json" and _isatty(sys.stderr)
         self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
+
+    def _shared(self, method: Any, *args: Any) -> Any:
+        """Call Redis; on failure log once per minute and return None (the caller decides)."""
+        try:
+            result = method(*args)
+        except Exception as exc:  # noqa: BLE001 - redis errors, timeouts: never fatal here
+            now = time.monotonic()
+            if now >= getattr(self, "_redis_warned_until", 0.0):
+                log.error("Redis unavailable (%s): identifies wait, sessions are saved locally", exc)
+                self._redis_warned_until = now + 60.0
+            return None
+        return result
+
+    def _shared_identify(self, bucket: int) -> float:
+        wait = self._shared(self.coordinator.try_identify, bucket, self.gate.interval, self.gate.reserve)
+        if wait is None:
+            return 1.0  # no identify without the shared lock: Discord's rules are per bot
+        if wait == float("inf") and time.monotonic() >= getattr(self, "_held_warned_until", 0.0):
+            self._held_warned_until = time.monotonic() + 60.0
+            log.error("the shared identify budget (Redis) is down to its reserve: holding identifies")
+        return wait
 
     def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
         """Discord's ``session_start_limit`` when known, else what the local log implies."""
@@ -491,7 +524,7 @@ class Arbiter:
             )
         self._budget_logged = bool(exhausted)
         self.metrics.set_supervisor(
-            identify_budget_remaining=self.gate.remaining,
+            identify_budget_remaining=self._budget_remaining(),
             identifies_granted=self.gate.total_granted,
             identify_waiting=self.gate.waiting,
             shards_ready=self._ready_count(),
@@ -607,6 +640,18 @@ class Arbiter:
             self._sessions_dirty = False
         except OSError as exc:
             log.error("cannot save sessions to %s: %s", self.store.dir, exc)
+        if self.coordinator is not None:
+            mine = {s: v for s, v in self.sessions.items() if s in self._my_shards}
+            self._shared(self.coordinator.save_sessions, self.shard_count, mine)
+
+    def _budget_remaining(self) -> int | None:
+        if self.coordinator is None:
+            return self.gate.remaining
+        now = time.monotonic()
+        cached = getattr(self, "_budget_cache", None)
+        if cached is None or now - cached[0] > 1.0:  # at most one Redis read a second
+            cached = self._budget_cache = (now, self._shared(self.coordinator.budget))
+        return cached[1]
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -651,7 +696,7 @@ class Arbiter:
                 }
                 for g in self.groups
             ],
-            "identify_budget_remaining": self.gate.remaining,
+            "identify_budget_remaining": self._budget_remaining(),
             "identifies_granted": self.gate.total_granted,
             "shards": shards,
         }

@@ -276,7 +276,13 @@ def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
 def _start(settings: StartSettings) -> int:
     settings.require_token()
     _configure_logging(settings)
-    gateway_bot = _gateway_bot(settings)
+    coordinator = _coordinator(settings)
+    ratelimiter = None
+    if coordinator is not None:
+        from .ratelimits import RedisRatelimiter
+
+        ratelimiter = RedisRatelimiter(coordinator.redis, prefix=settings.redis_prefix)
+    gateway_bot = _gateway_bot(settings, ratelimiter)
     configs = build_worker_configs(settings, gateway_bot)
     shard_ids = [s for config in configs for s in config.shard_ids]
     _check_identify_budget(gateway_bot, len(shard_ids))
@@ -299,7 +305,10 @@ def _start(settings: StartSettings) -> int:
         session_start_reset_after=limit.reset_after / 1000 if limit else None,
         metrics_addr=settings.metrics_addr,
         log_format=settings.log_format,
+        coordinator=coordinator,
     )
+    if coordinator is not None and limit is not None:
+        coordinator.set_budget(limit.remaining, limit.reset_after / 1000)
     set_title(f"master [{format_shard_ids(shard_ids)}]")
     log.info(
         "starting %d of %d shards in %d processes, group %r",
@@ -311,12 +320,26 @@ def _start(settings: StartSettings) -> int:
     return Arbiter(configs, options).run()
 
 
-def _gateway_bot(settings: StartSettings) -> GatewayBot | None:
+def _coordinator(settings: StartSettings) -> Any:
+    """The Redis coordinator of a multi-host deployment, or None without ``--redis-url``."""
+    if not settings.redis_url:
+        return None
+    from .coordination import RedisCoordinator
+
+    try:
+        return RedisCoordinator.from_url(settings.redis_url, settings.redis_prefix)
+    except Exception as error:  # noqa: BLE001 - any redis/connection error: one line, exit 1
+        from shard_worker.logs import mask_url
+
+        raise StartError(f"cannot reach Redis at {mask_url(settings.redis_url)}: {error}") from None
+
+
+def _gateway_bot(settings: StartSettings, ratelimiter: Any = None) -> GatewayBot | None:
     """GET /gateway/bot: needed for the shard count or URL if not given; always wanted for the
     identify concurrency and budget. When both were given and Discord cannot be reached, go on
     with max_concurrency 1 (slower start, never wrong)."""
     try:
-        return get_gateway_bot(settings.api_url, settings.token)
+        return get_gateway_bot(settings.api_url, settings.token, ratelimiter=ratelimiter)
     except DiscordAPIError as error:
         if settings.needs_gateway_bot or error.unauthorized:
             raise

@@ -23,6 +23,8 @@ log_level           --log-level           SPECTACLES_LOG_LEVEL           supervi
 state_dir           --state-dir           SPECTACLES_STATE_DIR           supervisor.state_dir
 prefetch            --prefetch            SPECTACLES_PREFETCH            supervisor.prefetch
 max_memory_mb       --max-memory-mb       SPECTACLES_MAX_MEMORY_MB       supervisor.max_memory_mb
+redis_url           --redis-url           REDIS_URL                      supervisor.redis_url
+redis_prefix        --redis-prefix        SPECTACLES_REDIS_PREFIX        supervisor.redis_prefix
 child_timeout       --child-timeout       SPECTACLES_CHILD_TIMEOUT       supervisor.child_timeout
 buffer_events       --buffer-events       SPECTACLES_BUFFER_EVENTS       supervisor.buffer_events
 buffer_mb           --buffer-mb           SPECTACLES_BUFFER_MB           supervisor.buffer_mb
@@ -114,6 +116,7 @@ else:  # pragma: no cover - Python 3.10
 DEFAULT_STATE_DIR = "./state"
 DEFAULT_PREFETCH = 100
 DEFAULT_CHILD_TIMEOUT = 30
+DEFAULT_REDIS_PREFIX = "spectacles"
 DEFAULT_BUFFER_EVENTS = 10_000
 DEFAULT_BUFFER_MB = 64
 DEFAULT_STALL_TIMEOUT = 30
@@ -421,6 +424,7 @@ class Setting:
 _GATEWAY_URL = _url_text(("ws", "wss"), "a WebSocket", strip_slash=True)
 _API_URL = _url_text(("http", "https"), "an HTTP", strip_slash=True)
 _AMQP_URL = _url_text(("amqp", "amqps"), "an AMQP")
+_REDIS_URL = _url_text(("redis", "rediss", "unix"), "a Redis")
 
 #: Every ``start`` setting, in the order ``config --show`` prints them.
 SETTINGS: tuple[Setting, ...] = (
@@ -503,6 +507,13 @@ SETTINGS: tuple[Setting, ...] = (
             DEFAULT_LOG_FORMAT, _log_format_text, _from_str(_log_format_text), "[text|json]",
             "Log lines as text, or as JSON objects with time, level, logger, message and "
             "shard/group when known (default: text)."),
+    Setting("redis_url", "--redis-url", ("REDIS_URL",), ("supervisor", "redis_url"), None,
+            _REDIS_URL, _from_str(_REDIS_URL), "URL",
+            "Redis shared by every host of the bot: identify buckets, budget and sessions "
+            "(default: none, everything local)."),
+    Setting("redis_prefix", "--redis-prefix", ("SPECTACLES_REDIS_PREFIX",),
+            ("supervisor", "redis_prefix"), DEFAULT_REDIS_PREFIX, _group_text, _from_str(_group_text),
+            "PREFIX", f"Key prefix in Redis, one per bot (default: {DEFAULT_REDIS_PREFIX})."),
 )  # fmt: skip
 SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 #: The flags dict key of ``--config``.
@@ -697,6 +708,8 @@ class StartSettings:
     stall_timeout: int = DEFAULT_STALL_TIMEOUT
     metrics_addr: tuple[str, int] | None = None
     log_format: str = DEFAULT_LOG_FORMAT
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -744,6 +757,8 @@ class StartSettings:
             "stall_timeout": f"{self.stall_timeout} s",
             "metrics_addr": format_metrics_addr(self.metrics_addr),
             "log_format": self.log_format,
+            "redis_url": mask_url(self.redis_url) if self.redis_url else "(none: everything local)",
+            "redis_prefix": self.redis_prefix,
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))

@@ -81,7 +81,7 @@ def fake_worker(monkeypatch):
 def fake_gateway_bot(monkeypatch, shards=4, remaining=1000, max_concurrency=2):
     asked: list[tuple[str, str]] = []
 
-    def get_gateway_bot(api_url, token, timeout=10):
+    def get_gateway_bot(api_url, token, timeout=10, ratelimiter=None):
         asked.append((api_url, token))
         return GatewayBot(
             "wss://gateway.test",
@@ -147,7 +147,7 @@ def test_bad_config_file_is_one_line(runner, tmp_path, no_network):
 
 
 def test_401_exits_3_without_the_token(runner, monkeypatch, fake_worker):
-    def unauthorized(api_url, token, timeout=10):
+    def unauthorized(api_url, token, timeout=10, ratelimiter=None):
         raise DiscordAPIError("Discord rejected the token (401)", status=401)
 
     monkeypatch.setattr(cli_module, "get_gateway_bot", unauthorized)
@@ -159,7 +159,7 @@ def test_401_exits_3_without_the_token(runner, monkeypatch, fake_worker):
 
 
 def test_unreachable_discord_exits_1(runner, monkeypatch, fake_worker):
-    def unreachable(api_url, token, timeout=10):
+    def unreachable(api_url, token, timeout=10, ratelimiter=None):
         raise DiscordAPIError(f"could not reach Discord at {api_url}/gateway/bot: refused")
 
     monkeypatch.setattr(cli_module, "get_gateway_bot", unreachable)
@@ -351,3 +351,30 @@ def test_the_real_simulator_is_registered_when_present(runner):
     result = runner.invoke(cli, ["simulate", "--help"])
     assert result.exit_code == 0, result.output
     assert "simulate" in runner.invoke(cli, ["--help"]).stdout
+
+
+def test_unreachable_redis_is_one_line_and_exit_1(runner, no_network, fake_worker):
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = runner.invoke(
+        cli,
+        ["start", "--shard-count", "2", "--gateway-url", "ws://127.0.0.1:1", "--redis-url", f"redis://:pw@127.0.0.1:{port}/0"],
+        env={"DISCORD_TOKEN": TOKEN},
+    )
+    assert result.exit_code == EXIT_RUNTIME
+    reason = one_error_line(result)
+    assert "cannot reach Redis" in reason and "pw" not in reason and fake_worker == []
+
+
+def test_redis_settings_from_env_and_masked_in_config_show(runner, no_network):
+    result = runner.invoke(
+        cli, ["config", "--show"], env={"REDIS_URL": "redis://:secret@redis:6379/0", "SPECTACLES_REDIS_PREFIX": "mybot"}
+    )
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
+    assert rows["redis_url"][1:] == ["redis://:***@redis:6379/0", "env", "REDIS_URL"]
+    assert rows["redis_prefix"][1:] == ["mybot", "env", "SPECTACLES_REDIS_PREFIX"]
+    assert "secret" not in result.stdout
