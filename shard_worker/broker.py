@@ -136,6 +136,8 @@ class AmqpBridge:
             pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
         )
         self._buffered_bytes = 0
+        #: Something was published again (nack, reconnect): the buffer is no longer in seq order.
+        self._reordered = False
         self._room = asyncio.Event()
         self._room.set()
         self._empty = asyncio.Event()
@@ -190,9 +192,9 @@ class AmqpBridge:
     def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
         """The lowest seq of ``session_id`` not yet confirmed by RabbitMQ, if any.
 
-        A scan of the buffer (a republished message is out of seq order, hence the minimum): it
-        runs when a session is reported, about once a second, which is cheaper than bookkeeping
-        on every event.
+        A scan of the buffer when a session is reported (about once a second), which is cheaper
+        than bookkeeping on every event. Publish order is seq order, so the first match is the
+        lowest, unless something was published again (a nack, a reconnect): then the minimum.
         """
         lowest = None
         for queue in (self._inflight, self._backlog):
@@ -206,6 +208,8 @@ class AmqpBridge:
                     and (lowest is None or entry.seq < lowest)
                 ):
                     lowest = entry.seq
+                    if not self._reordered:
+                        return lowest
         return lowest
 
     def _on_confirm(self, frame: Any) -> None:
@@ -237,6 +241,7 @@ class AmqpBridge:
         if nack:
             # RabbitMQ could not take it: publish again (at-least-once).
             entry.acked = entry.nacked = False
+            self._reordered = True
             self.stats["nacked"] += 1
             self._backlog.append(entry)
             return
@@ -249,6 +254,7 @@ class AmqpBridge:
             self._room.set()
         if not self._inflight and not self._backlog:
             self._empty.set()
+            self._reordered = False
 
     def _flush_backlog(self) -> None:
         while self._backlog and self._pub is not None:
@@ -410,6 +416,7 @@ class AmqpBridge:
         self.connected.clear()
         self._pub = self._sub = None
         if self._inflight:
+            self._reordered = True
             self.stats["republished"] += len(self._inflight)
             for entry in self._inflight:
                 entry.acked = entry.nacked = False
