@@ -138,10 +138,15 @@ def start_project(sim: Simulator, shards: int, amqp_url: str, state_dir: str) ->
     return subprocess.Popen(argv, cwd=ROOT, env=env)
 
 
-def start_reference(sim: Simulator, shards: int, amqp_url: str) -> subprocess.Popen:
+def start_reference(sim: Simulator, shards: int, amqp_url: str, batched: bool = False) -> subprocess.Popen:
     argv = [PY, str(ROOT / "scripts" / "bench_reference.py"), "--gateway", sim.url, "--token", TOKEN,
             "--shards", str(shards), "--amqp-url", amqp_url, "--exchange", EXCHANGE, "--json", JSON]  # fmt: skip
-    return subprocess.Popen(argv, cwd=ROOT)
+    if batched:
+        argv.append("--batched")
+    return subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+KINDS = ("project", "reference", "reference-batched")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -158,7 +163,10 @@ def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup
     sim = Simulator(shards, max_concurrency=16, stream=True)
     rabbit.purge()
     state_dir = tempfile.mkdtemp(prefix="bench-state-")
-    proc = start_project(sim, shards, amqp_url, state_dir) if kind == "project" else start_reference(sim, shards, amqp_url)
+    if kind == "project":
+        proc = start_project(sim, shards, amqp_url, state_dir)
+    else:
+        proc = start_reference(sim, shards, amqp_url, batched=kind == "reference-batched")
     try:
         deadline = time.monotonic() + 60
         while len(sim.stats()["ready"]) < shards:
@@ -232,9 +240,11 @@ def plot(summary: dict, path: Path) -> None:
         return
     shards = sorted({int(k) for k in summary})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    width = 0.38
     xs = range(len(shards))
-    for offset, kind, color in ((-width / 2, "project", "tab:blue"), (width / 2, "reference", "tab:gray")):
+    width = 0.27
+    for offset, kind, color in ((-width, "project", "tab:blue"), (0.0, "reference", "tab:gray"), (width, "reference-batched", "tab:olive")):
+        if any(kind not in summary[str(s)] for s in shards):
+            continue
         ax1.bar([x + offset for x in xs], [summary[str(s)][kind]["events_per_s"] for s in shards], width, label=kind, color=color)
         ax2.bar([x + offset for x in xs], [summary[str(s)][kind]["cpu_us_per_event"] for s in shards], width, label=kind, color=color)
     for ax, title in ((ax1, "events/s landed in RabbitMQ"), (ax2, "CPU µs per event (process tree)")):
@@ -268,7 +278,7 @@ def main() -> int:
     try:
         for shards in args.shards:
             for i in range(args.repeat):
-                for kind in ("project",) if args.project_only else ("project", "reference"):
+                for kind in ("project",) if args.project_only else KINDS:
                     result = measure_stream(kind, shards, rabbit, args.amqp_url, args.warmup, args.window)
                     runs.append(result)
                     print(f"bench: {kind:<9} {shards:>2} shards  {result['events_per_s']:>8.0f} events/s  "
@@ -276,18 +286,19 @@ def main() -> int:
         summary: dict = {}
         for shards in args.shards:
             row = {}
-            for kind in ("project", "reference"):
+            for kind in KINDS:
                 mine = [r for r in runs if r["kind"] == kind and r["shards"] == shards]
                 if mine:
                     row[kind] = {
                         "events_per_s": statistics.median(r["events_per_s"] for r in mine),
                         "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in mine),
                     }
-            if len(row) == 2:
-                row["ratio_cpu"] = row["project"]["cpu_us_per_event"] / row["reference"]["cpu_us_per_event"]
-                row["ratio_events_per_s"] = row["project"]["events_per_s"] / row["reference"]["events_per_s"]
-                print(f"bench: {shards:>2} shards: CPU/event project/reference = {row['ratio_cpu']:.2f}, "
-                      f"events/s project/reference = {row['ratio_events_per_s']:.2f}")  # fmt: skip
+            for ref in KINDS[1:]:
+                if "project" in row and ref in row:
+                    cpu = row["project"]["cpu_us_per_event"] / row[ref]["cpu_us_per_event"]
+                    eps = row["project"]["events_per_s"] / row[ref]["events_per_s"]
+                    row[f"ratio_cpu_vs_{ref}"], row[f"ratio_events_per_s_vs_{ref}"] = cpu, eps
+                    print(f"bench: {shards:>2} shards: project/{ref}: CPU/event {cpu:.2f}, events/s {eps:.2f}")
             summary[str(shards)] = row
         extra: dict = {}
         if not args.quick and not args.project_only:

@@ -3,7 +3,11 @@
 One process, one asyncio loop: for each shard a websocket (zlib-stream), IDENTIFY, then for every
 message: inflate, JSON-decode, and for op 0 JSON-encode ``d`` and publish it with pika (persistent,
 publisher confirms on) with routing key ``t``. Heartbeats are sent (the simulator would close the
-connection otherwise); nothing else: no supervisor, no checks, no resume, no features.
+connection otherwise), and reading pauses past 10,000 unconfirmed publishes (without that, pika's
+buffer grows without bound and the run measures memory churn). Nothing else: no supervisor, no
+checks, no resume, no message ids, no features. ``--batched`` publishes through the project's
+batched frame writer instead of ``basic_publish``, with the project's wire format (shard header and
+message id): the broker then does the same work per message as for the project.
 
     python scripts/bench_reference.py --gateway ws://127.0.0.1:8765 --token T --shards 4 \\
         --amqp-url amqp://guest:guest@127.0.0.1:5672/%2F --exchange bench
@@ -22,12 +26,41 @@ from websockets.asyncio.client import connect
 loads = dumps_bytes = dumps = None  # set by main() from --json
 
 
+#: Unconfirmed publishes allowed before the shards stop reading (without any flow control the
+#: pipeline only measures how fast pika's buffer can grow, not a sustainable rate).
+MAX_UNCONFIRMED = 10_000
+
+
+class Flow:
+    """The least flow control a sustained pipeline needs: a cap on unconfirmed publishes."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.confirmed = 0
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def on_confirm(self, frame) -> None:
+        tag = frame.method.delivery_tag
+        self.confirmed = tag if frame.method.multiple else max(self.confirmed, tag)
+        if self.published - self.confirmed < MAX_UNCONFIRMED:
+            self.room.set()
+
+    def sent(self) -> None:
+        self.published += 1
+        if self.published - self.confirmed >= MAX_UNCONFIRMED:
+            self.room.clear()
+
+
+FLOW = Flow()
+
+
 async def open_channel(url: str, exchange: str):
     loop = asyncio.get_running_loop()
     ready: asyncio.Future = loop.create_future()
 
     def on_channel(channel):
-        channel.exchange_declare(exchange, "direct", durable=True, callback=lambda _: channel.confirm_delivery(lambda frame: None, callback=lambda _: ready.set_result(channel)))
+        channel.exchange_declare(exchange, "direct", durable=True, callback=lambda _: channel.confirm_delivery(FLOW.on_confirm, callback=lambda _: ready.set_result(channel)))
 
     AsyncioConnection(
         pika.URLParameters(url),
@@ -38,8 +71,7 @@ async def open_channel(url: str, exchange: str):
     return await ready
 
 
-async def shard(shard_id: int, count: int, gateway: str, token: str, channel, exchange: str) -> None:
-    props = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+async def shard(shard_id: int, count: int, gateway: str, token: str, publish) -> None:
     async with connect(f"{gateway}/?v=10&encoding=json&compress=zlib-stream", compression=None, max_size=None, ping_interval=None) as ws:
         inflate = zlib.decompressobj()
         seq = None
@@ -60,7 +92,10 @@ async def shard(shard_id: int, count: int, gateway: str, token: str, channel, ex
             op = payload["op"]
             if op == 0:
                 seq = payload["s"]
-                channel.basic_publish(exchange, payload["t"], dumps_bytes(payload["d"]), props)
+                publish(payload["t"], dumps_bytes(payload["d"]))
+                FLOW.sent()
+                if not FLOW.room.is_set():
+                    await FLOW.room.wait()
             elif op == 10:
                 beat = asyncio.ensure_future(heartbeat(payload["d"]["heartbeat_interval"] / 1000))
                 identify = {"token": token, "intents": 0, "shard": [shard_id, count],
@@ -79,6 +114,7 @@ async def main() -> None:
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument("--exchange", default="bench")
     parser.add_argument("--json", choices=["ujson", "orjson"], default="ujson")
+    parser.add_argument("--batched", action="store_true", help="publish like the project (batched frames)")
     args = parser.parse_args()
     global loads, dumps_bytes, dumps
     if args.json == "orjson":
@@ -90,8 +126,27 @@ async def main() -> None:
 
         loads, dumps_bytes, dumps = ujson.loads, lambda o: ujson.dumps(o).encode(), ujson.dumps
     channel = await open_channel(args.amqp_url, args.exchange)
+    props = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+    if args.batched:
+        # The project's own publish path (one buffer per loop iteration), to isolate what the
+        # project's features cost from what its faster publishing saves.
+        # Same wire format as the project too (shard header, message id shard:session:seq), so the
+        # broker does the same work per message and only the project's own overhead differs.
+        from shard_worker.amqp_frames import BatchedPublisher, properties_prefix
+
+        batched = BatchedPublisher(channel.connection, channel, args.exchange)
+        prefix = properties_prefix(pika.BasicProperties(content_type="application/json", delivery_mode=2, headers={"shard_id": 0}))
+        ids = iter(range(1 << 62))
+
+        def publish(routing_key: str, body: bytes) -> None:
+            batched.publish(routing_key, body, prefix, f"0:0123456789abcdef0123456789abcdef:{next(ids)}")
+    else:
+
+        def publish(routing_key: str, body: bytes) -> None:
+            channel.basic_publish(args.exchange, routing_key, body, props)
+
     count = args.shard_count or args.shards
-    await asyncio.gather(*(shard(i, count, args.gateway, args.token, channel, args.exchange) for i in range(args.shards)))
+    await asyncio.gather(*(shard(i, count, args.gateway, args.token, publish) for i in range(args.shards)))
 
 
 if __name__ == "__main__":

@@ -148,8 +148,15 @@ class AmqpBridge:
         self._stopping = False
         self.blocked = False
         self.stats: Counter[str] = Counter()
+        #: hot counters as plain attributes (a Counter update costs a method call per event)
+        self.published = 0
+        self.confirmed = 0
         self.rejected: Counter[str] = Counter()
         self.confirm_latency = Histogram(CONFIRM_LATENCY_BUCKETS)
+
+    def counters(self) -> dict[str, int]:
+        """Every broker counter: published, confirmed, nacked, republished, outbound_received..."""
+        return {**self.stats, "published": self.published, "confirmed": self.confirmed}
 
     # -- publishing (hot path) ----------------------------------------------------------------
     @property
@@ -172,8 +179,12 @@ class AmqpBridge:
 
     def _enqueue(self, entry: _Entry) -> None:
         self._buffered_bytes += len(entry.body)
-        self._empty.clear()
-        if self.buffered + 1 >= self.max_buffered or self._buffered_bytes >= self.max_buffered_bytes:
+        if self._empty.is_set():
+            self._empty.clear()
+        if (
+            len(self._inflight) + len(self._backlog) + 1 >= self.max_buffered
+            or self._buffered_bytes >= self.max_buffered_bytes
+        ):
             self._room.clear()
         if self._pub is not None and not self._backlog:
             self._send(entry)
@@ -187,7 +198,7 @@ class AmqpBridge:
         entry.tag = self._next_tag
         entry.sent_at = _monotonic()
         self._inflight.append(entry)
-        self.stats["published"] += 1
+        self.published += 1
 
     def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
         """The lowest seq of ``session_id`` not yet confirmed by RabbitMQ, if any.
@@ -231,30 +242,35 @@ class AmqpBridge:
                 inflight[index].acked = True
                 inflight[index].nacked = nack
         # Confirms may come out of order: settle the acknowledged prefix, whatever its origin.
+        settled = 0
+        freed = 0
+        newest = None
         while inflight and inflight[0].acked:
             entry = inflight.popleft()
-            self._settle(entry, entry.nacked)
+            if entry.nacked:
+                # RabbitMQ could not take it: publish again (at-least-once).
+                entry.acked = entry.nacked = False
+                self._reordered = True
+                self.stats["nacked"] += 1
+                self._backlog.append(entry)
+                continue
+            settled += 1
+            freed += len(entry.body)
+            newest = entry
+            if entry.on_confirm is not None:
+                entry.on_confirm()
+        if newest is not None:
+            self.confirmed += settled
+            self._buffered_bytes -= freed
+            # One sample per confirm frame (RabbitMQ confirms in batches): the newest message's.
+            self.confirm_latency.observe(_monotonic() - newest.sent_at)
+            if not self._room.is_set() and self.buffered < self.max_buffered and self._buffered_bytes < self.max_buffered_bytes:
+                self._room.set()
+            if not inflight and not self._backlog:
+                self._empty.set()
+                self._reordered = False
         if self._backlog and self._pub is not None:
             self._flush_backlog()
-
-    def _settle(self, entry: _Entry, nack: bool) -> None:
-        if nack:
-            # RabbitMQ could not take it: publish again (at-least-once).
-            entry.acked = entry.nacked = False
-            self._reordered = True
-            self.stats["nacked"] += 1
-            self._backlog.append(entry)
-            return
-        self.stats["confirmed"] += 1
-        self.confirm_latency.observe(_monotonic() - entry.sent_at)
-        self._buffered_bytes -= len(entry.body)
-        if entry.on_confirm is not None:
-            entry.on_confirm()
-        if not self._room.is_set() and self.buffered < self.max_buffered and self._buffered_bytes < self.max_buffered_bytes:
-            self._room.set()
-        if not self._inflight and not self._backlog:
-            self._empty.set()
-            self._reordered = False
 
     def _flush_backlog(self) -> None:
         while self._backlog and self._pub is not None:

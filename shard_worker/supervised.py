@@ -110,7 +110,7 @@ class ParentLink:
             "buffered_bytes": bridge.buffered_bytes,
             "broker_connected": bridge.connected.is_set(),
             "rejected": dict(bridge.rejected),
-            "broker": dict(bridge.stats),
+            "broker": bridge.counters(),
             "confirm_latency": bridge.confirm_latency.snapshot(),
         }
 

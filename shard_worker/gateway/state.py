@@ -158,10 +158,7 @@ class ShardMachine:
         #: then wait unread in the socket, so a missing ACK proves nothing about the server.
         self.reading_paused = False
         if presence is not None:
-            # Fail at start-up, not at the first IDENTIFY, if the presence cannot fit.
-            self.phase = Phase.IDENTIFYING
-            self.identify_granted(0.0)
-            self.phase = Phase.DISCONNECTED
+            self._encode(Op.IDENTIFY, self._identify_payload())  # a presence too big fails here
 
     # -- queries ------------------------------------------------------------------------------
     @property
@@ -287,6 +284,9 @@ class ShardMachine:
         """The identify gate admitted this shard: send IDENTIFY (if still on the same socket)."""
         if self.phase is not Phase.IDENTIFYING:
             return []
+        return [self._encode(Op.IDENTIFY, self._identify_payload())]
+
+    def _identify_payload(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "token": self._token,
             "properties": IDENTIFY_PROPERTIES,
@@ -297,7 +297,7 @@ class ShardMachine:
             d["large_threshold"] = self.large_threshold
         if self.presence is not None:
             d["presence"] = self.presence
-        return [self._encode(Op.IDENTIFY, d)]
+        return d
 
     def on_timer(self, now: float) -> list:
         """Heartbeat when due; a heartbeat still unacknowledged at the next one means zombie."""

@@ -55,7 +55,7 @@ def test_multiple_ack_after_a_single_one_settles_both():
         return bridge
 
     bridge = run(scenario)
-    assert bridge.buffered == 0 and bridge.stats["confirmed"] == 2
+    assert bridge.buffered == 0 and bridge.confirmed == 2
     assert bridge.first_unconfirmed_seq(0, "s") is None
 
 
@@ -101,4 +101,4 @@ def test_any_confirm_order_settles_everything_and_seq_never_overtakes(n, rnd, da
         return bridge
 
     bridge = run(scenario)
-    assert bridge.buffered == 0 and bridge.stats["confirmed"] == n
+    assert bridge.buffered == 0 and bridge.confirmed == n

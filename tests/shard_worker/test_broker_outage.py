@@ -62,7 +62,7 @@ def test_broker_outage_buffers_within_bounds_stalls_resumably_and_loses_nothing(
             wait_for(lambda: bridge().buffered == 0, 60, what="every message confirmed")
             sampling.set()
             sampler.join()
-            stats = dict(bridge().stats)
+            stats = bridge().counters()
         assert [i["accepted"] for i in final["identifies"]] == [True]
         stall_closes = [c for c in during["connections"] if c["closed_by"] == "client" and c["close_code"] not in (1000, 1001)]
         assert stall_closes, "the stalled shard closed its connection resumably"

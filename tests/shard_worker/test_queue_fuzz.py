@@ -242,7 +242,7 @@ def test_random_bytes_and_json_on_the_outbound_queues(amqp_url, rabbit, group, c
                         timeout=20,
                     )
                 except TimeoutError:
-                    bridge = worker.call(lambda: (dict(worker.worker.bridge.stats), worker.worker.bridge.connected.is_set()))
+                    bridge = worker.call(lambda: (worker.worker.bridge.counters(), worker.worker.bridge.connected.is_set()))
                     raise AssertionError(
                         f"the valid packet after this batch never reached the simulator; worker alive "
                         f"{worker.alive}, AMQP bridge stats {bridge[0]}, connected {bridge[1]}, "

@@ -30,7 +30,7 @@ def test_every_dispatch_reaches_its_queue_with_body_equal_to_d(amqp_url, rabbit,
         config = worker_config(sim, amqp_url, group, [0, 1], compress=compress)
         with WorkerThread(config) as worker:
             snap = sim.wait_until(lambda s: all(len(s["dispatched"].get(i, [])) >= 1 + 2 + per_shard for i in (0, 1)), timeout=60)
-            wait_for(lambda: worker.call(lambda: worker.worker.bridge.buffered) == 0 and worker.worker.bridge.stats["confirmed"] >= 2 * (per_shard + 3), 30, what="confirms")
+            wait_for(lambda: worker.call(lambda: worker.worker.bridge.buffered) == 0 and worker.worker.bridge.confirmed >= 2 * (per_shard + 3), 30, what="confirms")
             sent = {}
             for shard in (0, 1):
                 session_id = snap["shards"][shard]["session_id"]
@@ -64,7 +64,7 @@ def test_only_op0_is_published_and_events_filter_applies(amqp_url, rabbit, group
             sim.wait_until(lambda s: sum(1 for r in s["sent"] if r["op"] == 1) >= 3, timeout=20)
             wait_for(lambda: worker.call(lambda: worker.worker.bridge.buffered) == 0, 30)
             expected = sum(1 for _, _, t in snap["dispatched"][0] if t in ("MESSAGE_CREATE", "READY"))
-            stats = worker.call(lambda: dict(worker.worker.bridge.stats))
+            stats = worker.call(lambda: worker.worker.bridge.counters())
             assert stats["published"] == expected
         assert len(rabbit.get_all(queues["MESSAGE_CREATE"])) == expected - 1
         assert len(rabbit.get_all(queues["READY"])) == 1
