@@ -32,6 +32,8 @@ from .protocol import (
     gateway_url,
 )
 
+#: A seq at or above this is ignored: a heartbeat carrying it would not fit in 4096 bytes.
+_MAX_SEQ = 2**63
 #: If HELLO does not arrive this long after the socket opened, drop the connection.
 HELLO_TIMEOUT_S = 20.0
 IDENTIFY_PROPERTIES = {"os": "linux", "browser": "spectacles-supervisor", "device": "spectacles-supervisor"}
@@ -56,7 +58,7 @@ class Send:
     op: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per event, and frozen __init__ costs 3x
 class Dispatch:
     """An op-0 event to publish: ``d`` is already decoded."""
 
@@ -212,17 +214,18 @@ class ShardMachine:
             op = payload["op"]
         except (InflateError, ValueError, TypeError, KeyError) as exc:
             return self._close(RESUMABLE_CLOSE, f"bad frame: {type(exc).__name__}", resume=True)
-        if op == Op.DISPATCH:
-            return self._on_dispatch(payload)
+        if op == 0:  # Op.DISPATCH: the hot path, the common case inlined
+            seq = payload.get("s")
+            t = payload.get("t")
+            if type(seq) is int and 0 <= seq < _MAX_SEQ and (self.seq is None or seq > self.seq):
+                self.seq = seq
+            if type(t) is str and t != "READY" and t != "RESUMED":
+                return [Dispatch(t, seq, payload.get("d"))]
+            return self._on_dispatch(t, seq, payload.get("d"))
         return self._on_control(op, payload.get("d"), now)
 
-    def _on_dispatch(self, payload: dict) -> list:
-        seq = payload.get("s")
-        t = payload.get("t")
-        d = payload.get("d")
-        if type(seq) is int and 0 <= seq < 2**63:  # a huge seq would make heartbeats unsendable
-            if self.seq is None or seq > self.seq:
-                self.seq = seq
+    def _on_dispatch(self, t: Any, seq: Any, d: Any) -> list:
+        """READY, RESUMED and unnamed dispatches (``seq`` is already counted)."""
         if type(t) is not str:
             return []  # a dispatch without a name cannot be routed; seq is still counted
         if t == "READY" and isinstance(d, dict):
