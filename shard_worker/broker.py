@@ -67,6 +67,27 @@ class BrokerError(RuntimeError):
     pass
 
 
+class Ack:
+    """Acknowledges one outbound delivery once its packet was written to Discord.
+
+    A delivery from a channel that has since closed is redelivered by RabbitMQ: it is ``stale``,
+    its packet must not be sent (the redelivery will be), and acking it would be a protocol error.
+    """
+
+    __slots__ = ("_bridge", "_channel", "_tag")
+
+    def __init__(self, bridge: AmqpBridge, channel: Any, tag: int) -> None:
+        self._bridge, self._channel, self._tag = bridge, channel, tag
+
+    @property
+    def stale(self) -> bool:
+        return self._channel is not self._bridge._sub or not self._channel.is_open
+
+    def __call__(self) -> None:
+        if not self.stale:
+            self._channel.basic_ack(self._tag)
+
+
 _monotonic = time.monotonic
 #: Upper bounds (seconds) of the publish-to-confirm latency histogram.
 CONFIRM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -286,8 +307,13 @@ class AmqpBridge:
 
     # -- consuming ----------------------------------------------------------------------------
     def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
-        source = self._queue_of_consumer.get(method.consumer_tag)
         tag = method.delivery_tag
+        if channel is not self._sub or method.consumer_tag not in self._queue_of_consumer:
+            # A delivery on a channel we no longer consume from: give it back untouched.
+            if channel.is_open:
+                channel.basic_nack(tag, requeue=True)
+            return
+        source = self._queue_of_consumer[method.consumer_tag]
         try:
             if source is None:  # the SEND queue
                 routed = outbound.parse_send(body, self.shard_count)
@@ -317,14 +343,8 @@ class AmqpBridge:
     def _queue_label(self, source: int | None) -> str:
         return spectacles.send_queue(self.group) if source is None else spectacles.shard_queue(self.group, source)
 
-    def _acker(self, channel: Any, tag: int) -> Callable[[], None]:
-        def ack() -> None:
-            # A message from a channel that has since closed is redelivered by RabbitMQ; acking it
-            # on the new channel would be a protocol error, so it is dropped here.
-            if channel is self._sub and channel.is_open:
-                channel.basic_ack(tag)
-
-        return ack
+    def _acker(self, channel: Any, tag: int) -> Ack:
+        return Ack(self, channel, tag)
 
     # -- connection lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -345,13 +365,17 @@ class AmqpBridge:
             log.info("RabbitMQ %s connected; exchange %r, %d shard queues", mask_url(self.url), self.group, len(self.shard_ids))
             reason = await self._closed_unexpectedly  # type: ignore[misc]
             self._drop_channels()
+            await self._close_connection()  # never leave a half-closed connection consuming
             if not self._stopping:
                 log.warning("RabbitMQ connection lost (%s); reconnecting", reason)
 
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future = loop.create_future()
-        self._closed_unexpectedly = loop.create_future()
+        # This connection's own "closed" future: a late close callback of an older connection
+        # must not end the new one.
+        closed: asyncio.Future = loop.create_future()
+        self._closed_unexpectedly = closed
 
         def on_open(conn: Any) -> None:
             if not opened.done():
@@ -364,9 +388,8 @@ class AmqpBridge:
         def on_close(conn: Any, exc: BaseException) -> None:
             if not opened.done():
                 opened.set_exception(BrokerError(str(exc) or type(exc).__name__))
-            fut = self._closed_unexpectedly
-            if fut is not None and not fut.done():
-                fut.set_result(str(exc))
+            if not closed.done():
+                closed.set_result(str(exc))
 
         params = pika.URLParameters(self.url)
         conn = AsyncioConnection(params, on_open, on_open_error, on_close, custom_ioloop=loop)
@@ -418,6 +441,8 @@ class AmqpBridge:
         waiter = getattr(self, "_channel_waiters", None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(BrokerError(f"channel closed: {exc}"))
+        if channel.connection is not self._conn:
+            return  # a channel of a connection already replaced
         if (self._pub is not None and channel is self._pub.channel) or channel is self._sub:
             # A channel error (e.g. a PRECONDITION_FAILED) takes the whole connection down; run()
             # then reconnects and republishes what was unconfirmed.
@@ -452,13 +477,25 @@ class AmqpBridge:
         fut = self._closed_unexpectedly
         if fut is not None and not fut.done():
             fut.set_result("stopping")
-        conn = self._conn
-        if conn is not None and not (conn.is_closed or conn.is_closing):
-            closed = asyncio.get_running_loop().create_future()
-            conn.add_on_close_callback(lambda c, e: closed.done() or closed.set_result(None))
-            conn.close()
-            try:
-                await asyncio.wait_for(closed, 5.0)
-            except asyncio.TimeoutError:
-                log.warning("RabbitMQ connection did not close in time")
+        await self._close_connection()
         self._drop_channels()
+
+    async def _close_connection(self) -> None:
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            return
+        if not conn.is_open:
+            # Still opening: pika would not call close callbacks; abort and move on.
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is going away either way
+                pass
+            return
+        closed = asyncio.get_running_loop().create_future()
+        conn.add_on_close_callback(lambda c, e: closed.done() or closed.set_result(None))
+        if not conn.is_closing:
+            conn.close()
+        try:
+            await asyncio.wait_for(closed, 5.0)
+        except asyncio.TimeoutError:
+            log.warning("RabbitMQ connection did not close in time")

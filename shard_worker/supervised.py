@@ -12,7 +12,9 @@ import asyncio
 import ctypes
 import logging
 import os
+import select
 import signal
+import time
 from typing import Any
 
 from . import ipc
@@ -39,21 +41,48 @@ class ParentLink:
 
     def __init__(self, write_fd: int) -> None:
         self._write_fd = write_fd
+        os.set_blocking(write_fd, False)  # a stalled parent must never stall this loop
+        self._out = bytearray()
+        self._writer_on = False
         self._grants: dict[int, asyncio.Future] = {}
         self.worker: Any = None  # set by attach()
         self._tasks: list[asyncio.Task] = []
 
     # -- writing ------------------------------------------------------------------------------
-    def send(self, event: str, data: Any = None) -> None:
-        data_bytes = ipc.encode(event, data)
+    def send(self, event: str, data: Any = None, *, droppable: bool = False) -> None:
+        """Queue one message; ``droppable`` ones (heartbeats) are skipped while the parent lags."""
+        if droppable and self._out:
+            return
+        self._out += ipc.encode(event, data)
+        self._flush()
+
+    def _flush(self) -> None:
         try:
-            view = memoryview(data_bytes)
-            while view:
-                written = os.write(self._write_fd, view)
-                view = view[written:]
-        except (BrokenPipeError, OSError):
-            # The parent is gone; stdin EOF (or the death signal) stops us shortly.
+            while self._out:
+                written = os.write(self._write_fd, self._out)
+                del self._out[:written]
+        except BlockingIOError:
             pass
+        except OSError:
+            # The parent is gone; stdin EOF (or the death signal) stops us shortly.
+            self._out.clear()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._out and not self._writer_on:
+            loop.add_writer(self._write_fd, self._flush)
+            self._writer_on = True
+        elif not self._out and self._writer_on:
+            loop.remove_writer(self._write_fd)
+            self._writer_on = False
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Write what is left before exiting, waiting at most ``timeout`` for the parent."""
+        deadline = time.monotonic() + timeout
+        while self._out and time.monotonic() < deadline:
+            select.select([], [self._write_fd], [], max(0.0, deadline - time.monotonic()))
+            self._flush()
 
     # -- IdentifyGate -------------------------------------------------------------------------
     async def acquire(self, shard_id: int) -> None:
@@ -116,7 +145,7 @@ class ParentLink:
 
     async def _heartbeats(self) -> None:
         while True:
-            self.send("heartbeat", self.report())
+            self.send("heartbeat", self.report(), droppable=True)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def _read_orders(self) -> None:
@@ -147,6 +176,10 @@ class ParentLink:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._writer_on:
+            asyncio.get_running_loop().remove_writer(self._write_fd)
+            self._writer_on = False
+        self.drain()
 
 
 def _session_dict(saved: Any) -> dict | None:

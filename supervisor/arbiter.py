@@ -33,7 +33,7 @@ from shard_worker.ipc import Message
 
 from .child import Child
 from .control import ControlServer
-from .identify_gate import IdentifyGate
+from .identify_gate import DAILY_TOTAL, IdentifyGate
 from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
@@ -42,8 +42,6 @@ from .state_store import IDENTIFY_WINDOW_S, StateStore
 
 log = logging.getLogger("supervisor.arbiter")
 
-#: Discord's default daily session starts, used only when its own figure is unknown.
-DAILY_IDENTIFIES = 1000
 
 
 @dataclass
@@ -171,7 +169,7 @@ class Arbiter:
             return options.session_start_remaining, options.session_start_reset_after
         if not granted:
             return None, None
-        remaining = max(0, DAILY_IDENTIFIES - len(granted))
+        remaining = max(0, DAILY_TOTAL - len(granted))
         reset_after = granted[0] + IDENTIFY_WINDOW_S - time.time()
         log.info("identify budget: about %d left by the local log (Discord not asked)", remaining)
         return remaining, max(0.0, reset_after)
@@ -424,7 +422,10 @@ class Arbiter:
         self._granted.difference_update(child.shard_ids)
         group.child = None
         extra = {"group": group.index}
-        if self.rolling_current == group.index and not self.stopping:
+        rolled = child.stopping_since is not None and code == exit_codes.OK
+        if self.rolling_current == group.index and rolled and not self.stopping:
+            # Only the clean exit we asked for; a crash or a fatal code of this group still goes
+            # through the checks below (a reset token must halt, not respawn at once).
             group.start_at = now
             log.info("%s exited for the rolling restart", child.label, extra=extra)
             return

@@ -18,6 +18,9 @@ from shard_worker.gateway.protocol import IDENTIFY_INTERVAL_S, identify_bucket
 DEFAULT_INTERVAL_S = IDENTIFY_INTERVAL_S + 0.25
 #: Identifies never spent automatically: left for a human who fixes things by hand.
 DEFAULT_RESERVE = 5
+#: Discord's default daily session starts and the period of their reset.
+DAILY_TOTAL = 1000
+RESET_PERIOD_S = 24 * 3600.0
 #: How often to ask again while a shared (cross-host) budget holds identifies back.
 SHARED_RETRY_S = 5.0
 
@@ -37,6 +40,7 @@ class IdentifyGate:
         remaining: int | None = None,
         reset_at: float | None = None,
         reserve: int = DEFAULT_RESERVE,
+        total: int = DAILY_TOTAL,
         shared_lock: Callable[[int], float] | None = None,
     ) -> None:
         """``shared_lock(bucket)``, when given, also takes the bucket across hosts (Redis): it
@@ -46,6 +50,7 @@ class IdentifyGate:
         self.remaining = remaining
         self.reset_at = reset_at
         self.reserve = reserve
+        self.total = total
         self.total_granted = 0
         self.shared_lock = shared_lock
         self._last: dict[int, float] = {}
@@ -73,7 +78,9 @@ class IdentifyGate:
         if self.remaining is None:
             return False
         if self.reset_at is not None and now >= self.reset_at:
-            return False
+            # Discord refilled the budget: count down again from the total for the next day.
+            self.remaining = self.total
+            self.reset_at += RESET_PERIOD_S
         return self.remaining <= self.reserve
 
     def set_budget(self, remaining: int, reset_at: float) -> None:

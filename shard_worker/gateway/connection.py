@@ -167,7 +167,7 @@ class ShardRunner:
                     close_timeout=CLOSE_TIMEOUT_S,
                     user_agent_header="DiscordBot (spectacles-supervisor, 0.1)",
                 )
-            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            except (OSError, ValueError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 delay = next(self._backoff)
                 log.warning("shard %d: cannot connect to %s (%s); retry in %.1f s", self.shard_id, url, type(exc).__name__, delay)
                 await self._sleep(delay)
@@ -217,7 +217,7 @@ class ShardRunner:
         self._wake.set()
 
     async def _sleep(self, delay: float) -> None:
-        if delay <= 0:
+        if delay <= 0 or self._stopping:
             return
         self._wake.clear()
         try:
@@ -290,8 +290,8 @@ class ShardRunner:
 
     async def _room_or_stop(self, timeout: float | None) -> bool:
         """Wait until the publisher has room (True), ``stop`` is called or ``timeout`` passes."""
-        if self.publisher.has_room():
-            return True
+        if self.publisher.has_room() or self._stopping:
+            return self.publisher.has_room()
         room = asyncio.ensure_future(self.publisher.wait_room())
         self._wake.clear()
         wake = asyncio.ensure_future(self._wake.wait())
@@ -364,6 +364,8 @@ class ShardRunner:
         while True:
             item = await self.outbox.get()
             packet, ack = item
+            if getattr(ack, "stale", False):
+                continue  # its channel closed: RabbitMQ delivers it again, sending it would double it
             delay = self._window.delay(loop.time())
             if delay > 0:
                 self.outbox.put_back(item)

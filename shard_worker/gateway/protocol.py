@@ -119,9 +119,10 @@ def close_action(code: int | None) -> CloseAction:
         return CloseAction.FATAL
     if code in REIDENTIFY_CLOSE_CODES:
         return CloseAction.REIDENTIFY
-    if code in (Close.NORMAL, Close.GOING_AWAY):
-        # Discord itself closing with 1000/1001 means the session is over.
-        return CloseAction.REIDENTIFY
+    # Everything else, 1000/1001 from the server included (Discord's nodes go away with 1001
+    # when they restart): try to resume. A RESUME that cannot work costs one op 9, while a new
+    # IDENTIFY costs budget and a gap. (A *client* closing with 1000/1001 ends its session:
+    # that is why our own reconnects use RESUMABLE_CLOSE.)
     return CloseAction.RESUME
 
 

@@ -111,9 +111,10 @@ def _is_ws_url(url: Any) -> bool:
         return False
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         return False
-    return parts.scheme in ("ws", "wss") and bool(parts.netloc)
+    return parts.scheme in ("ws", "wss") and bool(parts.hostname)
 
 
 class ShardMachine:

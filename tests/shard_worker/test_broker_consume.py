@@ -16,6 +16,10 @@ class FakeChannel:
     def __init__(self) -> None:
         self.rejected: list[tuple[int, bool]] = []
         self.acked: list[int] = []
+        self.nacked: list[tuple[int, bool]] = []
+
+    def basic_nack(self, tag, requeue=True):
+        self.nacked.append((tag, requeue))
 
     def basic_reject(self, tag, requeue=True):
         self.rejected.append((tag, requeue))
@@ -87,3 +91,24 @@ def test_send_for_another_process_is_republished_and_acked_on_confirm():
         return channel
 
     assert run(scenario).acked == [5]
+
+
+def test_deliveries_of_a_replaced_channel_are_given_back_and_their_packets_not_sent():
+    Nackable = FakeChannel
+
+    def scenario():
+        bridge, channel, sent = make()
+        deliver(bridge, channel, "c-shard", 1, json.dumps({"op": 3, "d": {}}).encode())
+        [(_, _, ack)] = sent
+        old = Nackable()
+        deliver(bridge, old, "c-shard", 2, json.dumps({"op": 3, "d": {}}).encode())  # not our channel
+        deliver(bridge, channel, "unknown-tag", 3, json.dumps({"op": 3, "d": {}}).encode())
+        bridge._sub = Nackable()  # the consumer channel was replaced (broker reconnect)
+        assert ack.stale
+        ack()  # must not ack on any channel
+        return channel, old, sent
+
+    channel, old, sent = run(scenario)
+    assert old.nacked == [(2, True)] and len(sent) == 1
+    assert channel.nacked == [(3, True)]  # an unknown consumer tag is never parsed as SEND
+    assert channel.acked == [] and channel.rejected == []

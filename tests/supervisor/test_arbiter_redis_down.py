@@ -33,3 +33,36 @@ def test_redis_down_holds_identifies_keeps_sessions_local_and_logs(tmp_path, cap
     arbiter._save_sessions()
     assert (tmp_path / "state" / "sessions.json").exists()
     assert arbiter.status()["identify_budget_remaining"] is None
+
+
+class FakeChild:
+    def __init__(self, pid: int, stopping: bool) -> None:
+        self.pid, self.shard_ids, self.label = pid, [0, 1], f"group 0 (pid {pid})"
+        self.stopping_since = 1.0 if stopping else None
+        self.read_fd = -1
+        self.report: dict = {}
+        self.ready: set = set()
+
+    def read(self):
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def uptime(self, now: float) -> float:
+        return 1.0
+
+
+def test_a_fatal_exit_during_a_rolling_restart_still_halts_everything(tmp_path):
+    config = WorkerConfig(shard_ids=[0, 1], shard_count=2, gateway_url="ws://127.0.0.1:1", token="t" * 20)
+    arbiter = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state")))
+    group = arbiter.groups[0]
+    arbiter.rolling_current = 0
+    # the clean exit we asked for: restarted at once
+    group.child = FakeChild(11, stopping=True)
+    arbiter._on_exit(group, group.child, 0, now=5.0)
+    assert group.start_at == 5.0 and not arbiter.stopping
+    # the new child then dies with 44 (token reset): no respawn, the supervisor stops with 44
+    group.child = FakeChild(12, stopping=False)
+    arbiter._on_exit(group, group.child, 44, now=6.0)
+    assert arbiter.stopping and arbiter.exit_code == 44

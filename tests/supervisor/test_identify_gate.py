@@ -92,3 +92,17 @@ def test_a_held_shared_budget_retries_later():
     gate.request("a", 0)
     assert gate.due(0.0) == []
     assert gate.next_time(0.0) == 5.0
+
+
+def test_the_budget_guard_keeps_working_after_discord_resets_it():
+    day = 24 * 3600.0
+    gate = IdentifyGate(1, interval=5.0, remaining=6, reset_at=100.0, reserve=5, total=8)
+    gate.request("a", 0)
+    assert len(gate.due(0.0)) == 1 and gate.budget_exhausted(1.0)
+    assert not gate.budget_exhausted(100.0)  # reset: 8 again, next reset a day later
+    assert gate.remaining == 8 and gate.reset_at == 100.0 + day
+    for shard in range(1, 5):
+        gate.request("a", shard)
+    granted = [g for t in (100.0, 106.0, 112.0, 118.0) for g in gate.due(t)]
+    assert len(granted) == 3 and gate.remaining == 5  # held again at the reserve, same day
+    assert gate.budget_exhausted(200.0)

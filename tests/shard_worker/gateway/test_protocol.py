@@ -22,8 +22,8 @@ from shard_worker.gateway.protocol import (
 
 # -- close codes --------------------------------------------------------------------------------
 CLOSE_TABLE = [
-    (1000, CloseAction.REIDENTIFY),  # Discord closing normally ends the session
-    (1001, CloseAction.REIDENTIFY),
+    (1000, CloseAction.RESUME),  # from the server: try to resume (a failed RESUME costs one op 9)
+    (1001, CloseAction.RESUME),  # Discord nodes going away on restart
     (4000, CloseAction.RESUME),
     (4001, CloseAction.RESUME),
     (4002, CloseAction.RESUME),

@@ -493,11 +493,13 @@ def test_other_close_codes_resume(code):
 
 
 @pytest.mark.parametrize("code", [1000, 1001])
-def test_normal_close_by_server_means_new_identify(code):
+def test_normal_close_by_server_tries_a_resume_first(code):
+    # A node going away (1001) must not cost an identify; if the session is really gone,
+    # Discord answers the RESUME with op 9 false and the shard identifies then.
     m = ready_machine(0.0)
     decision = m.on_close(code)
-    assert isinstance(decision, Reconnect) and decision.resume is False
-    assert m.saved_session() is None
+    assert isinstance(decision, Reconnect) and decision.resume is True
+    assert m.saved_session() is not None
 
 
 @pytest.mark.parametrize("code", RESUME_CODES)
