@@ -43,6 +43,8 @@ CONNECT_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 3.0
 #: Keep a little margin over Discord's 5 s so that two identifies of a bucket never arrive closer.
 IDENTIFY_MARGIN_S = 0.25
+#: After this many failed connections to ``resume_gateway_url``, resume via the main gateway URL.
+RESUME_URL_ATTEMPTS = 3
 
 
 class IdentifyGate(Protocol):
@@ -154,6 +156,7 @@ class ShardRunner:
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> Fatal | None:
         loop = asyncio.get_running_loop()
+        failures = 0  # consecutive connection failures
         while not self._stopping:
             url = self.machine.connect_url(self.gateway)
             self.on_state(self, "connecting")
@@ -168,6 +171,10 @@ class ShardRunner:
                     user_agent_header="DiscordBot (spectacles-supervisor, 0.1)",
                 )
             except (OSError, ValueError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                failures += 1
+                if failures >= RESUME_URL_ATTEMPTS and self.machine.resumable and not self.machine.resume_via_gateway:
+                    log.warning("shard %d: resume URL unreachable %d times; resuming via the gateway URL", self.shard_id, failures)
+                    self.machine.resume_via_gateway = True
                 delay = next(self._backoff)
                 log.warning("shard %d: cannot connect to %s (%s); retry in %.1f s", self.shard_id, url, type(exc).__name__, delay)
                 await self._sleep(delay)
@@ -175,6 +182,7 @@ class ShardRunner:
             if self._stopping:
                 await ws.close(RESUMABLE_CLOSE)
                 break
+            failures = 0
             self._ws = ws
             self._window = SendWindow()
             self.machine.on_connect(loop.time())

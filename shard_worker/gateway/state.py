@@ -160,6 +160,8 @@ class ShardMachine:
         #: Set by the driver while it stops reading on purpose (the broker buffer is full): ACKs
         #: then wait unread in the socket, so a missing ACK proves nothing about the server.
         self.reading_paused = False
+        #: Set by the driver when ``resume_gateway_url`` kept failing to connect.
+        self.resume_via_gateway = False
         if presence is not None:
             self._encode(Op.IDENTIFY, self._identify_payload())  # a presence too big fails here
 
@@ -174,8 +176,9 @@ class ShardMachine:
         return SavedSession(self.session_id, self.seq, self.resume_url)
 
     def connect_url(self, gateway: str) -> str:
-        """Where the next connection goes: the resume URL while the session is resumable."""
-        base = self.resume_url if self.resumable else gateway
+        """Where the next connection goes: the resume URL while the session is resumable
+        (the main gateway once that URL proved unreachable; the RESUME is sent all the same)."""
+        base = self.resume_url if self.resumable and not self.resume_via_gateway else gateway
         return gateway_url(base, compress=self.compress)  # type: ignore[arg-type]
 
     @property
@@ -233,6 +236,7 @@ class ShardMachine:
             sid, url = d.get("session_id"), d.get("resume_gateway_url")
             self.session_id = sid if isinstance(sid, str) else None
             self.resume_url = url if _is_ws_url(url) else None
+            self.resume_via_gateway = False
             self.phase = Phase.READY
             return [Dispatch(t, seq, d), SessionReady(False, self.session_id or "")]
         if t == "RESUMED":

@@ -133,3 +133,19 @@ def test_dropped_tcp_connection_resumes_with_replay(running, amqp_url, rabbit, g
     got = rabbit.get_all(f"{group}:t:MESSAGE_CREATE", expect=50, timeout=20)
     ids = {props.message_id for _, props, _ in got}
     assert len(ids) == 50  # every event, none lost across the drop
+
+
+def test_unreachable_resume_url_falls_back_to_the_gateway_and_still_resumes(amqp_url, group):
+    from shard_worker.config import SavedSession
+
+    with SimulatorThread(token=TOKEN, shard_count=1, heartbeat_interval_ms=1000) as sim:
+        with WorkerThread(worker_config(sim, amqp_url, group, [0])) as first:
+            snap = sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
+            assert first.stop() == 0
+        session = snap["shards"][0]["session_id"]
+        dead_url = "ws://127.0.0.1:9"  # nothing listens on the discard port
+        config = worker_config(sim, amqp_url, group, [0], sessions={0: SavedSession(session, snap["shards"][0]["seq"], dead_url)})
+        with WorkerThread(config):
+            snap = sim.wait_until(lambda s: resumes_of(s) and 0 in s["ready"], timeout=30)
+        assert resumes_of(snap)[0]["session_id"] == session and resumes_of(snap)[0]["path"] == "/"
+        assert len(accepted_identifies(snap)) == 1

@@ -965,3 +965,12 @@ def test_stop_with_a_reason_keeps_the_session():
     close = assert_resumable_close(m.stop("broker stalled for 30 s (session kept)"))
     assert "broker stalled" in close.reason
     assert m.on_close(close.code).resume is True
+
+
+def test_resume_goes_to_the_main_gateway_once_the_resume_url_failed():
+    m = resumed_machine(0.0)
+    assert m.connect_url(GATEWAY).startswith(RESUME_URL)
+    m.resume_via_gateway = True  # the driver saw the resume URL fail
+    assert m.connect_url(GATEWAY).startswith(GATEWAY)
+    m.on_connect(1.0)
+    assert only_send(m.receive(HELLO, 1.0))["op"] == 6  # still a RESUME, not an identify
