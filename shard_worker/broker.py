@@ -484,7 +484,7 @@ class AmqpBridge:
         conn = self._conn
         if conn is None or conn.is_closed:
             return
-        if not conn.is_open:
+        if not (conn.is_open or conn.is_closing):
             # Still opening: pika would not call close callbacks; abort and move on.
             try:
                 conn.close()
@@ -493,7 +493,7 @@ class AmqpBridge:
             return
         closed = asyncio.get_running_loop().create_future()
         conn.add_on_close_callback(lambda c, e: closed.done() or closed.set_result(None))
-        if not conn.is_closing:
+        if not conn.is_closing:  # run() and stop() may both get here: close once
             conn.close()
         try:
             await asyncio.wait_for(closed, 5.0)
