@@ -74,6 +74,17 @@ class IdentifyGate:
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
+    def queued(self) -> dict[int, list[int]]:
+        """The shard ids waiting for a grant, by bucket, in grant order (a copy)."""
+        return {bucket: [g.shard_id for g in queue] for bucket, queue in self._waiting.items() if queue}
+
+    def free_at(self) -> dict[int, float]:
+        """For each bucket that granted before (or is held by another host): when it may again."""
+        times = {bucket: at + self.interval for bucket, at in self._last.items()}
+        for bucket, until in self._blocked_until.items():
+            times[bucket] = max(times.get(bucket, until), until)
+        return times
+
     def budget_exhausted(self, now: float) -> bool:
         if self.remaining is None:
             return False

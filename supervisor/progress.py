@@ -109,18 +109,13 @@ class GateView:
 
 
 def gate_view(gate: Any, now: float) -> GateView:
-    """What :func:`estimate` needs from a :class:`supervisor.identify_gate.IdentifyGate`.
-
-    The gate keeps its queues and last grant times per bucket to itself; this only reads them
-    (for the progress line), it never changes the gate."""
-    waiting = getattr(gate, "_waiting", {}) or {}
-    last = getattr(gate, "_last", {}) or {}
-    interval = float(getattr(gate, "interval", 0.0))
+    """What :func:`estimate` needs from a :class:`supervisor.identify_gate.IdentifyGate`."""
+    queued = gate.queued()
     return GateView(
-        queued={bucket: len(queue) for bucket, queue in waiting.items() if queue},
-        free_at={bucket: at + interval for bucket, at in last.items()},
+        queued={bucket: len(shards) for bucket, shards in queued.items()},
+        free_at=gate.free_at(),
         hold_until=gate.reset_at if gate.budget_exhausted(now) else None,
-        waiting_shards=frozenset(grant.shard_id for queue in waiting.values() for grant in queue),
+        waiting_shards=frozenset(shard for shards in queued.values() for shard in shards),
     )
 
 

@@ -106,3 +106,13 @@ def test_the_budget_guard_keeps_working_after_discord_resets_it():
     granted = [g for t in (100.0, 106.0, 112.0, 118.0) for g in gate.due(t)]
     assert len(granted) == 3 and gate.remaining == 5  # held again at the reserve, same day
     assert gate.budget_exhausted(200.0)
+
+
+def test_public_view_of_queues_and_free_times():
+    gate = IdentifyGate(2, interval=5.0, shared_lock=lambda bucket: 3.0 if bucket == 1 else 0.0)
+    for shard in (0, 2, 1):
+        gate.request("a", shard)
+    assert gate.queued() == {0: [0, 2], 1: [1]}
+    assert [g.shard_id for g in gate.due(10.0)] == [0]  # bucket 1 is held elsewhere for 3 s
+    assert gate.queued() == {0: [2], 1: [1]}
+    assert gate.free_at() == {0: 15.0, 1: 13.0}
