@@ -37,11 +37,14 @@ import pika
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
 PY = sys.executable
 TOKEN = "bench-token-0123456789abcdef"
 EXCHANGE = "bench"
 QUEUE = "bench:all"
-EVENTS = ["READY", "GUILD_CREATE", "MESSAGE_CREATE", "TYPING_START", "PRESENCE_UPDATE", "GUILD_MEMBER_UPDATE", "RESUMED"]
+EVENTS = DISPATCH_TYPES
 OUT = ROOT / "docs" / "bench"
 
 

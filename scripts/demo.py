@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from shard_worker import spectacles  # noqa: E402
 from supervisor.simulator import SimulatorThread  # noqa: E402
-from supervisor.simulator.payloads import guild_ids_for_shard  # noqa: E402
+from supervisor.simulator.payloads import DISPATCH_TYPES, guild_ids_for_shard  # noqa: E402
 
 TOKEN = "demo-token-not-a-real-one-0123456789"
-EVENTS = ["READY", "GUILD_CREATE", "MESSAGE_CREATE", "TYPING_START", "PRESENCE_UPDATE", "GUILD_MEMBER_UPDATE"]
+EVENTS = [t for t in DISPATCH_TYPES if t not in ("RESUMED", "GUILD_MEMBERS_CHUNK")]
 
 
 def main() -> int:

@@ -41,6 +41,9 @@ STREAM_MIX = (
     ("PRESENCE_UPDATE", 5),
     ("GUILD_MEMBER_UPDATE", 5),
 )
+#: Every dispatch type the simulator can send: the session's own (READY and GUILD_CREATE after
+#: IDENTIFY, RESUMED after RESUME, GUILD_MEMBERS_CHUNK answering op 8) and the stream mix.
+DISPATCH_TYPES = ("READY", "GUILD_CREATE", "RESUMED", "GUILD_MEMBERS_CHUNK", *(t for t, _ in STREAM_MIX))
 
 _WORDS = (
     "the quick brown fox jumps over lazy dog gateway shard session resume heartbeat zlib "

@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 
 from shard_worker import spectacles
 from supervisor.simulator import SimulatorThread
+from supervisor.simulator.payloads import DISPATCH_TYPES
 from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
 from tests.tcp_proxy import TcpProxy
 
-EVENTS = ["READY", "RESUMED", "GUILD_CREATE", "MESSAGE_CREATE", "TYPING_START", "PRESENCE_UPDATE", "GUILD_MEMBER_UPDATE"]
+EVENTS = DISPATCH_TYPES
 OUTAGE_S = 20.0
 BUFFER_EVENTS = 400
 BUFFER_BYTES = 2 * 1024 * 1024

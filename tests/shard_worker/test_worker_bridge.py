@@ -8,9 +8,10 @@ import pytest
 
 from shard_worker import spectacles
 from supervisor.simulator import SimulatorThread
+from supervisor.simulator.payloads import DISPATCH_TYPES
 from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
 
-EVENTS = ["READY", "GUILD_CREATE", "MESSAGE_CREATE", "TYPING_START", "PRESENCE_UPDATE", "GUILD_MEMBER_UPDATE"]
+EVENTS = DISPATCH_TYPES
 
 
 def bind_events(rabbit, group: str) -> dict[str, str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -17,6 +15,7 @@ from supervisor.discord_api import (
     get_gateway_bot,
     parse_gateway_bot,
 )
+from tests.http_stub import StubHTTPServer
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GabCdE.secret-part-of-the-token_xyz"
 
@@ -38,33 +37,15 @@ class FakeDiscord:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        fake = self
+        self.http = StubHTTPServer(self._reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                fake.requests.append(("GET", self.path, dict(self.headers.items())))
-                status, headers, body = fake.routes.get(
-                    self.path, (404, {}, b'{"message": "404: Not Found", "code": 0}')
-                )
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+    def _reply(self, path: str, headers: dict[str, str]):
+        self.requests.append(("GET", path, headers))
+        return self.routes.get(path, (404, {}, b'{"message": "404: Not Found", "code": 0}'))
 
     @property
     def api_url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/api/v10"
+        return self.http.api_url
 
     def route(self, path: str, status: int, body: object, headers: dict | None = None) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -74,13 +55,8 @@ class FakeDiscord:
 @pytest.fixture
 def discord():
     fake = FakeDiscord()
-    fake.thread.start()
-    try:
+    with fake.http:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(timeout=5)
 
 
 def test_200_gives_gateway_bot_and_sends_the_headers(discord):

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ from supervisor.ratelimits import (
     read_headers,
     route_for,
 )
+from tests.http_stub import StubHTTPServer
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GabCdE.secret-part-of-the-token_xyz"
 ROUTE = "get:/gateway/bot"
@@ -692,32 +692,11 @@ class FakeDiscord:
         self.script: dict[str, list[Callable[[], Reply]]] = {}
         self.log: list[tuple[float, str, int]] = []  # (time.monotonic(), path, status)
         self.served = threading.Condition(self.lock)
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                status, headers, body = fake.reply(self.path)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.http = StubHTTPServer(lambda path, headers: self.reply(path))
 
     @property
     def api_url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/api/v10"
+        return self.http.api_url
 
     def reply(self, path: str) -> Reply:
         with self.lock:
@@ -728,7 +707,7 @@ class FakeDiscord:
                 status, headers, body = self._bucket(path)
             self.log.append((time.monotonic(), path, status))
             self.served.notify_all()
-        return status, headers, body
+        return status, {**headers, "Content-Type": "application/json"}, body
 
     def _bucket(self, path: str) -> Reply:
         now = time.time()
@@ -804,13 +783,8 @@ def bucket_429(reset_after: float = 0.5, limit: int | None = 5) -> Callable[[], 
 @pytest.fixture
 def discord() -> Iterator[FakeDiscord]:
     fake = FakeDiscord()
-    fake.thread.start()
-    try:
+    with fake.http:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(timeout=5)
 
 
 GATEWAY_PATH = "/api/v10/gateway/bot"

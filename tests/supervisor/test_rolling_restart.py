@@ -7,16 +7,14 @@ import time
 
 from shard_worker import spectacles
 from supervisor.simulator import SimulatorThread
+from supervisor.simulator.payloads import DISPATCH_TYPES
 from tests.helpers import TOKEN, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
 
 SHARDS = 4
 EVENTS_PER_SHARD = 3000
 #: Every dispatch type the simulator sends (its stream mix, the session's own events).
-EVENT_TYPES = (
-    "READY", "GUILD_CREATE", "RESUMED",
-    "MESSAGE_CREATE", "TYPING_START", "PRESENCE_UPDATE", "GUILD_MEMBER_UPDATE",
-)  # fmt: skip
+EVENT_TYPES = DISPATCH_TYPES
 SESSION_EVENTS = ("READY", "GUILD_CREATE", "RESUMED")
 
 
