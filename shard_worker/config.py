@@ -1,9 +1,12 @@
 """What one worker process needs to run its group of shards.
 
 The supervisor (or a user running ``python -m shard_worker`` alone) builds a :class:`WorkerConfig`.
-It crosses the process boundary as JSON in the environment variable ``SPECTACLES_WORKER_CONFIG``;
-the token never travels with it: it comes from ``DISCORD_TOKEN`` in the child's environment, so it
-is never in argv, a process title or an IPC message.
+Under the supervisor it crosses the process boundary as the first IPC message on the child's
+stdin (``config``, see ``docs/ipc.md``): a pipe has no size limit, while the environment and argv
+stop at about 128 KiB per string (sessions of a thousand shards are more). A worker run by hand
+reads it as JSON from the environment variable ``SPECTACLES_WORKER_CONFIG``. The token never
+travels with it: it comes from ``DISCORD_TOKEN`` in the child's environment, so it is never in
+argv, a process title or an IPC message.
 """
 
 from __future__ import annotations
@@ -55,17 +58,25 @@ class WorkerConfig:
     #: Sessions to resume, by shard id (a replacement process gets its predecessor's).
     sessions: dict[int, SavedSession] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        """Serialise everything but the token."""
+    def to_dict(self) -> dict:
+        """Everything but the token, as JSON-ready values."""
         data = dataclasses.asdict(self)
         del data["token"]
         data["events"] = sorted(self.events) if self.events is not None else None
         data["sessions"] = {str(k): dataclasses.asdict(v) for k, v in self.sessions.items()}
-        return json.dumps(data)
+        return data
+
+    def to_json(self) -> str:
+        """Serialise everything but the token."""
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str, token: str) -> WorkerConfig:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text), token)
+
+    @classmethod
+    def from_dict(cls, data: dict, token: str) -> WorkerConfig:
+        data = dict(data)
         events = data.pop("events")
         sessions = data.pop("sessions", {}) or {}
         return cls(

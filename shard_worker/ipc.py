@@ -16,8 +16,12 @@ from . import jsonlib
 
 log = logging.getLogger("shard_worker.ipc")
 
-#: A longer line is discarded (up to its newline): nothing we send comes close.
+#: A longer line is discarded (up to its newline). Every message a child sends is bounded far
+#: below this whatever its shard count (reports go in chunks of :data:`SHARDS_PER_MESSAGE`);
+#: only the parent's first order, ``config``, is larger, and the child reads it with no limit.
 MAX_LINE_BYTES = 1 << 20
+#: Shard reports per ``shards`` message: about 300 bytes each, so a message stays near 60 KB.
+SHARDS_PER_MESSAGE = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +38,31 @@ def encode(event: str, data: Any = None) -> bytes:
 class Decoder:
     """Feed raw chunks as they are read; get every complete, valid message out."""
 
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, max_line: int | None = MAX_LINE_BYTES) -> None:
+        """``max_line=None``: no limit (for the one large message a reader expects)."""
         self._buffer = bytearray()
-        self._max = max_line
+        self.max_line = max_line
         self._discarding = False
+        self._scanned = 0  # bytes of the buffer known to hold no newline
         self.errors = 0
 
     def feed(self, chunk: bytes) -> list[Message]:
         messages: list[Message] = []
         self._buffer += chunk
         while True:
-            end = self._buffer.find(b"\n")
+            # Search only what is new: a long line arriving in many chunks stays O(n).
+            end = self._buffer.find(b"\n", self._scanned)
             if end < 0:
-                if len(self._buffer) > self._max:
-                    self._reject("line over %d bytes" % self._max)
+                self._scanned = len(self._buffer)
+                if self.max_line is not None and len(self._buffer) > self.max_line:
+                    self._reject("line over %d bytes" % self.max_line)
                     self._buffer.clear()
+                    self._scanned = 0
                     self._discarding = True
                 return messages
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
+            self._scanned = 0
             if self._discarding:  # the tail of an overlong line
                 self._discarding = False
                 continue
@@ -60,6 +70,11 @@ class Decoder:
                 message = self._parse(line)
                 if message is not None:
                     messages.append(message)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete line held so far."""
+        return len(self._buffer)
 
     def _parse(self, line: bytes) -> Message | None:
         try:

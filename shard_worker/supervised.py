@@ -1,9 +1,12 @@
 """The child's end of the supervisor's pipes (see ``docs/ipc.md`` for every event).
 
 Reads the parent's orders from stdin and writes reports to the fd named by ``SPECTACLES_IPC_FD``,
-both framed by ``shard_worker.ipc``. It asks the parent before every IDENTIFY, reports sessions
-(with the seq RabbitMQ confirmed) and a heartbeat with every shard's figures once a second, and
-stops the worker when the parent says so or goes away (stdin EOF, or the parent-death signal).
+both framed by ``shard_worker.ipc``. The first order is the worker's configuration
+(:func:`read_config`). It asks the parent before every IDENTIFY and reports when it wrote it,
+reports sessions (with the seq RabbitMQ confirmed), and once a second a heartbeat with the
+process's figures plus the reports of the shards that changed, in chunks of
+``ipc.SHARDS_PER_MESSAGE``, so that no message grows with the shard count. It stops the worker
+when the parent says so or goes away (stdin EOF, or the parent-death signal).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import time
 from typing import Any
 
 from . import ipc
+from .config import TOKEN_ENV, WorkerConfig
 from .gateway.connection import ShardRunner
+from .shard_ranges import format_shard_ids
 
 log = logging.getLogger("shard_worker.supervised")
 
@@ -36,10 +41,45 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
+def read_config(fd: int = 0, environ: dict[str, str] | None = None) -> tuple[WorkerConfig, ipc.Decoder, list[ipc.Message]]:
+    """Block until the parent's first order, ``config``, has arrived on ``fd`` (stdin).
+
+    Returns the configuration, the decoder (it may hold the start of the next order) and any
+    orders that came in the same reads. The ``config`` line has no size limit: it carries a
+    saved session for each shard, so it grows with the shard count.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get(TOKEN_ENV, "")
+    if not token:
+        raise SystemExit(f"{TOKEN_ENV} is not set: the worker needs the bot token")
+    decoder = ipc.Decoder(max_line=None)
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            raise SystemExit("stdin closed before the supervisor sent the configuration")
+        messages = decoder.feed(chunk)
+        if messages:
+            break
+    decoder.max_line = ipc.MAX_LINE_BYTES
+    first, rest = messages[0], messages[1:]
+    if first.event != "config" or not isinstance(first.data, dict):
+        raise SystemExit(f"the first IPC order must be 'config', not {first.event!r}")
+    try:
+        config = WorkerConfig.from_dict(first.data, token)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise SystemExit(f"bad configuration from the supervisor: {exc}") from None
+    return config, decoder, rest
+
+
 class ParentLink:
     """IPC with the supervisor; also the worker's identify gate."""
 
-    def __init__(self, write_fd: int) -> None:
+    def __init__(self, write_fd: int, *, decoder: ipc.Decoder | None = None, pending: list[ipc.Message] | None = None) -> None:
+        """``decoder`` and ``pending``: what :func:`read_config` read past the ``config`` order."""
+        self._decoder = decoder or ipc.Decoder()
+        self._pending = list(pending or ())
+        #: The last report sent of each shard; only the changed ones go in the next heartbeat.
+        self._sent_reports: dict[int, dict[str, Any]] = {}
         self._write_fd = write_fd
         os.set_blocking(write_fd, False)  # a stalled parent must never stall this loop
         self._out = bytearray()
@@ -49,10 +89,8 @@ class ParentLink:
         self._tasks: list[asyncio.Task] = []
 
     # -- writing ------------------------------------------------------------------------------
-    def send(self, event: str, data: Any = None, *, droppable: bool = False) -> None:
-        """Queue one message; ``droppable`` ones (heartbeats) are skipped while the parent lags."""
-        if droppable and self._out:
-            return
+    def send(self, event: str, data: Any = None) -> None:
+        """Queue one message and write what the pipe takes now (never blocks)."""
         self._out += ipc.encode(event, data)
         self._flush()
 
@@ -85,13 +123,30 @@ class ParentLink:
             self._flush()
 
     # -- IdentifyGate -------------------------------------------------------------------------
-    async def acquire(self, shard_id: int) -> None:
+    async def acquire(self, shard_id: int) -> float | None:
+        """Wait for the parent's grant, then until its ``not_before``; return its ``expires``.
+
+        Both are ``time.monotonic()`` values: on Linux that clock (CLOCK_MONOTONIC) is one for
+        every process of the host, so the parent can pace by the time a child wrote.
+        """
         fut = self._grants.get(shard_id)
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
             self._grants[shard_id] = fut
             self.send("identify_request", {"shard": shard_id})
-        await asyncio.shield(fut)
+        grant = await asyncio.shield(fut)
+        not_before = grant.get("not_before")
+        if isinstance(not_before, (int, float)):
+            wait = not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        expires = grant.get("expires")
+        return float(expires) if isinstance(expires, (int, float)) else None
+
+    def identify_sent(self, shard_id: int, at: float) -> None:
+        """The IDENTIFY of ``shard_id`` was written at ``at`` (monotonic): the next of its
+        bucket is timed from here."""
+        self.send("identify_sent", {"shard": shard_id, "at": at})
 
     # -- wiring -------------------------------------------------------------------------------
     def attach(self, worker: Any) -> None:
@@ -100,7 +155,7 @@ class ParentLink:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._read_orders(), name="ipc-read"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="ipc-heartbeat"))
-        self.send("hello", {"pid": os.getpid(), "shards": list(worker.config.shard_ids)})
+        self.send("hello", {"pid": os.getpid(), "shards": format_shard_ids(worker.config.shard_ids)})
 
     def on_state(self, runner: ShardRunner, state: str) -> None:
         """Called by each shard runner on every state change."""
@@ -113,46 +168,72 @@ class ParentLink:
             data["reason"] = runner.fatal.reason
         self.send("shard_state", data)
 
+    def shard_report(self, shard_id: int) -> dict[str, Any]:
+        """One shard's figures (a fixed set of keys: its size does not grow with time)."""
+        runner = self.worker.runners[shard_id]
+        latency = runner.machine.latency
+        return {
+            "state": runner.state,
+            "seq": runner.machine.seq,
+            "session": _session_dict(self.worker.session_of(shard_id)),
+            "latency_ms": round(latency * 1000, 1) if latency is not None else None,
+            "received": runner.received,
+            "published": runner.published,
+            "reconnects": runner.reconnects,
+            "identifies": runner.identifies,
+            "resumes": runner.resumes,
+            "sent": runner.sent,
+            "outbox": len(runner.outbox),
+        }
+
     def report(self) -> dict[str, Any]:
+        """The process's figures (bounded: counters by type stop at ``MAX_EVENT_TYPES``)."""
         worker = self.worker
         bridge = worker.bridge
-        shards = {}
-        for shard_id, runner in worker.runners.items():
-            shards[str(shard_id)] = {
-                "state": runner.state,
-                "seq": runner.machine.seq,
-                "session": _session_dict(worker.session_of(shard_id)),
-                "latency_ms": round(runner.machine.latency * 1000, 1) if runner.machine.latency is not None else None,
-                "received": runner.received,
-                "published": runner.published,
-                "reconnects": runner.reconnects,
-                "identifies": runner.identifies,
-                "resumes": runner.resumes,
-                "sent": runner.sent,
-                "outbox": len(runner.outbox),
-                "received_by_type": runner.received_by_type,
-                "published_by_type": runner.published_by_type,
-            }
         return {
-            "shards": shards,
             "buffered": bridge.buffered,
             "buffered_bytes": bridge.buffered_bytes,
             "broker_connected": bridge.connected.is_set(),
             "rejected": dict(bridge.rejected),
             "broker": bridge.counters(),
             "confirm_latency": bridge.confirm_latency.snapshot(),
+            "received_by_type": dict(worker.received_by_type),
+            "published_by_type": dict(worker.published_by_type),
         }
+
+    def send_shard_reports(self, *, everything: bool = False) -> None:
+        """``shards`` messages with the reports that changed since they were last sent (all of
+        them with ``everything``), at most ``ipc.SHARDS_PER_MESSAGE`` per message."""
+        chunk: dict[str, Any] = {}
+        for shard_id in self.worker.runners:
+            report = self.shard_report(shard_id)
+            if not everything and self._sent_reports.get(shard_id) == report:
+                continue
+            self._sent_reports[shard_id] = report
+            chunk[str(shard_id)] = report
+            if len(chunk) >= ipc.SHARDS_PER_MESSAGE:
+                self.send("shards", {"shards": chunk})
+                chunk = {}
+        if chunk:
+            self.send("shards", {"shards": chunk})
 
     async def _heartbeats(self) -> None:
         while True:
-            self.send("heartbeat", self.report(), droppable=True)
+            # While the parent lags (our buffer is not empty) nothing is queued: the changed
+            # reports stay changed and go out with the next heartbeat that finds room.
+            if not self._out:
+                self.send_shard_reports()
+                self.send("heartbeat", self.report())
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def _read_orders(self) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=ipc.MAX_LINE_BYTES)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0))
-        decoder = ipc.Decoder()
+        decoder = self._decoder
+        pending, self._pending = self._pending, []
+        for message in pending:
+            self._on_order(message)
         while True:
             chunk = await reader.read(65536)
             if not chunk:
@@ -167,7 +248,7 @@ class ParentLink:
             shard = (message.data or {}).get("shard")
             fut = self._grants.get(shard)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                fut.set_result(message.data)
         elif message.event == "stop":
             self.worker.stop()
         else:

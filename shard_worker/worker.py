@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -15,7 +14,8 @@ from .config import SavedSession, WorkerConfig
 from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
 from .gateway.state import Fatal, ShardMachine
 from .logs import add_secret, mask_url, setup_logging
-from .supervised import IPC_FD_ENV, ParentLink, die_with_parent
+from .shard_ranges import format_shard_ids
+from .supervised import ParentLink, die_with_parent
 
 log = logging.getLogger("shard_worker.worker")
 
@@ -44,6 +44,9 @@ class Worker:
             max_buffered_bytes=config.buffer_bytes,
         )
         self.runners: dict[int, ShardRunner] = {}
+        #: Dispatches by event type for the whole process (see ``count_type`` for the bound).
+        self.received_by_type: dict[str, int] = {}
+        self.published_by_type: dict[str, int] = {}
         for shard_id in config.shard_ids:
             machine = ShardMachine(
                 shard_id,
@@ -63,6 +66,8 @@ class Worker:
                 events=config.events,
                 on_state=on_state,
                 stall_timeout=config.stall_timeout,
+                received_by_type=self.received_by_type,
+                published_by_type=self.published_by_type,
             )
         self._stop = asyncio.Event()
 
@@ -91,7 +96,7 @@ class Worker:
         """Run until stopped (exit 0) or a shard is closed fatally (exit 4x/5x)."""
         log.info(
             "worker: shards %s of %d, exchange %r on %s",
-            self.config.shard_ids,
+            format_shard_ids(self.config.shard_ids),
             self.config.shard_count,
             self.config.group,
             mask_url(self.config.amqp_url),
@@ -141,22 +146,19 @@ class Worker:
         await asyncio.gather(bridge_task, stop_task, return_exceptions=True)
 
 
-def run_group(config: WorkerConfig) -> int:
+def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     """Run one group in this process until stopped; return the exit code.
 
-    Alone, it stops on SIGINT/SIGTERM and gates identifies itself. Under the supervisor (the
-    ``SPECTACLES_IPC_FD`` environment variable is set) it also reports over IPC, asks the parent
-    before every IDENTIFY and stops when the parent says so or dies.
+    Alone, it stops on SIGINT/SIGTERM and gates identifies itself. Under the supervisor (with
+    ``link``, the IPC with the parent) it also reports over IPC, asks the parent before every
+    IDENTIFY and stops when the parent says so or dies.
     """
     add_secret(config.token)
     setup_logging(config.log_level, prefix=f"[shards {config.shard_ids[0]}-{config.shard_ids[-1]}] ")
-    ipc_fd = os.environ.get(IPC_FD_ENV)
 
     async def main() -> int:
-        link = None
-        if ipc_fd is not None:
+        if link is not None:
             die_with_parent()
-            link = ParentLink(int(ipc_fd))
             worker = Worker(config, gate=link, on_state=link.on_state)
             link.attach(worker)
         else:
@@ -166,8 +168,9 @@ def run_group(config: WorkerConfig) -> int:
             loop.add_signal_handler(sig, worker.stop)
         code = await worker.run()
         if link is not None:
-            sessions = {str(k): dataclasses.asdict(v) for k, v in worker.sessions().items()}
-            link.send("stopped", {"exit_code": code, "sessions": sessions, "report": link.report()})
+            # Every shard's final report (its session with the seq confirmed last), then the end.
+            link.send_shard_reports(everything=True)
+            link.send("stopped", {"exit_code": code, "report": link.report()})
             link.close()
         return code
 

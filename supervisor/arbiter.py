@@ -110,6 +110,7 @@ class Arbiter:
             remaining=remaining if self.coordinator is None else None,
             reset_at=now + reset_after if reset_after is not None and self.coordinator is None else None,
             shared_lock=self._shared_identify if self.coordinator is not None else None,
+            shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
         )
         self.selector = selectors.DefaultSelector()
         self.signal_queue: deque[int] = deque()
@@ -148,14 +149,25 @@ class Arbiter:
             return None
         return result
 
-    def _shared_identify(self, bucket: int) -> float:
-        wait = self._shared(self.coordinator.try_identify, bucket, self.gate.interval, self.gate.reserve)
+    def _shared_identify(self, bucket: int, hold_s: float) -> float:
+        wait = self._shared(self.coordinator.try_identify, bucket, hold_s, self.gate.reserve)
         if wait is None:
             return 1.0  # no identify without the shared lock: Discord's rules are per bot
         if wait == float("inf") and time.monotonic() >= getattr(self, "_held_warned_until", 0.0):
             self._held_warned_until = time.monotonic() + 60.0
             log.error("the shared identify budget (Redis) is down to its reserve: holding identifies")
         return wait
+
+    def _shared_identify_sent(self, bucket: int) -> None:
+        # If Redis does not answer, the bucket stays held until the grant's hold expires.
+        self._shared(self.coordinator.identify_sent, bucket, self.gate.interval)
+
+    def _identify_sent(self, shard: int, at: float, now: float) -> None:
+        """A child wrote an IDENTIFY at ``at``: the bucket's next one is timed from there."""
+        if at > now + 1.0:  # one clock for the host: a report from the future is a bug
+            log.warning("shard %d: identify written at a time %.1f s ahead; using now", shard, at - now)
+            at = now
+        self.gate.sent(shard, at)
 
     def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
         """Discord's ``session_start_limit`` when known, else what the local log implies."""
@@ -296,7 +308,28 @@ class Arbiter:
                 timeout = min(timeout, max(0.0, group.start_at - now))
         return max(0.01, timeout)
 
+    def _sync_writers(self) -> None:
+        """Watch a child's stdin for room only while orders wait for it (a large ``config``)."""
+        for group in self.groups:
+            child = group.child
+            if child is None:
+                continue
+            if child.out and not child.write_watched:
+                self.selector.register(child.write_fd, selectors.EVENT_WRITE, ("child-write", child))
+                child.write_watched = True
+            elif not child.out and child.write_watched:
+                self._unwatch_writes(child)
+
+    def _unwatch_writes(self, child: Child) -> None:
+        if child.write_watched:
+            try:
+                self.selector.unregister(child.write_fd)
+            except (KeyError, ValueError):
+                pass
+            child.write_watched = False
+
     def _wait(self, timeout: float) -> None:
+        self._sync_writers()
         try:
             ready = self.selector.select(timeout)
         except InterruptedError:
@@ -307,6 +340,8 @@ class Arbiter:
                 self._drain_wakeup()
             elif kind == "child":
                 self._read_child(obj)
+            elif kind == "child-write":
+                obj.flush()
             elif kind == "control":
                 self.control.accept()  # type: ignore[union-attr]
             elif kind == "control-conn":
@@ -325,6 +360,7 @@ class Arbiter:
             self.selector.unregister(child.read_fd)
         except (KeyError, ValueError):
             pass
+        self._unwatch_writes(child)
 
     def _on_message(self, child: Child, message: Message) -> None:
         data = message.data if isinstance(message.data, dict) else {}
@@ -334,17 +370,19 @@ class Arbiter:
             child.last_heartbeat = now
             child.report = data
             self.metrics.child_report(child.group, child.pid, data)
-            for key, shard in (data.get("shards") or {}).items():
-                self._update_session(child, int(key), shard.get("session"))
+        elif event == "shards":
+            self._on_shard_reports(child, data.get("shards"))
         elif event == "identify_request":
             shard = data.get("shard")
-            if shard in child.shard_ids:
+            if shard in child.shard_set:
                 self.gate.request(child.pid, shard)
+        elif event == "identify_sent":
+            shard, at = data.get("shard"), data.get("at")
+            if shard in child.shard_set and isinstance(at, (int, float)):
+                self._identify_sent(shard, float(at), now)
         elif event == "shard_state":
             self._on_shard_state(child, data)
         elif event == "stopped":
-            for key, session in (data.get("sessions") or {}).items():
-                self._update_session(child, int(key), session)
             child.report = data.get("report") or child.report
             self.metrics.child_report(child.group, child.pid, child.report)
         elif event == "hello":
@@ -352,10 +390,26 @@ class Arbiter:
         else:
             log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
 
+    def _on_shard_reports(self, child: Child, reports: Any) -> None:
+        """A ``shards`` message: the reports of the shards that changed (a chunk of them)."""
+        if not isinstance(reports, dict):
+            return
+        mine: dict[str, dict] = {}
+        for key, report in reports.items():
+            try:
+                shard = int(key)
+            except (TypeError, ValueError):
+                continue
+            if shard in child.shard_set and isinstance(report, dict):
+                mine[key] = report
+                self._update_session(child, shard, report.get("session"))
+        child.shard_reports.update(mine)
+        self.metrics.shard_reports(child.group, child.pid, mine)
+
     def _on_shard_state(self, child: Child, data: dict) -> None:
         shard = data.get("shard")
         state = data.get("state")
-        if shard not in child.shard_ids:
+        if shard not in child.shard_set:
             return
         self.metrics.shard_event(shard, str(state))
         if state == "ready":
@@ -382,7 +436,7 @@ class Arbiter:
             )
 
     def _update_session(self, child: Child, shard: int, session: Any) -> None:
-        if shard not in child.shard_ids or not isinstance(session, dict):
+        if shard not in child.shard_set or not isinstance(session, dict):
             return
         try:
             saved = SavedSession(str(session["session_id"]), session.get("seq"), str(session["resume_gateway_url"]))
@@ -412,12 +466,12 @@ class Arbiter:
 
     def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
         # Read what the child said last (its final sessions) before forgetting it.
-        leftover = child.read()
-        for message in leftover or []:
-            self._on_message(child, message)
+        while leftover := child.read():
+            for message in leftover:
+                self._on_message(child, message)
         self._unregister(child)
         child.close()
-        self.gate.cancel(child.pid)
+        self.gate.cancel(child.pid, now)
         self.metrics.child_exited(group.index, child.pid)  # its counters carry over
         self._granted.difference_update(child.shard_ids)
         group.child = None
@@ -515,7 +569,10 @@ class Arbiter:
             self._granted.add(grant.shard_id)
             for group in self.groups:
                 if group.child is not None and group.child.pid == grant.requester:
-                    group.child.send("identify_grant", {"shard": grant.shard_id})
+                    group.child.send(
+                        "identify_grant",
+                        {"shard": grant.shard_id, "not_before": grant.not_before, "expires": grant.expires},
+                    )
         exhausted = self.gate.waiting and self.gate.budget_exhausted(now)
         if exhausted and not was_exhausted:
             log.error(
@@ -660,7 +717,7 @@ class Arbiter:
         shards = []
         for group in self.groups:
             child = group.child
-            report = (child.report.get("shards") if child else None) or {}
+            report = child.shard_reports if child else {}
             for shard in group.config.shard_ids:
                 info = report.get(str(shard), {})
                 shards.append(

@@ -20,6 +20,9 @@ from shard_worker.supervised import IPC_FD_ENV
 
 log = logging.getLogger("supervisor.child")
 
+#: Bytes read from one child's pipe per call: a child that writes fast cannot keep the loop.
+READ_BUDGET_BYTES = 1 << 20
+
 
 class Child:
     """A running ``python -m shard_worker`` for one group of shards."""
@@ -27,10 +30,11 @@ class Child:
     def __init__(self, group: int, config: WorkerConfig, *, log_format: str | None = None) -> None:
         self.group = group
         self.shard_ids = list(config.shard_ids)
+        self.shard_set = frozenset(self.shard_ids)
         self.decoder = ipc.Decoder()
         read_fd, write_fd = os.pipe()
         env = dict(os.environ)
-        env[CONFIG_ENV] = config.to_json()
+        env.pop(CONFIG_ENV, None)  # the configuration goes through stdin (no size limit)
         env[TOKEN_ENV] = config.token  # by environment, never argv
         env[IPC_FD_ENV] = str(write_fd)
         # WorkerConfig has no log format: the child's logging reads these (shard_worker.logs).
@@ -45,15 +49,25 @@ class Child:
                 pass_fds=(write_fd,),
                 close_fds=True,
                 start_new_session=False,
+                bufsize=0,
             )
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
         self.read_fd = read_fd
+        assert self.proc.stdin is not None
+        self.write_fd = self.proc.stdin.fileno()
+        os.set_blocking(self.write_fd, False)
+        #: Orders not written yet (the pipe was full); the arbiter writes them when it may.
+        self.out = bytearray()
+        self.write_watched = False  # registered with the arbiter's selector for EVENT_WRITE
         self.pid = self.proc.pid
         self.started_at = time.monotonic()
         self.last_heartbeat = self.started_at
+        #: The child's process-wide figures (its last ``heartbeat``).
         self.report: dict[str, Any] = {}
+        #: Each shard's last report (``shards`` messages).
+        self.shard_reports: dict[str, dict[str, Any]] = {}
         self.sessions: dict[int, SavedSession] = {}
         self.ready: set[int] = set()
         self.stopping_since: float | None = None
@@ -62,6 +76,8 @@ class Child:
         self.rss = 0
         self.cpu_percent = 0.0
         self._ps: psutil.Process | None = None
+        # The first order: its configuration, whatever its size (a session per shard).
+        self.send("config", config.to_dict())
 
     @property
     def label(self) -> str:
@@ -73,7 +89,8 @@ class Child:
     def read(self) -> list[ipc.Message] | None:
         """Messages available on the pipe; ``None`` once the child closed it."""
         messages: list[ipc.Message] = []
-        while True:
+        budget = READ_BUDGET_BYTES
+        while budget > 0:
             try:
                 chunk = os.read(self.read_fd, 65536)
             except BlockingIOError:
@@ -82,18 +99,29 @@ class Child:
                 return messages or None
             if not chunk:
                 return messages or None
+            budget -= len(chunk)
             messages += self.decoder.feed(chunk)
+        return messages  # more is waiting: the selector reports the pipe again
 
     def send(self, event: str, data: Any = None) -> bool:
-        stdin = self.proc.stdin
-        if stdin is None or stdin.closed:
+        """Queue an order and write what the pipe takes now; never blocks."""
+        if self.proc.stdin is None or self.proc.stdin.closed:
             return False
+        self.out += ipc.encode(event, data)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write queued orders; False once the child's stdin is gone."""
         try:
-            stdin.write(ipc.encode(event, data))
-            stdin.flush()
-            return True
-        except (BrokenPipeError, OSError, ValueError):
+            while self.out:
+                written = os.write(self.write_fd, self.out)
+                del self.out[:written]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.out.clear()
             return False
+        return True
 
     def stop(self, now: float) -> None:
         """Ask for a graceful stop (sessions kept); the arbiter kills it if it takes too long."""

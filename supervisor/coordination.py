@@ -5,8 +5,10 @@ same shard count, all on one RabbitMQ and one Redis. Discord's rules are per bot
 so three things are shared here:
 
 - **Identify buckets**: bucket ``shard_id % max_concurrency`` admits one IDENTIFY per interval
-  across every host. The key ``<prefix>:identify:bucket:<n>`` is set with ``NX`` and an expiry of
-  the interval, so a host that dies while holding it blocks nobody for longer than the interval.
+  across every host, timed from the IDENTIFY's write. The key ``<prefix>:identify:bucket:<n>`` is
+  taken for as long as a grant may still be written plus the interval; once the child reports the
+  write, it is set to expire one interval after that write. A host that dies while holding it
+  blocks nobody for longer than the grant's hold.
 - **The daily identify budget**: ``<prefix>:identify:remaining`` holds Discord's
   ``session_start_limit.remaining`` (refreshed by each host's ``GET /gateway/bot``, expiring at
   ``reset_after``) and is decremented by every grant in the same atomic script; grants are also
@@ -37,7 +39,7 @@ DEFAULT_PREFIX = "spectacles"
 SESSION_TTL_S = 15 * 60
 LOG_WINDOW_MS = 24 * 3600 * 1000
 
-#: KEYS: bucket lock, remaining budget, grant log. ARGV: interval ms, reserve, now ms, member.
+#: KEYS: bucket lock, remaining budget, grant log. ARGV: hold ms, reserve, now ms, member.
 #: Returns 0 (granted), a positive wait in ms (the bucket is busy) or -1 (budget held back).
 _IDENTIFY_SCRIPT = """
 local wait = redis.call('PTTL', KEYS[1])
@@ -72,16 +74,16 @@ class RedisCoordinator:
         return ":".join([self.prefix, *map(str, parts)])
 
     # -- identify -----------------------------------------------------------------------------
-    def try_identify(self, bucket: int, interval_s: float, reserve: int, now: float | None = None) -> float:
-        """Take bucket ``bucket`` for one IDENTIFY: 0.0 if granted, else seconds to wait
-        (``float('inf')`` while the shared daily budget is held back)."""
+    def try_identify(self, bucket: int, hold_s: float, reserve: int, now: float | None = None) -> float:
+        """Take bucket ``bucket`` for one IDENTIFY, for ``hold_s`` at most: 0.0 if granted, else
+        seconds to wait (``float('inf')`` while the shared daily budget is held back)."""
         now_ms = int((time.time() if now is None else now) * 1000)
         self._grants += 1
         member = f"{self.host_id}:{now_ms}:{self._grants}"
         result = int(
             self._identify(
                 keys=[self._key("identify", "bucket", bucket), self._key("identify", "remaining"), self._key("identify", "log")],
-                args=[int(interval_s * 1000), reserve, now_ms, member],
+                args=[max(1, int(hold_s * 1000)), reserve, now_ms, member],
             )
         )
         if result == 0:
@@ -89,6 +91,10 @@ class RedisCoordinator:
         if result < 0:
             return float("inf")
         return result / 1000.0
+
+    def identify_sent(self, bucket: int, interval_s: float) -> None:
+        """The IDENTIFY granted on ``bucket`` was written just now: free it ``interval_s`` later."""
+        self.redis.set(self._key("identify", "bucket", bucket), self.host_id, px=max(1, int(interval_s * 1000)))
 
     def set_budget(self, remaining: int, reset_after_s: float) -> None:
         """Publish Discord's ``session_start_limit`` (the latest answer wins)."""

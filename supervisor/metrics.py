@@ -40,8 +40,10 @@ from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("supervisor.metrics")
 
-#: Values of ``spectacles_shard_state``'s ``state`` label; exactly one is 1 per shard.
-SHARD_STATES = ("connecting", "identifying", "resuming", "ready", "stalled", "down")
+#: ``spectacles_shard_state`` is one series per shard whose value is the index of its state
+#: here (a Grafana value mapping turns it back into a name): 0 down ... 5 ready.
+SHARD_STATES = ("down", "connecting", "identifying", "resuming", "stalled", "ready")
+STATE_CODE = {name: code for code, name in enumerate(SHARD_STATES)}
 #: A shard's reported phase (``ShardMachine.phase``) to its ``state`` label.
 _STATE_OF_PHASE = {
     "connecting": "connecting",
@@ -50,17 +52,20 @@ _STATE_OF_PHASE = {
     "ready": "ready",
     "stalled": "stalled",
 }
-#: Per-shard counters of the report: report key -> (metric name, help).
+#: Per-shard counters of the report: report key -> (metric name, help). With the gauges (state,
+#: seq, latency, outbox) a shard has 10 series, whatever the event types: see docs/METRICS.md.
 SHARD_COUNTERS: dict[str, tuple[str, str]] = {
+    "received": ("spectacles_shard_events_received_total", "Dispatches received from Discord."),
+    "published": ("spectacles_shard_events_published_total", "Dispatches published to RabbitMQ."),
     "sent": ("spectacles_outbound_sent_total", "Packets sent to Discord from the outbound queues."),
     "reconnects": ("spectacles_shard_reconnects_total", "Gateway connections lost and reopened."),
     "resumes": ("spectacles_shard_resumes_total", "Sessions resumed (RESUMED received)."),
     "identifies": ("spectacles_shard_identifies_total", "IDENTIFY payloads sent (sessions started)."),
 }
-#: Per-shard counters by event type: report key -> (metric name, help).
+#: Per-group (process) counters by event type: report key -> (metric name, help).
 TYPED_COUNTERS: dict[str, tuple[str, str]] = {
-    "received_by_type": ("spectacles_events_received_total", "Dispatches received from Discord."),
-    "published_by_type": ("spectacles_events_published_total", "Dispatches published to RabbitMQ."),
+    "received_by_type": ("spectacles_events_received_total", "Dispatches received from Discord, by type."),
+    "published_by_type": ("spectacles_events_published_total", "Dispatches published to RabbitMQ, by type."),
 }
 
 
@@ -114,14 +119,9 @@ class ShardBase:
     """What previous children of one shard counted."""
 
     counters: Mapping[str, int] = field(default_factory=dict)
-    by_type: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def plus(self, report: Mapping[str, Any]) -> ShardBase:
-        by_type = {
-            key: _add_counts(self.by_type.get(key, {}), report.get(key)) for key in TYPED_COUNTERS
-        }
-        counters = _add_counts(self.counters, {k: report.get(k, 0) for k in SHARD_COUNTERS})
-        return ShardBase(counters, by_type)
+        return ShardBase(_add_counts(self.counters, {k: report.get(k, 0) for k in SHARD_COUNTERS}))
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,14 @@ class GroupBase:
     rejected: Mapping[str, int] = field(default_factory=dict)
     broker: Mapping[str, int] = field(default_factory=dict)
     confirm_latency: Mapping[str, Any] | None = None
+    by_type: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def plus(self, report: Mapping[str, Any]) -> GroupBase:
         return GroupBase(
             _add_counts(self.rejected, report.get("rejected")),
             _add_counts(self.broker, report.get("broker")),
             merge_histograms(self.confirm_latency, report.get("confirm_latency")),
+            {key: _add_counts(self.by_type.get(key, {}), report.get(key)) for key in TYPED_COUNTERS},
         )
 
 
@@ -153,7 +155,10 @@ class Snapshot:
     """A consistent copy of :class:`MetricsState`, for :func:`families`."""
 
     groups: Mapping[int, Sequence[int]]
+    #: each group's child's process-wide report (its last heartbeat)
     reports: Mapping[int, Mapping[str, Any]]
+    #: each group's shard reports, by shard id as a string
+    shard_reports: Mapping[int, Mapping[str, Mapping[str, Any]]]
     children: Mapping[int, ChildInfo]
     restarts: Mapping[int, int]
     shard_base: Mapping[int, ShardBase]
@@ -173,6 +178,7 @@ class MetricsState:
         self.groups = {g: tuple(shards) for g, shards in groups.items()}
         self.group_of = {s: g for g, shards in self.groups.items() for s in shards}
         self._reports: dict[int, Mapping[str, Any]] = {}
+        self._shard_reports: dict[int, dict[str, Mapping[str, Any]]] = {}
         self._children: dict[int, ChildInfo] = {}
         self._restarts: dict[int, int] = {g: 0 for g in self.groups}
         self._shard_base: dict[int, ShardBase] = {s: ShardBase() for s in self.group_of}
@@ -194,6 +200,13 @@ class MetricsState:
             child = self._children.get(group)
             if child is not None and child.pid == pid:
                 self._reports[group] = report
+
+    def shard_reports(self, group: int, pid: int, reports: Mapping[str, Mapping[str, Any]]) -> None:
+        """A ``shards`` message of the group's current child: the reports that changed."""
+        with self.lock:
+            child = self._children.get(group)
+            if child is not None and child.pid == pid:
+                self._shard_reports.setdefault(group, {}).update(reports)
 
     def child_sampled(self, group: int, pid: int, rss: int, cpu_percent: float) -> None:
         with self.lock:
@@ -232,18 +245,18 @@ class MetricsState:
 
     def _retire(self, group: int) -> None:
         report = self._reports.pop(group, None)
+        shard_reports = self._shard_reports.pop(group, None) or {}
         for shard in self.groups.get(group, ()):
             self._stalled.discard(shard)
-        if not report:
-            return
-        for key, shard_report in (report.get("shards") or {}).items():
+        for key, shard_report in shard_reports.items():
             try:
                 shard = int(key)
             except (TypeError, ValueError):
                 continue
             if shard in self._shard_base and isinstance(shard_report, Mapping):
                 self._shard_base[shard] = self._shard_base[shard].plus(shard_report)
-        self._group_base[group] = self._group_base[group].plus(report)
+        if report:
+            self._group_base[group] = self._group_base[group].plus(report)
 
     # -- read by the HTTP thread --------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -251,6 +264,8 @@ class MetricsState:
             return Snapshot(
                 groups=self.groups,
                 reports=dict(self._reports),
+                # copied: the arbiter adds to these dicts while a scrape reads the snapshot
+                shard_reports={g: dict(r) for g, r in self._shard_reports.items()},
                 children=dict(self._children),
                 restarts=dict(self._restarts),
                 shard_base=dict(self._shard_base),
@@ -270,8 +285,7 @@ def shard_state(snapshot: Snapshot, group: int, shard: int) -> str:
         return "down"
     if shard in snapshot.stalled:
         return "stalled"
-    report = (snapshot.reports.get(group) or {}).get("shards") or {}
-    info = report.get(str(shard))
+    info = (snapshot.shard_reports.get(group) or {}).get(str(shard))
     if not info:
         return "connecting"  # the child has not reported yet
     return _STATE_OF_PHASE.get(info.get("state"), "down")
@@ -286,8 +300,8 @@ def _number(value: Any) -> float | None:
 def families(snapshot: Snapshot) -> list[Metric]:
     """Every metric family of ``docs/METRICS.md`` for ``snapshot``."""
     sl = ["shard", "group"]
-    received = CounterMetricFamily(*TYPED_COUNTERS["received_by_type"], labels=[*sl, "type"])
-    published = CounterMetricFamily(*TYPED_COUNTERS["published_by_type"], labels=[*sl, "type"])
+    received = CounterMetricFamily(*TYPED_COUNTERS["received_by_type"], labels=["group", "type"])
+    published = CounterMetricFamily(*TYPED_COUNTERS["published_by_type"], labels=["group", "type"])
     counters = {
         key: CounterMetricFamily(*spec, labels=sl) for key, spec in SHARD_COUNTERS.items()
     }
@@ -304,8 +318,8 @@ def families(snapshot: Snapshot) -> list[Metric]:
     )
     state = GaugeMetricFamily(
         "spectacles_shard_state",
-        "1 for the shard's current state, 0 for the others.",
-        labels=[*sl, "state"],
+        "The shard's state: " + ", ".join(f"{code} {name}" for code, name in enumerate(SHARD_STATES)) + ".",
+        labels=sl,
     )
     rejected = CounterMetricFamily(
         "spectacles_outbound_rejected_total",
@@ -350,20 +364,17 @@ def families(snapshot: Snapshot) -> list[Metric]:
     for group, shards in sorted(snapshot.groups.items()):
         g = str(group)
         report = snapshot.reports.get(group) or {}
-        shard_reports = report.get("shards") or {}
+        shard_reports = snapshot.shard_reports.get(group) or {}
+        empty: Mapping[str, Any] = {}
+        no_base = ShardBase()
         for shard in shards:
-            labels = [str(shard), g]
-            live = shard_reports.get(str(shard)) or {}
-            base = snapshot.shard_base.get(shard) or ShardBase()
-            for key, family in (("received_by_type", received), ("published_by_type", published)):
-                totals = _add_counts(base.by_type.get(key, {}), live.get(key))
-                for event_type, value in sorted(totals.items()):
-                    family.add_metric([*labels, event_type], value)
+            key_s = str(shard)
+            labels = [key_s, g]
+            live = shard_reports.get(key_s) or empty
+            base = snapshot.shard_base.get(shard) or no_base
             for key, family in counters.items():
                 family.add_metric(labels, base.counters.get(key, 0) + (_number(live.get(key)) or 0))
-            current = shard_state(snapshot, group, shard)
-            for name in SHARD_STATES:
-                state.add_metric([*labels, name], 1.0 if name == current else 0.0)
+            state.add_metric(labels, STATE_CODE[shard_state(snapshot, group, shard)])
             if (ms := _number(live.get("latency_ms"))) is not None:
                 latency.add_metric(labels, ms / 1000.0)
             if (value := _number(live.get("seq"))) is not None:
@@ -372,6 +383,9 @@ def families(snapshot: Snapshot) -> list[Metric]:
                 outbox.add_metric(labels, value)
 
         gbase = snapshot.group_base.get(group) or GroupBase()
+        for key, family in (("received_by_type", received), ("published_by_type", published)):
+            for event_type, value in sorted(_add_counts(gbase.by_type.get(key, {}), report.get(key)).items()):
+                family.add_metric([g, event_type], value)
         for reason, value in sorted(_add_counts(gbase.rejected, report.get("rejected")).items()):
             rejected.add_metric([g, reason], value)
         for kind, value in sorted(_add_counts(gbase.broker, report.get("broker")).items()):

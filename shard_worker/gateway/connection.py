@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -21,7 +22,7 @@ from .. import jsonlib
 from ..logs import TRACE
 from ..outbound import Packet
 from .backoff import exponential_backoff
-from .protocol import IDENTIFY_INTERVAL_S, RESUMABLE_CLOSE, identify_bucket
+from .protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S, RESUMABLE_CLOSE, identify_bucket
 from .send_window import SendWindow
 from .state import (
     CloseConnection,
@@ -41,15 +42,30 @@ log = logging.getLogger("shard_worker.shard")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 3.0
-#: Keep a little margin over Discord's 5 s so that two identifies of a bucket never arrive closer.
-IDENTIFY_MARGIN_S = 0.25
 #: After this many failed connections to ``resume_gateway_url``, resume via the main gateway URL.
 RESUME_URL_ATTEMPTS = 3
+#: Distinct event types counted by name in one process; later ones count as :data:`OTHER_TYPE`.
+#: Discord sends about 80 types: the bound only stops a broken gateway from growing the
+#: counters (and the metrics' ``type`` label) without limit.
+MAX_EVENT_TYPES = 256
+OTHER_TYPE = "_OTHER"
+
+
+def count_type(counts: dict[str, int], t: str) -> None:
+    """``counts[t] += 1`` for a type not counted yet, within :data:`MAX_EVENT_TYPES`."""
+    if t in counts or len(counts) < MAX_EVENT_TYPES:
+        counts[t] = counts.get(t, 0) + 1
+    else:
+        counts[OTHER_TYPE] = counts.get(OTHER_TYPE, 0) + 1
 
 
 class IdentifyGate(Protocol):
-    async def acquire(self, shard_id: int) -> None:
-        """Return once this shard may send IDENTIFY now."""
+    async def acquire(self, shard_id: int) -> float | None:
+        """Return once this shard may send IDENTIFY now: the ``time.monotonic()`` after which
+        the permission is void (None: it does not expire)."""
+
+    def identify_sent(self, shard_id: int, at: float) -> None:
+        """The IDENTIFY of ``shard_id`` was written at ``at`` (``time.monotonic()``)."""
 
 
 class Publisher(Protocol):
@@ -59,7 +75,8 @@ class Publisher(Protocol):
 
 
 class LocalIdentifyGate:
-    """One IDENTIFY per ``interval`` per bucket ``shard_id % max_concurrency``, in one process."""
+    """One IDENTIFY per ``interval`` per bucket ``shard_id % max_concurrency``, in one process,
+    timed from each IDENTIFY's write."""
 
     def __init__(self, max_concurrency: int, interval: float = IDENTIFY_INTERVAL_S + IDENTIFY_MARGIN_S) -> None:
         self.max_concurrency = max(1, max_concurrency)
@@ -67,17 +84,19 @@ class LocalIdentifyGate:
         self._locks: dict[int, asyncio.Lock] = {}
         self._last: dict[int, float] = {}
 
-    async def acquire(self, shard_id: int) -> None:
+    async def acquire(self, shard_id: int) -> float | None:
         bucket = identify_bucket(shard_id, self.max_concurrency)
         lock = self._locks.setdefault(bucket, asyncio.Lock())
         async with lock:
-            loop = asyncio.get_running_loop()
-            last = self._last.get(bucket)
-            if last is not None:
-                wait = last + self.interval - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            self._last[bucket] = loop.time()
+            while (wait := self._last.get(bucket, float("-inf")) + self.interval - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            # Held until identify_sent moves it to the real write time.
+            self._last[bucket] = time.monotonic()
+        return None
+
+    def identify_sent(self, shard_id: int, at: float) -> None:
+        bucket = identify_bucket(shard_id, self.max_concurrency)
+        self._last[bucket] = max(self._last.get(bucket, at), at)
 
 
 class Outbox:
@@ -118,7 +137,11 @@ class ShardRunner:
         events: frozenset[str] | None = None,
         on_state: Callable[[ShardRunner, str], None] | None = None,
         stall_timeout: float = 30.0,
+        received_by_type: dict[str, int] | None = None,
+        published_by_type: dict[str, int] | None = None,
     ) -> None:
+        """``received_by_type`` / ``published_by_type``: counters by event type, usually one pair
+        shared by every shard of the process (per-shard counts by type do not scale)."""
         self.machine = machine
         self.shard_id = machine.shard_id
         self.gateway = gateway
@@ -141,8 +164,8 @@ class ShardRunner:
         self.received = 0
         self.published = 0
         #: dispatches received and published, by event type (``t``)
-        self.received_by_type: dict[str, int] = {}
-        self.published_by_type: dict[str, int] = {}
+        self.received_by_type: dict[str, int] = {} if received_by_type is None else received_by_type
+        self.published_by_type: dict[str, int] = {} if published_by_type is None else published_by_type
         self.filtered = 0
         self.reconnects = 0
         self.identifies = 0
@@ -261,7 +284,10 @@ class ShardRunner:
                     if type(action) is Dispatch:
                         t = action.t
                         self.received += 1
-                        received_by_type[t] = received_by_type.get(t, 0) + 1
+                        try:
+                            received_by_type[t] += 1
+                        except KeyError:
+                            count_type(received_by_type, t)
                         if trace:
                             log.log(TRACE, "shard %d <- %s #%s %s", shard_id, action.t, action.seq, jsonlib.dumps(action.d))
                         if events is not None and t not in events:
@@ -269,7 +295,10 @@ class ShardRunner:
                             continue
                         publisher.publish_event(shard_id, machine.session_id, t, action.seq, dumps_bytes(action.d))
                         self.published += 1
-                        published_by_type[t] = published_by_type.get(t, 0) + 1
+                        try:
+                            published_by_type[t] += 1
+                        except KeyError:
+                            count_type(published_by_type, t)
                         if not publisher.has_room() and not await self._wait_room(ws):
                             return
                     else:
@@ -360,12 +389,19 @@ class ShardRunner:
 
     async def _identify(self, ws: ClientConnection, tasks: list[asyncio.Task]) -> None:
         self.on_state(self, "identifying")
-        await self.gate.acquire(self.shard_id)
-        if ws.close_code is not None or self.machine.phase is not Phase.IDENTIFYING:
-            return
+        while True:
+            expires = await self.gate.acquire(self.shard_id)
+            if ws.close_code is not None or self.machine.phase is not Phase.IDENTIFYING:
+                return
+            if expires is None or time.monotonic() <= expires:
+                break
+            # This loop was too busy to write it in time: the gate has moved on; ask again.
+            log.warning("shard %d: identify grant expired before it could be sent; asking again", self.shard_id)
         self.identifies += 1
         for action in self.machine.identify_granted(asyncio.get_running_loop().time()):
             await self._act(ws, action, tasks)
+        # Discord counts arrivals: the bucket's next IDENTIFY is timed from this write.
+        self.gate.identify_sent(self.shard_id, time.monotonic())
 
     async def _sender(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()

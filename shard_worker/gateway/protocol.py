@@ -143,6 +143,9 @@ SEND_RESERVED_FOR_CONTROL = 5
 MAX_PAYLOAD_BYTES = 4096
 #: One identify per this many seconds per bucket ``shard_id % max_concurrency``.
 IDENTIFY_INTERVAL_S = 5.0
+#: Our margin over it, from one IDENTIFY's write to the next of its bucket: Discord counts
+#: arrivals, and networks jitter.
+IDENTIFY_MARGIN_S = 0.5
 #: After op 9 with ``d=false``: wait a random time in this range before identifying again.
 INVALID_SESSION_WAIT_S = (1.0, 5.0)
 

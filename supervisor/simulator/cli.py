@@ -53,6 +53,8 @@ class _OneLineErrorsCommand(click.Command):
 @click.option("--fragment", is_flag=True, help="Split each compressed message over two frames.")
 @click.option("--replay-buffer", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Dispatches kept per session for RESUME.")
+@click.option("--session-start-total", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Daily identifies (session_start_limit.total; large bots get more).")
 @click.option("--record-limit", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Records kept per list (bounds memory of endless runs).")
 @click.option(
@@ -73,6 +75,7 @@ def simulate_command(
     rate: float,
     fragment: bool,
     replay_buffer: int,
+    session_start_total: int,
     record_limit: int,
     log_level: str,
 ) -> None:
@@ -90,6 +93,7 @@ def simulate_command(
         fragment=fragment,
         replay_buffer=replay_buffer,
         record_limit=record_limit,
+        session_start_total=session_start_total,
     )
     try:
         options.validate()

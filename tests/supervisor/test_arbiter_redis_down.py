@@ -40,6 +40,7 @@ class FakeChild:
         self.pid, self.shard_ids, self.label = pid, [0, 1], f"group 0 (pid {pid})"
         self.stopping_since = 1.0 if stopping else None
         self.read_fd = -1
+        self.write_watched = False
         self.report: dict = {}
         self.ready: set = set()
 

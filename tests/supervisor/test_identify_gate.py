@@ -8,16 +8,47 @@ from hypothesis import strategies as st
 from supervisor.identify_gate import IdentifyGate
 
 
-def test_one_grant_per_bucket_per_interval_in_request_order():
-    gate = IdentifyGate(max_concurrency=2, interval=5.0)
+def test_one_grant_per_bucket_per_interval_from_the_write_in_request_order():
+    gate = IdentifyGate(max_concurrency=2, interval=5.0, lead=0.5)
     for shard in (0, 2, 4, 1, 3):
         gate.request("child", shard)
-    assert [g.shard_id for g in gate.due(0.0)] == [0, 1]  # buckets 0 and 1 open at once
+    first = gate.due(0.0)
+    assert [g.shard_id for g in first] == [0, 1]  # buckets 0 and 1 open at once
+    assert [g.not_before for g in first] == [0.0, 0.0]
+    assert gate.due(1.0) == []  # in flight: not written yet
+    gate.sent(0, 0.2)
+    gate.sent(1, 1.0)  # a busy child wrote bucket 1's grant late
+    assert gate.due(4.6) == []
+    assert gate.next_time(4.6) == 4.7  # 0.5 s before bucket 0 is free
+    second = gate.due(4.7)
+    assert [(g.shard_id, g.not_before) for g in second] == [(2, 5.2)]
+    assert [(g.shard_id, g.not_before) for g in gate.due(5.5)] == [(3, 6.0)]
+    gate.sent(2, 5.2)
+    assert [(g.shard_id, g.not_before) for g in gate.due(9.7)] == [(4, 10.2)]
+    assert gate.next_time(9.7) is None and gate.waiting == 0
+
+
+def test_a_grant_never_written_counts_as_written_when_it_expires():
+    gate = IdentifyGate(1, interval=5.5, lead=0.5, validity=5.0)
+    gate.request("a", 0)
+    gate.request("a", 1)
+    [grant] = gate.due(0.0)
+    assert grant.expires == 5.0
+    assert gate.next_time(1.0) == 5.0
     assert gate.due(4.9) == []
-    assert gate.next_time(4.9) == 5.0
-    assert [g.shard_id for g in gate.due(5.0)] == [2, 3]
-    assert [g.shard_id for g in gate.due(10.0)] == [4]
-    assert gate.next_time(10.0) is None and gate.waiting == 0
+    assert gate.due(5.0) == []  # voided at 5.0; the next may leave at 5.0 + 5.5 - 0.5
+    assert [(g.shard_id, g.not_before) for g in gate.due(10.0)] == [(1, 10.5)]
+    assert gate.sent(0, 4.0) is False  # a report after the grant was voided changes nothing
+
+
+def test_a_dead_childs_grant_counts_as_written_at_its_death():
+    gate = IdentifyGate(1, interval=5.5, lead=0.5)
+    gate.request("a", 0)
+    gate.request("b", 1)
+    gate.due(0.0)
+    gate.cancel("a", now=2.0)
+    assert gate.due(6.9) == []
+    assert [(g.requester, g.not_before) for g in gate.due(7.0)] == [("b", 7.5)]
 
 
 def test_cancel_forgets_a_dead_child():
@@ -41,6 +72,7 @@ def test_budget_holds_grants_until_reset():
     for shard in range(4):
         gate.request("a", shard)
     assert len(gate.due(0.0)) == 1 and gate.remaining == 6
+    gate.sent(0, 0.0)
     assert len(gate.due(5.0)) == 1 and gate.remaining == 5
     assert gate.budget_exhausted(10.0)
     assert gate.due(10.0) == [] and gate.next_time(10.0) == 1000.0
@@ -49,32 +81,50 @@ def test_budget_holds_grants_until_reset():
 
 @given(
     st.integers(1, 16),
-    st.lists(st.tuples(st.integers(0, 63), st.floats(0, 3)), min_size=1, max_size=80),
+    st.lists(st.tuples(st.integers(0, 63), st.floats(0, 3), st.floats(0, 6)), min_size=1, max_size=80),
 )
-def test_no_bucket_is_ever_granted_twice_within_the_interval(max_concurrency, requests):
-    gate = IdentifyGate(max_concurrency, interval=5.0)
-    now, granted = 0.0, []
-    for shard, step in requests:
+def test_no_two_writes_of_a_bucket_are_ever_closer_than_the_interval(max_concurrency, requests):
+    """Whatever the delays between a grant and its write (within the grant's validity, or
+    never written), two IDENTIFYs of one bucket are written at least ``interval`` apart."""
+    gate = IdentifyGate(max_concurrency, interval=5.5, lead=0.5, validity=5.0)
+    delays = {shard: delay for shard, _, delay in requests}
+    now, writes, pending = 0.0, [], []
+
+    def step(at):
+        nonlocal pending
+        for grant in gate.due(at):
+            write_at = grant.not_before + delays[grant.shard_id]
+            if write_at <= grant.expires:  # a child writes only a grant that has not expired
+                pending.append((write_at, grant.shard_id))
+        due_writes = [p for p in pending if p[0] <= at]
+        pending = [p for p in pending if p[0] > at]
+        for write_at, shard in due_writes:
+            writes.append((write_at, shard))
+            gate.sent(shard, write_at)
+
+    for shard, gap, _ in requests:
         gate.request(shard, shard)
-        now += step
-        granted += [(now, g.shard_id) for g in gate.due(now)]
-    while gate.waiting:
-        now = gate.next_time(now)
-        granted += [(now, g.shard_id) for g in gate.due(now)]
+        now += gap
+        step(now)
+    for _ in range(10_000):
+        if not gate.waiting and not pending and not gate.in_flight:
+            break
+        times = [t for t in (gate.next_time(now), *(p[0] for p in pending)) if t is not None]
+        now = max(now, min(times)) if times else now + 1.0
+        step(now)
     last: dict[int, float] = {}
-    for at, shard in granted:
+    for at, shard in sorted(writes):
         bucket = shard % max_concurrency
-        assert bucket not in last or at - last[bucket] >= 5.0 - 1e-9  # float rounding only
+        assert bucket not in last or at - last[bucket] >= 5.5 - 1e-9
         last[bucket] = at
-    assert {shard for _, shard in granted} == {shard for shard, _ in requests}
-    assert len(granted) == gate.total_granted
+    assert gate.waiting == 0
 
 
 def test_a_shared_lock_held_elsewhere_delays_the_bucket():
     answers = {0: [2.0, 0.0], 1: [0.0]}
     asked = []
 
-    def shared(bucket):
+    def shared(bucket, hold_s):
         asked.append(bucket)
         return answers[bucket].pop(0)
 
@@ -87,8 +137,22 @@ def test_a_shared_lock_held_elsewhere_delays_the_bucket():
     assert [g.shard_id for g in gate.due(2.0)] == [0]
 
 
+def test_the_shared_lock_is_held_until_the_write_and_freed_one_interval_after_it():
+    holds, sent = [], []
+    gate = IdentifyGate(
+        1, interval=5.5, lead=0.5, validity=5.0,
+        shared_lock=lambda bucket, hold_s: holds.append(hold_s) or 0.0,
+        shared_sent=sent.append,
+    )
+    gate.request("a", 0)
+    [grant] = gate.due(10.0)
+    assert holds == [5.0 + 5.5]  # a grant may be written until it expires, then the interval
+    gate.sent(0, 12.0)
+    assert sent == [0]
+
+
 def test_a_held_shared_budget_retries_later():
-    gate = IdentifyGate(1, interval=5.0, shared_lock=lambda bucket: float("inf"))
+    gate = IdentifyGate(1, interval=5.0, shared_lock=lambda bucket, hold_s: float("inf"))
     gate.request("a", 0)
     assert gate.due(0.0) == []
     assert gate.next_time(0.0) == 5.0
@@ -96,7 +160,7 @@ def test_a_held_shared_budget_retries_later():
 
 def test_the_budget_guard_keeps_working_after_discord_resets_it():
     day = 24 * 3600.0
-    gate = IdentifyGate(1, interval=5.0, remaining=6, reset_at=100.0, reserve=5, total=8)
+    gate = IdentifyGate(1, interval=5.0, remaining=6, reset_at=100.0, reserve=5, total=8, validity=1.0)
     gate.request("a", 0)
     assert len(gate.due(0.0)) == 1 and gate.budget_exhausted(1.0)
     assert not gate.budget_exhausted(100.0)  # reset: 8 again, next reset a day later
@@ -109,10 +173,10 @@ def test_the_budget_guard_keeps_working_after_discord_resets_it():
 
 
 def test_public_view_of_queues_and_free_times():
-    gate = IdentifyGate(2, interval=5.0, shared_lock=lambda bucket: 3.0 if bucket == 1 else 0.0)
+    gate = IdentifyGate(2, interval=5.0, shared_lock=lambda bucket, hold_s: 3.0 if bucket == 1 else 0.0)
     for shard in (0, 2, 1):
         gate.request("a", shard)
     assert gate.queued() == {0: [0, 2], 1: [1]}
     assert [g.shard_id for g in gate.due(10.0)] == [0]  # bucket 1 is held elsewhere for 3 s
     assert gate.queued() == {0: [2], 1: [1]}
-    assert gate.free_at() == {0: 15.0, 1: 13.0}
+    assert gate.free_at() == {0: 15.0, 1: 13.0}  # bucket 0 in flight: counted from not_before

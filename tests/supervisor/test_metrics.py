@@ -61,6 +61,7 @@ def series(samples, name):
 
 
 def shard(state="ready", seq=10, received=None, published=None, **counters):
+    """A shard's report, plus (under ``_by_type``) what it adds to its process's counters."""
     return {
         "state": state,
         "seq": seq,
@@ -73,22 +74,45 @@ def shard(state="ready", seq=10, received=None, published=None, **counters):
         "resumes": counters.get("resumes", 0),
         "sent": counters.get("sent", 0),
         "outbox": counters.get("outbox", 0),
-        "received_by_type": dict(received or {}),
-        "published_by_type": dict(published or {}),
+        "_by_type": (dict(received or {}), dict(published or {})),
     }
 
 
 def report(shards, *, rejected=None, broker=None, counts=None, total=0.0, buffered=0, connected=True):
+    """``(process report, shard reports)`` as a child sends them (``heartbeat``, ``shards``)."""
     counts = counts or [0, 0, 0, 0]
-    return {
-        "shards": {str(k): v for k, v in shards.items()},
+    received: dict[str, int] = {}
+    published: dict[str, int] = {}
+    reports = {}
+    for key, value in shards.items():
+        value = dict(value)
+        by_received, by_published = value.pop("_by_type")
+        for counts_by, more in ((received, by_received), (published, by_published)):
+            for t, n in more.items():
+                counts_by[t] = counts_by.get(t, 0) + n
+        reports[str(key)] = value
+    process = {
         "buffered": buffered,
         "buffered_bytes": buffered * 100,
         "broker_connected": connected,
         "rejected": dict(rejected or {}),
         "broker": dict(broker or {}),
         "confirm_latency": {"bounds": BOUNDS, "counts": counts, "sum": total, "count": sum(counts)},
+        "received_by_type": received,
+        "published_by_type": published,
     }
+    return process, reports
+
+
+def push(state: MetricsState, group: int, pid: int, both) -> None:
+    process, reports = both
+    state.shard_reports(group, pid, reports)
+    state.child_report(group, pid, process)
+
+
+def state_of(samples, shard, group):
+    code = value(samples, "spectacles_shard_state", shard=shard, group=group)
+    return None if code is None else SHARD_STATES[int(code)]
 
 
 # -- aggregation, without processes -----------------------------------------------------------
@@ -98,14 +122,17 @@ def test_counters_carry_over_when_a_child_is_replaced():
     clock = Clock()
     state = MetricsState({0: [0, 1], 1: [2]}, clock=clock)
     state.child_started(0, 100, clock.now)
-    state.child_report(0, 100, report({
+    push(state, 0, 100, report({
         0: shard(received={"MESSAGE_CREATE": 50, "READY": 1}, published={"MESSAGE_CREATE": 40},
                  identifies=1, sent=3, reconnects=2, resumes=1),
         1: shard(received={"READY": 1}, identifies=1),
     }, rejected={"reserved_op": 2}, broker={"published": 40, "confirmed": 39}, counts=[30, 9, 0, 0], total=0.2))
     before = scrape_state(state)
-    assert value(before, "spectacles_events_received_total", shard=0, group=0, type="MESSAGE_CREATE") == 50
-    assert value(before, "spectacles_events_published_total", shard=0, group=0, type="MESSAGE_CREATE") == 40
+    assert value(before, "spectacles_events_received_total", group=0, type="MESSAGE_CREATE") == 50
+    assert value(before, "spectacles_events_received_total", group=0, type="READY") == 2  # both shards
+    assert value(before, "spectacles_events_published_total", group=0, type="MESSAGE_CREATE") == 40
+    assert value(before, "spectacles_shard_events_received_total", shard=0, group=0) == 51
+    assert value(before, "spectacles_shard_events_published_total", shard=0, group=0) == 40
     assert value(before, "spectacles_outbound_sent_total", shard=0, group=0) == 3
     assert value(before, "spectacles_shard_reconnects_total", shard=0, group=0) == 2
     assert value(before, "spectacles_outbound_rejected_total", group=0, reason="reserved_op") == 2
@@ -118,7 +145,7 @@ def test_counters_carry_over_when_a_child_is_replaced():
         if name.endswith(("_total", "_bucket", "_count", "_sum")) and "spectacles_supervisor" not in name:
             if name != "spectacles_child_restarts_total":
                 assert down.get((name, labels)) == v, (name, labels)
-    assert value(down, "spectacles_shard_state", shard=0, group=0, state="down") == 1
+    assert state_of(down, 0, 0) == "down"
     assert value(down, "spectacles_child_restarts_total", group=0) == 1
     assert value(down, "spectacles_child_up", group=0) == 0
     assert value(down, "spectacles_shard_seq", shard=0, group=0) is None  # no live figure
@@ -126,14 +153,15 @@ def test_counters_carry_over_when_a_child_is_replaced():
 
     # the replacement counts from 0 again: totals are base + new
     state.child_started(0, 101, clock.now)
-    state.child_report(0, 101, report({
+    push(state, 0, 101, report({
         0: shard(state="resuming", received={"MESSAGE_CREATE": 5, "RESUMED": 1}, resumes=1),
     }, rejected={"not_json": 1}, broker={"published": 5}, counts=[1, 0, 0, 1], total=2.5))
     after = scrape_state(state)
-    assert value(after, "spectacles_events_received_total", shard=0, group=0, type="MESSAGE_CREATE") == 55
-    assert value(after, "spectacles_events_received_total", shard=0, group=0, type="RESUMED") == 1
-    assert value(after, "spectacles_events_received_total", shard=0, group=0, type="READY") == 1
-    assert value(after, "spectacles_events_published_total", shard=0, group=0, type="MESSAGE_CREATE") == 40
+    assert value(after, "spectacles_events_received_total", group=0, type="MESSAGE_CREATE") == 55
+    assert value(after, "spectacles_events_received_total", group=0, type="RESUMED") == 1
+    assert value(after, "spectacles_events_received_total", group=0, type="READY") == 2
+    assert value(after, "spectacles_events_published_total", group=0, type="MESSAGE_CREATE") == 40
+    assert value(after, "spectacles_shard_events_received_total", shard=0, group=0) == 57
     assert value(after, "spectacles_shard_resumes_total", shard=0, group=0) == 2
     assert value(after, "spectacles_shard_identifies_total", shard=0, group=0) == 1
     assert value(after, "spectacles_shard_identifies_total", shard=1, group=0) == 1
@@ -148,7 +176,7 @@ def test_counters_carry_over_when_a_child_is_replaced():
     assert value(after, "spectacles_publish_confirm_latency_seconds_bucket", group=0, le="+Inf") == 41
     assert value(after, "spectacles_publish_confirm_latency_seconds_count", group=0) == 41
     assert value(after, "spectacles_publish_confirm_latency_seconds_sum", group=0) == pytest.approx(2.7)
-    assert value(after, "spectacles_shard_state", shard=0, group=0, state="resuming") == 1
+    assert state_of(after, 0, 0) == "resuming"
     # never backwards, series by series
     for (name, labels), v in before.items():
         if name.endswith("_total"):
@@ -158,34 +186,34 @@ def test_counters_carry_over_when_a_child_is_replaced():
 def test_a_late_report_of_a_dead_child_is_not_counted_twice():
     state = MetricsState({0: [0]}, clock=Clock())
     state.child_started(0, 100, 0.0)
-    state.child_report(0, 100, report({0: shard(received={"T": 10})}))
+    push(state, 0, 100, report({0: shard(received={"T": 10})}))
     state.child_exited(0, 100)
-    state.child_report(0, 100, report({0: shard(received={"T": 12})}))  # ignored: pid 100 is gone
+    push(state, 0, 100, report({0: shard(received={"T": 12})}))  # ignored: pid 100 is gone
     state.child_exited(0, 100)  # twice: no-op
     state.child_started(0, 200, 0.0)
-    state.child_report(0, 100, report({0: shard(received={"T": 99})}))  # not the current child
+    push(state, 0, 100, report({0: shard(received={"T": 99})}))  # not the current child
     samples = scrape_state(state)
-    assert value(samples, "spectacles_events_received_total", shard=0, group=0, type="T") == 10
+    assert value(samples, "spectacles_events_received_total", group=0, type="T") == 10
+    assert value(samples, "spectacles_shard_events_received_total", shard=0, group=0) == 10
     # a new child started without the old one's exit being seen: the old report still carries
-    state.child_report(0, 200, report({0: shard(received={"T": 3})}))
+    push(state, 0, 200, report({0: shard(received={"T": 3})}))
     state.child_started(0, 300, 0.0)
     samples = scrape_state(state)
-    assert value(samples, "spectacles_events_received_total", shard=0, group=0, type="T") == 13
+    assert value(samples, "spectacles_events_received_total", group=0, type="T") == 13
+    assert value(samples, "spectacles_shard_events_received_total", shard=0, group=0) == 13
 
 
-def test_shard_states_one_hot():
+def test_shard_states_one_series_per_shard():
     state = MetricsState({0: [0, 1, 2, 3, 4], 1: [5]}, clock=Clock())
 
     def current(samples, s, g=0):
-        on = [st for st in SHARD_STATES if value(samples, "spectacles_shard_state", shard=s, group=g, state=st) == 1]
-        off = [st for st in SHARD_STATES if value(samples, "spectacles_shard_state", shard=s, group=g, state=st) == 0]
-        assert len(on) == 1 and len(off) == len(SHARD_STATES) - 1
-        return on[0]
+        assert len([1 for (n, labels) in samples if n == "spectacles_shard_state" and ("shard", str(s)) in labels]) == 1
+        return state_of(samples, s, g)
 
     assert current(scrape_state(state), 0) == "down"  # no child
     state.child_started(0, 7, 0.0)
     assert current(scrape_state(state), 0) == "connecting"  # a child, no report yet
-    state.child_report(0, 7, report({
+    push(state, 0, 7, report({
         0: shard("ready"), 1: shard("identifying"), 2: shard("resuming"), 3: shard("disconnected"),
         4: shard("connecting"),
     }))
@@ -193,7 +221,7 @@ def test_shard_states_one_hot():
     assert [current(samples, s) for s in range(5)] == ["ready", "identifying", "resuming", "down", "connecting"]
     assert current(samples, 5, g=1) == "down"
     state.shard_event(0, "stalled")  # the broker is full: stalled until the shard's next event
-    state.child_report(0, 7, report({0: shard("ready")}))
+    push(state, 0, 7, report({0: shard("ready")}))
     assert current(scrape_state(state), 0) == "stalled"
     state.shard_event(0, "ready")
     assert current(scrape_state(state), 0) == "ready"
@@ -207,7 +235,7 @@ def test_gauges_child_and_supervisor_figures():
     clock = Clock(500.0)
     state = MetricsState({0: [0], 1: [1]}, clock=clock)
     state.child_started(0, 7, 480.0)
-    state.child_report(0, 7, report({0: shard(seq=1234, latency_ms=41.5, outbox=3)}, buffered=12, connected=False))
+    push(state, 0, 7, report({0: shard(seq=1234, latency_ms=41.5, outbox=3)}, buffered=12, connected=False))
     samples = scrape_state(state)
     assert value(samples, "spectacles_child_rss_bytes", group=0) is None  # not sampled yet
     state.child_sampled(0, 7, 50 * 2**20, 12.5)
@@ -260,7 +288,10 @@ def test_the_arbiter_feeds_the_state_from_ipc_and_exits(tmp_path):
     class FakeChild:
         def __init__(self, pid):
             self.pid, self.group, self.shard_ids = pid, 0, [0, 1]
+            self.shard_set = frozenset(self.shard_ids)
             self.report, self.ready, self.label = {}, set(), f"group 0 (pid {pid})"
+            self.shard_reports = {}
+            self.out, self.write_watched = b"", False
             self.last_heartbeat = self.started_at = time.monotonic()
             self.stopping_since = None
             self.rss, self.cpu_percent, self.read_fd = 0, 0.0, -1
@@ -277,17 +308,21 @@ def test_the_arbiter_feeds_the_state_from_ipc_and_exits(tmp_path):
     group = arbiter.groups[0]
     child = group.child = FakeChild(41)
     arbiter.metrics.child_started(0, 41, child.started_at)
-    arbiter._on_message(child, Message("heartbeat", report({0: shard(received={"MESSAGE_CREATE": 7}), 1: shard()})))
+    process, reports = report({0: shard(received={"MESSAGE_CREATE": 7}), 1: shard()})
+    arbiter._on_message(child, Message("shards", {"shards": reports}))
+    arbiter._on_message(child, Message("heartbeat", process))
     arbiter._on_message(child, Message("shard_state", {"shard": 1, "state": "stalled"}))
     samples = scrape_state(arbiter.metrics)
-    assert value(samples, "spectacles_events_received_total", shard=0, group=0, type="MESSAGE_CREATE") == 7
-    assert value(samples, "spectacles_shard_state", shard=1, group=0, state="stalled") == 1
+    assert value(samples, "spectacles_events_received_total", group=0, type="MESSAGE_CREATE") == 7
+    assert value(samples, "spectacles_shard_events_received_total", shard=0, group=0) == 7
+    assert state_of(samples, 1, 0) == "stalled"
     assert arbiter.status()["shards"][1]["state"] == "stalled"
     arbiter._on_exit(group, child, -9, time.monotonic())
     samples = scrape_state(arbiter.metrics)
     assert value(samples, "spectacles_child_restarts_total", group=0) == 1
-    assert value(samples, "spectacles_events_received_total", shard=0, group=0, type="MESSAGE_CREATE") == 7
-    assert value(samples, "spectacles_shard_state", shard=1, group=0, state="down") == 1
+    assert value(samples, "spectacles_events_received_total", group=0, type="MESSAGE_CREATE") == 7
+    assert value(samples, "spectacles_shard_events_received_total", shard=0, group=0) == 7
+    assert state_of(samples, 1, 0) == "down"
 
 
 def test_a_slow_scrape_never_holds_the_arbiters_lock(monkeypatch):
@@ -314,7 +349,7 @@ def test_a_slow_scrape_never_holds_the_arbiters_lock(monkeypatch):
         assert building.wait(10)
         started = time.monotonic()
         for _ in range(100):  # what the arbiter does on every heartbeat, mid-scrape
-            state.child_report(0, 1, report({0: shard(received={"T": 1})}))
+            push(state, 0, 1, report({0: shard(received={"T": 1})}))
         assert time.monotonic() - started < 0.5
         scraper.join(30)
         assert b"spectacles_shard_state" in result["text"]
@@ -327,7 +362,7 @@ def test_metrics_server_serves_and_closes():
     server = MetricsServer(("127.0.0.1", 0), state)
     host, port = server.address
     body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
-    assert 'spectacles_shard_state{group="0",shard="0",state="down"} 1.0' in body
+    assert 'spectacles_shard_state{group="0",shard="0"} 0.0' in body  # 0: down
     server.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2)
@@ -384,6 +419,7 @@ def per_shard_counters(samples):
 
 EXPECTED_FAMILIES = {
     "spectacles_events_received_total", "spectacles_events_published_total",
+    "spectacles_shard_events_received_total", "spectacles_shard_events_published_total",
     "spectacles_outbound_sent_total", "spectacles_outbound_rejected_total",
     "spectacles_heartbeat_latency_seconds", "spectacles_shard_state", "spectacles_shard_seq",
     "spectacles_shard_reconnects_total", "spectacles_shard_resumes_total",
@@ -411,9 +447,7 @@ def test_metrics_of_a_real_supervisor_move_and_survive_a_kill(amqp_url, rabbit, 
         )  # fmt: skip
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=60)
-            ready = lambda m: m and all(  # noqa: E731
-                value(m, "spectacles_shard_state", shard=s, group=s // 2, state="ready") == 1 for s in range(4)
-            )
+            ready = lambda m: m and all(state_of(m, s, s // 2) == "ready" for s in range(4))  # noqa: E731
             first = wait_for(
                 lambda: (m := try_scrape(port)) and ready(m) and m, 30, interval=0.5, what="4 ready shards"
             )
@@ -436,23 +470,22 @@ def test_metrics_of_a_real_supervisor_move_and_survive_a_kill(amqp_url, rabbit, 
 
             names = {name for name, _ in second}
             assert EXPECTED_FAMILIES <= names, EXPECTED_FAMILIES - names
-            # labels: every per-shard series names its shard and group
+            # labels: counts by type are per group; every per-shard series names shard and group
             for labels in series(second, "spectacles_events_received_total"):
+                assert set(dict(labels)) == {"group", "type"}
+            for labels in series(second, "spectacles_shard_events_received_total"):
                 labels = dict(labels)
-                assert set(labels) == {"shard", "group", "type"}
+                assert set(labels) == {"shard", "group"}
                 assert int(labels["group"]) == int(labels["shard"]) // 2
+            for g in (0, 1):
+                key = dict(group=g, type="MESSAGE_CREATE")
+                for name in ("spectacles_events_received_total", "spectacles_events_published_total"):
+                    assert value(second, name, **key) > value(first, name, **key)
+                assert value(second, "spectacles_events_received_total", group=g, type="READY") == 2
             for s in range(4):
-                key = dict(shard=s, group=s // 2, type="MESSAGE_CREATE")
-                assert value(second, "spectacles_events_received_total", **key) > value(
-                    first, "spectacles_events_received_total", **key
-                )
-                assert value(second, "spectacles_events_published_total", **key) > value(
-                    first, "spectacles_events_published_total", **key
-                )
-                assert value(second, "spectacles_shard_seq", shard=s, group=s // 2) > value(
-                    first, "spectacles_shard_seq", shard=s, group=s // 2
-                )
-                assert value(second, "spectacles_events_received_total", shard=s, group=s // 2, type="READY") == 1
+                key = dict(shard=s, group=s // 2)
+                for name in ("spectacles_shard_events_received_total", "spectacles_shard_events_published_total", "spectacles_shard_seq"):
+                    assert value(second, name, **key) > value(first, name, **key)
                 assert value(second, "spectacles_shard_identifies_total", shard=s, group=s // 2) == 1
                 assert 0 <= value(second, "spectacles_heartbeat_latency_seconds", shard=s, group=s // 2) < 5
             for g in (0, 1):
@@ -504,8 +537,8 @@ def test_metrics_of_a_real_supervisor_move_and_survive_a_kill(amqp_url, rabbit, 
             )
             wait_for(
                 lambda: (m := try_scrape(port))
-                and value(m, "spectacles_events_received_total", shard=2, group=1, type="MESSAGE_CREATE")
-                > value(before, "spectacles_events_received_total", shard=2, group=1, type="MESSAGE_CREATE") + 20,
+                and value(m, "spectacles_shard_events_received_total", shard=2, group=1)
+                > value(before, "spectacles_shard_events_received_total", shard=2, group=1) + 20,
                 30,
                 interval=0.5,
                 what="events counted on from the carried-over base",

@@ -79,7 +79,7 @@ def test_format_elapsed():
 
 
 def test_gate_view_agrees_with_the_gate():
-    gate = IdentifyGate(4, interval=5.0)
+    gate = IdentifyGate(4, interval=5.0, lead=0.0)
     for shard in range(10):  # buckets 0, 1: 3 each; 2, 3: 2 each
         gate.request("child", shard)
     granted = gate.due(100.0)
@@ -92,8 +92,14 @@ def test_gate_view_agrees_with_the_gate():
     p = estimate(4, 10, queued=view.queued, free_at=view.free_at, interval=gate.interval, now=101.0)
     assert p.next_grant_in == pytest.approx(gate.next_time(101.0) - 101.0)
     assert p.eta == pytest.approx(9.0)  # buckets 0 and 1: grants at 105 and 110
-    # the gate's own future agrees: the last grant happens at 110
-    assert len(gate.due(105.0)) == 4 and len(gate.due(110.0)) == 2 and gate.waiting == 0
+    # the gate's own future agrees (children that write each grant at its not_before):
+    # the last grant happens at 110
+    for grant in granted:
+        gate.sent(grant.shard_id, grant.not_before)
+    second = gate.due(105.0)
+    for grant in second:
+        gate.sent(grant.shard_id, grant.not_before)
+    assert len(second) == 4 and len(gate.due(110.0)) == 2 and gate.waiting == 0
 
 
 def test_gate_view_of_a_spent_budget():
