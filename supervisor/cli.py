@@ -26,7 +26,8 @@ code   meaning
        Retrying later may help.
 2      bad usage or configuration: unknown command or option, a bad value from a flag, an
        environment variable or the config file, an unreadable config file, a missing token,
-       shard ids not below the shard count. Fix the invocation; retrying will not help.
+       shard ids not below the shard count, ``status --shard`` ids this supervisor does not
+       run. Fix the invocation; retrying will not help.
 44     Discord rejected the token (HTTP 401 from GET /gateway/bot). The same code a worker
        exits with on close 4004 (see :mod:`shard_worker.exit_codes`): restarting will not
        help, fix the token.
@@ -42,7 +43,7 @@ import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
@@ -52,7 +53,7 @@ from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
 
 from .discord_api import DiscordAPIError, GatewayBot, get_gateway_bot
-from shard_worker.shard_ranges import format_shard_ids
+from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
 from .settings import (
     CONFIG_FLAG,
     SETTINGS,
@@ -400,49 +401,177 @@ def _ask(state_dir: str, event: str) -> Any:
         raise StartError(str(error)) from None
 
 
-def format_status(status: dict[str, Any]) -> str:
-    """One row per shard, as ``spectacles-supervisor status`` prints it."""
-    header = ("SHARD", "GROUP", "PID", "STATE", "SEQ", "LATENCY", "PUBLISHED", "RECONNECTS", "RSS")
-    rows = [header]
-    for shard in status["shards"]:
-        latency = shard.get("latency_ms")
-        rss = shard.get("rss")
-        rows.append(
-            (
-                str(shard["shard"]),
-                str(shard["group"]),
-                str(shard["pid"] or "-"),
-                shard["state"],
-                "-" if shard["seq"] is None else str(shard["seq"]),
-                "-" if latency is None else f"{latency:.0f} ms",
-                str(shard["published"]),
-                str(shard["reconnects"]),
-                "-" if not rss else f"{rss / 2**20:.0f} MB",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+#: Up to this many shards, plain ``status`` prints one row per shard (a screenful); beyond it, a
+#: summary plus the shards that are not ready (at most this many rows of them).
+SCREEN_ROWS = 64
+
+_SHARD_HEADER = (
+    "SHARD", "GROUP", "PID", "STATE", "SEQ", "LATENCY", "PUBLISHED", "RECONNECTS", "RSS"
+)
+_GROUP_HEADER = ("GROUP", "SHARDS", "PID", "READY", "RESTARTS", "RSS", "CPU")
+
+
+def _megabytes(rss: Any) -> str:
+    return "-" if not rss else f"{rss / 2**20:.0f} MB"
+
+
+def _shard_row(shard: dict[str, Any]) -> tuple[str, ...]:
+    latency = shard.get("latency_ms")
+    return (
+        str(shard["shard"]),
+        str(shard["group"]),
+        str(shard["pid"] or "-"),
+        shard["state"],
+        "-" if shard["seq"] is None else str(shard["seq"]),
+        "-" if latency is None else f"{latency:.0f} ms",
+        str(shard["published"]),
+        str(shard["reconnects"]),
+        _megabytes(shard.get("rss")),
+    )
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]
+
+
+def _final_line(status: dict[str, Any]) -> str:
     budget = status.get("identify_budget_remaining")
-    lines.append(
+    return (
         f"{len(status['shards'])} shards of {status['shard_count']} in {len(status['groups'])} "
         f"processes; up {status['uptime']:.0f} s; identify budget left: "
         f"{'unknown' if budget is None else budget}"
     )
+
+
+def select_shards(
+    status: dict[str, Any], shard_ids: Iterable[int]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The shards of ``status`` whose id is in ``shard_ids`` (in status order), and the ids asked
+    for that this supervisor does not run. Raises :class:`StartError` (exit 2) if none match."""
+    wanted = set(shard_ids)
+    selected = [shard for shard in status["shards"] if shard["shard"] in wanted]
+    missing = sorted(wanted.difference(shard["shard"] for shard in selected))
+    if not selected:
+        runs = status.get("shards_label") or "no shards"
+        raise StartError(
+            f"shards {format_shard_ids(missing)} are not run by this supervisor (it runs {runs})",
+            EXIT_USAGE,
+        )
+    return selected, missing
+
+
+def _summary(status: dict[str, Any]) -> list[str]:
+    """Counts by state, one row per process and the first shards that are not ready: one pass
+    over the shards, and no formatting for the ready ones."""
+    states: dict[str, int] = {}
+    ready_in: dict[Any, int] = {}
+    total_in: dict[Any, int] = {}
+    not_ready: list[dict[str, Any]] = []
+    for shard in status["shards"]:
+        state = shard["state"]
+        group = shard["group"]
+        states[state] = states.get(state, 0) + 1
+        total_in[group] = total_in.get(group, 0) + 1
+        if state == "ready":
+            ready_in[group] = ready_in.get(group, 0) + 1
+        elif len(not_ready) < SCREEN_ROWS:
+            not_ready.append(shard)
+    ready = states.pop("ready", 0)
+    counts = [f"{ready} ready"] + [f"{states[name]} {name}" for name in sorted(states)]
+    lines = ["states: " + ", ".join(counts), ""]
+    groups = [_GROUP_HEADER]
+    for group in status["groups"]:
+        cpu = group.get("cpu_percent")
+        index = group["group"]
+        groups.append(
+            (
+                str(index),
+                str(group["shards"]),
+                str(group["pid"] or "-"),
+                f"{ready_in.get(index, 0)}/{total_in.get(index, 0)}",
+                str(group["restarts"]),
+                _megabytes(group.get("rss")),
+                "-" if cpu is None else f"{cpu:.0f}%",
+            )
+        )
+    lines += _table(groups)
+    if not_ready:
+        not_ready_count = len(status["shards"]) - ready
+        lines += ["", f"not ready ({not_ready_count}):"]
+        lines += _table([_SHARD_HEADER, *map(_shard_row, not_ready)])
+        if not_ready_count > SCREEN_ROWS:
+            lines.append(f"... and {not_ready_count - SCREEN_ROWS} more; use --all or --shard")
+    return lines
+
+
+def format_status(
+    status: dict[str, Any], *, all_rows: bool = False, shard_ids: Iterable[int] | None = None
+) -> str:
+    """What ``spectacles-supervisor status`` prints.
+
+    With ``shard_ids``, one row for each of those shards (and a line naming the ids this
+    supervisor does not run; :class:`StartError` if it runs none of them). Otherwise one row per
+    shard if ``all_rows`` or if they fit a screen (:data:`SCREEN_ROWS`), else a summary: counts by
+    state, one row per process, and the shards that are not ready.
+    """
+    shards = status["shards"]
+    if shard_ids is not None:
+        selected, missing = select_shards(status, shard_ids)
+        lines = _table([_SHARD_HEADER, *map(_shard_row, selected)])
+        if missing:
+            lines.append(
+                f"not run by this supervisor: {format_shard_ids(missing)} "
+                f"(it runs {status.get('shards_label') or 'no shards'})"
+            )
+    elif all_rows or len(shards) <= SCREEN_ROWS:
+        lines = _table([_SHARD_HEADER, *map(_shard_row, shards)])
+    else:
+        lines = _summary(status)
+    lines.append(_final_line(status))
     return "\n".join(lines)
+
+
+def _parse_shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_shard_ids(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
 
 
 @cli.command("status")
 @_state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status_command(state_dir: str, as_json: bool) -> int:
-    """Show every shard of the running supervisor."""
+@click.option(
+    "--all", "all_rows", is_flag=True, help=f"One row per shard even beyond {SCREEN_ROWS} shards."
+)
+@click.option(
+    "--shard",
+    "shard_ids",
+    metavar="IDS",
+    default=None,
+    callback=_parse_shard_option,
+    help="Only these shards, e.g. 3,10-12.",
+)
+def status_command(
+    state_dir: str, as_json: bool, all_rows: bool, shard_ids: list[int] | None
+) -> int:
+    """Show the shards of the running supervisor (a summary beyond a screenful)."""
+    if all_rows and shard_ids is not None:
+        raise click.UsageError("--all and --shard cannot be used together")
     status = _ask(state_dir, "status")
     if as_json:
         import json
 
+        if shard_ids is not None:
+            status = {**status, "shards": select_shards(status, shard_ids)[0]}
         click.echo(json.dumps(status, indent=2, sort_keys=True))
     else:
-        click.echo(format_status(status))
+        click.echo(format_status(status, all_rows=all_rows, shard_ids=shard_ids))
     return EXIT_OK
 
 

@@ -21,6 +21,11 @@ log = logging.getLogger("supervisor.control")
 
 SOCKET_NAME = "supervisor.sock"
 CLIENT_TIMEOUT_S = 2.0
+#: The longest answer ``request`` accepts. A status answer is one line of about 185 bytes a shard
+#: (0.9 MB at 5000 shards once the counters have grown, 1.8 MB at 10000), so it reaches the 1 MiB
+#: default of :class:`ipc.Decoder`, which is meant for the children's pipes. 64 MiB still bounds
+#: the client's memory, far above any shard count (:data:`shard_ranges.MAX_SHARD_COUNT` is 65536).
+ANSWER_MAX_BYTES = 64 << 20
 
 
 class ControlServer:
@@ -108,10 +113,15 @@ def request(state_dir: str | os.PathLike, event: str, timeout: float = 5.0) -> A
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError(f"no supervisor is running with state dir {state_dir} ({path} does not answer)") from None
         sock.sendall(ipc.encode(event))
-        decoder = ipc.Decoder()
+        decoder = ipc.Decoder(max_line=ANSWER_MAX_BYTES)
         while True:
             chunk = sock.recv(1 << 20)
             if not chunk:
+                if decoder.errors:
+                    raise ControlError(
+                        f"the supervisor's answer could not be read (not JSON or over "
+                        f"{ANSWER_MAX_BYTES >> 20} MiB)"
+                    )
                 raise ControlError("the supervisor closed the connection without an answer")
             messages = decoder.feed(chunk)
             if messages:
