@@ -22,7 +22,7 @@ from typing import Any
 
 from . import ipc
 from .config import TOKEN_ENV, WorkerConfig
-from .gateway.connection import ShardRunner
+from .gateway.connection import Permit, ShardRunner
 from .shard_ranges import format_shard_ids
 
 log = logging.getLogger("shard_worker.supervised")
@@ -123,11 +123,11 @@ class ParentLink:
             self._flush()
 
     # -- IdentifyGate -------------------------------------------------------------------------
-    async def acquire(self, shard_id: int) -> float | None:
-        """Wait for the parent's grant, then until its ``not_before``; return its ``expires``.
+    async def acquire(self, shard_id: int) -> Permit:
+        """Wait for the parent's grant; return it as a :class:`Permit`.
 
-        Both are ``time.monotonic()`` values: on Linux that clock (CLOCK_MONOTONIC) is one for
-        every process of the host, so the parent can pace by the time a child wrote.
+        Its times are ``time.monotonic()`` values: on Linux that clock (CLOCK_MONOTONIC) is one
+        for every process of the host, so the parent can pace by the time a child wrote.
         """
         fut = self._grants.get(shard_id)
         if fut is None or fut.done():
@@ -135,13 +135,11 @@ class ParentLink:
             self._grants[shard_id] = fut
             self.send("identify_request", {"shard": shard_id})
         grant = await asyncio.shield(fut)
-        not_before = grant.get("not_before")
-        if isinstance(not_before, (int, float)):
-            wait = not_before - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        expires = grant.get("expires")
-        return float(expires) if isinstance(expires, (int, float)) else None
+        not_before, expires = grant.get("not_before"), grant.get("expires")
+        return Permit(
+            float(not_before) if isinstance(not_before, (int, float)) else 0.0,
+            float(expires) if isinstance(expires, (int, float)) else None,
+        )
 
     def identify_sent(self, shard_id: int, at: float) -> None:
         """The IDENTIFY of ``shard_id`` was written at ``at`` (monotonic): the next of its

@@ -8,8 +8,8 @@ grant late, and the next grant of that bucket must then wait longer.
 A bucket's life:
 
 1. Children ask before every IDENTIFY (a RESUME needs no grant); requests queue per bucket.
-2. A grant is issued up to ``lead`` seconds before the bucket is free, so that IPC latency is not
-   on the critical path. It carries ``not_before`` (the child waits until then) and ``expires``
+2. A grant is issued up to ``lead`` seconds before the bucket is free, so that IPC latency and the
+   child's websocket handshake (it connects only once granted) are not on the critical path. It carries ``not_before`` (the child waits until then) and ``expires``
    (a child that could not write it by then drops it and asks again). Both are ``time.monotonic()``
    values: one clock for every process of the host.
 3. The bucket is *in flight* until the child reports the write (:meth:`sent`); the next grant is
@@ -29,8 +29,9 @@ from shard_worker.gateway.protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S
 
 #: Discord's 5 s plus our margin, from one IDENTIFY's write to the next of its bucket.
 DEFAULT_INTERVAL_S = IDENTIFY_INTERVAL_S + IDENTIFY_MARGIN_S
-#: A grant leaves this long before its bucket is free (the child waits for ``not_before``).
-DEFAULT_LEAD_S = 0.5
+#: A grant leaves this long before its bucket is free: the child opens its connection on the
+#: grant and waits for ``not_before`` to write the IDENTIFY.
+DEFAULT_LEAD_S = 1.0
 #: A grant not written this long after its ``not_before`` is void.
 GRANT_VALIDITY_S = 5.0
 #: Identifies never spent automatically: left for a human who fixes things by hand.

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import websockets
@@ -59,10 +60,21 @@ def count_type(counts: dict[str, int], t: str) -> None:
         counts[OTHER_TYPE] = counts.get(OTHER_TYPE, 0) + 1
 
 
+@dataclass(frozen=True)
+class Permit:
+    """Leave to send one IDENTIFY: not before ``not_before``, not after ``expires``
+    (``time.monotonic()`` values; ``expires`` None: it does not expire)."""
+
+    not_before: float = 0.0
+    expires: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now > self.expires
+
+
 class IdentifyGate(Protocol):
-    async def acquire(self, shard_id: int) -> float | None:
-        """Return once this shard may send IDENTIFY now: the ``time.monotonic()`` after which
-        the permission is void (None: it does not expire)."""
+    async def acquire(self, shard_id: int) -> Permit:
+        """Return a permit for this shard's next IDENTIFY (it may lie a little in the future)."""
 
     def identify_sent(self, shard_id: int, at: float) -> None:
         """The IDENTIFY of ``shard_id`` was written at ``at`` (``time.monotonic()``)."""
@@ -84,7 +96,7 @@ class LocalIdentifyGate:
         self._locks: dict[int, asyncio.Lock] = {}
         self._last: dict[int, float] = {}
 
-    async def acquire(self, shard_id: int) -> float | None:
+    async def acquire(self, shard_id: int) -> Permit:
         bucket = identify_bucket(shard_id, self.max_concurrency)
         lock = self._locks.setdefault(bucket, asyncio.Lock())
         async with lock:
@@ -92,7 +104,7 @@ class LocalIdentifyGate:
                 await asyncio.sleep(wait)
             # Held until identify_sent moves it to the real write time.
             self._last[bucket] = time.monotonic()
-        return None
+        return Permit()
 
     def identify_sent(self, shard_id: int, at: float) -> None:
         bucket = identify_bucket(shard_id, self.max_concurrency)
@@ -160,6 +172,8 @@ class ShardRunner:
         self._backoff = exponential_backoff()
         self._wake = asyncio.Event()
         self._closing: set[asyncio.Task] = set()
+        #: An identify permit taken before connecting (see ``run``).
+        self._permit: Permit | None = None
         # counters (reported over IPC and in status)
         self.received = 0
         self.published = 0
@@ -181,6 +195,15 @@ class ShardRunner:
         loop = asyncio.get_running_loop()
         failures = 0  # consecutive connection failures
         while not self._stopping:
+            if not self.machine.resumable and (self._permit is None or self._permit.expired(time.monotonic())):
+                # A new session: wait for our identify turn *before* connecting, so that a
+                # thousand shards do not all hold idle sockets (and storm the gateway with
+                # handshakes) while they queue. The permit comes a little early; the IDENTIFY
+                # itself waits for its not_before.
+                self.on_state(self, "identifying")
+                self._permit = await self._next_permit()
+                if self._stopping:
+                    break
             url = self.machine.connect_url(self.gateway)
             self.on_state(self, "connecting")
             try:
@@ -387,16 +410,29 @@ class ShardRunner:
             for action in machine.on_timer(now):
                 await self._act(ws, action, [])
 
+    async def _next_permit(self) -> Permit:
+        """The gate's next permit that has not expired yet."""
+        while True:
+            permit = await self.gate.acquire(self.shard_id)
+            if not permit.expired(time.monotonic()):
+                return permit
+            # This loop was too busy to use it in time: the gate has moved on; ask again.
+            log.warning("shard %d: identify permit expired before it could be used; asking again", self.shard_id)
+
     async def _identify(self, ws: ClientConnection, tasks: list[asyncio.Task]) -> None:
         self.on_state(self, "identifying")
         while True:
-            expires = await self.gate.acquire(self.shard_id)
+            permit, self._permit = self._permit, None
+            if permit is None or permit.expired(time.monotonic()):
+                permit = await self._next_permit()
+            wait = permit.not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             if ws.close_code is not None or self.machine.phase is not Phase.IDENTIFYING:
+                self._permit = permit  # unused: the next connection may still use it
                 return
-            if expires is None or time.monotonic() <= expires:
+            if not permit.expired(time.monotonic()):
                 break
-            # This loop was too busy to write it in time: the gate has moved on; ask again.
-            log.warning("shard %d: identify grant expired before it could be sent; asking again", self.shard_id)
         self.identifies += 1
         for action in self.machine.identify_granted(asyncio.get_running_loop().time()):
             await self._act(ws, action, tasks)

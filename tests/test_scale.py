@@ -1,0 +1,160 @@
+"""Large-bot scale with real processes: 2000 shards in two 1000-shard children, the simulator in a
+process of its own and the real RabbitMQ.
+
+One run checks what breaks first at a thousand shards: every shard READY with no two IDENTIFYs of
+a bucket closer than 5 s (as the simulated Discord saw them arrive), a kill -9 of a 1000-shard
+child whose replacement gets 1000 saved sessions (far past the 128 KiB an environment variable
+may hold) and RESUMEs every one with no IDENTIFY while the other child is untouched, the series
+per shard within the documented bound while more than 9 event types flow, and ``status`` at
+that size.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from collections import Counter, defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from supervisor.simulator.process import SimulatorProcess
+from tests.helpers import TOKEN, wait_for
+from tests.supervisor.supervisor_process import SupervisorProcess
+
+SHARDS = 2000
+PER_PROCESS = 1000
+MAX_CONCURRENCY = 256
+#: docs/METRICS.md: at most 12 series per shard.
+SERIES_PER_SHARD = 12
+EXTRA_TYPES = ("CHANNEL_CREATE", "GUILD_ROLE_CREATE", "MESSAGE_REACTION_ADD", "INTERACTION_CREATE", "VOICE_STATE_UPDATE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port: int) -> list:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        return list(text_string_to_metric_families(response.read().decode()))
+
+
+def bucket_gaps(identifies: list[dict]) -> list[float]:
+    """Seconds between consecutive accepted IDENTIFYs of each bucket, as the server saw them."""
+    by_bucket: dict[int, list[float]] = defaultdict(list)
+    for entry in identifies:
+        if entry["accepted"]:
+            by_bucket[entry["bucket"]].append(entry["time"])
+    gaps = []
+    for times in by_bucket.values():
+        times.sort()
+        gaps += [b - a for a, b in zip(times, times[1:])]
+    return gaps
+
+
+def test_2000_shards_ready_paced_resumed_after_kill_and_metrics_bounded(amqp_url, rabbit, group, tmp_path):
+    rabbit.declare_exchange(group)
+    port = free_port()
+    with SimulatorProcess(
+        token=TOKEN, shard_count=SHARDS, max_concurrency=MAX_CONCURRENCY, guilds_per_shard=1,
+        events_per_shard=-1, rate=0.2, log_path=tmp_path / "simulator.log",
+    ) as sim:  # fmt: skip
+        sup = SupervisorProcess(
+            sim, amqp_url, group, tmp_path / "state",
+            "--shards-per-process", str(PER_PROCESS), "--metrics-addr", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        try:
+            started = time.monotonic()
+            sim.wait_until(lambda s: len(s["ready"]) == SHARDS, timeout=150, interval=1.0)
+            startup = time.monotonic() - started
+            snap = sim.snapshot()
+            assert snap["violations"] == []
+            accepted = [e for e in snap["identifies"] if e["accepted"]]
+            assert len(accepted) == SHARDS and {e["shard"] for e in accepted} == set(range(SHARDS))
+            gaps = bucket_gaps(snap["identifies"])
+            assert len(gaps) == SHARDS - MAX_CONCURRENCY
+            assert min(gaps) >= 5.0, f"two identifies of a bucket {min(gaps):.3f} s apart"
+            print(f"\n2000 shards READY in {startup:.1f} s; smallest bucket gap {min(gaps):.3f} s")
+
+            # more event types than the stream mixes, on shards of both children (one event per
+            # shard: a shard's stream goes at the simulator's rate, emitted events included)
+            for i, t in enumerate(EXTRA_TYPES):
+                for shard in (i, 1500 + i):
+                    sim.call("emit", shard=shard, n=1, t=t)
+            seen: list[int] = []
+            received = wait_for(
+                lambda: (fams := scrape(port))
+                and seen.append(_typed(fams, "spectacles_events_received_total")) is None
+                and seen[-1] >= 11
+                and fams,
+                60,
+                interval=1.0,
+                what="11 event types counted",
+            )
+            _check_cardinality(received)
+
+            status = json.loads(sup.cli("status", "--json").stdout)
+            assert len(status["shards"]) == SHARDS
+            assert Counter(row["state"] for row in status["shards"]) == {"ready": SHARDS}
+            summary = sup.cli("status").stdout
+            assert "2000 ready" in summary and len(summary.splitlines()) < 20
+
+            # kill -9 of the child of shards 1000-1999: its replacement resumes all 1000
+            children = sup.wait_children(2)
+            victim = next(c for c in children if " ".join(c.cmdline()).strip().endswith("shards 1000-1999"))
+            survivor = next(c for c in children if c.pid != victim.pid)
+            before = sim.snapshot()
+            survivor_conns = {
+                c["id"] for c in before["connections"] if c["shard"] is not None and c["shard"] < PER_PROCESS and c["closed"] is None
+            }
+            assert len(survivor_conns) == PER_PROCESS
+            killed_at = time.time()
+            victim.kill()
+            t0 = time.monotonic()
+            sim.wait_until(
+                lambda s: len(s["ready"]) == SHARDS and s["resumes"] >= PER_PROCESS, timeout=90, interval=1.0
+            )
+            resumed_in = time.monotonic() - t0
+            after = sim.snapshot()
+            ok = {r["shard"] for r in after["resumes"] if r["result"] == "ok" and r["time"] > killed_at}
+            assert ok == set(range(PER_PROCESS, SHARDS))
+            assert after["counters"]["identifies"] == SHARDS  # not one IDENTIFY more
+            still_open = {c["id"] for c in after["connections"] if c["id"] in survivor_conns and c["closed"] is None}
+            assert still_open == survivor_conns  # the other child was untouched
+            assert survivor.is_running() and survivor.pid in {c.pid for c in sup.children()}
+            assert after["violations"] == []
+            print(f"1000 shards resumed {resumed_in:.1f} s after the kill")
+            log = sup.output()
+            assert "Argument list too long" not in log
+            assert "1000 to resume, 0 to identify" in log
+            assert "shards 1000-1999" in log and "1000, 1001, 1002" not in log
+            _check_cardinality(scrape(port))
+        finally:
+            sup.stop()
+
+
+def _typed(families: list, name: str) -> int:
+    """Distinct ``type`` labels of a counter family."""
+    for family in families:
+        if family.name == name.removesuffix("_total"):
+            return len({s.labels["type"] for s in family.samples if s.name == name})
+    return 0
+
+
+def _check_cardinality(families: list) -> None:
+    per_shard: Counter = Counter()
+    typed_series = 0
+    for family in families:
+        for sample in family.samples:
+            if "shard" in sample.labels:
+                per_shard[sample.labels["shard"]] += 1
+            if "type" in sample.labels:
+                assert "shard" not in sample.labels  # counts by type are per process
+                typed_series += 1
+    assert len(per_shard) == SHARDS
+    assert max(per_shard.values()) <= SERIES_PER_SHARD
+    # 2 counters x 2 processes x the types seen: bounded by the types, not the shards
+    assert typed_series <= 2 * (SHARDS // PER_PROCESS) * 16
