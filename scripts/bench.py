@@ -13,6 +13,7 @@ alternating project (A) and reference (B) runs, and prints the ratios A/B (media
     .venv/bin/python scripts/bench.py                  # the full run (about 6 minutes)
     .venv/bin/python scripts/bench.py --quick          # one repetition, 1 and 4 shards
     .venv/bin/python scripts/bench.py --project-only --shards 4 --window 20   # for profiling
+    .venv/bin/python scripts/bench.py --scale --sizes 100 500   # scripts/bench_scale.py
 
 Results go to ``docs/bench/results.json`` and a plot to ``docs/bench/throughput.png``.
 """
@@ -260,6 +261,10 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main() -> int:
+    if "--scale" in sys.argv[1:]:
+        import bench_scale
+
+        return bench_scale.main([a for a in sys.argv[1:] if a != "--scale"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
     parser.add_argument("--shards", type=int, nargs="*", default=[1, 4, 16])
@@ -269,6 +274,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one pair, 1 and 4 shards, no startup runs")
     parser.add_argument("--project-only", action="store_true", help="only the project (for profiling)")
     parser.add_argument("--json", choices=["ujson", "orjson"], default="ujson", help="the codec of both sides")
+    parser.add_argument("--scale", action="store_true", help="the scale benchmark instead (scripts/bench_scale.py --help)")
     args = parser.parse_args()
     global JSON
     JSON = args.json

@@ -36,6 +36,8 @@ DEFAULT_MAX_BUFFERED = 10_000
 DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 #: The broker is usually local: retry it often (the gateway side keeps its sessions meanwhile).
 RECONNECT_CAP_S = 10.0
+#: Channels used at once to declare and bind the consumed queues (see ``_declare_queues``).
+DECLARE_CHANNELS = 8
 
 #: ``on_packet(shard_id, packet, ack)``: send ``packet`` on that shard, then call ``ack()``.
 PacketHandler = Callable[[int, outbound.Packet, Callable[[], None]], None]
@@ -401,15 +403,19 @@ class AmqpBridge:
             pub = await self._open_channel(conn)
             await self._call(pub.exchange_declare, exchange=self.group, exchange_type=spectacles.EXCHANGE_TYPE, durable=True)
             await self._call(pub.confirm_delivery, self._on_confirm)
+            # Publishing needs only the exchange: the shards may start now, while the queues they
+            # consume are declared (a thousand of them take seconds).
+            self._pub = BatchedPublisher(conn, pub, self.group)
+            self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
+            self.connected.set()
+            self._flush_backlog()
             sub = await self._open_channel(conn)
             await self._call(sub.basic_qos, prefetch_count=self.prefetch)
             queues: list[tuple[str, str, int | None]] = [
                 (spectacles.shard_queue(self.group, s), spectacles.shard_routing_key(s), s) for s in self.shard_ids
             ]
             queues.append((spectacles.send_queue(self.group), spectacles.SEND_EVENT, None))
-            for queue, key, _ in queues:
-                await self._call(sub.queue_declare, queue=queue, durable=True)
-                await self._call(sub.queue_bind, queue=queue, exchange=self.group, routing_key=key)
+            await self._declare_queues(conn, queues)
         except BaseException:
             if conn.is_open:
                 conn.close()
@@ -418,10 +424,43 @@ class AmqpBridge:
         for queue, _, source in queues:
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
-        self._next_tag = 0
-        self._pub, self._sub = BatchedPublisher(conn, pub, self.group), sub
-        self.connected.set()
-        self._flush_backlog()
+        self._sub = sub
+
+    async def _declare_queues(self, conn: Any, queues: list[tuple[str, str, int | None]]) -> None:
+        """Declare and bind ``queues`` over :data:`DECLARE_CHANNELS` channels at once: RabbitMQ
+        serves channels in parallel, and one by one 1250 queues take about 7 s."""
+        loop = asyncio.get_running_loop()
+
+        async def declare(batch: list[tuple[str, str, int | None]]) -> None:
+            opened: asyncio.Future = loop.create_future()
+            pending: set[asyncio.Future] = {opened}
+
+            def on_close(channel: Any, exc: BaseException) -> None:
+                for fut in pending:
+                    if not fut.done():
+                        fut.set_exception(BrokerError(f"channel closed: {exc}"))
+
+            channel = conn.channel(on_open_callback=lambda ch: opened.done() or opened.set_result(ch))
+            channel.add_on_close_callback(on_close)
+            await opened
+
+            async def rpc(method: Callable[..., Any], **kwargs: Any) -> None:
+                fut = loop.create_future()
+                pending.add(fut)
+                method(callback=lambda frame: fut.done() or fut.set_result(frame), **kwargs)
+                try:
+                    await fut
+                finally:
+                    pending.discard(fut)
+
+            for queue, key, _ in batch:
+                await rpc(channel.queue_declare, queue=queue, durable=True)
+                await rpc(channel.queue_bind, queue=queue, exchange=self.group, routing_key=key)
+            if channel.is_open:
+                channel.close()
+
+        batches = [queues[i::DECLARE_CHANNELS] for i in range(DECLARE_CHANNELS)]
+        await asyncio.gather(*(declare(batch) for batch in batches if batch))
 
     async def _open_channel(self, conn: Any) -> Any:
         fut = asyncio.get_running_loop().create_future()

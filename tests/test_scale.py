@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from shard_worker import spectacles
 from supervisor.simulator.process import SimulatorProcess
 from tests.helpers import TOKEN, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
@@ -57,6 +58,8 @@ def bucket_gaps(identifies: list[dict]) -> list[float]:
 
 def test_2000_shards_ready_paced_resumed_after_kill_and_metrics_bounded(amqp_url, rabbit, group, tmp_path):
     rabbit.declare_exchange(group)
+    # durable queues outlive the test: delete every one the children declare
+    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(SHARDS)), spectacles.send_queue(group))
     port = free_port()
     with SimulatorProcess(
         token=TOKEN, shard_count=SHARDS, max_concurrency=MAX_CONCURRENCY, guilds_per_shard=1,

@@ -326,6 +326,9 @@ class ShardRunner:
                             return
                     else:
                         await self._act(ws, action, tasks)
+                # Drop the last dispatch now: an idle shard's frame would keep its payload (a
+                # GUILD_CREATE of tens of KB) alive until the next dispatch.
+                action = frame = None
         except websockets.exceptions.ConnectionClosed:
             pass
 

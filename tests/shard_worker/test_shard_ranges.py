@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from shard_worker.shard_ranges import (
     MAX_SHARD_COUNT,
+    MAX_DEFAULT_SHARDS_PER_PROCESS,
     default_shards_per_process,
     format_shard_ids,
     parse_shard_ids,
@@ -117,7 +118,17 @@ def test_split_groups_keeps_order_and_sizes(ids, per_process):
 
 @pytest.mark.parametrize(
     ("n_shards", "cpus", "expected"),
-    [(16, 2, 8), (17, 2, 9), (1, 8, 1), (0, 4, 1), (10, None, 10), (10, 0, 10), (3, 3, 1)],
-)
+    [
+        (16, 2, 8), (17, 2, 9), (1, 8, 1), (0, 4, 1), (10, None, 10), (10, 0, 10), (3, 3, 1),
+        (2000, 2, 1000), (2500, 2, 834), (5000, 2, 1000), (5000, 16, 313), (10_000, 4, 1000),
+    ],
+)  # fmt: skip
 def test_default_shards_per_process(n_shards, cpus, expected):
     assert default_shards_per_process(n_shards, cpus) == expected
+
+
+@given(st.integers(1, 20_000), st.integers(1, 64))
+def test_the_default_never_exceeds_its_cap_nor_the_spread_over_the_cores(n_shards, cpus):
+    per = default_shards_per_process(n_shards, cpus)
+    assert per <= MAX_DEFAULT_SHARDS_PER_PROCESS
+    assert per <= -(-n_shards // cpus)
