@@ -403,18 +403,15 @@ class AmqpBridge:
             pub = await self._open_channel(conn)
             await self._call(pub.exchange_declare, exchange=self.group, exchange_type=spectacles.EXCHANGE_TYPE, durable=True)
             await self._call(pub.confirm_delivery, self._on_confirm)
-            # Publishing needs only the exchange: the shards may start now, while the queues they
-            # consume are declared (a thousand of them take seconds).
-            self._pub = BatchedPublisher(conn, pub, self.group)
-            self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
-            self.connected.set()
-            self._flush_backlog()
             sub = await self._open_channel(conn)
             await self._call(sub.basic_qos, prefetch_count=self.prefetch)
             queues: list[tuple[str, str, int | None]] = [
                 (spectacles.shard_queue(self.group, s), spectacles.shard_routing_key(s), s) for s in self.shard_ids
             ]
             queues.append((spectacles.send_queue(self.group), spectacles.SEND_EVENT, None))
+            # Before any shard starts: a packet published to a shard's queue from its READY on
+            # must find the queue, and the broker's work of creating a thousand durable queues
+            # (a first start) must not compete with the shards' first identifies.
             await self._declare_queues(conn, queues)
         except BaseException:
             if conn.is_open:
@@ -424,7 +421,10 @@ class AmqpBridge:
         for queue, _, source in queues:
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
-        self._sub = sub
+        self._pub, self._sub = BatchedPublisher(conn, pub, self.group), sub
+        self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
+        self.connected.set()
+        self._flush_backlog()
 
     async def _declare_queues(self, conn: Any, queues: list[tuple[str, str, int | None]]) -> None:
         """Declare and bind ``queues`` over :data:`DECLARE_CHANNELS` channels at once: RabbitMQ

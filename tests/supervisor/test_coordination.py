@@ -41,6 +41,18 @@ def test_a_dead_host_blocks_its_bucket_no_longer_than_the_interval(coordinator):
     assert alive.try_identify(3, 1.0, reserve=0) == 0.0
 
 
+def test_a_bucket_is_held_until_the_write_then_exactly_one_interval_after_it(coordinator):
+    a, b = coordinator("a"), coordinator("b")
+    assert a.try_identify(5, 30.0, reserve=0) == 0.0  # held for the grant's whole life
+    assert b.try_identify(5, 30.0, reserve=0) > 25.0
+    time.sleep(0.3)
+    a.identify_sent(5, 1.0)  # the IDENTIFY was written: free one interval after this write
+    wait = b.try_identify(5, 30.0, reserve=0)
+    assert 0.5 < wait <= 1.0
+    time.sleep(wait + 0.05)
+    assert b.try_identify(5, 30.0, reserve=0) == 0.0
+
+
 def test_the_shared_budget_is_decremented_and_held_at_the_reserve(coordinator):
     a, b = coordinator("a"), coordinator("b")
     a.set_budget(7, reset_after_s=60)
