@@ -148,6 +148,7 @@ def setup_logging(level: str | int = "INFO", *, prefix: str = "", fmt: str | Non
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else logging.getLevelName(level.upper()))
-    # pika is chatty at INFO about every connection step.
-    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+    # pika logs every connection step, and a refused connection as six ERROR lines from its own
+    # loggers: the bridge says it once per retry at WARNING, so pika speaks only at DEBUG.
+    logging.getLogger("pika").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL + 1)
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
