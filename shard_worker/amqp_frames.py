@@ -68,6 +68,25 @@ def publish_frames(
     return frames
 
 
+#: The pika versions whose frames the byte-for-byte test (tests/shard_worker/test_amqp_frames.py)
+#: covers; setup.cfg pins the same range. The fast path needs two of pika's internals.
+PIKA_VERSIONS = (">=1.3.2", "<1.5")
+_PIKA_INTERNALS = ("_adapter_emit_data", "_get_body_frame_max_length")
+
+
+def check_pika() -> None:
+    """Raise ``RuntimeError`` with one clear line if this pika lacks what the fast publish path
+    uses (a version outside :data:`PIKA_VERSIONS`), instead of failing on the first publish."""
+    import pika
+    from pika.connection import Connection
+
+    missing = [name for name in _PIKA_INTERNALS if not callable(getattr(Connection, name, None))]
+    if missing:
+        raise RuntimeError(
+            f"pika {pika.__version__} lacks {', '.join(missing)}: install pika{','.join(PIKA_VERSIONS)}"
+        )
+
+
 class BatchedPublisher:
     """Publishes on one channel of a pika connection; flushes once per loop iteration."""
 

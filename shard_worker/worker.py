@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 
 from . import exit_codes, outbound
+from .amqp_frames import check_pika
 from .broker import AmqpBridge
 from .config import SavedSession, WorkerConfig
 from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
@@ -155,6 +156,11 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     """
     add_secret(config.token)
     setup_logging(config.log_level, prefix=f"[shards {config.shard_ids[0]}-{config.shard_ids[-1]}] ")
+    try:
+        check_pika()
+    except RuntimeError as error:
+        log.critical("%s", error)
+        return exit_codes.USAGE  # the supervisor halts on 2 instead of restarting us
 
     async def main() -> int:
         if link is not None:

@@ -276,6 +276,12 @@ def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
 
 def _start(settings: StartSettings) -> int:
     settings.require_token()
+    from shard_worker.amqp_frames import check_pika
+
+    try:
+        check_pika()  # before anything starts: one line, not a crash loop of every child
+    except RuntimeError as error:
+        raise StartError(str(error), exit_codes.USAGE) from None
     _configure_logging(settings)
     coordinator = _coordinator(settings)
     ratelimiter = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pika
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pika import frame, spec
@@ -55,3 +56,29 @@ def test_an_empty_body_has_no_body_frame_like_pika():
     full = pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id="1:s:1")
     assert ours == pika_frames(1, "g", "T", full, b"", 131064)
     assert len(ours) == 2
+
+
+def test_pika_is_pinned_to_the_versions_this_test_covers_and_checked_at_start(monkeypatch):
+    """The fast path uses pika internals: setup.cfg bounds pika to PIKA_VERSIONS, the installed one
+    is inside them, and a pika without the internals is one clear error, not a crash loop."""
+    import configparser
+    from pathlib import Path
+
+    from packaging.specifiers import SpecifierSet
+
+    from shard_worker.amqp_frames import PIKA_VERSIONS, check_pika
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    requirement = next(
+        line.strip()
+        for line in cfg["options"]["install_requires"].splitlines()
+        if line.strip().startswith("pika")
+    )
+    assert SpecifierSet(requirement.removeprefix("pika")) == SpecifierSet(",".join(PIKA_VERSIONS))
+    assert pika.__version__ in SpecifierSet(",".join(PIKA_VERSIONS))
+    check_pika()  # this pika has them
+
+    monkeypatch.delattr(pika.connection.Connection, "_adapter_emit_data")
+    with pytest.raises(RuntimeError, match=r"lacks _adapter_emit_data: install pika>=1\.3\.2,<1\.5"):
+        check_pika()

@@ -378,3 +378,13 @@ def test_redis_settings_from_env_and_masked_in_config_show(runner, no_network):
     assert rows["redis_url"][1:] == ["redis://:***@redis:6379/0", "env", "REDIS_URL"]
     assert rows["redis_prefix"][1:] == ["mybot", "env", "SPECTACLES_REDIS_PREFIX"]
     assert "secret" not in result.stdout
+
+
+def test_start_with_a_pika_the_fast_path_cannot_use_is_one_line_and_exit_2(runner, monkeypatch, no_network):
+    import pika.connection
+
+    monkeypatch.delattr(pika.connection.Connection, "_adapter_emit_data")
+    result = runner.invoke(cli, ["start", "--shard-count", "1"], env={"DISCORD_TOKEN": TOKEN})
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "lacks _adapter_emit_data" in lines[0], result.output
