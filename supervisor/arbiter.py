@@ -120,6 +120,8 @@ class Arbiter:
         self.rolling_current: int | None = None
         self.started_at = now
         self._sessions_dirty = False
+        #: Shards whose session was invalidated since the last save (to delete in Redis too).
+        self._forgotten: set[int] = set()
         self._next_save = 0.0
         self._next_sample = 0.0
         self._wake_r = self._wake_w = -1
@@ -402,7 +404,13 @@ class Arbiter:
                 continue
             if shard in child.shard_set and isinstance(report, dict):
                 mine[key] = report
-                self._update_session(child, shard, report.get("session"))
+                session = report.get("session")
+                if session is None and "session" in report:
+                    # The child was given this shard's session (or made one) and has none now:
+                    # Discord invalidated it (op 9, 4007, 4009). A restart must not try it again.
+                    self._forget_session(shard)
+                else:
+                    self._update_session(child, shard, session)
         child.shard_reports.update(mine)
         self.metrics.shard_reports(child.group, child.pid, mine)
 
@@ -434,6 +442,11 @@ class Arbiter:
                 describe_close(data.get("code")),
                 extra={"shard": shard, "group": child.group},
             )
+
+    def _forget_session(self, shard: int) -> None:
+        if self.sessions.pop(shard, None) is not None:
+            self._sessions_dirty = True
+            self._forgotten.add(shard)
 
     def _update_session(self, child: Child, shard: int, session: Any) -> None:
         if shard not in child.shard_set or not isinstance(session, dict):
@@ -701,6 +714,12 @@ class Arbiter:
         if self.coordinator is not None:
             mine = {s: v for s, v in self.sessions.items() if s in self._my_shards}
             self._shared(self.coordinator.save_sessions, self.shard_count, mine)
+            if self._forgotten:
+                forgotten = sorted(self._forgotten - set(self.sessions))
+                if self._shared(self.coordinator.delete_sessions, self.shard_count, forgotten) is not None:
+                    self._forgotten.clear()
+        else:
+            self._forgotten.clear()
 
     def _budget_remaining(self) -> int | None:
         if self.coordinator is None:

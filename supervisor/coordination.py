@@ -117,6 +117,12 @@ class RedisCoordinator:
             pipe.set(self._key("session", shard_count, shard), json.dumps(asdict(saved)), ex=SESSION_TTL_S)
         pipe.execute()
 
+    def delete_sessions(self, shard_count: int, shard_ids: list[int]) -> int:
+        """Forget sessions Discord invalidated, so that no host tries to resume them."""
+        if not shard_ids:
+            return 0
+        return int(self.redis.delete(*(self._key("session", shard_count, s) for s in shard_ids)))
+
     def load_sessions(self, shard_count: int, shard_ids: list[int]) -> dict[int, SavedSession]:
         if not shard_ids:
             return {}

@@ -1,0 +1,61 @@
+"""Sessions the arbiter keeps: an invalidated session is forgotten on disk and in Redis, so a
+restart does not try to RESUME it in vain (the arbiter's handlers, the real Redis, no processes)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import redis
+
+from shard_worker.config import WorkerConfig
+from shard_worker.ipc import Message
+from supervisor.arbiter import Arbiter, ArbiterOptions
+from supervisor.coordination import RedisCoordinator
+
+
+class FakeChild:
+    def __init__(self, pid: int, shard_ids: list[int]) -> None:
+        self.pid, self.group, self.shard_ids = pid, 0, shard_ids
+        self.shard_set = frozenset(shard_ids)
+        self.shard_reports: dict = {}
+        self.report: dict = {}
+        self.ready: set = set()
+        self.label = f"group 0 (pid {pid})"
+        self.last_heartbeat = time.monotonic()
+
+
+def report(session):
+    return {"state": "ready" if session else "identifying", "seq": 7, "session": session, "latency_ms": None,
+            "received": 0, "published": 0, "reconnects": 0, "identifies": 1, "resumes": 0, "sent": 0, "outbox": 0}  # fmt: skip
+
+
+def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_path, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        coordinator = RedisCoordinator(client, prefix, host_id="h")
+        config = WorkerConfig([0, 1], 2, "ws://127.0.0.1:1", token="t" * 20)
+        arbiter = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state"), coordinator=coordinator))
+        child = FakeChild(5, [0, 1])
+        a = {"session_id": "a" * 32, "seq": 7, "resume_gateway_url": "ws://r"}
+        b = {"session_id": "b" * 32, "seq": 9, "resume_gateway_url": "ws://r"}
+        arbiter._on_message(child, Message("shards", {"shards": {"0": report(a), "1": report(b)}}))
+        arbiter._save_sessions()
+        saved = json.loads((tmp_path / "state" / "sessions.json").read_text())["sessions"]
+        assert set(saved) == {"0", "1"}
+        assert set(coordinator.load_sessions(2, [0, 1])) == {0, 1}
+
+        # op 9 (not resumable): the child reports shard 0 without a session while it identifies anew
+        arbiter._on_message(child, Message("shards", {"shards": {"0": report(None)}}))
+        arbiter._save_sessions()
+        saved = json.loads((tmp_path / "state" / "sessions.json").read_text())["sessions"]
+        assert set(saved) == {"1"}
+        assert set(coordinator.load_sessions(2, [0, 1])) == {1}
+        # a restart resumes only what is still valid
+        again = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state"), coordinator=coordinator))
+        assert set(again.sessions) == {1}
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
