@@ -195,6 +195,7 @@ class ParentLink:
             "rejected": dict(bridge.rejected),
             "broker": bridge.counters(),
             "confirm_latency": bridge.confirm_latency.snapshot(),
+            "bad_frames": sum(runner.machine.bad_frames for runner in worker.runners.values()),
             "received_by_type": dict(worker.received_by_type),
             "published_by_type": dict(worker.published_by_type),
         }

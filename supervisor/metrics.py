@@ -62,6 +62,10 @@ SHARD_COUNTERS: dict[str, tuple[str, str]] = {
     "resumes": ("spectacles_shard_resumes_total", "Sessions resumed (RESUMED received)."),
     "identifies": ("spectacles_shard_identifies_total", "IDENTIFY payloads sent (sessions started)."),
 }
+#: Per-group (process) counters of the heartbeat: report key -> (metric name, help).
+GROUP_COUNTERS: dict[str, tuple[str, str]] = {
+    "bad_frames": ("spectacles_gateway_bad_frames_total", "Messages from Discord that were not a gateway payload, skipped."),
+}
 #: Per-group (process) counters by event type: report key -> (metric name, help).
 TYPED_COUNTERS: dict[str, tuple[str, str]] = {
     "received_by_type": ("spectacles_events_received_total", "Dispatches received from Discord, by type."),
@@ -132,6 +136,7 @@ class GroupBase:
     broker: Mapping[str, int] = field(default_factory=dict)
     confirm_latency: Mapping[str, Any] | None = None
     by_type: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)
 
     def plus(self, report: Mapping[str, Any]) -> GroupBase:
         return GroupBase(
@@ -139,6 +144,7 @@ class GroupBase:
             _add_counts(self.broker, report.get("broker")),
             merge_histograms(self.confirm_latency, report.get("confirm_latency")),
             {key: _add_counts(self.by_type.get(key, {}), report.get(key)) for key in TYPED_COUNTERS},
+            _add_counts(self.counters, {k: report.get(k, 0) for k in GROUP_COUNTERS}),
         )
 
 
@@ -336,6 +342,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
         "Time from publishing a dispatch to RabbitMQ's confirm.",
         labels=["group"],
     )
+    group_counters = {key: CounterMetricFamily(*spec, labels=["group"]) for key, spec in GROUP_COUNTERS.items()}
     buffered = GaugeMetricFamily(
         "spectacles_buffer_messages", "Dispatches published but not confirmed yet.", labels=["group"]
     )
@@ -386,6 +393,8 @@ def families(snapshot: Snapshot) -> list[Metric]:
         for key, family in (("received_by_type", received), ("published_by_type", published)):
             for event_type, value in sorted(_add_counts(gbase.by_type.get(key, {}), report.get(key)).items()):
                 family.add_metric([g, event_type], value)
+        for key, family in group_counters.items():
+            family.add_metric([g], gbase.counters.get(key, 0) + (_number(report.get(key)) or 0))
         for reason, value in sorted(_add_counts(gbase.rejected, report.get("rejected")).items()):
             rejected.add_metric([g, reason], value)
         for kind, value in sorted(_add_counts(gbase.broker, report.get("broker")).items()):
@@ -416,7 +425,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
 
     out: list[Metric] = [
         received, published, *counters.values(), latency, seq, outbox, state,
-        rejected, broker, confirm, buffered, buffered_bytes, connected,
+        rejected, broker, confirm, *group_counters.values(), buffered, buffered_bytes, connected,
         up, rss, cpu, restarts, uptime,
     ]  # fmt: skip
     out.extend(_supervisor_families(snapshot.supervisor))

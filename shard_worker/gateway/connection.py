@@ -35,6 +35,7 @@ from .state import (
     Send,
     SessionReady,
     ShardMachine,
+    SkippedFrame,
 )
 
 log = logging.getLogger("shard_worker.shard")
@@ -376,6 +377,14 @@ class ShardRunner:
             task.add_done_callback(self._closing.discard)
         elif type(action) is RequestIdentify:
             tasks.append(asyncio.create_task(self._identify(ws, tasks), name=f"shard-{self.shard_id}-identify"))
+        elif type(action) is SkippedFrame:
+            # Resuming would only have Discord send it again: count it, skip it, say so.
+            log.warning(
+                "shard %d: skipped a frame from Discord: %s%s",
+                self.shard_id,
+                action.reason,
+                "" if action.seq is None else f"; seq moves on to {action.seq}",
+            )
         elif type(action) is SessionReady:
             self._backoff = exponential_backoff()
             if action.resumed:

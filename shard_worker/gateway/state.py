@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,9 @@ from .protocol import (
 
 #: A seq at or above this is ignored: a heartbeat carrying it would not fit in 4096 bytes.
 _MAX_SEQ = 2**63
+#: The ``"s"`` of a dispatch whose JSON does not decode, found in its bytes.
+_SEQ_IN_BAD_FRAME = re.compile(rb'"s"\s*:\s*([0-9]{1,18})\b')
+_DISPATCH_IN_BAD_FRAME = re.compile(rb'"op"\s*:\s*0\b')
 #: If HELLO does not arrive this long after the socket opened, drop the connection.
 HELLO_TIMEOUT_S = 20.0
 IDENTIFY_PROPERTIES = {"os": "linux", "browser": "spectacles-supervisor", "device": "spectacles-supervisor"}
@@ -86,6 +90,16 @@ class SessionReady:
 
     resumed: bool
     session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFrame:
+    """A frame that decoded to no gateway payload (bad JSON, not an object, no ``op``): it is
+    counted and skipped, never published. ``seq`` is the seq found in it, if any (the session's
+    seq moves past it, so a RESUME does not have Discord send it again)."""
+
+    reason: str
+    seq: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +160,8 @@ class ShardMachine:
         self.session_id: str | None = session.session_id if session else None
         self.seq: int | None = session.seq if session else None
         self.resume_url: str | None = session.resume_gateway_url if session else None
+        #: Messages that were not a gateway payload, skipped (see ``receive``).
+        self.bad_frames = 0
 
         # Connection state: reset by on_connect.
         self.phase = Phase.DISCONNECTED
@@ -201,7 +217,9 @@ class ShardMachine:
         self._pending_close = None
 
     def receive(self, frame: bytes | str, now: float) -> list:
-        """Handle one websocket message. A bad frame never raises: it ends in a resume."""
+        """Handle one websocket message. A bad frame never raises: a broken zlib stream ends in a
+        resume (nothing after it can be read); a message that is not a gateway payload is
+        skipped (:class:`SkippedFrame`), since resuming would only have it sent again."""
         if self.phase in (Phase.CLOSING, Phase.DISCONNECTED, Phase.FATAL):
             return []
         try:
@@ -214,10 +232,13 @@ class ShardMachine:
                         return []
             else:
                 text = frame
+        except InflateError as exc:
+            return self._close(RESUMABLE_CLOSE, f"bad frame: {type(exc).__name__}", resume=True)
+        try:
             payload = jsonlib.loads(text)
             op = payload["op"]
-        except (InflateError, ValueError, TypeError, KeyError) as exc:
-            return self._close(RESUMABLE_CLOSE, f"bad frame: {type(exc).__name__}", resume=True)
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            return [self._skip(text, f"{type(exc).__name__}")]
         if op == 0:  # Op.DISPATCH: the hot path, the common case inlined
             seq = payload.get("s")
             t = payload.get("t")
@@ -227,6 +248,16 @@ class ShardMachine:
                 return [Dispatch(t, seq, payload.get("d"))]
             return self._on_dispatch(t, seq, payload.get("d"))
         return self._on_control(op, payload.get("d"), now)
+
+    def _skip(self, text: bytes | str, why: str) -> SkippedFrame:
+        self.bad_frames += 1
+        raw = text.encode("utf-8", "replace") if isinstance(text, str) else bytes(text)
+        seq = None
+        if _DISPATCH_IN_BAD_FRAME.search(raw) and (found := _SEQ_IN_BAD_FRAME.search(raw)):
+            seq = int(found.group(1))
+            if self.seq is None or seq > self.seq:
+                self.seq = seq
+        return SkippedFrame(f"not a gateway payload ({why}, {len(raw)} bytes)", seq)
 
     def _on_dispatch(self, t: Any, seq: Any, d: Any) -> list:
         """READY, RESUMED and unnamed dispatches (``seq`` is already counted)."""

@@ -6,7 +6,7 @@ import pytest
 
 from shard_worker import exit_codes
 from supervisor.simulator import SimulatorThread
-from tests.helpers import TOKEN, WorkerThread, worker_config
+from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
 
 
 def resumes_of(snap, shard=0, result="ok"):
@@ -106,21 +106,36 @@ def test_fatal_close_codes_stop_the_worker_without_retry(running, code):
     assert len(accepted_identifies(snap)) == 1
 
 
-@pytest.mark.parametrize(
-    "data, compressed",
-    [
-        ("{not json", True),  # bad JSON inside a good zlib stream
-        (b"\x78\x9c\xde\xad\xbe\xef\x00\x00\xff\xff", False),  # a broken zlib stream
-        ('{"no_op": true}', True),
-    ],
-)
-def test_bad_frames_end_in_a_resume(running, data, compressed):
+def test_a_broken_zlib_stream_ends_in_a_resume(running):
     sim, worker = running
     session = sim.snapshot()["shards"][0]["session_id"]
-    sim.call("send_raw", 0, data, compressed=compressed)
+    sim.call("send_raw", 0, b"\x78\x9c\xde\xad\xbe\xef\x00\x00\xff\xff", compressed=False)
     snap = sim.wait_until(lambda s: resumes_of(s) and 0 in s["ready"], timeout=20)
     assert resumes_of(snap)[0]["session_id"] == session
     assert worker.alive
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "{not json",  # bad JSON inside a good zlib stream
+        '{"no_op": true}',
+        '{"t":"MESSAGE_CREATE","s":999,"op":0,"d":{"content":"\\udc00 lone surrogate',  # a dispatch cut short
+    ],
+)
+def test_a_message_that_is_no_payload_is_counted_and_skipped_without_a_resume(running, data):
+    """A resume would only have Discord send the same frame again, forever: skip it instead."""
+    sim, worker = running
+    runner = worker.worker.runners[0]
+    before = sim.snapshot()
+    sim.call("send_raw", 0, data, compressed=True)
+    wait_for(lambda: runner.machine.bad_frames == 1, 10, what="the frame counted")
+    received = runner.received
+    sim.call("emit", 0, 5, "MESSAGE_CREATE")
+    wait_for(lambda: runner.received >= received + 5, 10, what="events after it")
+    snap = sim.snapshot()
+    assert resumes_of(snap) == [] and len(snap["connections"]) == len(before["connections"])
+    assert 0 in snap["ready"] and worker.alive
 
 
 def test_dropped_tcp_connection_resumes_with_replay(running, amqp_url, rabbit, group):

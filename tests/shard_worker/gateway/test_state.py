@@ -24,6 +24,7 @@ from shard_worker.gateway.state import (
     Send,
     SessionReady,
     ShardMachine,
+    SkippedFrame,
 )
 
 TOKEN = "MTA4NzY1NDMyMTA5ODc2NTQzMg.GhIjKl.s3cr3t-t0ken-VALUE_do-not-leak"
@@ -243,7 +244,12 @@ def test_bad_hello_closes_and_resumes(frame):
     m = resumed_machine(0.0)
     m.on_close(4000)
     m.on_connect(10.0)
-    close = assert_resumable_close(m.receive(frame, 10.0))
+    actions = m.receive(frame, 10.0)
+    if actions and type(actions[0]) is SkippedFrame:
+        # JSON that does not decode (NaN, 1e999 for orjson) is no HELLO at all: skipped, and the
+        # HELLO deadline closes the connection resumably
+        actions = m.on_timer(10.0 + HELLO_TIMEOUT_S)
+    close = assert_resumable_close(actions)
     assert m.on_close(close.code) == Reconnect(True, 0.0, close.reason)
 
 
@@ -545,11 +551,24 @@ BAD_BYTES_FRAMES = [b"\xff\xfe\x00", b'{"op":1', b"[]", b"\x80"]
 
 
 @pytest.mark.parametrize("frame", BAD_TEXT_FRAMES + BAD_BYTES_FRAMES)
-def test_bad_frames_close_and_resume_uncompressed(frame):
+def test_a_message_that_is_not_a_gateway_payload_is_counted_and_skipped(frame):
+    """Resuming would only have Discord send it again (and again): skip it, stay connected."""
     m = ready_machine(0.0)
-    close = assert_resumable_close(m.receive(frame, 1.0))
-    assert close.reason.startswith("bad frame")
-    assert m.on_close(close.code) == Reconnect(True, 0.0, close.reason)
+    [skipped] = m.receive(frame, 1.0)
+    assert type(skipped) is SkippedFrame and skipped.reason.startswith("not a gateway payload")
+    assert m.phase is Phase.READY and m.bad_frames == 1
+    assert m.receive(dispatch(3), 1.1) == [Dispatch("MESSAGE_CREATE", 3, {"id": "3"})]  # and on it goes
+
+
+def test_a_dispatch_that_does_not_decode_moves_the_seq_past_it():
+    m = ready_machine(0.0)
+    before = m.seq
+    [skipped] = m.receive('{"t":"MESSAGE_CREATE","s":57,"op":0,"d":{"content":"\\ud8', 1.0)
+    assert skipped.seq == 57 and m.seq == 57 > before  # a RESUME will not ask for it again
+    [skipped] = m.receive('{"s": 12, "op": 0, "d": [', 1.1)
+    assert skipped.seq == 12 and m.seq == 57  # never backwards
+    [skipped] = m.receive('{"op":11,"s":99', 1.2)
+    assert skipped.seq is None and m.seq == 57  # not a dispatch: its "s" means nothing
 
 
 @pytest.mark.parametrize(
@@ -558,16 +577,24 @@ def test_bad_frames_close_and_resume_uncompressed(frame):
         b"garbage\x00\x00\xff\xff",
         b"\x00\x00\xff\xff",
         b"\x78\x01\x00\x10\x00\x00\x00\xff\xff",
-    ]
-    + zlib_messages(b"not json")
-    + zlib_messages(b"[1]")
-    + zlib_messages(b'{"no":"op"}')
-    + zlib_messages(b"\xff\xfe"),
+    ],
 )
-def test_bad_frames_close_and_resume_compressed(frame):
+def test_a_broken_zlib_stream_closes_and_resumes(frame):
     m = resumed_machine(0.0, compress=True)
     close = assert_resumable_close(m.receive(frame, 1.0))
+    assert close.reason.startswith("bad frame")
     assert m.on_close(close.code).resume is True
+
+
+@pytest.mark.parametrize(
+    "frame",
+    zlib_messages(b"not json") + zlib_messages(b"[1]") + zlib_messages(b'{"no":"op"}') + zlib_messages(b"\xff\xfe"),
+)
+def test_a_bad_payload_in_a_good_zlib_stream_is_skipped(frame):
+    m = resumed_machine(0.0, compress=True)
+    phase = m.phase
+    [skipped] = m.receive(frame, 1.0)
+    assert type(skipped) is SkippedFrame and m.bad_frames == 1 and m.phase is phase
 
 
 def test_truncated_zlib_message_then_garbage():
@@ -577,8 +604,13 @@ def test_truncated_zlib_message_then_garbage():
     assert m.receive(hello[:7], 0.0) == []
     assert m.receive(hello[7:], 0.0)[0].op == 6
     assert m.receive(ready[: len(ready) // 2], 0.1) == []
-    close = assert_resumable_close(m.receive(b"\xde\xad\xbe\xef\xff\xff\xff\xff\xff\x00\x00\xff\xff", 0.2))
-    assert m.on_close(close.code) == Reconnect(True, 0.0, close.reason)
+    actions = m.receive(b"\xde\xad\xbe\xef\xff\xff\xff\xff\xff\x00\x00\xff\xff", 0.2)
+    # zlib took the garbage without an error: what came out is no payload, so it is skipped; a
+    # stream that stays garbled gets no heartbeat ACK, and the zombie check resumes it
+    assert [type(a) for a in actions] == [SkippedFrame] and m.bad_frames == 1
+    assert [type(a) for a in m.on_timer(200.0)] == [Send]  # a heartbeat, never acknowledged
+    close = assert_resumable_close(m.on_timer(400.0))
+    assert m.on_close(close.code).resume is True
 
 
 def test_compressed_session_with_split_frames():
@@ -814,7 +846,7 @@ def test_token_never_in_reasons_or_repr():
 
 
 # -- fuzzing --------------------------------------------------------------------------------------
-KNOWN_ACTIONS = (Send, Dispatch, RequestIdentify, CloseConnection, SessionReady)
+KNOWN_ACTIONS = (Send, Dispatch, RequestIdentify, CloseConnection, SessionReady, SkippedFrame)
 
 json_values = st.recursive(
     st.none()
