@@ -171,6 +171,8 @@ class AmqpBridge:
         self._stopping = False
         self.blocked = False
         self.stats: Counter[str] = Counter()
+        #: Tasks the bridge started on its own (consuming a cancelled queue again).
+        self._background: set[asyncio.Task] = set()
         #: hot counters as plain attributes (a Counter update costs a method call per event)
         self.published = 0
         self.confirmed = 0
@@ -342,6 +344,34 @@ class AmqpBridge:
             entry = _Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack)
             self._enqueue(entry)
 
+    def _on_consumer_cancelled(self, frame: Any) -> None:
+        """RabbitMQ cancelled one of our consumers (its queue was deleted, a node failed over, an
+        operator acted): nothing would ever be consumed from that queue again while we look
+        connected. Declare, bind and consume it again."""
+        tag = frame.method.consumer_tag
+        if tag not in self._queue_of_consumer:
+            return
+        source = self._queue_of_consumer.pop(tag)
+        self.stats["consumer_cancels"] += 1
+        queue = self._queue_label(source)
+        log.warning("RabbitMQ cancelled the consumer of %s; declaring and consuming it again", queue)
+        task = asyncio.get_running_loop().create_task(self._consume_again(self._sub, queue, source))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _consume_again(self, sub: Any, queue: str, source: int | None) -> None:
+        key = spectacles.SEND_EVENT if source is None else spectacles.shard_routing_key(source)
+        try:
+            await self._call(sub.queue_declare, queue=queue, durable=True)
+            await self._call(sub.queue_bind, queue=queue, exchange=self.group, routing_key=key)
+        except BrokerError as exc:
+            log.warning("could not declare %s again (%s); the reconnect will", queue, exc)
+            return
+        if sub is not self._sub or not sub.is_open:
+            return  # the connection was replaced meanwhile: it consumes every queue anew
+        self._queue_of_consumer[sub.basic_consume(queue, self._on_message)] = source
+        log.info("consuming %s again", queue)
+
     def _queue_label(self, source: int | None) -> str:
         return spectacles.send_queue(self.group) if source is None else spectacles.shard_queue(self.group, source)
 
@@ -421,6 +451,7 @@ class AmqpBridge:
         for queue, _, source in queues:
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
+        sub.add_on_cancel_callback(self._on_consumer_cancelled)
         self._pub, self._sub = BatchedPublisher(conn, pub, self.group), sub
         self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
         self.connected.set()
