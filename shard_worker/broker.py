@@ -25,7 +25,7 @@ from typing import Any
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from . import outbound, spectacles
+from . import nack_policy, outbound, spectacles
 from .amqp_frames import BatchedPublisher, properties_prefix
 from .gateway.backoff import exponential_backoff
 from .logs import mask_url
@@ -48,7 +48,7 @@ class _Entry:
 
     __slots__ = (
         "shard_id", "session_id", "seq", "routing_key", "body", "message_id", "tag", "acked", "nacked", "on_confirm",
-        "sent_at",
+        "sent_at", "nacks",
     )  # fmt: skip
 
     def __init__(self, shard_id, session_id, seq, routing_key, body, message_id, on_confirm=None):
@@ -63,6 +63,7 @@ class _Entry:
         self.nacked = False
         self.on_confirm = on_confirm
         self.sent_at = 0.0
+        self.nacks = 0  # times RabbitMQ nacked it (see nack_policy)
 
 
 class BrokerError(RuntimeError):
@@ -171,6 +172,8 @@ class AmqpBridge:
         self._stopping = False
         self.blocked = False
         self.stats: Counter[str] = Counter()
+        #: Nacked messages waiting for their retry (see nack_policy).
+        self._retry: deque[_Entry] = deque()
         #: Tasks the bridge started on its own (consuming a cancelled queue again).
         self._background: set[asyncio.Task] = set()
         #: hot counters as plain attributes (a Counter update costs a method call per event)
@@ -186,7 +189,7 @@ class AmqpBridge:
     # -- publishing (hot path) ----------------------------------------------------------------
     @property
     def buffered(self) -> int:
-        return len(self._inflight) + len(self._backlog)
+        return len(self._inflight) + len(self._backlog) + len(self._retry)
 
     @property
     def buffered_bytes(self) -> int:
@@ -233,7 +236,7 @@ class AmqpBridge:
         lowest, unless something was published again (a nack, a reconnect): then the minimum.
         """
         lowest = None
-        for queue in (self._inflight, self._backlog):
+        for queue in (self._inflight, self._backlog, self._retry):
             for entry in queue:
                 if (
                     (not entry.acked or entry.nacked)
@@ -268,33 +271,55 @@ class AmqpBridge:
                 inflight[index].nacked = nack
         # Confirms may come out of order: settle the acknowledged prefix, whatever its origin.
         settled = 0
+        refused = 0
         freed = 0
         newest = None
         while inflight and inflight[0].acked:
             entry = inflight.popleft()
             if entry.nacked:
-                # RabbitMQ could not take it: publish again (at-least-once).
-                entry.acked = entry.nacked = False
-                self._reordered = True
                 self.stats["nacked"] += 1
-                self._backlog.append(entry)
-                continue
+                entry.nacks += 1
+                verdict = nack_policy.on_nack(entry.nacks)
+                if type(verdict) is nack_policy.Retry:
+                    # RabbitMQ did not take it: publish again later (at-least-once), not at once.
+                    entry.acked = entry.nacked = False
+                    self._reordered = True
+                    self._retry.append(entry)
+                    asyncio.get_running_loop().call_later(verdict.delay, self._retry_due, entry)
+                    continue
+                # The broker's verdict stands: refused, counted, and settled like a confirm so
+                # that the buffer drains and the session's seq moves past it.
+                self.stats["refused"] += 1
+                refused += 1
+                log.warning(
+                    "RabbitMQ refused %s %s (%s): dropped; does a queue bound to it reject publishes?",
+                    entry.routing_key, entry.message_id, verdict.reason,
+                )  # fmt: skip
             settled += 1
             freed += len(entry.body)
             newest = entry
             if entry.on_confirm is not None:
                 entry.on_confirm()
         if newest is not None:
-            self.confirmed += settled
+            self.confirmed += settled - refused
             self._buffered_bytes -= freed
             # One sample per confirm frame (RabbitMQ confirms in batches): the newest message's.
             self.confirm_latency.observe(_monotonic() - newest.sent_at)
             if not self._room.is_set() and self.buffered < self.max_buffered and self._buffered_bytes < self.max_buffered_bytes:
                 self._room.set()
-            if not inflight and not self._backlog:
+            if not inflight and not self._backlog and not self._retry:
                 self._empty.set()
                 self._reordered = False
         if self._backlog and self._pub is not None:
+            self._flush_backlog()
+
+    def _retry_due(self, entry: _Entry) -> None:
+        try:
+            self._retry.remove(entry)
+        except ValueError:
+            return  # already moved (a reconnect put it back in the backlog)
+        self._backlog.append(entry)
+        if self._pub is not None:
             self._flush_backlog()
 
     def _flush_backlog(self) -> None:
@@ -526,6 +551,10 @@ class AmqpBridge:
         """The connection is gone: unconfirmed messages go back to the front of the backlog."""
         self.connected.clear()
         self._pub = self._sub = None
+        if self._retry:  # waiting for a retry: the new connection publishes them again anyway
+            self._reordered = True
+            self._backlog.extendleft(reversed(self._retry))
+            self._retry.clear()
         if self._inflight:
             self._reordered = True
             self.stats["republished"] += len(self._inflight)
