@@ -9,6 +9,7 @@ themselves are documented in ``docs/ipc.md``.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,21 @@ SHARDS_PER_MESSAGE = 200
 class Message:
     event: str
     data: Any = None
+
+
+def write_pending(fd: int, out: bytearray) -> bool:
+    """Write what a non-blocking pipe takes of ``out`` now (the rest stays in ``out``); False,
+    with ``out`` cleared, once the other end is gone. Both ends queue their messages this way:
+    neither may block on the other."""
+    try:
+        while out:
+            del out[: os.write(fd, out)]
+    except BlockingIOError:
+        pass
+    except OSError:
+        out.clear()
+        return False
+    return True
 
 
 def encode(event: str, data: Any = None) -> bytes:

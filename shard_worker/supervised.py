@@ -95,15 +95,8 @@ class ParentLink:
         self._flush()
 
     def _flush(self) -> None:
-        try:
-            while self._out:
-                written = os.write(self._write_fd, self._out)
-                del self._out[:written]
-        except BlockingIOError:
-            pass
-        except OSError:
-            # The parent is gone; stdin EOF (or the death signal) stops us shortly.
-            self._out.clear()
+        # If the parent is gone, stdin EOF (or the death signal) stops us shortly.
+        ipc.write_pending(self._write_fd, self._out)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

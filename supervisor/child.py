@@ -112,16 +112,7 @@ class Child:
 
     def flush(self) -> bool:
         """Write queued orders; False once the child's stdin is gone."""
-        try:
-            while self.out:
-                written = os.write(self.write_fd, self.out)
-                del self.out[:written]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self.out.clear()
-            return False
-        return True
+        return ipc.write_pending(self.write_fd, self.out)
 
     def stop(self, now: float) -> None:
         """Ask for a graceful stop (sessions kept); the arbiter kills it if it takes too long."""
