@@ -176,6 +176,17 @@ class SimulatorOptions:
         return 2 * self.heartbeat_interval_ms / 1000 + 1.0
 
 
+class _StampedConnection(ServerConnection):
+    """Records the loop time at which bytes last arrived, before any handler runs: under a burst
+    of identifies the handlers run one after another, and their own clock would lag arrival."""
+
+    received_at: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.received_at = self.loop.time()
+        super().data_received(data)
+
+
 # -- per-session / per-connection state --------------------------------------------------------
 
 _T_CACHE: dict[str, bytes] = {}
@@ -438,6 +449,7 @@ class Simulator:
             max_size=max(1 << 20, opts.max_payload_bytes * 4),
             max_queue=64,
             server_header="spectacles-simulator",
+            create_connection=_StampedConnection,
         )
         self._sweeper = asyncio.create_task(self._sweep())
         log.info("simulator listening on %s (api %s)", self.url, self.api_url)
@@ -897,10 +909,13 @@ class Simulator:
             return
         conn.shard = shard_id
         conn.record["shard"] = shard_id
-        now = self._loop.time()  # type: ignore[union-attr]
+        # The bucket rule counts arrivals, as Discord does: when the bytes came in, not when this
+        # handler got its turn behind a burst of others.
+        now = getattr(conn.ws, "received_at", None) or self._loop.time()  # type: ignore[union-attr]
         self._session_start_limit()  # refresh the daily budget
         bucket = protocol.identify_bucket(shard_id, opts.max_concurrency)
-        entry = {"time": time.time(), "shard": shard_id, "bucket": bucket, "conn": conn.id,
+        arrived = time.time() - max(0.0, self._loop.time() - now)  # type: ignore[union-attr]
+        entry = {"time": arrived, "shard": shard_id, "bucket": bucket, "conn": conn.id,
                  "accepted": False, "session_id": None}
         if self._remaining <= 0:
             self.identifies.append(entry)
