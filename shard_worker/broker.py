@@ -458,15 +458,19 @@ class AmqpBridge:
             pub = await self._open_channel(conn)
             await self._call(pub.exchange_declare, exchange=self.group, exchange_type=spectacles.EXCHANGE_TYPE, durable=True)
             await self._call(pub.confirm_delivery, self._on_confirm)
+            # Publishing needs only the exchange: the shards may start now. Declaring the queues
+            # they consume takes about a second for a thousand queues that exist (every start but
+            # the first), and seconds more for new ones: never on the identify pace's path.
+            self._pub = BatchedPublisher(conn, pub, self.group)
+            self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
+            self.connected.set()
+            self._flush_backlog()
             sub = await self._open_channel(conn)
             await self._call(sub.basic_qos, prefetch_count=self.prefetch)
             queues: list[tuple[str, str, int | None]] = [
                 (spectacles.shard_queue(self.group, s), spectacles.shard_routing_key(s), s) for s in self.shard_ids
             ]
             queues.append((spectacles.send_queue(self.group), spectacles.SEND_EVENT, None))
-            # Before any shard starts: a packet published to a shard's queue from its READY on
-            # must find the queue, and the broker's work of creating a thousand durable queues
-            # (a first start) must not compete with the shards' first identifies.
             await self._declare_queues(conn, queues)
         except BaseException:
             if conn.is_open:
@@ -477,10 +481,7 @@ class AmqpBridge:
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
         sub.add_on_cancel_callback(self._on_consumer_cancelled)
-        self._pub, self._sub = BatchedPublisher(conn, pub, self.group), sub
-        self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
-        self.connected.set()
-        self._flush_backlog()
+        self._sub = sub
 
     async def _declare_queues(self, conn: Any, queues: list[tuple[str, str, int | None]]) -> None:
         """Declare and bind ``queues`` over :data:`DECLARE_CHANNELS` channels at once: RabbitMQ

@@ -31,7 +31,7 @@ from shard_worker.gateway.protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S
 DEFAULT_INTERVAL_S = IDENTIFY_INTERVAL_S + IDENTIFY_MARGIN_S
 #: A grant leaves this long before its bucket is free: the child opens its connection on the
 #: grant and waits for ``not_before`` to write the IDENTIFY.
-DEFAULT_LEAD_S = 1.0
+DEFAULT_LEAD_S = 2.0
 #: A grant not written this long after its ``not_before`` is void.
 GRANT_VALIDITY_S = 5.0
 #: Identifies never spent automatically: left for a human who fixes things by hand.
