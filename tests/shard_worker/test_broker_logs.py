@@ -29,13 +29,18 @@ def run_refused(seconds: float) -> None:
     asyncio.run(main())
 
 
-def test_a_refused_connection_is_one_warning_per_retry_and_pika_says_nothing(capsys):
-    setup_logging("INFO", fmt="text")
+def logged_while_refused(capsys, level: str, seconds: float) -> str:
+    """What the process printed on stderr while the bridge retried a refused port."""
+    setup_logging(level, fmt="text")
     try:
-        run_refused(2.5)
+        run_refused(seconds)
     finally:
         logging.getLogger().handlers.clear()
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return capsys.readouterr().err
+
+
+def test_a_refused_connection_is_one_warning_per_retry_and_pika_says_nothing(capsys):
+    lines = [line for line in logged_while_refused(capsys, "INFO", 2.5).splitlines() if line.strip()]
     retries = [line for line in lines if "unavailable" in line and "retrying in" in line]
     assert len(retries) >= 2  # backoff from 0.5 s: several tries in 2.5 s
     assert all(" WARNING shard_worker.broker: " in line for line in retries)
@@ -43,9 +48,4 @@ def test_a_refused_connection_is_one_warning_per_retry_and_pika_says_nothing(cap
 
 
 def test_pika_speaks_at_debug(capsys):
-    setup_logging("DEBUG", fmt="text")
-    try:
-        run_refused(1.0)
-    finally:
-        logging.getLogger().handlers.clear()
-    assert " pika." in capsys.readouterr().err
+    assert " pika." in logged_while_refused(capsys, "DEBUG", 1.0)
