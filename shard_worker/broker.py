@@ -3,7 +3,9 @@
 Inbound: every dispatch becomes one persistent publish on the group's durable direct exchange with
 routing key ``t``; publisher confirms are on and every message stays in memory until RabbitMQ
 confirms it, so a lost connection republishes instead of losing (at-least-once). The buffer is
-bounded: callers ``await wait_room()`` before publishing more, which stops the gateway read.
+bounded: callers ``await wait_room()`` before publishing more, which stops the gateway read. The
+rules of that buffer (confirms, nacks, refused and poisoned messages, reconnects) live in
+``publish_ledger``; this module is the pika driver around it.
 
 Outbound: the durable queues ``<group>:<shard>`` (one per owned shard) and ``<group>:SEND`` are
 consumed with manual acks; packets are validated (``outbound``), handed to the shard, and acked
@@ -14,21 +16,20 @@ with routing key ``<shard>`` and acked once RabbitMQ confirmed that.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from . import nack_policy, outbound, spectacles
+from . import outbound, spectacles
 from .amqp_frames import BatchedPublisher, properties_prefix
 from .gateway.backoff import exponential_backoff
 from .logs import mask_url
+from .publish_ledger import Entry, PublishLedger
 
 log = logging.getLogger("shard_worker.broker")
 
@@ -41,29 +42,6 @@ DECLARE_CHANNELS = 8
 
 #: ``on_packet(shard_id, packet, ack)``: send ``packet`` on that shard, then call ``ack()``.
 PacketHandler = Callable[[int, outbound.Packet, Callable[[], None]], None]
-
-
-class _Entry:
-    """One message waiting for RabbitMQ's confirm."""
-
-    __slots__ = (
-        "shard_id", "session_id", "seq", "routing_key", "body", "message_id", "tag", "acked", "nacked", "on_confirm",
-        "sent_at", "nacks",
-    )  # fmt: skip
-
-    def __init__(self, shard_id, session_id, seq, routing_key, body, message_id, on_confirm=None):
-        self.shard_id = shard_id
-        self.session_id = session_id
-        self.seq = seq
-        self.routing_key = routing_key
-        self.body = body
-        self.message_id = message_id
-        self.tag = 0
-        self.acked = False  # RabbitMQ answered (ack or nack)
-        self.nacked = False
-        self.on_confirm = on_confirm
-        self.sent_at = 0.0
-        self.nacks = 0  # times RabbitMQ nacked it (see nack_policy)
 
 
 class BrokerError(RuntimeError):
@@ -89,31 +67,6 @@ class Ack:
     def __call__(self) -> None:
         if not self.stale:
             self._channel.basic_ack(self._tag)
-
-
-_monotonic = time.monotonic
-#: Upper bounds (seconds) of the publish-to-confirm latency histogram.
-CONFIRM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Histogram:
-    """Cumulative-friendly fixed buckets (Prometheus style): counts per bucket, sum, count."""
-
-    __slots__ = ("bounds", "counts", "sum", "count")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def snapshot(self) -> dict:
-        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum, "count": self.count}
 
 
 class AmqpBridge:
@@ -142,9 +95,19 @@ class AmqpBridge:
         self._conn: AsyncioConnection | None = None
         self._pub: BatchedPublisher | None = None  # on the confirm channel
         self._sub: Any = None  # the consumer channel
-        self._next_tag = 0
-        self._inflight: deque[_Entry] = deque()  # published on the current channel, unconfirmed
-        self._backlog: deque[_Entry] = deque()  # waiting for a channel
+        self._room = asyncio.Event()
+        self._room.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.ledger = PublishLedger(
+            max_buffered,
+            max_buffered_bytes,
+            schedule=self._schedule_retry,
+            on_refused=self._log_refused,
+            on_room=lambda room: self._room.set() if room else self._room.clear(),
+            on_empty=lambda empty: self._empty.set() if empty else self._empty.clear(),
+        )
+        self._add = self.ledger.add
         # Encoded properties (content type, persistence, shard header) up to the message id.
         self._props = {
             s: properties_prefix(
@@ -159,172 +122,73 @@ class AmqpBridge:
         self._reroute_props = properties_prefix(
             pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
         )
-        self._buffered_bytes = 0
-        #: Something was published again (nack, reconnect): the buffer is no longer in seq order.
-        self._reordered = False
-        self._room = asyncio.Event()
-        self._room.set()
-        self._empty = asyncio.Event()
-        self._empty.set()
         self.connected = asyncio.Event()
         self._closed_unexpectedly: asyncio.Future | None = None
         self._queue_of_consumer: dict[str, int | None] = {}
         self._stopping = False
         self.blocked = False
-        self.stats: Counter[str] = Counter()
-        #: Nacked messages waiting for their retry (see nack_policy).
-        self._retry: deque[_Entry] = deque()
+        #: The ledger's counters and the bridge's own (consumer side) in one place.
+        self.stats: Counter[str] = self.ledger.stats
         #: Tasks the bridge started on its own (consuming a cancelled queue again).
         self._background: set[asyncio.Task] = set()
-        #: hot counters as plain attributes (a Counter update costs a method call per event)
-        self.published = 0
-        self.confirmed = 0
         self.rejected: Counter[str] = Counter()
-        self.confirm_latency = Histogram(CONFIRM_LATENCY_BUCKETS)
 
     def counters(self) -> dict[str, int]:
         """Every broker counter: published, confirmed, nacked, republished, outbound_received..."""
-        return {**self.stats, "published": self.published, "confirmed": self.confirmed}
+        return {**self.stats, "published": self.ledger.published, "confirmed": self.ledger.confirmed}
+
+    @property
+    def published(self) -> int:
+        return self.ledger.published
+
+    @property
+    def confirmed(self) -> int:
+        return self.ledger.confirmed
+
+    @property
+    def confirm_latency(self) -> Any:
+        return self.ledger.confirm_latency
 
     # -- publishing (hot path) ----------------------------------------------------------------
     @property
     def buffered(self) -> int:
-        return len(self._inflight) + len(self._backlog) + len(self._retry)
+        return self.ledger.buffered
 
     @property
     def buffered_bytes(self) -> int:
-        return self._buffered_bytes
+        return self.ledger.buffered_bytes
 
     def has_room(self) -> bool:
-        return self._room.is_set()
+        return self.ledger.room
 
     async def wait_room(self) -> None:
         await self._room.wait()
 
     def publish_event(self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes) -> None:
         """Publish one dispatch's ``d`` (already JSON) with routing key ``t``."""
-        self._enqueue(_Entry(shard_id, session_id, seq, t, body, spectacles.message_id(shard_id, session_id, seq)))
+        self._add(Entry(shard_id, session_id, seq, t, body, spectacles.message_id(shard_id, session_id, seq)))
 
-    def _enqueue(self, entry: _Entry) -> None:
-        self._buffered_bytes += len(entry.body)
-        if self._empty.is_set():
-            self._empty.clear()
-        if (
-            len(self._inflight) + len(self._backlog) + 1 >= self.max_buffered
-            or self._buffered_bytes >= self.max_buffered_bytes
-        ):
-            self._room.clear()
-        if self._pub is not None and not self._backlog:
-            self._send(entry)
-        else:
-            self._backlog.append(entry)
-
-    def _send(self, entry: _Entry) -> None:
+    def _send(self, entry: Entry) -> None:
+        """The ledger's way out: one publish on the confirm channel."""
         props = self._reroute_props if entry.on_confirm is not None else self._props[entry.shard_id]
         self._pub.publish(entry.routing_key, entry.body, props, entry.message_id)  # type: ignore[union-attr]
-        self._next_tag += 1
-        entry.tag = self._next_tag
-        entry.sent_at = _monotonic()
-        self._inflight.append(entry)
-        self.published += 1
 
     def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
-        """The lowest seq of ``session_id`` not yet confirmed by RabbitMQ, if any.
-
-        A scan of the buffer when a session is reported (about once a second), which is cheaper
-        than bookkeeping on every event. Publish order is seq order, so the first match is the
-        lowest, unless something was published again (a nack, a reconnect): then the minimum.
-        """
-        lowest = None
-        for queue in (self._inflight, self._backlog, self._retry):
-            for entry in queue:
-                if (
-                    (not entry.acked or entry.nacked)
-                    and entry.shard_id == shard_id
-                    and entry.on_confirm is None
-                    and entry.session_id == session_id
-                    and entry.seq is not None
-                    and (lowest is None or entry.seq < lowest)
-                ):
-                    lowest = entry.seq
-                    if not self._reordered:
-                        return lowest
-        return lowest
+        """The lowest seq of ``session_id`` not yet settled by RabbitMQ, if any."""
+        return self.ledger.first_unconfirmed_seq(shard_id, session_id)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        tag = method.delivery_tag
-        nack = isinstance(method, pika.spec.Basic.Nack)
-        inflight = self._inflight
-        if not inflight:
-            return
-        if method.multiple:
-            for entry in inflight:
-                if entry.tag > tag:
-                    break
-                entry.acked = True
-                entry.nacked = nack
-        else:
-            index = tag - inflight[0].tag
-            if 0 <= index < len(inflight):
-                inflight[index].acked = True
-                inflight[index].nacked = nack
-        # Confirms may come out of order: settle the acknowledged prefix, whatever its origin.
-        settled = 0
-        refused = 0
-        freed = 0
-        newest = None
-        while inflight and inflight[0].acked:
-            entry = inflight.popleft()
-            if entry.nacked:
-                self.stats["nacked"] += 1
-                entry.nacks += 1
-                verdict = nack_policy.on_nack(entry.nacks)
-                if type(verdict) is nack_policy.Retry:
-                    # RabbitMQ did not take it: publish again later (at-least-once), not at once.
-                    entry.acked = entry.nacked = False
-                    self._reordered = True
-                    self._retry.append(entry)
-                    asyncio.get_running_loop().call_later(verdict.delay, self._retry_due, entry)
-                    continue
-                # The broker's verdict stands: refused, counted, and settled like a confirm so
-                # that the buffer drains and the session's seq moves past it.
-                self.stats["refused"] += 1
-                refused += 1
-                log.warning(
-                    "RabbitMQ refused %s %s (%s): dropped; does a queue bound to it reject publishes?",
-                    entry.routing_key, entry.message_id, verdict.reason,
-                )  # fmt: skip
-            settled += 1
-            freed += len(entry.body)
-            newest = entry
-            if entry.on_confirm is not None:
-                entry.on_confirm()
-        if newest is not None:
-            self.confirmed += settled - refused
-            self._buffered_bytes -= freed
-            # One sample per confirm frame (RabbitMQ confirms in batches): the newest message's.
-            self.confirm_latency.observe(_monotonic() - newest.sent_at)
-            if not self._room.is_set() and self.buffered < self.max_buffered and self._buffered_bytes < self.max_buffered_bytes:
-                self._room.set()
-            if not inflight and not self._backlog and not self._retry:
-                self._empty.set()
-                self._reordered = False
-        if self._backlog and self._pub is not None:
-            self._flush_backlog()
+        self.ledger.confirm(method.delivery_tag, method.multiple, type(method) is pika.spec.Basic.Nack)
 
-    def _retry_due(self, entry: _Entry) -> None:
-        try:
-            self._retry.remove(entry)
-        except ValueError:
-            return  # already moved (a reconnect put it back in the backlog)
-        self._backlog.append(entry)
-        if self._pub is not None:
-            self._flush_backlog()
+    def _schedule_retry(self, delay: float, entry: Entry) -> None:
+        asyncio.get_running_loop().call_later(delay, self.ledger.retry_due, entry)
 
-    def _flush_backlog(self) -> None:
-        while self._backlog and self._pub is not None:
-            self._send(self._backlog.popleft())
+    def _log_refused(self, entry: Entry, reason: str) -> None:
+        log.warning(
+            "RabbitMQ refused %s %s (%s): dropped; does a queue bound to it reject publishes?",
+            entry.routing_key, entry.message_id, reason,
+        )  # fmt: skip
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every buffered message is confirmed; False if ``timeout`` passed first."""
@@ -366,8 +230,8 @@ class AmqpBridge:
         else:
             self.stats["send_rerouted"] += 1
             message_id = props.message_id or f"send:{uuid.uuid4().hex}"
-            entry = _Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack)
-            self._enqueue(entry)
+            entry = Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack)
+            self._add(entry)
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers (its queue was deleted, a node failed over, an
@@ -462,9 +326,8 @@ class AmqpBridge:
             # they consume takes about a second for a thousand queues that exist (every start but
             # the first), and seconds more for new ones: never on the identify pace's path.
             self._pub = BatchedPublisher(conn, pub, self.group)
-            self._next_tag = 0  # confirm delivery tags count from 1 on each new channel
             self.connected.set()
-            self._flush_backlog()
+            self.ledger.open(self._send)
             sub = await self._open_channel(conn)
             await self._call(sub.basic_qos, prefetch_count=self.prefetch)
             queues: list[tuple[str, str, int | None]] = [
@@ -539,6 +402,10 @@ class AmqpBridge:
             waiter.set_exception(BrokerError(f"channel closed: {exc}"))
         if channel.connection is not self._conn:
             return  # a channel of a connection already replaced
+        if self._pub is not None and channel is self._pub.channel and isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+            # Something we published made the broker close the channel: the ledger decides
+            # whether one message is to blame (too large, or poisoned) before it all goes again.
+            self.ledger.channel_error(exc.reply_text)
         if (self._pub is not None and channel is self._pub.channel) or channel is self._sub:
             # A channel error (e.g. a PRECONDITION_FAILED) takes the whole connection down; run()
             # then reconnects and republishes what was unconfirmed.
@@ -549,20 +416,10 @@ class AmqpBridge:
                 self._conn.close()
 
     def _drop_channels(self) -> None:
-        """The connection is gone: unconfirmed messages go back to the front of the backlog."""
+        """The connection is gone: the ledger puts unconfirmed messages back in the backlog."""
         self.connected.clear()
         self._pub = self._sub = None
-        if self._retry:  # waiting for a retry: the new connection publishes them again anyway
-            self._reordered = True
-            self._backlog.extendleft(reversed(self._retry))
-            self._retry.clear()
-        if self._inflight:
-            self._reordered = True
-            self.stats["republished"] += len(self._inflight)
-            for entry in self._inflight:
-                entry.acked = entry.nacked = False
-            self._backlog.extendleft(reversed(self._inflight))
-            self._inflight.clear()
+        self.ledger.lost()
 
     def _on_blocked(self, conn: Any, frame: Any) -> None:
         self.blocked = True

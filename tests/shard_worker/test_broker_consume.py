@@ -82,6 +82,7 @@ def test_send_for_another_process_is_republished_and_acked_on_confirm():
         bridge, channel, sent = make()
         published = []
         bridge._pub = SimpleNamespace(publish=lambda rk, body, props, mid: published.append((rk, body, mid)))
+        bridge.ledger.open(bridge._send)
         guild = next(g for g in range(1 << 22, 1 << 40, 1 << 22) if (g >> 22) % 2 == 1)
         deliver(bridge, channel, "c-send", 5, json.dumps({"guild_id": str(guild), "packet": {"op": 8, "d": {}}}).encode(), "m-1")
         assert sent == [] and channel.acked == []
