@@ -48,7 +48,7 @@ MAX_CHANNEL_ERRORS = 3
 #: Upper bounds (seconds) of the publish-to-confirm latency histogram.
 CONFIRM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-_MAX_SIZE_ERROR = re.compile(rb"larger than configured max size (\d+)")
+_MAX_SIZE_ERROR = re.compile(rb"larger than (?:configured )?max size (\d+)")
 
 _monotonic = time.monotonic
 

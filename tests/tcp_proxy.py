@@ -1,7 +1,8 @@
 """A small TCP proxy for fault tests: put it between a worker and RabbitMQ, then cut it.
 
 ``cut()`` aborts every proxied connection and refuses new ones (accept, then reset) until
-``restore()``. Runs on its own event loop in a daemon thread; only loopback addresses.
+``restore()``. ``hold()`` stops forwarding what the client sends (the server's bytes still
+flow) until ``cut()``, which drops what was held: a write that never reached the server. Runs on its own event loop in a daemon thread; only loopback addresses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.refusing = False
+        self.holding = False
         self.connections = 0
         self._transports: set[asyncio.Transport] = set()
         self._loop = asyncio.new_event_loop()
@@ -51,9 +53,11 @@ class TcpProxy:
         for w in (writer, up_writer):
             self._transports.add(w.transport)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if upstream and self.holding:
+                        continue  # held, then lost with the connection
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -61,18 +65,22 @@ class TcpProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         for w in (writer, up_writer):
             self._transports.discard(w.transport)
 
     def cut(self) -> None:
         def do() -> None:
             self.refusing = True
+            self.holding = False
             for transport in list(self._transports):
                 transport.abort()
             self._transports.clear()
 
         self._loop.call_soon_threadsafe(do)
+
+    def hold(self) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "holding", True)
 
     def restore(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "refusing", False)
