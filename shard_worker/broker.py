@@ -10,7 +10,8 @@ rules of that buffer (confirms, nacks, refused and poisoned messages, reconnects
 Outbound: the durable queues ``<group>:<shard>`` (one per owned shard) and ``<group>:SEND`` are
 consumed with manual acks; packets are validated (``outbound``), handed to the shard, and acked
 only once written to the socket. A SEND packet for a shard of another process is republished
-with routing key ``<shard>`` and acked once RabbitMQ confirmed that.
+with routing key ``<shard>`` and acked once RabbitMQ confirmed that. A shard that is not READY
+holds nothing: its queue is not consumed, and SEND parks its packets there (``hand_over``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from . import outbound, spectacles
+from . import amqp_params, outbound, spectacles
+from .hand_over import Route, route
 from .amqp_frames import BatchedPublisher, properties_prefix
-from .gateway.backoff import exponential_backoff
 from .logs import mask_url
 from .publish_ledger import Entry, PublishLedger
 
@@ -42,6 +43,8 @@ DECLARE_CHANNELS = 8
 
 #: ``on_packet(shard_id, packet, ack)``: send ``packet`` on that shard, then call ``ack()``.
 PacketHandler = Callable[[int, outbound.Packet, Callable[[], None]], None]
+#: ``shard_status(shard_id)``: (READY?, packets it holds) for ``hand_over.route``.
+ShardStatus = Callable[[int], tuple[bool, int]]
 
 
 class BrokerError(RuntimeError):
@@ -55,10 +58,11 @@ class Ack:
     its packet must not be sent (the redelivery will be), and acking it would be a protocol error.
     """
 
-    __slots__ = ("_bridge", "_channel", "_tag")
+    __slots__ = ("_bridge", "_channel", "_tag", "from_send")
 
-    def __init__(self, bridge: AmqpBridge, channel: Any, tag: int) -> None:
+    def __init__(self, bridge: AmqpBridge, channel: Any, tag: int, from_send: bool = False) -> None:
         self._bridge, self._channel, self._tag = bridge, channel, tag
+        self.from_send = from_send
 
     @property
     def stale(self) -> bool:
@@ -67,6 +71,11 @@ class Ack:
     def __call__(self) -> None:
         if not self.stale:
             self._channel.basic_ack(self._tag)
+
+    def requeue(self) -> None:
+        """Give the delivery back to its queue, unsent."""
+        if not self.stale:
+            self._channel.basic_nack(self._tag, requeue=True)
 
 
 class AmqpBridge:
@@ -79,15 +88,24 @@ class AmqpBridge:
         on_packet: PacketHandler,
         *,
         prefetch: int = 100,
+        shard_status: ShardStatus | None = None,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        queue_type: str = amqp_params.DEFAULT_QUEUE_TYPE,
+        tls: amqp_params.TlsFiles | None = None,
     ) -> None:
         self.url = url
+        #: ``url``'s URLs (comma-separated: a cluster's nodes), tried round robin (amqp_params).
+        self.endpoints = amqp_params.Endpoints(url, tls, cap=RECONNECT_CAP_S)
+        self.queue_type = queue_type
+        self._queue_arguments = amqp_params.queue_arguments(queue_type)
         self.group = group
         self.shard_ids = list(shard_ids)
         self._local = set(shard_ids)
         self.shard_count = shard_count
         self.on_packet = on_packet
+        #: Without it (tests, tools), every shard counts as READY and holding nothing.
+        self.shard_status: ShardStatus = shard_status or (lambda shard_id: (True, 0))
         self.prefetch = prefetch
         self.max_buffered = max_buffered
         self.max_buffered_bytes = max_buffered_bytes
@@ -125,6 +143,8 @@ class AmqpBridge:
         self.connected = asyncio.Event()
         self._closed_unexpectedly: asyncio.Future | None = None
         self._queue_of_consumer: dict[str, int | None] = {}
+        #: Shards whose queue is consumed (READY ones); the others' queues hold their packets.
+        self._consuming: set[int] = set(shard_ids) if shard_status is None else set()
         self._stopping = False
         self.blocked = False
         #: The ledger's counters and the bridge's own (consumer side) in one place.
@@ -223,15 +243,63 @@ class AmqpBridge:
             log.exception("rejected outbound message from %s: validation failed", self._queue_label(source))
             channel.basic_reject(tag, requeue=False)
             return
-        ack = self._acker(channel, tag)
+        ack = self._acker(channel, tag, source is None)
         if shard_id in self._local:
             self.stats["outbound_received"] += 1
-            self.on_packet(shard_id, packet, ack)
+            self._route_local(shard_id, packet, ack, props.message_id)
         else:
             self.stats["send_rerouted"] += 1
-            message_id = props.message_id or f"send:{uuid.uuid4().hex}"
-            entry = Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack)
-            self._add(entry)
+            self._forward(shard_id, packet, ack, props.message_id)
+
+    def _route_local(self, shard_id: int, packet: outbound.Packet, ack: Ack, message_id: str | None) -> None:
+        ready, waiting = self.shard_status(shard_id)
+        verdict = route(ack.from_send, ready, waiting)
+        if verdict is Route.HAND_OVER:
+            self.on_packet(shard_id, packet, ack)
+        elif verdict is Route.PARK:
+            self.stats["send_parked"] += 1
+            self._forward(shard_id, packet, ack, message_id)
+        else:
+            self.stats["outbound_given_back"] += 1
+            ack.requeue()
+            self.pause_shard(shard_id)
+
+    def _forward(self, shard_id: int, packet: outbound.Packet, ack: Ack, message_id: str | None) -> None:
+        """Publish ``packet`` to ``<group>:<shard>``; its delivery is acked once RabbitMQ confirmed."""
+        message_id = message_id or f"send:{uuid.uuid4().hex}"
+        self._add(Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack))
+
+    def give_back(self, shard_id: int, packet: outbound.Packet, ack: Callable[[], None]) -> None:
+        """A shard left READY holding ``packet``: RabbitMQ keeps it meanwhile (see ``hand_over``)."""
+        if not isinstance(ack, Ack) or ack.stale:
+            return  # its channel is gone: RabbitMQ delivers it again anyway
+        if ack.from_send:
+            self.stats["send_parked"] += 1
+            self._forward(shard_id, packet, ack, None)
+        else:
+            self.stats["outbound_given_back"] += 1
+            ack.requeue()
+
+    # -- which shard queues are consumed ------------------------------------------------------
+    def resume_shard(self, shard_id: int) -> None:
+        """The shard is READY: consume its queue (again)."""
+        if shard_id not in self._local or shard_id in self._consuming:
+            return
+        self._consuming.add(shard_id)
+        sub = self._sub
+        if sub is not None and sub.is_open:
+            self._queue_of_consumer[sub.basic_consume(self._queue_label(shard_id), self._on_message)] = shard_id
+
+    def pause_shard(self, shard_id: int) -> None:
+        """The shard left READY: stop consuming its queue, which keeps its packets meanwhile."""
+        if shard_id not in self._consuming:
+            return
+        self._consuming.discard(shard_id)
+        for tag, source in list(self._queue_of_consumer.items()):
+            if source == shard_id:
+                del self._queue_of_consumer[tag]  # deliveries still in flight are given back
+                if self._sub is not None and self._sub.is_open:
+                    self._sub.basic_cancel(tag)
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers (its queue was deleted, a node failed over, an
@@ -251,26 +319,28 @@ class AmqpBridge:
     async def _consume_again(self, sub: Any, queue: str, source: int | None) -> None:
         key = spectacles.SEND_EVENT if source is None else spectacles.shard_routing_key(source)
         try:
-            await self._call(sub.queue_declare, queue=queue, durable=True)
+            await self._call(sub.queue_declare, queue=queue, durable=True, arguments=self._queue_arguments)
             await self._call(sub.queue_bind, queue=queue, exchange=self.group, routing_key=key)
         except BrokerError as exc:
             log.warning("could not declare %s again (%s); the reconnect will", queue, exc)
             return
         if sub is not self._sub or not sub.is_open:
             return  # the connection was replaced meanwhile: it consumes every queue anew
+        if source is not None and source not in self._consuming:
+            return  # not READY: resume_shard consumes it when it is
         self._queue_of_consumer[sub.basic_consume(queue, self._on_message)] = source
         log.info("consuming %s again", queue)
 
     def _queue_label(self, source: int | None) -> str:
         return spectacles.send_queue(self.group) if source is None else spectacles.shard_queue(self.group, source)
 
-    def _acker(self, channel: Any, tag: int) -> Ack:
-        return Ack(self, channel, tag)
+    def _acker(self, channel: Any, tag: int, from_send: bool = False) -> Ack:
+        return Ack(self, channel, tag, from_send)
 
     # -- connection lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
-        """Connect, declare, consume; reconnect with backoff until ``stop``."""
-        delays = exponential_backoff(base=0.5, cap=RECONNECT_CAP_S)
+        """Connect, declare, consume; reconnect until ``stop``: to the next URL at once, with the
+        backoff once every URL failed in a row (``amqp_params.Endpoints``)."""
         while not self._stopping:
             try:
                 await self._connect_once()
@@ -278,17 +348,26 @@ class AmqpBridge:
                 if self._stopping:
                     break
                 self._drop_channels()
-                delay = next(delays)
-                log.warning("RabbitMQ %s unavailable (%s); retrying in %.1f s", mask_url(self.url), exc, delay)
+                url, delay = self.endpoints.current, self.endpoints.failed()
+                hint = amqp_params.failure_hint(str(exc))
+                log.warning(
+                    "RabbitMQ %s unavailable (%s)%s; %s",
+                    mask_url(url), exc, f": {hint}" if hint else "", self.endpoints.describe_next(delay),
+                )  # fmt: skip
                 await asyncio.sleep(delay)
                 continue
-            delays = exponential_backoff(base=0.5, cap=RECONNECT_CAP_S)
-            log.info("RabbitMQ %s connected; exchange %r, %d shard queues", mask_url(self.url), self.group, len(self.shard_ids))
+            self.endpoints.connected()
+            log.info("RabbitMQ %s connected; exchange %r, %d shard queues", mask_url(self.endpoints.current), self.group, len(self.shard_ids))
             reason = await self._closed_unexpectedly  # type: ignore[misc]
             self._drop_channels()
             await self._close_connection()  # never leave a half-closed connection consuming
             if not self._stopping:
-                log.warning("RabbitMQ connection lost (%s); reconnecting", reason)
+                lost = self.endpoints.current
+                self.endpoints.lost()  # a cluster: another node at once
+                log.warning(
+                    "RabbitMQ %s connection lost (%s); reconnecting to %s",
+                    mask_url(lost), reason, mask_url(self.endpoints.current),
+                )  # fmt: skip
 
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -304,7 +383,8 @@ class AmqpBridge:
 
         def on_open_error(conn: Any, exc: BaseException) -> None:
             if not opened.done():
-                opened.set_exception(BrokerError(str(exc) or type(exc).__name__))
+                # The cause pika wrapped (refused, TLS verify failed), not just its wrapper's name.
+                opened.set_exception(BrokerError(amqp_params.describe_error(exc)))
 
         def on_close(conn: Any, exc: BaseException) -> None:
             if not opened.done():
@@ -312,7 +392,7 @@ class AmqpBridge:
             if not closed.done():
                 closed.set_result(str(exc))
 
-        params = pika.URLParameters(self.url)
+        params = self.endpoints.parameters()  # the current URL of the round robin, TLS for amqps://
         conn = AsyncioConnection(params, on_open, on_open_error, on_close, custom_ioloop=loop)
         self._conn = conn
         await opened
@@ -341,6 +421,8 @@ class AmqpBridge:
             raise
         self._queue_of_consumer.clear()
         for queue, _, source in queues:
+            if source is not None and source not in self._consuming:
+                continue  # not READY: resume_shard consumes it once it is
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
         sub.add_on_cancel_callback(self._on_consumer_cancelled)
@@ -374,7 +456,12 @@ class AmqpBridge:
                     pending.discard(fut)
 
             for queue, key, _ in batch:
-                await rpc(channel.queue_declare, queue=queue, durable=True)
+                try:
+                    await rpc(channel.queue_declare, queue=queue, durable=True, arguments=self._queue_arguments)
+                except BrokerError as exc:
+                    # PRECONDITION_FAILED (the queue exists as another type): no reconnect can
+                    # help, so a configuration error ends the bridge (the worker exits 2).
+                    raise amqp_params.declare_error(queue, self.queue_type, str(exc)) or exc
                 await rpc(channel.queue_bind, queue=queue, exchange=self.group, routing_key=key)
             if channel.is_open:
                 channel.close()

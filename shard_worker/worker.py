@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from . import exit_codes, outbound
 from .amqp_frames import check_pika
+from .amqp_params import BrokerConfigError, TlsFiles
 from .broker import AmqpBridge
 from .config import SavedSession, WorkerConfig
 from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
@@ -41,10 +42,16 @@ class Worker:
             config.shard_count,
             self._on_packet,
             prefetch=config.prefetch,
+            shard_status=self._shard_status,
             max_buffered=config.buffer_events,
             max_buffered_bytes=config.buffer_bytes,
+            queue_type=config.queue_type,
+            tls=TlsFiles(config.amqp_ca_file, config.amqp_cert_file, config.amqp_key_file),
         )
         self.runners: dict[int, ShardRunner] = {}
+        self._on_state_outer = on_state
+        #: Shards last seen READY (their queues are consumed; see ``hand_over``).
+        self._ready: set[int] = set()
         #: Dispatches by event type for the whole process (see ``count_type`` for the bound).
         self.received_by_type: dict[str, int] = {}
         self.published_by_type: dict[str, int] = {}
@@ -65,7 +72,7 @@ class Worker:
                 self.bridge,
                 self.gate,
                 events=config.events,
-                on_state=on_state,
+                on_state=self._on_state,
                 stall_timeout=config.stall_timeout,
                 received_by_type=self.received_by_type,
                 published_by_type=self.published_by_type,
@@ -74,6 +81,26 @@ class Worker:
 
     def _on_packet(self, shard_id: int, packet: outbound.Packet, ack: Callable[[], None]) -> None:
         self.runners[shard_id].send(packet, ack)
+
+    def _shard_status(self, shard_id: int) -> tuple[bool, int]:
+        runner = self.runners[shard_id]
+        return runner.ready.is_set(), len(runner.outbox)
+
+    def _on_state(self, runner: ShardRunner, state: str) -> None:
+        """Every shard state report: a shard entering or leaving READY starts or stops holding
+        its outbound packets (RabbitMQ keeps them while it cannot send them)."""
+        shard_id = runner.shard_id
+        ready = runner.ready.is_set()
+        if ready and shard_id not in self._ready:
+            self._ready.add(shard_id)
+            self.bridge.resume_shard(shard_id)
+        elif not ready and shard_id in self._ready:
+            self._ready.discard(shard_id)
+            self.bridge.pause_shard(shard_id)
+            for packet, ack in runner.outbox.take_all():
+                self.bridge.give_back(shard_id, packet, ack)
+        if self._on_state_outer is not None:
+            self._on_state_outer(runner, state)
 
     def session_of(self, shard_id: int) -> SavedSession | None:
         """The session to hand over: its seq is the last one RabbitMQ confirmed in order."""
@@ -105,21 +132,29 @@ class Worker:
         bridge_task = asyncio.create_task(self.bridge.run(), name="amqp-bridge")
         stop_task = asyncio.create_task(self._stop.wait(), name="stop")
         connected = asyncio.create_task(self.bridge.connected.wait())
-        await asyncio.wait({connected, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        # The bridge too: one that ends before it ever connected (a bad TLS file) must not
+        # leave the worker waiting forever.
+        await asyncio.wait({connected, stop_task, bridge_task}, return_when=asyncio.FIRST_COMPLETED)
         connected.cancel()
         shard_tasks = {
             asyncio.create_task(r.run(), name=f"shard-{s}"): s for s, r in self.runners.items()
-        } if not self._stop.is_set() else {}
+        } if not self._stop.is_set() and not bridge_task.done() else {}
         fatal: Fatal | None = None
-        crashed = False
+        crashed = misconfigured = False
         pending = set(shard_tasks) | {stop_task, bridge_task}
         while pending and not self._stop.is_set():
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is bridge_task:
-                    log.error("AMQP bridge ended: %r", task.exception())
+                    error = task.exception()
+                    if isinstance(error, BrokerConfigError):
+                        # e.g. a queue of another type: a restart would fail the same way.
+                        log.critical("RabbitMQ: %s", error)
+                        misconfigured = True
+                    else:
+                        log.error("AMQP bridge ended: %r", error)
+                        crashed = True
                     self._stop.set()
-                    crashed = True
                 elif task in shard_tasks:
                     if task.exception() is not None:
                         log.error("shard %d crashed", shard_tasks[task], exc_info=task.exception())
@@ -131,6 +166,8 @@ class Worker:
         await self._shutdown(shard_tasks, bridge_task, stop_task)
         if fatal is not None:
             return exit_codes.for_fatal_close(fatal.code)
+        if misconfigured:
+            return exit_codes.USAGE  # the supervisor halts instead of restarting us
         return exit_codes.ERROR if crashed else exit_codes.OK
 
     async def _shutdown(self, shard_tasks: dict, bridge_task: asyncio.Task, stop_task: asyncio.Task) -> None:

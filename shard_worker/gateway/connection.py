@@ -126,6 +126,12 @@ class Outbox:
         self._items.append((packet, ack))
         self._event.set()
 
+    def take_all(self) -> list[tuple[Packet, Callable[[], None]]]:
+        """Empty the outbox (the shard cannot send them: they go back to RabbitMQ)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     def put_back(self, item: tuple[Packet, Callable[[], None]]) -> None:
         self._items.appendleft(item)
         self._event.set()

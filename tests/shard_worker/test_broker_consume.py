@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from shard_worker import outbound
 from shard_worker.broker import AmqpBridge
+from shard_worker.hand_over import SEND_HAND_OVER_MAX, Route, route
 
 
 class FakeChannel:
@@ -113,3 +114,88 @@ def test_deliveries_of_a_replaced_channel_are_given_back_and_their_packets_not_s
     assert old.nacked == [(2, True)] and len(sent) == 1
     assert channel.nacked == [(3, True)]  # an unknown consumer tag is never parsed as SEND
     assert channel.acked == [] and channel.rejected == []
+
+
+class ConsumingChannel(FakeChannel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled: list[str] = []
+        self.consumed: list[str] = []
+
+    def basic_cancel(self, tag):
+        self.cancelled.append(tag)
+
+    def basic_consume(self, queue, callback):
+        self.consumed.append(queue)
+        return f"c-{queue}"
+
+
+def make_held(ready: bool, waiting: int = 0):
+    """A bridge whose shard 0 is (not) READY and holds ``waiting`` packets."""
+    sent = []
+    bridge = AmqpBridge(
+        "amqp://x", "g", [0], 2, lambda shard, packet, ack: sent.append((shard, packet, ack)),
+        shard_status=lambda shard: (ready, waiting),
+    )  # fmt: skip
+    channel = ConsumingChannel()
+    bridge._sub = channel
+    bridge._consuming = {0} if ready else set()
+    bridge._queue_of_consumer = {"c-shard": 0, "c-send": None}
+    published = []
+    bridge._pub = SimpleNamespace(publish=lambda rk, body, props, mid: published.append((rk, body, mid)))
+    bridge.ledger.open(bridge._send)
+    return bridge, channel, sent, published
+
+
+def send_for_shard_0() -> bytes:
+    return json.dumps({"guild_id": str(2 << 22), "packet": {"op": 8, "d": {}}}).encode()  # shard 0 of 2
+
+
+def test_the_hand_over_table():
+    assert route(False, True, 500) is Route.HAND_OVER  # its own queue's prefetch bounds the wait
+    assert route(False, False, 0) is Route.GIVE_BACK
+    assert route(True, True, SEND_HAND_OVER_MAX - 1) is Route.HAND_OVER
+    assert route(True, True, SEND_HAND_OVER_MAX) is Route.PARK  # one busy shard cannot fill SEND
+    assert route(True, False, 0) is Route.PARK
+
+
+def test_a_packet_from_its_queue_for_a_shard_not_ready_goes_back_and_the_queue_pauses():
+    def scenario():
+        bridge, channel, sent, _ = make_held(ready=False)
+        bridge._consuming.add(0)  # a delivery that raced the pause
+        deliver(bridge, channel, "c-shard", 4, json.dumps({"op": 3, "d": {}}).encode())
+        return bridge, channel, sent
+
+    bridge, channel, sent = run(scenario)
+    assert sent == [] and channel.nacked == [(4, True)] and channel.cancelled == ["c-shard"]
+    assert bridge.stats["outbound_given_back"] == 1 and 0 not in bridge._consuming
+
+
+def test_a_send_for_a_shard_not_ready_is_parked_in_its_queue_and_acked_on_confirm():
+    def scenario():
+        bridge, channel, sent, published = make_held(ready=False)
+        deliver(bridge, channel, "c-send", 9, send_for_shard_0(), "m-9")
+        assert sent == [] and channel.acked == [] and published == [("0", b'{"op":8,"d":{}}', "m-9")]
+        bridge._on_confirm(SimpleNamespace(method=__import__("pika").spec.Basic.Ack(delivery_tag=1, multiple=False)))
+        return bridge, channel
+
+    bridge, channel = run(scenario)
+    assert channel.acked == [9] and bridge.stats["send_parked"] == 1
+
+
+def test_what_a_shard_held_when_it_left_ready_goes_back_by_origin():
+    def scenario():
+        bridge, channel, sent, published = make_held(ready=True)
+        deliver(bridge, channel, "c-shard", 1, json.dumps({"op": 3, "d": {}}).encode())
+        deliver(bridge, channel, "c-send", 2, send_for_shard_0())
+        assert len(sent) == 2 and published == []
+        bridge.pause_shard(0)
+        for shard, packet, ack in sent:
+            bridge.give_back(shard, packet, ack)
+        bridge.resume_shard(0)
+        return bridge, channel, published
+
+    bridge, channel, published = run(scenario)
+    assert channel.nacked == [(1, True)]  # its queue keeps it
+    assert [rk for rk, _, _ in published] == ["0"]  # the SEND one is parked in the queue
+    assert channel.cancelled == ["c-shard"] and channel.consumed == ["g:0"]
