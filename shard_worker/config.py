@@ -16,6 +16,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .logs import mask_url
+
 CONFIG_ENV = "SPECTACLES_WORKER_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
@@ -37,6 +39,8 @@ class WorkerConfig:
     shard_count: int
     gateway_url: str
     token: str = field(default="", repr=False)
+    #: One RabbitMQ URL, or several separated by commas (the nodes of a cluster, tried in turn).
+    #: Its passwords travel to the child over its stdin pipe; ``repr`` masks them.
     amqp_url: str = DEFAULT_AMQP_URL
     group: str = DEFAULT_GROUP
     #: Only these dispatch types are published; ``None`` publishes every dispatch.
@@ -57,6 +61,24 @@ class WorkerConfig:
     stall_timeout: float = 30.0
     #: Sessions to resume, by shard id (a replacement process gets its predecessor's).
     sessions: dict[int, SavedSession] = field(default_factory=dict)
+    #: The type of the queues the gateway declares: ``classic`` (durable, what Spectacles
+    #: clients expect) or ``quorum`` (replicated over the cluster's nodes).
+    queue_type: str = "classic"
+    #: TLS for ``amqps://`` URLs: the CA to trust (default: the system's), and a client
+    #: certificate and its key. Paths only, read by the worker.
+    amqp_ca_file: str | None = None
+    amqp_cert_file: str | None = None
+    amqp_key_file: str | None = None
+
+    def __repr__(self) -> str:
+        # Never the token; the AMQP URLs with their passwords masked.
+        shown = []
+        for item in dataclasses.fields(self):
+            if item.name == "token":
+                continue
+            value = getattr(self, item.name)
+            shown.append(f"{item.name}={mask_url(value)!r}" if item.name == "amqp_url" else f"{item.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def to_dict(self) -> dict:
         """Everything but the token, as JSON-ready values."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -47,17 +47,32 @@ def redact(text: str) -> str:
     return text
 
 
+#: Where a list of URLs splits: a comma (and blanks) before the next ``scheme://``. A comma that
+#: is not followed by a scheme stays in its URL, so a password may hold one unencoded.
+URL_LIST_SEPARATOR = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
+
+
 def mask_url(url: str) -> str:
-    """``amqp://user:secret@host/vhost`` → ``amqp://user:***@host/vhost``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    """``amqp://user:secret@host/vhost`` → ``amqp://user:***@host/vhost``.
+
+    A comma-separated list of URLs (several RabbitMQ nodes) has every password masked.
+    """
+    parts = URL_LIST_SEPARATOR.split(url)
+    if len(parts) > 1:
+        return ",".join(_mask_one(part) for part in parts)
+    return _mask_one(url)
+
+
+def _mask_one(url: str) -> str:
+    # Everything between ``scheme://`` and the *last* '@' may be user info, whatever urlsplit
+    # makes of it: a password with an unencoded '/', '?', '#', '[' or '@' would end its idea of
+    # the host early and show a part of the password. Masking too much (an '@' in a vhost) only
+    # shows less of a URL.
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url  # no password (at most a user name)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
 class RedactingFilter(logging.Filter):

@@ -12,6 +12,10 @@ shard_ids           --shards              DISCORD_SHARD_IDS              discord
 shard_count         --shard-count         DISCORD_SHARD_COUNT            discord.shards.count
 shards_per_process  --shards-per-process  SPECTACLES_SHARDS_PER_PROCESS  supervisor.*
 amqp_url            --amqp-url            AMQP_URL                       broker.url
+queue_type          --queue-type          SPECTACLES_QUEUE_TYPE          supervisor.queue_type
+amqp_ca_file        --amqp-ca-file        SPECTACLES_AMQP_CA_FILE        supervisor.amqp_ca_file
+amqp_cert_file      --amqp-cert-file      SPECTACLES_AMQP_CERT_FILE      supervisor.amqp_cert_file
+amqp_key_file       --amqp-key-file       SPECTACLES_AMQP_KEY_FILE       supervisor.amqp_key_file
 group               --group               BROKER_GROUP                   broker.groups.gateway
 events              --events              DISCORD_EVENTS                 supervisor.events
 intents             --intents             DISCORD_INTENTS, then          supervisor.intents
@@ -45,7 +49,8 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
       ids = [0, 1, 2, 3]                # shards run here; a range string "0-3,8" also works
 
     [broker]
-    url = "amqp://guest:guest@localhost:5672/%2F"
+    url = "amqp://guest:guest@localhost:5672/%2F"   # several nodes: an array of URLs, or one
+                                        # string with the URLs separated by commas
       [broker.groups]
       gateway = "gateway"               # the exchange; other services' groups may sit here too
 
@@ -68,6 +73,11 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
     metrics_addr = "127.0.0.1:9400"     # Prometheus /metrics (default: off; ":9400" = every
                                         # interface), see docs/METRICS.md
     log_format = "text"                 # or "json": one JSON object per line
+    queue_type = "classic"              # or "quorum": the type of <group>:<shard> and
+                                        # <group>:SEND (see docs/RELIABILITY.md)
+    amqp_ca_file = "/etc/spectacles/rabbit-ca.pem"   # TLS (amqps:// URLs): the CA to trust
+    amqp_cert_file = "/etc/spectacles/client.pem"    # default: the system's; a client
+    amqp_key_file = "/etc/spectacles/client.key"     # certificate and its key if asked for
 
 Tables other services own (``[redis]``, ``[prometheus]``...) are ignored, as are other keys of
 ``[broker.groups]``; an unknown key inside ``[discord]``, ``[discord.shards]``, ``[broker]`` or
@@ -76,7 +86,13 @@ in the text) and the key: ``spectacles.toml, line 12: supervisor.prefetch: must 
 
 Every resolved value remembers its :class:`Origin` (flag, env, file or default) so that
 ``spectacles-supervisor config --show`` can print it; :meth:`StartSettings.describe` never shows
-the token and masks the password of the AMQP URL.
+the token and masks the password of every AMQP URL.
+
+``--amqp-url`` takes several URLs separated by commas (each with its scheme; a comma in a
+password needs no encoding unless ``scheme://`` follows it), the nodes of one cluster: a worker
+moves to the next when a connect fails or a connection is lost (``shard_worker.amqp_params``).
+Every URL is checked here, and so are the TLS files (they are read to build the TLS context
+once, so a missing or mismatched file is one line and exit 2, not a worker that cannot connect).
 """
 
 from __future__ import annotations
@@ -95,6 +111,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from shard_worker import amqp_params
 from shard_worker.config import DEFAULT_AMQP_URL, DEFAULT_GROUP, WorkerConfig
 from shard_worker.logs import mask_url
 from shard_worker.gateway.intents import DEFAULT_INTENTS, format_intents, parse_intents
@@ -391,6 +408,28 @@ def _path_text(text: str) -> Path:
     return Path(text.strip()).expanduser()
 
 
+def _amqp_urls_text(text: str) -> str:
+    """One or more AMQP URLs (comma-separated), each checked; normalised to ``a,b``."""
+    return ",".join(amqp_params.parse_urls(text))
+
+
+def _amqp_urls_file(value: Any) -> str:
+    """A URL string (commas allowed) or an array of URL strings."""
+    if isinstance(value, list):
+        for item in value:
+            _expect(item, str, "URL strings in the array")
+        return ",".join(amqp_params.parse_urls(value))
+    _expect(value, str, "a URL string or an array of them")
+    return _amqp_urls_text(value)
+
+
+def _queue_type_text(text: str) -> str:
+    value = text.strip().lower()
+    if value not in amqp_params.QUEUE_TYPES:
+        raise ValueError(f"expected {' or '.join(amqp_params.QUEUE_TYPES)}, got {text!r}")
+    return value
+
+
 def _from_str(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     def parse_file(value: Any) -> Any:
         _expect(value, str, "a string")
@@ -423,7 +462,6 @@ class Setting:
 
 _GATEWAY_URL = _url_text(("ws", "wss"), "a WebSocket", strip_slash=True)
 _API_URL = _url_text(("http", "https"), "an HTTP", strip_slash=True)
-_AMQP_URL = _url_text(("amqp", "amqps"), "an AMQP")
 _REDIS_URL = _url_text(("redis", "rediss", "unix"), "a Redis")
 
 #: Every ``start`` setting, in the order ``config --show`` prints them.
@@ -443,8 +481,25 @@ SETTINGS: tuple[Setting, ...] = (
             _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "N",
             "Shards per worker process (default: spread over the CPU cores)."),
     Setting("amqp_url", "--amqp-url", ("AMQP_URL",), ("broker", "url"), DEFAULT_AMQP_URL,
-            _AMQP_URL, _from_str(_AMQP_URL), "URL",
-            f"RabbitMQ URL (default: {DEFAULT_AMQP_URL})."),
+            _amqp_urls_text, _amqp_urls_file, "URL[,URL...]",
+            "RabbitMQ URL, or several separated by commas (the nodes of a cluster, tried in turn; "
+            f"amqps:// for TLS; default: {DEFAULT_AMQP_URL})."),
+    Setting("queue_type", "--queue-type", ("SPECTACLES_QUEUE_TYPE",), ("supervisor", "queue_type"),
+            amqp_params.DEFAULT_QUEUE_TYPE, _queue_type_text, _from_str(_queue_type_text),
+            "[classic|quorum]",
+            "Type of the queues the gateway declares, <group>:<shard> and <group>:SEND "
+            "(default: classic, durable; quorum: replicated over the cluster)."),
+    Setting("amqp_ca_file", "--amqp-ca-file", ("SPECTACLES_AMQP_CA_FILE",),
+            ("supervisor", "amqp_ca_file"), None, _path_text, _from_str(_path_text), "FILE",
+            "TLS (amqps://): PEM file of the CA that signed RabbitMQ's certificate "
+            "(default: the system's CAs)."),
+    Setting("amqp_cert_file", "--amqp-cert-file", ("SPECTACLES_AMQP_CERT_FILE",),
+            ("supervisor", "amqp_cert_file"), None, _path_text, _from_str(_path_text), "FILE",
+            "TLS (amqps://): PEM client certificate, for a RabbitMQ that asks for one."),
+    Setting("amqp_key_file", "--amqp-key-file", ("SPECTACLES_AMQP_KEY_FILE",),
+            ("supervisor", "amqp_key_file"), None, _path_text, _from_str(_path_text), "FILE",
+            "TLS (amqps://): PEM private key of the client certificate, without a passphrase "
+            "(default: in the certificate file)."),
     Setting("group", "--group", ("BROKER_GROUP",), ("broker", "groups", "gateway"),
             DEFAULT_GROUP, _group_text, _from_str(_group_text), "NAME",
             f"Broker group, i.e. the AMQP exchange (default: {DEFAULT_GROUP})."),
@@ -708,6 +763,10 @@ class StartSettings:
     stall_timeout: int = DEFAULT_STALL_TIMEOUT
     metrics_addr: tuple[str, int] | None = None
     log_format: str = DEFAULT_LOG_FORMAT
+    queue_type: str = amqp_params.DEFAULT_QUEUE_TYPE
+    amqp_ca_file: Path | None = None
+    amqp_cert_file: Path | None = None
+    amqp_key_file: Path | None = None
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     config_file: Path | None = None
@@ -741,6 +800,14 @@ class StartSettings:
             if self.shards_per_process is not None
             else f"(auto: shards / {os.cpu_count() or 1} CPU cores)",
             "amqp_url": mask_url(self.amqp_url),
+            "queue_type": self.queue_type,
+            "amqp_ca_file": str(self.amqp_ca_file) if self.amqp_ca_file else "(the system's CAs)",
+            "amqp_cert_file": str(self.amqp_cert_file) if self.amqp_cert_file else "(none)",
+            "amqp_key_file": str(self.amqp_key_file)
+            if self.amqp_key_file
+            else "(in the certificate file)"
+            if self.amqp_cert_file
+            else "(none)",
             "group": self.group,
             "events": ",".join(sorted(self.events)) if self.events is not None else "(all)",
             "intents": format_intents(self.intents),
@@ -836,7 +903,40 @@ def resolve_start_settings(
             str(sources["shard_ids"]),
             str(sources["shard_count"]),
         )
+    _check_amqp_tls(settings)
     return settings
+
+
+TLS_SETTINGS = ("amqp_ca_file", "amqp_cert_file", "amqp_key_file")
+
+
+def tls_files(settings: StartSettings) -> amqp_params.TlsFiles:
+    """The TLS files of ``settings`` as the worker takes them (paths as strings)."""
+    paths = (getattr(settings, name) for name in TLS_SETTINGS)
+    return amqp_params.TlsFiles(*(str(path) if path is not None else None for path in paths))
+
+
+def _label(settings: StartSettings, name: str) -> str:
+    """How an error names where ``name`` came from: the flag, the variable or ``file: key``."""
+    origin = settings.sources.get(name)
+    return origin.detail if origin is not None and origin.detail else SETTINGS_BY_NAME[name].flag
+
+
+def _check_amqp_tls(settings: StartSettings) -> None:
+    """TLS files go with at least one ``amqps://`` URL, and must make a TLS context (they are
+    read: a missing file, a key that does not match, an encrypted key are one line here)."""
+    given = [name for name in TLS_SETTINGS if getattr(settings, name) is not None]
+    if not given:
+        return
+    if not any(amqp_params.is_tls(url) for url in amqp_params.split_urls(settings.amqp_url)):
+        raise SettingsError(
+            f"{_label(settings, given[0])}: TLS files are for amqps:// URLs, and "
+            f"{_label(settings, 'amqp_url')} has none (e.g. amqps://user:pass@rabbit:5671/%2F)"
+        )
+    try:
+        amqp_params.ssl_context(tls_files(settings))
+    except amqp_params.TlsConfigError as error:
+        raise SettingsError(f"{_label(settings, error.setting)}: {error.reason}") from None
 
 
 # -- from settings to worker configs ----------------------------------------------------------
@@ -886,6 +986,10 @@ def build_worker_config(settings: StartSettings, gateway_bot: GatewayBot | None)
         buffer_events=settings.buffer_events,
         buffer_bytes=settings.buffer_mb * 1024 * 1024,
         stall_timeout=float(settings.stall_timeout),
+        queue_type=settings.queue_type,
+        amqp_ca_file=tls_files(settings).ca_file,
+        amqp_cert_file=tls_files(settings).cert_file,
+        amqp_key_file=tls_files(settings).key_file,
     )
 
 

@@ -388,3 +388,56 @@ def test_start_with_a_pika_the_fast_path_cannot_use_is_one_line_and_exit_2(runne
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "lacks _adapter_emit_data" in lines[0], result.output
+
+
+# -- several AMQP URLs, the queue type, TLS (issue 11) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "reason"),
+    [
+        (["start", "--amqp-url", "amqp://a/%2F,amqp://u:hunter2@b:70000/%2F"], {},
+         "--amqp-url: URL 2 of 2: 'amqp://u:***@b:70000/%2F' is not a valid URL (Port out of range 0-65535)"),
+        (["start"], {"AMQP_URL": "amqp://u:hunter2@a/%2F,amqp:/b"},
+         "AMQP_URL: 'amqp://u:***@a/%2F,amqp:/b': a URL after a comma lacks the '//' of 'amqp://'"),
+        (["start", "--queue-type", "stream"], {}, "--queue-type: expected classic or quorum, got 'stream'"),
+        (["start", "--amqp-url", "amqps://r/%2F", "--amqp-ca-file", "/no/ca.pem"], {},
+         "--amqp-ca-file: /no/ca.pem: no such file"),
+        (["start", "--amqp-cert-file", "/no/cert.pem"], {}, "--amqp-cert-file: TLS files are for amqps:// URLs"),
+    ],
+)  # fmt: skip
+def test_bad_amqp_options_are_one_line_and_exit_2(runner, no_network, args, env, reason):
+    result = runner.invoke(cli, args, env={"DISCORD_TOKEN": TOKEN, **env})
+    assert result.exit_code == EXIT_USAGE
+    assert reason in one_error_line(result)
+    assert "hunter2" not in result.output
+
+
+def test_start_hands_urls_queue_type_and_tls_files_to_every_worker(runner, monkeypatch, fake_worker, tmp_path):
+    from tests.tls_certs import make_tls_files
+
+    tls = make_tls_files(tmp_path)
+    fake_gateway_bot(monkeypatch, shards=4)
+    urls = "amqps://u:hunter2@node1:5671/%2F,amqps://u:hunter2@node2:5671/%2F"
+    result = runner.invoke(
+        cli,
+        ["start", "--shards-per-process", "2", "--queue-type", "quorum", "--amqp-ca-file", str(tls.ca_file),
+         "--amqp-cert-file", str(tls.client_cert_file), "--amqp-key-file", str(tls.client_key_file)],
+        env={"DISCORD_TOKEN": TOKEN, "AMQP_URL": urls},
+    )  # fmt: skip
+    assert result.exit_code == 7, result.output
+    assert len(fake_worker) == 2
+    for config in fake_worker:
+        assert config.amqp_url == urls and config.queue_type == "quorum"
+        assert (config.amqp_ca_file, config.amqp_key_file) == (str(tls.ca_file), str(tls.client_key_file))
+        assert "hunter2" not in repr(config)
+    assert "hunter2" not in result.output
+
+
+def test_config_show_masks_every_url(runner, no_network):
+    result = runner.invoke(
+        cli, ["config", "--show", "--amqp-url", "amqp://a:hunter2@n1/%2F, amqp://b:hunter3@n2/%2F"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "amqp://a:***@n1/%2F,amqp://b:***@n2/%2F" in result.stdout
+    assert "hunter" not in result.stdout

@@ -524,3 +524,95 @@ def test_config_show_prints_the_new_settings_with_their_sources():
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
     assert rows["metrics_addr"][1:] == ["0.0.0.0:9400", "env", "SPECTACLES_METRICS_ADDR"]
     assert rows["log_format"][1:] == ["json", "flag", "--log-format"]
+
+
+# -- several AMQP URLs, the queue type, TLS (issue 11) ----------------------------------------
+
+
+def test_several_amqp_urls_from_flag_env_and_file(tmp_path):
+    two = "amqp://a:pw1@node1/%2F, amqp://b:pw2@node2:5673/%2F"
+    assert resolve_start_settings({"amqp_url": two}, {}).amqp_url == "amqp://a:pw1@node1/%2F,amqp://b:pw2@node2:5673/%2F"
+    assert resolve_start_settings({}, {"AMQP_URL": two}).amqp_url.count("amqp://") == 2
+    path = write(tmp_path, '[broker]\nurl = ["amqp://a:pw1@node1/%2F", "amqps://b:pw2@node2/%2F"]\n')
+    settings = resolve_start_settings({"config": path}, {})
+    assert settings.amqp_url == "amqp://a:pw1@node1/%2F,amqps://b:pw2@node2/%2F"
+    rows = {name: value for name, value, _ in settings.describe()}
+    assert rows["amqp_url"] == "amqp://a:***@node1/%2F,amqps://b:***@node2/%2F"
+    assert "pw1" not in repr(settings) + str(rows) and "pw2" not in repr(settings) + str(rows)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({"amqp_url": "amqp://a/%2F,http://u:pw@b/"}, {}, r"^--amqp-url: URL 2 of 2: 'http://u:\*\*\*@b/' is not an AMQP URL"),
+        ({}, {"AMQP_URL": "amqp://u:pw@a:0/%2F"}, r"^AMQP_URL: 'amqp://u:\*\*\*@a:0/%2F': port 0"),
+        ({"amqp_url": " , "}, {}, r"^--amqp-url: no AMQP URL given$"),
+        ({"queue_type": "stream"}, {}, r"^--queue-type: expected classic or quorum, got 'stream'$"),
+        ({}, {"SPECTACLES_QUEUE_TYPE": "lazy"}, r"^SPECTACLES_QUEUE_TYPE: expected classic or quorum"),
+    ],
+)
+def test_bad_amqp_values_are_one_line_without_the_password(flags, env, message):
+    with pytest.raises(SettingsError, match=message) as error:
+        resolve_start_settings(flags, env)
+    assert "pw" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_bad_url_in_the_file_array_names_the_key(tmp_path):
+    path = write(tmp_path, '[broker]\nurl = ["amqp://a/%2F", "ftp://b/"]\n')
+    with pytest.raises(SettingsError, match=r"line 2: broker\.url: URL 2 of 2: 'ftp://b/' is not an AMQP URL"):
+        resolve_start_settings({"config": path}, {})
+
+
+def test_queue_type_defaults_to_classic_and_reaches_the_worker(tmp_path):
+    assert resolve_start_settings({}, {}).queue_type == "classic"
+    path = write(tmp_path, '[supervisor]\nqueue_type = "Quorum"\n')
+    settings = resolve_start_settings({"config": path, "token": TOKEN, "shard_count": "2", "gateway_url": "ws://x"}, {})
+    assert settings.sources["queue_type"] == Origin(Source.FILE, f"{path}: supervisor.queue_type")
+    assert build_worker_config(settings, None).queue_type == "quorum"
+
+
+def test_tls_files_reach_the_worker_and_config_show(tmp_path):
+    from tests.tls_certs import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    env = {
+        "AMQP_URL": "amqps://u:pw@rabbit:5671/%2F",
+        "SPECTACLES_AMQP_CA_FILE": str(tls.ca_file),
+        "SPECTACLES_AMQP_CERT_FILE": str(tls.client_cert_file),
+        "SPECTACLES_AMQP_KEY_FILE": str(tls.client_key_file),
+    }
+    settings = resolve_start_settings({"token": TOKEN, "shard_count": "1", "gateway_url": "ws://x"}, env)
+    config = build_worker_config(settings, None)
+    assert (config.amqp_ca_file, config.amqp_cert_file, config.amqp_key_file) == (
+        str(tls.ca_file), str(tls.client_cert_file), str(tls.client_key_file),
+    )  # fmt: skip
+    assert WorkerConfig.from_json(config.to_json(), TOKEN).amqp_key_file == str(tls.client_key_file)
+    rows = {name: (value, source) for name, value, source in settings.describe()}
+    assert rows["amqp_ca_file"] == (str(tls.ca_file), "env SPECTACLES_AMQP_CA_FILE")
+    defaults = {name: value for name, value, _ in resolve_start_settings({}, {}).describe()}
+    assert defaults["amqp_ca_file"] == "(the system's CAs)" and defaults["amqp_cert_file"] == "(none)"
+
+
+def test_tls_files_are_checked_and_named_by_their_source(tmp_path):
+    from tests.tls_certs import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    amqps = {"amqp_url": "amqps://rabbit/%2F"}
+    with pytest.raises(SettingsError, match=r"^--amqp-ca-file: .*nope\.pem: no such file$"):
+        resolve_start_settings({**amqps, "amqp_ca_file": str(tmp_path / "nope.pem")}, {})
+    with pytest.raises(SettingsError, match=r"^SPECTACLES_AMQP_KEY_FILE: a key without a certificate"):
+        resolve_start_settings(amqps, {"SPECTACLES_AMQP_KEY_FILE": str(tls.client_key_file)})
+    other = make_tls_files(tmp_path / "other")
+    path = write(tmp_path, f'[supervisor]\namqp_cert_file = "{tls.client_cert_file}"\namqp_key_file = "{other.client_key_file}"\n')
+    with pytest.raises(SettingsError, match=r"supervisor\.amqp_key_file: cannot use the client certificate .*KEY_VALUES_MISMATCH"):
+        resolve_start_settings({**amqps, "config": path}, {})
+    # TLS files with no amqps:// URL are a mistake, not silently unused
+    with pytest.raises(SettingsError, match=r"^--amqp-ca-file: TLS files are for amqps:// URLs, and AMQP_URL has none"):
+        resolve_start_settings({"amqp_ca_file": str(tls.ca_file)}, {"AMQP_URL": "amqp://u:pw@rabbit/%2F"})
+
+
+def test_worker_config_repr_masks_every_amqp_password():
+    config = WorkerConfig([0], 1, "ws://x", token=TOKEN, amqp_url="amqp://a:pw-one@h1/%2F,amqps://b:pw-two@h2/%2F")
+    assert "pw-one" not in repr(config) and "pw-two" not in repr(config) and TOKEN not in repr(config)
+    assert "amqp://a:***@h1/%2F,amqps://b:***@h2/%2F" in repr(config)
+    assert "pw-one" in config.to_json()  # the child needs it: it travels over its stdin pipe only
