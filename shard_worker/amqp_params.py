@@ -295,6 +295,8 @@ def describe_error(error: BaseException) -> str:
     for _ in range(8):  # a bounded unwrap: pika nests a few levels at most
         attempts = getattr(error, "exceptions", None)
         inner = attempts[-1] if attempts else getattr(error, "exception", None)
+        if inner is None and len(error.args) == 1:
+            inner = error.args[0]  # AMQPConnectionError(AMQPConnectionWorkflowFailed(...))
         if not isinstance(inner, BaseException):
             break
         error = inner

@@ -314,6 +314,9 @@ def test_describe_error_unwraps_what_pika_wrapped():
     refused = ConnectionRefusedError(111, "Connection refused")
     wrapped = AMQPConnectionWorkflowFailed([AMQPConnectorSocketConnectError(refused)])
     assert describe_error(wrapped) == "ConnectionRefusedError: [Errno 111] Connection refused"
+    # what on_open_error gets: the workflow's failure in an AMQPConnectionError
+    outer = pika.exceptions.AMQPConnectionError(wrapped)
+    assert describe_error(outer) == "ConnectionRefusedError: [Errno 111] Connection refused"
     assert describe_error(pika.exceptions.StreamLostError("Stream connection lost: x")) == (
         "StreamLostError: Stream connection lost: x"
     )
