@@ -9,6 +9,13 @@ It also feeds :class:`supervisor.metrics.MetricsState` (served on ``/metrics`` f
 when ``metrics_addr`` is set; the loop never waits on HTTP) and shows the shards' start: a live
 line on a terminal (:mod:`supervisor.progress`), else one log line per shard READY and a summary.
 
+With ``--redis-url`` the loop never calls Redis itself (the sessions are read once, before the
+loop starts): :class:`supervisor.shared_state.SharedState` runs the calls on one worker thread and
+the answers come back through the wake-up pipe, so a hung Redis delays identifies only. The
+identify budget is refreshed from ``GET /gateway/bot`` on a thread too
+(:mod:`supervisor.budget_refresh`): with Redis when the shared budget is missing, without it when
+Discord's reset time passed.
+
 Exit codes are a contract (see ``shard_worker.exit_codes``): a child that exits with a fatal
 Discord close code halts the whole supervisor with that code instead of restarting anything.
 """
@@ -31,16 +38,33 @@ from shard_worker.config import SavedSession, WorkerConfig
 from shard_worker.gateway.protocol import describe_close, identify_bucket
 from shard_worker.ipc import Message
 
+from .budget_refresh import BudgetRefresher, Refresh
 from .child import Child
 from .control import ControlServer
+from .coordination import BUDGET_UNKNOWN
 from .identify_gate import DAILY_TOTAL, IdentifyGate
 from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
+from .shared_state import Answer, SharedState
 from shard_worker.shard_ranges import format_shard_ids
 from .state_store import IDENTIFY_WINDOW_S, StateStore
 
 log = logging.getLogger("supervisor.arbiter")
+
+#: A try of a bucket's shared lock that Redis did not answer is made again this much later.
+REDIS_RETRY_S = 1.0
+#: While the shared budget is unknown (being refreshed from Discord), a bucket asks again this
+#: often: identifies continue about this long after the refresh.
+BUDGET_UNKNOWN_RETRY_S = 2.0
+#: The shared budget shown by ``status`` and ``/metrics`` is read at most this often.
+BUDGET_READ_S = 2.0
+#: A budget estimated from the shared grant log (Discord not reachable) lasts this long in Redis.
+ESTIMATE_TTL_S = 60.0
+#: At the end of a run, the last sessions get this long to reach Redis.
+SHUTDOWN_FLUSH_S = 3.0
+#: A Redis error or a held budget is logged at most this often.
+LOG_EVERY_S = 60.0
 
 
 
@@ -56,6 +80,11 @@ class ArbiterOptions:
     save_interval: float = 1.0
     session_start_remaining: int | None = None
     session_start_reset_after: float | None = None  # seconds from start
+    #: Discord's ``session_start_limit.total`` (the budget after each reset); None: 1000.
+    session_start_total: int | None = None
+    #: ``GET /gateway/bot`` (returns a ``GatewayBot``), run off the loop to refresh the budget;
+    #: None: Discord is never asked again after the start.
+    fetch_gateway_bot: Any = None
     restart_policy: dict[str, Any] = field(default_factory=dict)
     #: ``(host, port)`` to serve Prometheus ``/metrics`` on; None: no HTTP server.
     metrics_addr: tuple[str, int] | None = None
@@ -90,10 +119,14 @@ class Arbiter:
         self._my_shards = frozenset(self.all_shards)
         self.store = StateStore(options.state_dir, self.shard_count)
         self.coordinator = options.coordinator
+        self._wake_r = self._wake_w = -1
+        #: what -> when it may be logged again (see :meth:`_log_every`)
+        self._logged_at: dict[str, float] = {}
         self.sessions: dict[int, SavedSession] = self.store.load_sessions()
         if self.sessions:
             log.info("resuming %d saved sessions from %s", len(self.sessions), self.store.dir)
         if self.coordinator is not None:
+            # Before the loop exists (nothing to stall yet): one read, at most the socket timeout.
             shared = self._shared(self.coordinator.load_sessions, self.shard_count, self.all_shards) or {}
             if shared:
                 # Redis is written with every save, by whichever host ran these shards last.
@@ -104,14 +137,34 @@ class Arbiter:
         ]
         now = time.monotonic()
         remaining, reset_after = self._identify_budget(options)
+        #: Redis off the loop (None without ``--redis-url``).
+        self.shared: SharedState | None = None
+        if self.coordinator is not None:
+            self.shared = SharedState(self.coordinator, wake=self._wake)
         self.gate = IdentifyGate(
             template.max_concurrency,
             # With Redis the budget is the shared one, checked in the same atomic step as the bucket.
             remaining=remaining if self.coordinator is None else None,
             reset_at=now + reset_after if reset_after is not None and self.coordinator is None else None,
-            shared_lock=self._shared_identify if self.coordinator is not None else None,
+            total=options.session_start_total or DAILY_TOTAL,
+            shared_ask=self._shared_ask if self.coordinator is not None else None,
             shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
         )
+        self.refresher: BudgetRefresher | None = None
+        if self.coordinator is not None:
+            self.refresher = BudgetRefresher(
+                options.fetch_gateway_bot, publish=self._publish_budget, fallback=self._estimate_budget, wake=self._wake
+            )
+        elif options.fetch_gateway_bot is not None:
+            self.refresher = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake)
+        #: A budget refresh is wanted (started as soon as the refresher allows).
+        self._refresh_wanted = self.coordinator is None and remaining is None and self.refresher is not None
+        self._refills_seen = 0
+        #: ``gate.total_granted`` when the running refresh started (its answer is older than those).
+        self._granted_at_refresh = 0
+        #: The shared budget as last read from Redis, and when to read it again.
+        self._budget_cache: int | None = None
+        self._next_budget_read = 0.0
         self.selector = selectors.DefaultSelector()
         self.signal_queue: deque[int] = deque()
         self.stopping = False
@@ -124,7 +177,6 @@ class Arbiter:
         self._forgotten: set[int] = set()
         self._next_save = 0.0
         self._next_sample = 0.0
-        self._wake_r = self._wake_w = -1
         self.control: ControlServer | None = None
         self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups})
         self.metrics_server: MetricsServer | None = None
@@ -140,29 +192,136 @@ class Arbiter:
         self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
 
     def _shared(self, method: Any, *args: Any) -> Any:
-        """Call Redis; on failure log once per minute and return None (the caller decides)."""
+        """Call Redis now (only before the loop runs); on failure log and return None."""
         try:
             result = method(*args)
         except Exception as exc:  # noqa: BLE001 - redis errors, timeouts: never fatal here
-            now = time.monotonic()
-            if now >= getattr(self, "_redis_warned_until", 0.0):
-                log.error("Redis unavailable (%s): identifies wait, sessions are saved locally", exc)
-                self._redis_warned_until = now + 60.0
+            self._redis_failed(exc)
             return None
         return result
 
-    def _shared_identify(self, bucket: int, hold_s: float) -> float:
-        wait = self._shared(self.coordinator.try_identify, bucket, hold_s, self.gate.reserve)
-        if wait is None:
-            return 1.0  # no identify without the shared lock: Discord's rules are per bot
-        if wait == float("inf") and time.monotonic() >= getattr(self, "_held_warned_until", 0.0):
-            self._held_warned_until = time.monotonic() + 60.0
-            log.error("the shared identify budget (Redis) is down to its reserve: holding identifies")
-        return wait
+    def _log_every(self, what: str, level: int, message: str, *args: Any) -> None:
+        """Log ``message`` at most once per :data:`LOG_EVERY_S` for ``what``."""
+        now = time.monotonic()
+        if now >= self._logged_at.get(what, float("-inf")):
+            self._logged_at[what] = now + LOG_EVERY_S
+            log.log(level, message, *args)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._log_every(
+            "redis", logging.ERROR, "Redis unavailable (%s): identifies wait, sessions are saved locally", str(exc) or type(exc).__name__
+        )
+
+    def _wake(self) -> None:
+        """Wake the loop from another thread (an answer is ready); never blocks."""
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"\0")
+        except OSError:  # full (the loop wakes anyway) or closed at the end
+            pass
+
+    def _shared_ask(self, bucket: int, hold_s: float) -> bool:
+        assert self.shared is not None
+        return self.shared.ask_identify(bucket, hold_s, self.gate.reserve)
 
     def _shared_identify_sent(self, bucket: int) -> None:
         # If Redis does not answer, the bucket stays held until the grant's hold expires.
-        self._shared(self.coordinator.identify_sent, bucket, self.gate.interval)
+        assert self.shared is not None
+        self.shared.identify_sent(bucket, self.gate.interval)
+
+    def _publish_budget(self, limit: Any) -> None:
+        """In the refresh thread: Discord's answer becomes the shared budget."""
+        self.coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)
+
+    def _estimate_budget(self) -> int:
+        """In the refresh thread, Discord not reachable: the budget from the shared grant log."""
+        return self.coordinator.estimate_budget(ESTIMATE_TTL_S, default_total=self.gate.total)
+
+    # -- answers from the other threads -------------------------------------------------------
+    def _take_answers(self, now: float) -> None:
+        """Handle what Redis and Discord answered since the last pass (never waits)."""
+        if self.shared is not None:
+            for answer in self.shared.answers():
+                self._on_shared_answer(answer, now)
+        if self.refresher is not None:
+            for refresh in self.refresher.answers():
+                self._on_refresh(refresh, now)
+            if self.coordinator is None and self.gate.refills != self._refills_seen:
+                self._refills_seen = self.gate.refills
+                self._refresh_wanted = True  # Discord's reset passed: ask what is really left
+            if self._refresh_wanted and self.refresher.request(now):
+                self._refresh_wanted = False
+                self._granted_at_refresh = self.gate.total_granted
+
+    def _on_shared_answer(self, answer: Answer, now: float) -> None:
+        if answer.error is not None:
+            self._redis_failed(answer.error)
+        elif answer.recovered:
+            log.warning("Redis answers again: identifies continue; saving every session to it again")
+            # A restarted Redis may have lost them: write them all again.
+            self._sessions_dirty = True
+            self._logged_at.pop("redis", None)
+        if answer.kind == "identify":
+            wait = REDIS_RETRY_S if answer.error is not None else answer.value
+            if wait == BUDGET_UNKNOWN:
+                self._log_every(
+                    "budget-unknown",
+                    logging.WARNING,
+                    "the shared identify budget is unknown (expired at Discord's reset, or Redis lost it): "
+                    "holding identifies until GET /gateway/bot refreshes it",
+                )
+                self._refresh_wanted = True
+                wait = BUDGET_UNKNOWN_RETRY_S
+            elif wait == float("inf"):
+                self._log_every(
+                    "budget-held", logging.ERROR, "the shared identify budget (Redis) is down to its reserve: holding identifies"
+                )
+            self.gate.shared_answer(answer.key, wait, now, started_at=answer.started)
+        elif answer.kind == "budget" and answer.error is None:
+            self._budget_cache = answer.value
+            if answer.value is None:
+                self._refresh_wanted = True
+
+    def _on_refresh(self, refresh: Refresh, now: float) -> None:
+        limit = refresh.limit
+        if limit is not None:
+            if self.coordinator is None:
+                # Grants since the request are not in Discord's count yet (some may be: the
+                # lower figure is the safe one).
+                since = self.gate.total_granted - self._granted_at_refresh
+                remaining = max(0, limit.remaining - since)
+                self.gate.set_budget(remaining, refresh.finished + limit.reset_after / 1000, limit.total)
+            else:
+                remaining = limit.remaining
+                if refresh.publish_error is None:
+                    self._budget_cache = remaining
+            log.info(
+                "identify budget from Discord: %d of %d left, resets in %.0f s%s",
+                remaining,
+                limit.total,
+                limit.reset_after / 1000,
+                " (shared in Redis)" if self.coordinator is not None and refresh.publish_error is None else "",
+            )
+            if refresh.publish_error is not None:
+                self._redis_failed(refresh.publish_error)
+            return
+        if refresh.estimated is not None:
+            self._budget_cache = refresh.estimated
+            log.warning(
+                "cannot refresh the identify budget from Discord (%s): %d left by the shared grant log, "
+                "for %.0f s",
+                refresh.error,
+                refresh.estimated,
+                ESTIMATE_TTL_S,
+            )
+            return
+        if refresh.publish_error is not None:
+            self._redis_failed(refresh.publish_error)
+        if self.coordinator is None:
+            self._refresh_wanted = self.gate.remaining is None  # keep trying while unknown
+        log.warning("cannot refresh the identify budget from Discord: %s", refresh.error)
 
     def _identify_sent(self, shard: int, at: float, now: float) -> None:
         """A child wrote an IDENTIFY at ``at``: the bucket's next one is timed from there."""
@@ -183,7 +342,7 @@ class Arbiter:
             return options.session_start_remaining, options.session_start_reset_after
         if not granted:
             return None, None
-        remaining = max(0, DAILY_TOTAL - len(granted))
+        remaining = max(0, (options.session_start_total or DAILY_TOTAL) - len(granted))
         reset_after = granted[0] + IDENTIFY_WINDOW_S - time.time()
         log.info("identify budget: about %d left by the local log (Discord not asked)", remaining)
         return remaining, max(0.0, reset_after)
@@ -260,6 +419,7 @@ class Arbiter:
             while True:
                 now = time.monotonic()
                 self._handle_signals(now)
+                self._take_answers(now)
                 self._reap(now)
                 if self.stopping and not any(g.child for g in self.groups):
                     break
@@ -273,6 +433,8 @@ class Arbiter:
                 self._wait(self._timeout(now))
         finally:
             self._save_sessions()
+            if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
+                log.warning("Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S)
             if self.control is not None:
                 self.control.close()
             signal.set_wakeup_fd(-1)
@@ -594,6 +756,9 @@ class Arbiter:
                 (self.gate.reset_at or now) - now,
             )
         self._budget_logged = bool(exhausted)
+        if self.shared is not None and now >= self._next_budget_read:
+            self._next_budget_read = now + BUDGET_READ_S
+            self.shared.read_budget()
         self.metrics.set_supervisor(
             identify_budget_remaining=self._budget_remaining(),
             identifies_granted=self.gate.total_granted,
@@ -711,24 +876,17 @@ class Arbiter:
             self._sessions_dirty = False
         except OSError as exc:
             log.error("cannot save sessions to %s: %s", self.store.dir, exc)
-        if self.coordinator is not None:
+        if self.shared is not None:
+            # Handed to the Redis thread: the latest snapshot wins, a failed save is retried.
             mine = {s: v for s, v in self.sessions.items() if s in self._my_shards}
-            self._shared(self.coordinator.save_sessions, self.shard_count, mine)
-            if self._forgotten:
-                forgotten = sorted(self._forgotten - set(self.sessions))
-                if self._shared(self.coordinator.delete_sessions, self.shard_count, forgotten) is not None:
-                    self._forgotten.clear()
-        else:
-            self._forgotten.clear()
+            self.shared.save_sessions(self.shard_count, mine, sorted(self._forgotten - set(self.sessions)))
+        self._forgotten.clear()
 
     def _budget_remaining(self) -> int | None:
+        """The identifies left: the gate's, or the shared one as last read (never a Redis call)."""
         if self.coordinator is None:
             return self.gate.remaining
-        now = time.monotonic()
-        cached = getattr(self, "_budget_cache", None)
-        if cached is None or now - cached[0] > 1.0:  # at most one Redis read a second
-            cached = self._budget_cache = (now, self._shared(self.coordinator.budget))
-        return cached[1]
+        return self._budget_cache
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -775,6 +933,10 @@ class Arbiter:
             ],
             "identify_budget_remaining": self._budget_remaining(),
             "identifies_granted": self.gate.total_granted,
+            # With --redis-url: whether its last call succeeded, and the requests waiting for it.
+            "redis": None
+            if self.shared is None
+            else {"answering": not self.shared.failing, "pending": self.shared.pending},
             "shards": shards,
         }
 

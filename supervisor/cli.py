@@ -310,12 +310,15 @@ def _start(settings: StartSettings) -> int:
         heartbeat_timeout=float(settings.child_timeout),
         session_start_remaining=limit.remaining if limit else None,
         session_start_reset_after=limit.reset_after / 1000 if limit else None,
+        session_start_total=limit.total if limit else None,
+        # The budget is asked again off the loop: at Discord's reset, or when Redis lost it.
+        fetch_gateway_bot=lambda: get_gateway_bot(settings.api_url, settings.token, ratelimiter=ratelimiter),
         metrics_addr=settings.metrics_addr,
         log_format=settings.log_format,
         coordinator=coordinator,
     )
     if coordinator is not None and limit is not None:
-        coordinator.set_budget(limit.remaining, limit.reset_after / 1000)
+        coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)
     set_title(f"master [{format_shard_ids(shard_ids)}]")
     log.info(
         "starting %d of %d shards in %d processes, group %r",

@@ -10,12 +10,24 @@ so three things are shared here:
   write, it is set to expire one interval after that write. A host that dies while holding it
   blocks nobody for longer than the grant's hold.
 - **The daily identify budget**: ``<prefix>:identify:remaining`` holds Discord's
-  ``session_start_limit.remaining`` (refreshed by each host's ``GET /gateway/bot``, expiring at
-  ``reset_after``) and is decremented by every grant in the same atomic script; grants are also
-  logged in the sorted set ``<prefix>:identify:log`` (last 24 h), for operators.
+  ``session_start_limit.remaining``, expiring at ``reset_after`` (when Discord refills it), and
+  ``<prefix>:identify:total`` its ``total``. Every grant decrements it in the same atomic script
+  that takes the bucket; grants are also logged in the sorted set ``<prefix>:identify:log``
+  (last 24 h). **A missing key is not "unlimited"**: the script then grants nothing and answers
+  :data:`BUDGET_UNKNOWN`, and the supervisor refreshes the key from ``GET /gateway/bot`` (off its
+  loop, at most once a minute, :mod:`supervisor.budget_refresh`). Going over Discord's limit
+  resets the bot's token, so holding identifies for the second the refresh takes is the safe
+  side. When Discord cannot be reached, :meth:`RedisCoordinator.estimate_budget` sets the key
+  for a minute from the grant log (``total`` minus the grants of the last 24 h, a lower bound of
+  what Discord would say when every identify of the bot goes through this log).
 - **Sessions**: ``<prefix>:session:<shard_count>:<shard>`` holds the JSON ``{session_id, seq,
   resume_gateway_url}`` with a TTL a little past Discord's resume window, so a shard range moved
   to another host resumes there.
+
+Every call here is a blocking network round trip (up to the 2 s socket timeout). The supervisor's
+loop never makes them itself: :mod:`supervisor.shared_state` runs them on one worker thread and
+hands the answers back, so a hung or unreachable Redis delays only identifies (which wait for
+the shared lock), never RESUMEs, IPC, heartbeats or ``status``.
 
 Without ``--redis-url`` none of this is used and everything stays local (the state dir).
 """
@@ -39,31 +51,56 @@ DEFAULT_PREFIX = "spectacles"
 SESSION_TTL_S = 15 * 60
 LOG_WINDOW_MS = 24 * 3600 * 1000
 
+#: Discord's default ``session_start_limit.total``, when no host has published the real one.
+DEFAULT_TOTAL = 1000
+#: :meth:`RedisCoordinator.try_identify`'s answer while the shared budget is unknown (its key
+#: expired or was never set): nothing was granted; refresh the budget, then ask again.
+BUDGET_UNKNOWN = -1.0
+
 #: KEYS: bucket lock, remaining budget, grant log. ARGV: hold ms, reserve, now ms, member.
-#: Returns 0 (granted), a positive wait in ms (the bucket is busy) or -1 (budget held back).
+#: Returns 0 (granted), a positive wait in ms (the bucket is busy), -1 (budget held back) or -2
+#: (no budget known: the key expired at Discord's reset or was never set; nothing granted).
 _IDENTIFY_SCRIPT = """
 local wait = redis.call('PTTL', KEYS[1])
 if wait > 0 then return wait end
 local remaining = redis.call('GET', KEYS[2])
-if remaining and tonumber(remaining) <= tonumber(ARGV[2]) then return -1 end
+if not remaining then return -2 end
+if tonumber(remaining) <= tonumber(ARGV[2]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[1])
-if remaining then redis.call('DECR', KEYS[2]) end
+redis.call('DECR', KEYS[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - %d)
 return 0
 """ % LOG_WINDOW_MS
 
+#: KEYS: remaining budget, total, grant log. ARGV: ttl ms, now ms, default total.
+#: Sets the budget (if still missing) to total minus the grants logged in the last 24 h.
+_ESTIMATE_SCRIPT = """
+local known = redis.call('GET', KEYS[1])
+if known then return tonumber(known) end
+local total = tonumber(redis.call('GET', KEYS[2]) or ARGV[3])
+local used = redis.call('ZCOUNT', KEYS[3], tonumber(ARGV[2]) - %d, '+inf')
+local remaining = math.max(0, total - used)
+redis.call('SET', KEYS[1], remaining, 'PX', ARGV[1], 'NX')
+return remaining
+""" % LOG_WINDOW_MS
+
 
 class RedisCoordinator:
+    """The keys of one bot (``prefix``) in Redis, for one host (``host_id``). Every method is one
+    blocking round trip: call them off the supervisor's loop (:mod:`supervisor.shared_state`)."""
+
     def __init__(self, client: Any, prefix: str | None = DEFAULT_PREFIX, host_id: str | None = None) -> None:
         self.redis = client
         self.prefix = prefix or DEFAULT_PREFIX
         self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}"
         self._identify = client.register_script(_IDENTIFY_SCRIPT)
+        self._estimate = client.register_script(_ESTIMATE_SCRIPT)
         self._grants = 0
 
     @classmethod
     def from_url(cls, url: str, prefix: str | None = DEFAULT_PREFIX) -> RedisCoordinator:
+        """Connect (2 s timeouts) and PING: a Redis that cannot be reached fails the start."""
         import redis
 
         client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -76,7 +113,8 @@ class RedisCoordinator:
     # -- identify -----------------------------------------------------------------------------
     def try_identify(self, bucket: int, hold_s: float, reserve: int, now: float | None = None) -> float:
         """Take bucket ``bucket`` for one IDENTIFY, for ``hold_s`` at most: 0.0 if granted, else
-        seconds to wait (``float('inf')`` while the shared daily budget is held back)."""
+        seconds to wait (``float('inf')`` while the shared daily budget is held back), or
+        :data:`BUDGET_UNKNOWN` when no budget is known (nothing granted: refresh it first)."""
         now_ms = int((time.time() if now is None else now) * 1000)
         self._grants += 1
         member = f"{self.host_id}:{now_ms}:{self._grants}"
@@ -88,6 +126,8 @@ class RedisCoordinator:
         )
         if result == 0:
             return 0.0
+        if result == -2:
+            return BUDGET_UNKNOWN
         if result < 0:
             return float("inf")
         return result / 1000.0
@@ -96,20 +136,41 @@ class RedisCoordinator:
         """The IDENTIFY granted on ``bucket`` was written just now: free it ``interval_s`` later."""
         self.redis.set(self._key("identify", "bucket", bucket), self.host_id, px=max(1, int(interval_s * 1000)))
 
-    def set_budget(self, remaining: int, reset_after_s: float) -> None:
-        """Publish Discord's ``session_start_limit`` (the latest answer wins)."""
-        self.redis.set(self._key("identify", "remaining"), remaining, px=max(1, int(reset_after_s * 1000)))
+    def set_budget(self, remaining: int, reset_after_s: float, total: int | None = None) -> None:
+        """Publish Discord's ``session_start_limit`` (the latest answer wins): ``remaining`` until
+        ``reset_after_s`` from now, when Discord refills it to ``total``."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self._key("identify", "remaining"), remaining, px=max(1, int(reset_after_s * 1000)))
+        if total is not None:
+            pipe.set(self._key("identify", "total"), total)
+        pipe.execute()
+
+    def estimate_budget(self, ttl_s: float, now: float | None = None, default_total: int = DEFAULT_TOTAL) -> int:
+        """When Discord cannot be asked: set the missing budget for ``ttl_s`` to the known total
+        (else ``default_total``) minus the grants logged in the last 24 h; return the budget
+        (the one already there, if another host set it meanwhile)."""
+        now_ms = int((time.time() if now is None else now) * 1000)
+        keys = [self._key("identify", "remaining"), self._key("identify", "total"), self._key("identify", "log")]
+        return int(self._estimate(keys=keys, args=[max(1, int(ttl_s * 1000)), now_ms, default_total]))
 
     def budget(self) -> int | None:
+        """The shared identifies left (None: unknown, the key is missing)."""
         value = self.redis.get(self._key("identify", "remaining"))
         return int(value) if value is not None else None
 
+    def total(self) -> int | None:
+        """Discord's daily ``session_start_limit.total`` as last published (None: never)."""
+        value = self.redis.get(self._key("identify", "total"))
+        return int(value) if value is not None else None
+
     def identifies_last_24h(self, now: float | None = None) -> int:
+        """Grants logged by every host in the last 24 h."""
         now_ms = int((time.time() if now is None else now) * 1000)
         return int(self.redis.zcount(self._key("identify", "log"), now_ms - LOG_WINDOW_MS, "+inf"))
 
     # -- sessions -----------------------------------------------------------------------------
     def save_sessions(self, shard_count: int, sessions: dict[int, SavedSession]) -> None:
+        """Write ``sessions`` (one pipeline), each for :data:`SESSION_TTL_S`."""
         if not sessions:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -124,6 +185,7 @@ class RedisCoordinator:
         return int(self.redis.delete(*(self._key("session", shard_count, s) for s in shard_ids)))
 
     def load_sessions(self, shard_count: int, shard_ids: list[int]) -> dict[int, SavedSession]:
+        """The sessions of ``shard_ids`` found in Redis (malformed ones skipped)."""
         if not shard_ids:
             return {}
         values = self.redis.mget([self._key("session", shard_count, s) for s in shard_ids])

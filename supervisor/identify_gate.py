@@ -16,7 +16,18 @@ A bucket's life:
    timed ``interval`` after that write. If no report comes (a hung child), the write is assumed
    at ``expires``, the latest it can be; if the child died, at its death.
 
-The daily budget holds every grant while it is down to its reserve, until ``reset_after`` passes.
+The daily budget holds every grant while it is down to its reserve, until ``reset_after`` passes;
+then the gate refills itself to Discord's ``total`` (counted in :attr:`IdentifyGate.refills`: the
+arbiter then asks Discord what is really left, :mod:`supervisor.budget_refresh`).
+
+**Across hosts** (``--redis-url``) each grant also needs the bucket's shared lock in Redis, and
+Redis is asked off the loop (:mod:`supervisor.shared_state`), so the lock is asynchronous: when a
+bucket is due, the gate *asks* (``shared_ask``, at most one question per bucket outstanding) and
+grants nothing yet; :meth:`IdentifyGate.shared_answer` brings the answer later. A lock taken is a
+*lease* on the bucket until its hold runs out; the grant is issued on the next pass and made to
+expire early enough that its write plus the interval still fall inside the lease. A busy bucket,
+a held budget or a Redis that did not answer block the bucket for the wait given, then the gate
+asks again. No IDENTIFY is ever granted without the lease.
 """
 
 from __future__ import annotations
@@ -41,6 +52,13 @@ DAILY_TOTAL = 1000
 RESET_PERIOD_S = 24 * 3600.0
 #: How often to ask again while a shared (cross-host) budget holds identifies back.
 SHARED_RETRY_S = 5.0
+#: A shared lock is held this much longer than its grant needs: the answer's trip back to the
+#: loop (normally well under a second) must fit in it.
+SHARED_ANSWER_SLACK_S = 5.0
+#: A lease with less time than this left for the grant's write is let run out instead.
+MIN_GRANT_S = 1.0
+#: Ask again this soon when a question could not even be queued (never, by construction).
+SHARED_REFUSED_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,13 +83,14 @@ class IdentifyGate:
         reset_at: float | None = None,
         reserve: int = DEFAULT_RESERVE,
         total: int = DAILY_TOTAL,
-        shared_lock: Callable[[int, float], float] | None = None,
+        shared_ask: Callable[[int, float], bool] | None = None,
         shared_sent: Callable[[int], None] | None = None,
     ) -> None:
-        """``shared_lock(bucket, hold_s)``, when given, also takes the bucket across hosts
-        (Redis) for ``hold_s`` seconds: it returns 0 when taken, else the seconds to wait
-        (``inf`` while a shared budget holds). ``shared_sent(bucket)`` then tells the other
-        hosts the IDENTIFY was written: the bucket is theirs ``interval`` later."""
+        """``shared_ask(bucket, hold_s)``, when given, asks to take the bucket across hosts
+        (Redis) for ``hold_s`` seconds and returns at once (False: the question could not be
+        queued); the answer comes through :meth:`shared_answer`. ``shared_sent(bucket)`` tells
+        the other hosts the IDENTIFY was written: the bucket is theirs ``interval`` later.
+        ``total`` is Discord's ``session_start_limit.total``, the budget after each reset."""
         self.max_concurrency = max(1, max_concurrency)
         self.interval = interval
         self.lead = min(lead, interval)
@@ -81,8 +100,14 @@ class IdentifyGate:
         self.reserve = reserve
         self.total = total
         self.total_granted = 0
-        self.shared_lock = shared_lock
+        self.shared_ask = shared_ask
         self.shared_sent = shared_sent
+        #: times the budget refilled itself at ``reset_at`` (the arbiter then asks Discord)
+        self.refills = 0
+        #: bucket -> (when the shared lock was asked for, its hold): the answer is awaited
+        self._asking: dict[int, tuple[float, float]] = {}
+        #: bucket -> until when the shared lock is ours (for one grant)
+        self._lease: dict[int, float] = {}
         #: bucket -> when its last IDENTIFY was written (or assumed written)
         self._last: dict[int, float] = {}
         #: bucket -> the grant issued and not reported written yet
@@ -130,6 +155,28 @@ class IdentifyGate:
         for bucket, grant in list(self._in_flight.items()):
             if now >= grant.expires:
                 self._settle(bucket, grant.expires)
+        for bucket, until in list(self._lease.items()):
+            if now >= until:
+                del self._lease[bucket]
+
+    @property
+    def asking(self) -> int:
+        """Buckets whose shared lock was asked for and not answered yet."""
+        return len(self._asking)
+
+    def shared_answer(self, bucket: int, wait: float, now: float, started_at: float | None = None) -> None:
+        """The answer to ``shared_ask(bucket, ...)``: 0 when the lock was taken (``started_at``:
+        when the attempt began, the lease's hold counts from there, else from the question),
+        else the seconds to wait before asking again (``inf``: the shared budget holds)."""
+        asked = self._asking.pop(bucket, None)
+        if asked is None:
+            return
+        asked_at, hold = asked
+        if wait == 0:
+            # The key in Redis was set after the attempt began: its expiry is no earlier.
+            self._lease[bucket] = max(asked_at, started_at if started_at is not None else asked_at) + hold
+        else:
+            self._blocked_until[bucket] = now + (SHARED_RETRY_S if wait == float("inf") else max(0.0, wait))
 
     @property
     def waiting(self) -> int:
@@ -157,13 +204,18 @@ class IdentifyGate:
         if self.remaining is None:
             return False
         if self.reset_at is not None and now >= self.reset_at:
-            # Discord refilled the budget: count down again from the total for the next day.
+            # Discord refilled the budget: count down again from the total for the next day
+            # (until Discord, asked again, says exactly what is left and when it resets next).
             self.remaining = self.total
             self.reset_at += RESET_PERIOD_S
+            self.refills += 1
         return self.remaining <= self.reserve
 
-    def set_budget(self, remaining: int, reset_at: float) -> None:
+    def set_budget(self, remaining: int, reset_at: float, total: int | None = None) -> None:
+        """Discord's ``session_start_limit``: ``remaining`` until ``reset_at``, then ``total``."""
         self.remaining, self.reset_at = remaining, reset_at
+        if total is not None:
+            self.total = total
 
     def _opens_at(self, bucket: int) -> float:
         """When the next grant of ``bucket`` may leave (its ``not_before`` is ``lead`` later)."""
@@ -184,13 +236,24 @@ class IdentifyGate:
             last = self._last.get(bucket)
             not_before = now if last is None else max(now, last + self.interval)
             expires = not_before + self.validity
-            if self.shared_lock is not None:
-                # Held across hosts until the write is reported, or at the latest until the
-                # grant expires and the interval after it has passed.
-                wait = self.shared_lock(bucket, expires + self.interval - now)
-                if wait > 0:
-                    # Another host has the bucket (or the shared budget is held): ask again later.
-                    self._blocked_until[bucket] = now + min(wait, SHARED_RETRY_S if wait == float("inf") else wait)
+            if self.shared_ask is not None:
+                lease = self._lease.pop(bucket, None)
+                if lease is None:
+                    if bucket not in self._asking:
+                        # Held across hosts until the write is reported, or at the latest until
+                        # the grant expires and the interval after it has passed (plus the
+                        # answer's way back).
+                        hold = expires + self.interval - now + SHARED_ANSWER_SLACK_S
+                        if self.shared_ask(bucket, hold):
+                            self._asking[bucket] = (now, hold)
+                        else:
+                            self._blocked_until[bucket] = now + SHARED_REFUSED_RETRY_S
+                    continue
+                # The write and the interval after it must fall inside the lease.
+                expires = min(expires, lease - self.interval)
+                if expires - not_before < MIN_GRANT_S:
+                    # The answer came too late to use: let the lease run out, then ask again.
+                    self._blocked_until[bucket] = lease
                     continue
             request = queue.popleft()
             grant = Grant(request.requester, request.shard_id, not_before, expires)
@@ -207,7 +270,7 @@ class IdentifyGate:
         """When ``due`` may next have a grant (None: nothing is waiting)."""
         times = []
         for bucket, queue in self._waiting.items():
-            if queue:
+            if queue and bucket not in self._asking:  # an answer awaited wakes the loop itself
                 grant = self._in_flight.get(bucket)
                 if grant is not None:
                     # the write report usually comes first; at the latest the grant expires

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from shard_worker.config import SavedSession, WorkerConfig
 from supervisor.arbiter import Arbiter, ArbiterOptions
@@ -18,21 +19,33 @@ class DownCoordinator:
         return fail
 
 
+def pump(arbiter: Arbiter, seconds: float) -> None:
+    """The loop's identify steps, for real time: answers taken, grants due."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        arbiter._take_answers(now)
+        arbiter._grant_identifies(now)
+        time.sleep(0.05)
+
+
 def test_redis_down_holds_identifies_keeps_sessions_local_and_logs(tmp_path, caplog):
     config = WorkerConfig(shard_ids=[0, 1], shard_count=2, gateway_url="ws://127.0.0.1:1", token="t" * 20, max_concurrency=2)
     arbiter = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state"), coordinator=DownCoordinator()))
     assert arbiter.sessions == {}  # loading from Redis failed: nothing invented
     arbiter.gate.request(1234, 0)
     with caplog.at_level(logging.ERROR, logger="supervisor.arbiter"):
-        arbiter._grant_identifies(0.0)
-        arbiter._grant_identifies(0.5)
+        pump(arbiter, 2.5)  # the bucket is tried about once a second, every try fails
     assert arbiter.gate.total_granted == 0 and arbiter.gate.waiting == 1
-    assert sum("Redis unavailable" in r.message for r in caplog.records) == 1  # once, not per pass
+    assert sum("Redis unavailable" in r.message for r in caplog.records) == 1  # once, not per try
     # sessions still go to the state dir
     arbiter.sessions = {0: SavedSession("s", 5, "ws://r")}
     arbiter._save_sessions()
     assert (tmp_path / "state" / "sessions.json").exists()
-    assert arbiter.status()["identify_budget_remaining"] is None
+    status = arbiter.status()
+    assert status["identify_budget_remaining"] is None
+    assert status["redis"]["answering"] is False
+    arbiter.shared.close()
 
 
 class FakeChild:

@@ -43,6 +43,7 @@ def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_pat
         b = {"session_id": "b" * 32, "seq": 9, "resume_gateway_url": "ws://r"}
         arbiter._on_message(child, Message("shards", {"shards": {"0": report(a), "1": report(b)}}))
         arbiter._save_sessions()
+        assert arbiter.shared.flush(10)  # Redis is written off the loop
         saved = json.loads((tmp_path / "state" / "sessions.json").read_text())["sessions"]
         assert set(saved) == {"0", "1"}
         assert set(coordinator.load_sessions(2, [0, 1])) == {0, 1}
@@ -50,6 +51,7 @@ def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_pat
         # op 9 (not resumable): the child reports shard 0 without a session while it identifies anew
         arbiter._on_message(child, Message("shards", {"shards": {"0": report(None)}}))
         arbiter._save_sessions()
+        assert arbiter.shared.flush(10)  # Redis is written off the loop
         saved = json.loads((tmp_path / "state" / "sessions.json").read_text())["sessions"]
         assert set(saved) == {"1"}
         assert set(coordinator.load_sessions(2, [0, 1])) == {1}

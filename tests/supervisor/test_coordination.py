@@ -10,13 +10,15 @@ import pytest
 import redis
 
 from shard_worker.config import SavedSession
-from supervisor.coordination import RedisCoordinator
+from supervisor.coordination import BUDGET_UNKNOWN, RedisCoordinator
 
 
 @pytest.fixture
 def coordinator(redis_url):
+    """A coordinator per host name, on a fresh prefix with a daily budget of 1000 published."""
     client = redis.Redis.from_url(redis_url)
     prefix = f"test-{uuid.uuid4().hex[:8]}"
+    RedisCoordinator(client, prefix, host_id="start").set_budget(1000, 3600, total=1000)
     yield lambda host: RedisCoordinator(client, prefix, host_id=host)
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
@@ -62,6 +64,34 @@ def test_the_shared_budget_is_decremented_and_held_at_the_reserve(coordinator):
     assert a.budget() == 5
     assert a.try_identify(2, 0.05, reserve=5) == float("inf")
     assert a.budget() == 5  # a held-back attempt spends nothing
+
+
+def test_an_expired_budget_is_unknown_not_unlimited(coordinator):
+    # Issue 11, defect 4: the key expires at Discord's reset; the script used to grant on without it.
+    a = coordinator("a")
+    a.set_budget(900, reset_after_s=0.5, total=1200)
+    assert a.try_identify(0, 0.05, reserve=5) == 0.0 and a.budget() == 899
+    time.sleep(0.8)
+    assert a.budget() is None
+    before = a.identifies_last_24h()
+    assert a.try_identify(1, 0.05, reserve=5) == BUDGET_UNKNOWN  # nothing granted without a budget
+    assert a.try_identify(1, 0.05, reserve=5) == BUDGET_UNKNOWN
+    assert a.identifies_last_24h() == before and not a.redis.exists(f"{a.prefix}:identify:bucket:1")
+    a.set_budget(1100, reset_after_s=60, total=1200)  # refreshed from Discord
+    assert a.try_identify(1, 0.05, reserve=5) == 0.0 and a.budget() == 1099
+    assert a.total() == 1200
+
+
+def test_the_estimate_from_the_grant_log_when_discord_cannot_be_asked(coordinator):
+    a, b = coordinator("a"), coordinator("b")
+    a.set_budget(1000, reset_after_s=60, total=12)
+    for bucket in range(3):
+        assert a.try_identify(bucket, 0.05, reserve=5) == 0.0
+    a.redis.delete(f"{a.prefix}:identify:remaining")  # expired (or a restarted Redis lost it)
+    assert b.estimate_budget(ttl_s=1.0) == 12 - 3  # the total minus the grants of the last 24 h
+    assert 0 < a.redis.pttl(f"{a.prefix}:identify:remaining") <= 1000
+    a.set_budget(7, reset_after_s=60)
+    assert b.estimate_budget(ttl_s=1.0) == 7  # a budget already there (Discord's) is kept
 
 
 def test_concurrent_hosts_never_share_a_bucket_window(coordinator):
