@@ -48,7 +48,9 @@ def test_an_expired_shared_budget_is_refreshed_from_discord_and_still_holds_at_t
             client.pexpire(remaining_key, 500)
             wait_for(lambda: not client.exists(remaining_key), 10, what="the budget key to expire")
             sim.call("invalidate_session", 0, False)  # shard 0 must identify anew
+            asked = time.monotonic()
             snap = sim.wait_until(lambda s: len(accepted(s, 0)) == 2 and 0 in s["ready"], timeout=30)
+            print(f"\nrefreshed and identified {time.monotonic() - asked:.1f} s after the budget expired")
             # Refreshed from GET /gateway/bot (6 left), then spent by that identify: not unlimited.
             assert int(client.get(remaining_key)) == 5 == snap["session_start_limit"]["remaining"]
             assert client.pttl(remaining_key) > 3600 * 1000  # until Discord's next reset (24 h here)
