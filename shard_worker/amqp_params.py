@@ -24,7 +24,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pika
 
@@ -182,6 +182,19 @@ def parse_urls(text: str | Sequence[str]) -> tuple[str, ...]:
                 raise
             raise ValueError(f"URL {number} of {len(urls)}: {error}") from None
     return tuple(checked)
+
+
+def passwords(text: str | Sequence[str]) -> list[str]:
+    """The passwords of ``text``'s URLs, decoded as pika sends them (for the log redaction)."""
+    found = []
+    for url in split_urls(text):
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            continue
+        if password:
+            found.append(unquote(password))
+    return found
 
 
 def is_tls(url: str) -> bool:

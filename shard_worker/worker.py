@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from . import exit_codes, outbound
 from .amqp_frames import check_pika
+from . import amqp_params
 from .amqp_params import BrokerConfigError, TlsFiles
 from .broker import AmqpBridge
 from .config import SavedSession, WorkerConfig
@@ -192,6 +193,8 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     IDENTIFY and stops when the parent says so or dies.
     """
     add_secret(config.token)
+    for password in amqp_params.passwords(config.amqp_url):
+        add_secret(password)  # masked in URLs anyway; redacted wherever else it might appear
     setup_logging(config.log_level, prefix=f"[shards {config.shard_ids[0]}-{config.shard_ids[-1]}] ")
     try:
         check_pika()

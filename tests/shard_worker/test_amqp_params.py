@@ -143,6 +143,12 @@ def test_bad_urls_are_one_clear_line(text, message):
         parse_urls(text)
 
 
+def test_passwords_are_decoded_for_the_redaction():
+    assert amqp_params.passwords("amqp://a:p%40ss-word@h/%2F,amqp://b@h2/,amqps://c:second-one@h3/") == [
+        "p@ss-word", "second-one",
+    ]  # fmt: skip
+
+
 def test_a_comma_in_a_password_needs_no_encoding():
     assert parse_urls("amqp://u:pa,ss@h/%2F,amqp://v:w@g/%2F") == ("amqp://u:pa,ss@h/%2F", "amqp://v:w@g/%2F")
 
