@@ -153,7 +153,10 @@ class Arbiter:
         self.refresher: BudgetRefresher | None = None
         if self.coordinator is not None:
             self.refresher = BudgetRefresher(
-                options.fetch_gateway_bot, publish=self._publish_budget, fallback=self._estimate_budget, wake=self._wake
+                options.fetch_gateway_bot,
+                publish=self._publish_budget,
+                fallback=self._estimate_budget,
+                wake=self._wake,
             )
         elif options.fetch_gateway_bot is not None:
             self.refresher = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake)
@@ -209,7 +212,10 @@ class Arbiter:
 
     def _redis_failed(self, exc: BaseException) -> None:
         self._log_every(
-            "redis", logging.ERROR, "Redis unavailable (%s): identifies wait, sessions are saved locally", str(exc) or type(exc).__name__
+            "redis",
+            logging.ERROR,
+            "Redis unavailable (%s): identifies wait, sessions are saved locally",
+            str(exc) or type(exc).__name__,
         )
 
     def _wake(self) -> None:
@@ -276,7 +282,9 @@ class Arbiter:
                 wait = BUDGET_UNKNOWN_RETRY_S
             elif wait == float("inf"):
                 self._log_every(
-                    "budget-held", logging.ERROR, "the shared identify budget (Redis) is down to its reserve: holding identifies"
+                    "budget-held",
+                    logging.ERROR,
+                    "the shared identify budget (Redis) is down to its reserve: holding identifies",
                 )
             self.gate.shared_answer(answer.key, wait, now, started_at=answer.started)
         elif answer.kind == "budget" and answer.error is None:
@@ -434,7 +442,9 @@ class Arbiter:
         finally:
             self._save_sessions()
             if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
-                log.warning("Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S)
+                log.warning(
+                    "Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S
+                )
             if self.control is not None:
                 self.control.close()
             signal.set_wakeup_fd(-1)

@@ -130,7 +130,9 @@ class Mailbox:
         self._pending[key] = Job(BUDGET, None, ())
         return True
 
-    def save_sessions(self, shard_count: int, sessions: dict[int, Any], forget: list[int] | set[int] = ()) -> None:
+    def save_sessions(
+        self, shard_count: int, sessions: dict[int, Any], forget: list[int] | set[int] = ()
+    ) -> None:
         """Replace the snapshot to save (latest wins) and add ``forget`` to the shards to delete."""
         self._shard_count = shard_count
         self._save = (shard_count, dict(sessions))
@@ -141,7 +143,8 @@ class Mailbox:
         """The most urgent job that may run at ``now`` (it counts as running until :meth:`done`)."""
         for kind in _ORDER:
             if kind == SESSIONS:
-                if (self._save is not None or self._forget) and not self._sessions_running and now >= self._sessions_not_before:
+                waiting = self._save is not None or self._forget
+                if waiting and not self._sessions_running and now >= self._sessions_not_before:
                     save, forget = self._save, sorted(self._forget)
                     self._save, self._forget = None, set()
                     self._sessions_running = True
@@ -186,7 +189,12 @@ class SharedState:
     ``wake()`` is called (from the thread) after each answer; it must not block.
     """
 
-    def __init__(self, coordinator: Any, wake: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        coordinator: Any,
+        wake: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.coordinator = coordinator
         self.wake = wake
         self.clock = clock
@@ -213,7 +221,9 @@ class SharedState:
         """Queue a read of the shared budget (one at a time)."""
         return self._submit(self._mailbox.read_budget)
 
-    def save_sessions(self, shard_count: int, sessions: dict[int, Any], forget: list[int] | set[int] = ()) -> None:
+    def save_sessions(
+        self, shard_count: int, sessions: dict[int, Any], forget: list[int] | set[int] = ()
+    ) -> None:
         """Queue a save of ``sessions`` (the latest snapshot wins) and the deletion of ``forget``."""
         self._submit(self._mailbox.save_sessions, shard_count, sessions, forget)
 
