@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
 from .logs import mask_url
 
 CONFIG_ENV = "SPECTACLES_WORKER_CONFIG"
@@ -46,7 +47,9 @@ class WorkerConfig:
     #: Only these dispatch types are published; ``None`` publishes every dispatch.
     events: frozenset[str] | None = None
     intents: int = 0
-    compress: bool = True
+    #: Transport compression: ``zlib-stream``, ``zstd-stream`` or ``none``. A bool (what older
+    #: versions wrote here: zlib-stream or none) is still accepted and normalised to its name.
+    compress: str = COMPRESS_ZLIB_STREAM
     max_concurrency: int = 1
     large_threshold: int | None = None
     presence: dict | None = None
@@ -69,6 +72,9 @@ class WorkerConfig:
     amqp_ca_file: str | None = None
     amqp_cert_file: str | None = None
     amqp_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        self.compress = compress_name(self.compress)
 
     def __repr__(self) -> str:
         # Never the token; the AMQP URLs with their passwords masked.

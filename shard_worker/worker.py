@@ -15,6 +15,8 @@ from .amqp_params import BrokerConfigError, TlsFiles
 from .broker import AmqpBridge
 from .config import SavedSession, WorkerConfig
 from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
+from .gateway.inflate import zstd_unavailable
+from .gateway.protocol import COMPRESS_ZSTD_STREAM
 from .gateway.state import Fatal, ShardMachine
 from .logs import add_secret, mask_url, setup_logging
 from .shard_ranges import format_shard_ids
@@ -201,6 +203,11 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     except RuntimeError as error:
         log.critical("%s", error)
         return exit_codes.USAGE  # the supervisor halts on 2 instead of restarting us
+    if config.compress == COMPRESS_ZSTD_STREAM and (missing := zstd_unavailable()):
+        # `start` checks this too; a worker run by hand (or an install changed under a running
+        # supervisor) says it once here rather than failing every connection.
+        log.critical("%s", missing)
+        return exit_codes.USAGE
 
     async def main() -> int:
         if link is not None:

@@ -58,7 +58,8 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
     shards_per_process = 4              # default: ceil(shards / CPU cores)
     events = ["MESSAGE_CREATE", "GUILD_CREATE"]   # dispatches to publish (default: all)
     intents = "DEFAULT|MESSAGE_CONTENT" # names, an integer, or an array of names
-    compress = "zlib-stream"            # or "none" (true / false also accepted)
+    compress = "zlib-stream"            # or "zstd-stream" (the zstd extra), or "none"
+                                        # (true / false also accepted: zlib-stream / none)
     log_level = "INFO"
     gateway_url = "wss://gateway.discord.gg"      # default: GET /gateway/bot "url"
     api_url = "https://discord.com/api/v10"
@@ -114,7 +115,14 @@ from urllib.parse import urlsplit, urlunsplit
 from shard_worker import amqp_params
 from shard_worker.config import DEFAULT_AMQP_URL, DEFAULT_GROUP, WorkerConfig
 from shard_worker.logs import mask_url
+from shard_worker.gateway.inflate import zstd_unavailable
 from shard_worker.gateway.intents import DEFAULT_INTENTS, format_intents, parse_intents
+from shard_worker.gateway.protocol import (
+    COMPRESS_CHOICES,
+    COMPRESS_ZLIB_STREAM,
+    COMPRESS_ZSTD_STREAM,
+    compress_name,
+)
 
 from .discord_api import DEFAULT_API_URL, GatewayBot
 from shard_worker.shard_ranges import (
@@ -322,21 +330,29 @@ def _intents_file(value: Any) -> int:
     raise ValueError(f"expected intent names or an integer, got {_type_name(value)}")
 
 
-def _compress_text(text: str) -> bool:
+#: Short spellings of the transport compressions.
+_COMPRESS_ALIASES = {"zlib": COMPRESS_ZLIB_STREAM, "zstd": COMPRESS_ZSTD_STREAM}
+
+
+def _compress_text(text: str) -> str:
+    """zlib-stream, zstd-stream or none; zstd-stream only where a zstd library is installed."""
     value = text.strip().lower()
-    if value in ("zlib-stream", "zlib"):
-        return True
-    if value == "none":
-        return False
-    raise ValueError(f"expected zlib-stream or none, got {text!r}")
+    value = _COMPRESS_ALIASES.get(value, value)
+    if value not in COMPRESS_CHOICES:
+        raise ValueError(f"expected zlib-stream, zstd-stream or none, got {text!r}")
+    if value == COMPRESS_ZSTD_STREAM and (missing := zstd_unavailable()):
+        raise ValueError(missing)
+    return value
 
 
-def _compress_file(value: Any) -> bool:
+def _compress_file(value: Any) -> str:
     if isinstance(value, bool):
-        return value
+        return compress_name(value)
     if isinstance(value, str):
         return _compress_text(value)
-    raise ValueError(f'expected "zlib-stream", "none" or a boolean, got {_type_name(value)}')
+    raise ValueError(
+        f'expected "zlib-stream", "zstd-stream", "none" or a boolean, got {_type_name(value)}'
+    )
 
 
 def _log_level_text(text: str) -> str:
@@ -519,8 +535,9 @@ SETTINGS: tuple[Setting, ...] = (
             DEFAULT_API_URL, _API_URL, _from_str(_API_URL), "URL",
             f"Discord REST API base URL (default: {DEFAULT_API_URL})."),
     Setting("compress", "--compress", ("SPECTACLES_COMPRESS",), ("supervisor", "compress"),
-            True, _compress_text, _compress_file, "[zlib-stream|none]",
-            "Gateway transport compression (default: zlib-stream)."),
+            COMPRESS_ZLIB_STREAM, _compress_text, _compress_file, "[zlib-stream|zstd-stream|none]",
+            "Gateway transport compression: zlib-stream, zstd-stream (needs the zstd extra) or "
+            "none (default: zlib-stream)."),
     Setting("log_level", "--log-level", ("SPECTACLES_LOG_LEVEL",), ("supervisor", "log_level"),
             DEFAULT_LOG_LEVEL, _log_level_text, _from_str(_log_level_text), "LEVEL",
             "TRACE (payloads, token redacted), DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)."),
@@ -752,7 +769,7 @@ class StartSettings:
     intents: int
     gateway_url: str | None
     api_url: str
-    compress: bool
+    compress: str
     log_level: str
     state_dir: Path
     prefetch: int
@@ -813,7 +830,7 @@ class StartSettings:
             "intents": format_intents(self.intents),
             "gateway_url": self.gateway_url or "(from GET /gateway/bot)",
             "api_url": self.api_url,
-            "compress": "zlib-stream" if self.compress else "none",
+            "compress": self.compress,
             "log_level": self.log_level,
             "state_dir": str(self.state_dir),
             "prefetch": str(self.prefetch),

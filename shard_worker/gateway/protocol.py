@@ -13,6 +13,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 API_VERSION = 10
 ENCODING = "json"
 COMPRESS_ZLIB_STREAM = "zlib-stream"
+#: One zstd frame per connection that never ends; each message is flushed (ZSTD_e_flush).
+COMPRESS_ZSTD_STREAM = "zstd-stream"
+#: No transport compression: text frames (the ``compress`` query parameter is left out).
+COMPRESS_NONE = "none"
+#: The transport compressions a connection can ask for, by their ``compress`` setting name.
+COMPRESS_CHOICES = (COMPRESS_ZLIB_STREAM, COMPRESS_ZSTD_STREAM, COMPRESS_NONE)
 #: A zlib-stream message is complete when the buffer ends with this Z_SYNC_FLUSH marker.
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
 
@@ -159,11 +165,29 @@ def identify_bucket(shard_id: int, max_concurrency: int) -> int:
     return shard_id % max_concurrency
 
 
-def gateway_url(base: str, *, compress: bool) -> str:
-    """``base`` with the query Discord v10 expects (any query ``base`` had is replaced)."""
+def compress_name(value: bool | str | None) -> str:
+    """The canonical name of a transport compression setting: one of :data:`COMPRESS_CHOICES`.
+
+    ``True`` and ``False`` (and ``None``) are what the setting was before zstd-stream existed:
+    zlib-stream or none. They are still accepted, so an older configuration keeps its meaning.
+    Raises ``ValueError`` for anything else.
+    """
+    if value is True:
+        return COMPRESS_ZLIB_STREAM
+    if value is False or value is None:
+        return COMPRESS_NONE
+    if isinstance(value, str) and value in COMPRESS_CHOICES:
+        return value
+    raise ValueError(f"expected zlib-stream, zstd-stream or none, got {value!r}")
+
+
+def gateway_url(base: str, *, compress: bool | str) -> str:
+    """``base`` with the query Discord v10 expects (any query ``base`` had is replaced).
+    ``compress`` is a name of :data:`COMPRESS_CHOICES` (or a bool: zlib-stream / none)."""
     params = {"v": str(API_VERSION), "encoding": ENCODING}
-    if compress:
-        params["compress"] = COMPRESS_ZLIB_STREAM
+    name = compress_name(compress)
+    if name != COMPRESS_NONE:
+        params["compress"] = name
     parts = urlsplit(base)
     path = parts.path or "/"
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(params), ""))

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from .. import jsonlib
 from ..config import SavedSession
-from .inflate import InflateError, ZlibStreamInflater
+from .inflate import Inflater, InflateError, new_inflater
 from .protocol import (
     INVALID_SESSION_WAIT_S,
     MAX_PAYLOAD_BYTES,
@@ -29,6 +29,7 @@ from .protocol import (
     CloseAction,
     Op,
     close_action,
+    compress_name,
     describe_close,
     gateway_url,
 )
@@ -141,7 +142,7 @@ class ShardMachine:
         token: str,
         *,
         intents: int = 0,
-        compress: bool = True,
+        compress: bool | str = True,
         large_threshold: int | None = None,
         presence: dict | None = None,
         session: SavedSession | None = None,
@@ -151,7 +152,8 @@ class ShardMachine:
         self.shard_count = shard_count
         self._token = token
         self.intents = intents
-        self.compress = compress
+        #: The transport compression: zlib-stream, zstd-stream or none (a bool: zlib-stream/none).
+        self.compress = compress_name(compress)
         self.large_threshold = large_threshold
         self.presence = presence
         self._rng = rng
@@ -171,7 +173,7 @@ class ShardMachine:
         self._acked = True
         self._last_heartbeat_sent: float | None = None
         self.latency: float | None = None
-        self._inflater: ZlibStreamInflater | None = None
+        self._inflater: Inflater | None = None
         self._pending_close: Reconnect | Fatal | None = None
         #: Set by the driver while it stops reading on purpose (the broker buffer is full): ACKs
         #: then wait unread in the socket, so a missing ACK proves nothing about the server.
@@ -195,7 +197,7 @@ class ShardMachine:
         """Where the next connection goes: the resume URL while the session is resumable
         (the main gateway once that URL proved unreachable; the RESUME is sent all the same)."""
         base = self.resume_url if self.resumable and not self.resume_via_gateway else gateway
-        return gateway_url(base, compress=self.compress)  # type: ignore[arg-type]
+        return gateway_url(base, compress=self.compress)
 
     @property
     def next_deadline(self) -> float | None:
@@ -213,7 +215,7 @@ class ShardMachine:
         self._hello_deadline = now + HELLO_TIMEOUT_S
         self._acked = True
         self._last_heartbeat_sent = None
-        self._inflater = ZlibStreamInflater() if self.compress else None
+        self._inflater = new_inflater(self.compress)  # a new stream context per connection
         self._pending_close = None
 
     def receive(self, frame: bytes | str, now: float) -> list:

@@ -111,7 +111,7 @@ def one_error_line(result) -> str:
         (["start", "--shards", "x"], {}, "--shards: invalid shard id or range 'x'"),
         (["start", "--shards", "0-3", "--shard-count", "2"], {}, "shard id 3"),
         (["start", "--intents", "GUILDS,NOPE"], {}, "unknown intent 'NOPE'"),
-        (["start", "--compress", "gzip"], {}, "--compress: expected zlib-stream or none"),
+        (["start", "--compress", "gzip"], {}, "--compress: expected zlib-stream, zstd-stream or none"),
         (["start"], {"DISCORD_SHARD_COUNT": "zero"}, "DISCORD_SHARD_COUNT: expected an integer"),
         (["start", "--shard-count", "4"], {}, "no bot token"),
         (["start", "--bogus"], {}, "No such option"),
@@ -441,3 +441,15 @@ def test_config_show_masks_every_url(runner, no_network):
     assert result.exit_code == 0, result.output
     assert "amqp://a:***@n1/%2F,amqp://b:***@n2/%2F" in result.stdout
     assert "hunter" not in result.stdout
+
+
+def test_zstd_stream_without_a_zstd_library_is_one_line_at_start(runner, no_network, monkeypatch):
+    from shard_worker.gateway import inflate
+
+    monkeypatch.setattr(inflate, "_zstd", None)
+    result = runner.invoke(cli, ["start", "--compress", "zstd-stream", "--shard-count", "1"],
+                           env={"DISCORD_TOKEN": TOKEN})
+    assert result.exit_code == EXIT_USAGE
+    reason = one_error_line(result)
+    assert reason.startswith("--compress: zstd-stream needs a zstd library")
+    assert "pip install 'spectacles-supervisor[zstd]'" in reason

@@ -78,7 +78,7 @@ def test_defaults_with_nothing_given():
     assert settings.events is None
     assert settings.intents == DEFAULT_INTENTS
     assert settings.api_url == DEFAULT_API_URL
-    assert settings.compress is True
+    assert settings.compress == "zlib-stream"
     assert settings.state_dir == Path("./state")
     assert settings.prefetch == 100
     assert settings.needs_gateway_bot
@@ -95,7 +95,7 @@ def test_file_values(tmp_path):
     assert settings.group == "file-group"
     assert settings.events == frozenset({"MESSAGE_CREATE", "GUILD_CREATE"})
     assert settings.intents == 513
-    assert settings.compress is False
+    assert settings.compress == "none"
     assert settings.log_level == "DEBUG"
     assert settings.gateway_url == "wss://example.test"
     assert settings.api_url == "http://localhost:9999/api/v10"
@@ -168,7 +168,7 @@ def test_token_normalisation():
         ({"amqp_url": "http://x"}, {}, r"^--amqp-url: .*not an AMQP URL"),
         ({"gateway_url": "https://x"}, {}, r"^--gateway-url: .*WebSocket"),
         ({"api_url": "discord.com"}, {}, r"^--api-url: .*HTTP URL"),
-        ({"compress": "gzip"}, {}, r"^--compress: expected zlib-stream or none"),
+        ({"compress": "gzip"}, {}, r"^--compress: expected zlib-stream, zstd-stream or none"),
         ({"log_level": "loud"}, {}, r"^--log-level: expected one of"),
         ({}, {"DISCORD_INTENTS": "GUILDS,NOPE"}, r"^DISCORD_INTENTS: unknown intent 'NOPE'"),
         ({"events": "MESSAGE CREATE"}, {}, r"^--events: 'MESSAGE CREATE' is not"),
@@ -344,7 +344,7 @@ def test_file_accepts_alternative_forms(tmp_path):
     values = load_config_file(path).values
     assert values["shard_ids"] == (0, 1, 2, 5)
     assert values["intents"] == 513
-    assert values["compress"] is True
+    assert values["compress"] == "zlib-stream"  # true: what the setting was before zstd-stream
     assert values["events"] is None
 
 
@@ -398,7 +398,7 @@ def test_build_worker_config_from_gateway_bot():
     assert config.max_concurrency == 16
     assert config.token == TOKEN
     assert config.intents == 1
-    assert config.compress is True
+    assert config.compress == "zlib-stream"
     assert TOKEN not in config.to_json()
 
 
@@ -421,7 +421,7 @@ def test_build_worker_config_given_values_win_over_gateway_bot():
     assert config.gateway_url == "ws://127.0.0.1:9000"
     assert config.events == frozenset({"MESSAGE_CREATE"})
     assert (config.prefetch, config.group, config.amqp_url) == (5, "g", "amqp://rabbit")
-    assert (config.compress, config.log_level) == (False, "WARNING")
+    assert (config.compress, config.log_level) == ("none", "WARNING")
     # Without /gateway/bot: max_concurrency falls back to 1.
     assert build_worker_config(settings, None).max_concurrency == 1
 
@@ -616,3 +616,50 @@ def test_worker_config_repr_masks_every_amqp_password():
     assert "pw-one" not in repr(config) and "pw-two" not in repr(config) and TOKEN not in repr(config)
     assert "amqp://a:***@h1/%2F,amqps://b:***@h2/%2F" in repr(config)
     assert "pw-one" in config.to_json()  # the child needs it: it travels over its stdin pipe only
+
+
+# -- compress: zlib-stream | zstd-stream | none ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [("zlib-stream", "zlib-stream"), ("ZLIB", "zlib-stream"), ("zstd-stream", "zstd-stream"),
+     ("zstd", "zstd-stream"), (" none ", "none")],
+)
+def test_compress_names(flag, expected):
+    assert resolve_start_settings({"compress": flag}, {}).compress == expected
+    assert resolve_start_settings({}, {"SPECTACLES_COMPRESS": flag}).compress == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [('"zstd-stream"', "zstd-stream"), ('"none"', "none"), ("true", "zlib-stream"),
+     ("false", "none")],
+)
+def test_compress_in_the_file(tmp_path, value, expected):
+    path = write(tmp_path, f"[supervisor]\ncompress = {value}\n")
+    settings = resolve_start_settings({"config": path, "token": TOKEN}, {})
+    assert settings.compress == expected
+    # ...and what the worker gets, and `config --show` prints
+    assert build_worker_config(settings, gateway_bot()).compress == expected
+    assert ("compress", expected) in [(name, shown) for name, shown, _ in settings.describe()]
+
+
+def test_zstd_stream_without_a_zstd_library_is_one_line(monkeypatch, tmp_path):
+    from shard_worker.gateway import inflate
+
+    monkeypatch.setattr(inflate, "_zstd", None)
+    for flags, env, where in [
+        ({"compress": "zstd-stream"}, {}, "--compress"),
+        ({}, {"SPECTACLES_COMPRESS": "zstd-stream"}, "SPECTACLES_COMPRESS"),
+    ]:
+        with pytest.raises(SettingsError) as error:
+            resolve_start_settings(flags, env)
+        message = str(error.value)
+        assert message.startswith(f"{where}: zstd-stream needs a zstd library")
+        assert "spectacles-supervisor[zstd]" in message and "\n" not in message
+    path = write(tmp_path, "[supervisor]\ncompress = 'zstd-stream'\n")
+    with pytest.raises(SettingsError, match=r"line 2: supervisor\.compress: zstd-stream needs"):
+        load_config_file(path)
+    # zlib-stream and none do not need it
+    assert resolve_start_settings({"compress": "zlib-stream"}, {}).compress == "zlib-stream"
