@@ -19,7 +19,6 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from .. import jsonlib
 from ..logs import TRACE
 from ..outbound import Packet
 from .backoff import exponential_backoff
@@ -304,7 +303,6 @@ class ShardRunner:
         events = self.events
         shard_id = self.shard_id
         time = asyncio.get_running_loop().time
-        dumps_bytes = jsonlib.dumps_bytes
         trace = log.isEnabledFor(TRACE)
         received_by_type = self.received_by_type
         published_by_type = self.published_by_type
@@ -319,11 +317,15 @@ class ShardRunner:
                         except KeyError:
                             count_type(received_by_type, t)
                         if trace:
-                            log.log(TRACE, "shard %d <- %s #%s %s", shard_id, action.t, action.seq, jsonlib.dumps(action.d))
+                            log.log(TRACE, "shard %d <- %s #%s %r", shard_id, action.t, action.seq, action.frame)
                         if events is not None and t not in events:
                             self.filtered += 1
                             continue
-                        publisher.publish_event(shard_id, machine.session_id, t, action.seq, dumps_bytes(action.d))
+                        body = action.body()  # Discord's own bytes of d, checked whole
+                        if body is None:
+                            self._bad_dispatch(action)
+                            continue
+                        publisher.publish_event(shard_id, machine.session_id, t, action.seq, body)
                         self.published += 1
                         try:
                             published_by_type[t] += 1
@@ -338,6 +340,15 @@ class ShardRunner:
                 action = frame = None
         except websockets.exceptions.ConnectionClosed:
             pass
+
+    def _bad_dispatch(self, action: Dispatch) -> None:
+        """A dispatch whose ``d`` is not one whole JSON value: counted and skipped like any bad
+        frame (publishing part of it would hand consumers garbage; its seq is counted)."""
+        self.machine.bad_frames += 1
+        log.warning(
+            "shard %d: skipped dispatch %s #%s: its d is not valid JSON (%d bytes)",
+            self.shard_id, action.t, action.seq, len(action.frame),
+        )  # fmt: skip
 
     async def _wait_room(self, ws: ClientConnection) -> bool:
         """The broker buffer is full: stop reading (TCP pushes back on Discord) but keep

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from .. import jsonlib
 from ..config import SavedSession
+from . import frames
 from .inflate import Inflater, InflateError, new_inflater
 from .protocol import (
     INVALID_SESSION_WAIT_S,
@@ -39,6 +40,7 @@ _MAX_SEQ = 2**63
 #: The ``"s"`` of a dispatch whose JSON does not decode, found in its bytes.
 _SEQ_IN_BAD_FRAME = re.compile(rb'"s"\s*:\s*([0-9]{1,18})\b')
 _DISPATCH_IN_BAD_FRAME = re.compile(rb'"op"\s*:\s*0\b')
+_FAST_PREFIX = frames.FAST_PREFIX.match
 #: If HELLO does not arrive this long after the socket opened, drop the connection.
 HELLO_TIMEOUT_S = 20.0
 IDENTIFY_PROPERTIES = {"os": "linux", "browser": "spectacles-supervisor", "device": "spectacles-supervisor"}
@@ -65,11 +67,28 @@ class Send:
 
 @dataclass(slots=True)  # not frozen: built once per event, and frozen __init__ costs 3x
 class Dispatch:
-    """An op-0 event to publish: ``d`` is already decoded."""
+    """An op-0 event to publish: ``d`` is the bytes ``frame[start:end]`` as Discord sent them,
+    not yet checked whole (``body()`` does, only for what is published; see ``frames``).
+    ``start`` < 0: not located (another key order); ``body()`` takes the slow path."""
 
     t: str
     seq: int | None
-    d: Any
+    frame: bytes = field(repr=False)
+    start: int = -1
+    end: int = -1
+
+    def body(self) -> bytes | None:
+        """``d``'s exact bytes, one complete JSON value; None if they cannot be delimited."""
+        if self.start >= 0:
+            body = self.frame[self.start : self.end]
+            if frames.is_json_value(body):
+                return body
+        return frames.slow_body(self.frame)
+
+    def d(self) -> Any:
+        """``d`` decoded (tests and READY; the hot path never decodes)."""
+        body = self.body()
+        return None if body is None else jsonlib.loads(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,19 +255,33 @@ class ShardMachine:
                 text = frame
         except InflateError as exc:
             return self._close(RESUMABLE_CLOSE, f"bad frame: {type(exc).__name__}", resume=True)
+        if type(text) is not bytes:
+            text = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+        # The hot path: a dispatch in Discord's key order is not decoded at all (see frames).
+        fast = _FAST_PREFIX(text)
+        if fast is not None and text[-1:] == b"}":
+            t = fast.group(1).decode()
+            seq = int(fast.group(2))
+            if seq < _MAX_SEQ and (self.seq is None or seq > self.seq):
+                self.seq = seq
+            if t != "READY" and t != "RESUMED":
+                return [Dispatch(t, seq, text, fast.end(), len(text) - 1)]
+            dispatch = Dispatch(t, seq, text, fast.end(), len(text) - 1)
+            body = dispatch.body()
+            if body is None:
+                return [self._skip(text, "d cannot be delimited")]
+            return self._on_dispatch(t, seq, jsonlib.loads(body), dispatch)
         try:
             payload = jsonlib.loads(text)
             op = payload["op"]
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
             return [self._skip(text, f"{type(exc).__name__}")]
-        if op == 0:  # Op.DISPATCH: the hot path, the common case inlined
+        if op == 0:  # Op.DISPATCH in another key order (or with whitespace): the slow path
             seq = payload.get("s")
             t = payload.get("t")
             if type(seq) is int and 0 <= seq < _MAX_SEQ and (self.seq is None or seq > self.seq):
                 self.seq = seq
-            if type(t) is str and t != "READY" and t != "RESUMED":
-                return [Dispatch(t, seq, payload.get("d"))]
-            return self._on_dispatch(t, seq, payload.get("d"))
+            return self._on_dispatch(t, seq, payload.get("d"), Dispatch(t, seq, text))
         return self._on_control(op, payload.get("d"), now)
 
     def _skip(self, text: bytes | str, why: str) -> SkippedFrame:
@@ -261,8 +294,9 @@ class ShardMachine:
                 self.seq = seq
         return SkippedFrame(f"not a gateway payload ({why}, {len(raw)} bytes)", seq)
 
-    def _on_dispatch(self, t: Any, seq: Any, d: Any) -> list:
-        """READY, RESUMED and unnamed dispatches (``seq`` is already counted)."""
+    def _on_dispatch(self, t: Any, seq: Any, d: Any, dispatch: Dispatch) -> list:
+        """READY, RESUMED and dispatches off the fast path (``seq`` is already counted);
+        ``d`` is decoded, ``dispatch`` carries its bytes."""
         if type(t) is not str:
             return []  # a dispatch without a name cannot be routed; seq is still counted
         if t == "READY" and isinstance(d, dict):
@@ -271,11 +305,11 @@ class ShardMachine:
             self.resume_url = url if _is_ws_url(url) else None
             self.resume_via_gateway = False
             self.phase = Phase.READY
-            return [Dispatch(t, seq, d), SessionReady(False, self.session_id or "")]
+            return [dispatch, SessionReady(False, self.session_id or "")]
         if t == "RESUMED":
             self.phase = Phase.READY
-            return [Dispatch(t, seq, d), SessionReady(True, self.session_id or "")]
-        return [Dispatch(t, seq, d)]
+            return [dispatch, SessionReady(True, self.session_id or "")]
+        return [dispatch]
 
     def _on_control(self, op: Any, d: Any, now: float) -> list:
         if op == Op.HEARTBEAT_ACK:
