@@ -24,9 +24,14 @@ _FRAME_END = bytes((spec.FRAME_END,))
 _PLACEHOLDER = "X"  # a one-character message id, cut off to leave the prefix
 
 
-def method_frame(channel: int, exchange: str, routing_key: str) -> bytes:
-    """The marshalled ``basic.publish`` method frame (pika's own encoding)."""
-    return frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=routing_key)).marshal()
+def method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool = False) -> bytes:
+    """The marshalled ``basic.publish`` method frame (pika's own encoding).
+
+    ``mandatory`` sets the method's first bit: RabbitMQ then returns (``basic.return``) a
+    message it cannot route to any queue, before its ack (``--events auto`` learns from that).
+    """
+    publish = spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+    return frame.Method(channel, publish).marshal()
 
 
 def properties_prefix(properties: spec.BasicProperties) -> bytes:
@@ -88,13 +93,17 @@ def check_pika() -> None:
 
 
 class BatchedPublisher:
-    """Publishes on one channel of a pika connection; flushes once per loop iteration."""
+    """Publishes on one channel of a pika connection; flushes once per loop iteration.
 
-    def __init__(self, connection: Any, channel: Any, exchange: str) -> None:
+    With ``mandatory``, every publish carries the AMQP ``mandatory`` flag (see :func:`method_frame`).
+    """
+
+    def __init__(self, connection: Any, channel: Any, exchange: str, *, mandatory: bool = False) -> None:
         self._connection = connection
         self.channel = channel
         self._number = channel.channel_number
         self._exchange = exchange
+        self.mandatory = mandatory
         self._body_max = connection._body_max_length  # frame_max minus the frame overhead
         self._methods: dict[str, bytes] = {}
         self._pending: list[bytes] = []
@@ -105,7 +114,8 @@ class BatchedPublisher:
     def publish(self, routing_key: str, body: bytes, props_prefix: bytes, message_id: str) -> None:
         method = self._methods.get(routing_key)
         if method is None:
-            method = self._methods[routing_key] = method_frame(self._number, self._exchange, routing_key)
+            method = method_frame(self._number, self._exchange, routing_key, self.mandatory)
+            self._methods[routing_key] = method
         frames = publish_frames(self._number, method, props_prefix, message_id.encode(), body, self._body_max)
         self._pending.extend(frames)
         if not self._scheduled:
