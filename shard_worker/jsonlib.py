@@ -6,6 +6,8 @@ automatically: orjson decodes about 2.5x and encodes about 6x faster on Discord 
 docs/BENCHMARKS.md). ``SPECTACLES_JSON=ujson|orjson`` forces one.
 
 - ``loads(str | bytes)``; raises ``ValueError`` on bad input (both libraries' errors subclass it).
+  ``LOADS_TAKES_NAN``: whether ``loads`` accepts the bare ``NaN``/``Infinity`` JSON forbids
+  (ujson does, orjson does not); ``gateway.frames`` checks for them only then.
 - ``dumps(obj) -> str`` compact; ``dumps_bytes(obj) -> bytes`` (UTF-8) for broker bodies.
   Encoding errors raise ``TypeError``, ``ValueError`` or ``OverflowError``.
 """
@@ -30,8 +32,9 @@ def _ujson_dumps_bytes(obj: Any) -> bytes:
 
 
 def use_ujson() -> None:
-    global NAME, loads, dumps, dumps_bytes
+    global NAME, loads, dumps, dumps_bytes, LOADS_TAKES_NAN
     NAME, loads, dumps, dumps_bytes = "ujson", ujson.loads, ujson.dumps, _ujson_dumps_bytes
+    LOADS_TAKES_NAN = True
 
 
 def use_orjson() -> None:
@@ -40,11 +43,13 @@ def use_orjson() -> None:
     def _dumps(obj: Any) -> str:
         return orjson.dumps(obj).decode()
 
-    global NAME, loads, dumps, dumps_bytes
+    global NAME, loads, dumps, dumps_bytes, LOADS_TAKES_NAN
     NAME, loads, dumps, dumps_bytes = "orjson", orjson.loads, _dumps, orjson.dumps
+    LOADS_TAKES_NAN = False
 
 
 NAME = "ujson"
+LOADS_TAKES_NAN = True
 use_ujson()
 if _choice in ("auto", "orjson"):
     try:

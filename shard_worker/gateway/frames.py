@@ -46,8 +46,8 @@ def is_json_value(body: bytes) -> bool:
         jsonlib.loads(body)
     except (ValueError, TypeError, OverflowError, RecursionError):
         return _strict_ok(body)  # e.g. an integer past 64 bits: orjson refuses, JSON allows
-    if b"NaN" in body or b"Infinity" in body:
-        return _strict_ok(body)  # the fast decoders take bare NaN/Infinity; JSON does not
+    if jsonlib.LOADS_TAKES_NAN and ((b"N" in body and b"NaN" in body) or (b"I" in body and b"Infinity" in body)):
+        return _strict_ok(body)  # ujson takes bare NaN/Infinity; JSON does not (one-byte scans first: memchr)
     return True
 
 
