@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shard_worker import jsonlib
 from shard_worker.gateway import frames
 from shard_worker.gateway.state import Dispatch, Phase, ShardMachine
 
@@ -27,6 +29,14 @@ FAITHFUL = [
     rb'null',
     rb'{"nested":' + rb'[' * 50 + rb']' * 50 + rb'}',
 ]
+
+
+@pytest.fixture(params=["ujson", "orjson"])
+def codec(request):
+    """Both decoders validate: ujson takes NaN and big integers, orjson neither."""
+    getattr(jsonlib, f"use_{request.param}")()
+    yield request.param
+    importlib.reload(jsonlib)  # back to the environment's choice
 
 
 def dispatch_frame(d: bytes, seq: int = 5, t: bytes = b"MESSAGE_CREATE") -> bytes:
@@ -50,14 +60,14 @@ def body_of(m: ShardMachine, frame: bytes | str) -> bytes | None:
 
 
 @pytest.mark.parametrize("d", FAITHFUL)
-def test_the_body_is_discords_d_byte_for_byte_on_the_fast_path(d):
+def test_the_body_is_discords_d_byte_for_byte_on_the_fast_path(d, codec):
     m = ready_machine()
     assert body_of(m, dispatch_frame(d)) == d
     assert m.seq == 5
 
 
 @pytest.mark.parametrize("d", FAITHFUL)
-def test_any_key_order_gives_the_same_bytes(d):
+def test_any_key_order_gives_the_same_bytes(d, codec):
     parts = {b"t": b'"MESSAGE_CREATE"', b"s": b"7", b"op": b"0", b"d": d}
     for order in itertools.permutations(parts):
         m = ready_machine()
@@ -66,7 +76,7 @@ def test_any_key_order_gives_the_same_bytes(d):
         assert m.seq == 7
 
 
-def test_d_not_last_extra_keys_and_whitespace_take_the_slow_path_and_stay_exact():
+def test_d_not_last_extra_keys_and_whitespace_take_the_slow_path_and_stay_exact(codec):
     m = ready_machine()
     d = b'{"a":"x,}]","b":[1,{"c":"\\"}"}]}'
     assert body_of(m, dispatch_frame(d)[:-1] + b',"extra":{"d":1}}') == d  # d first, another key after
@@ -88,7 +98,7 @@ def test_a_text_frame_is_published_as_its_utf8_bytes():
     "d",
     [b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}', b'{"a":1', b'{"a":"\xff"}', b'{"a":1}}', b"", b"tru"],
 )
-def test_a_d_that_is_not_one_whole_json_value_is_never_published(d):
+def test_a_d_that_is_not_one_whole_json_value_is_never_published(d, codec):
     m = ready_machine()
     [action] = m.receive(dispatch_frame(d, seq=30), 1.0)
     # Either the frame is a bad frame outright, or its dispatch has no body to publish.
@@ -96,7 +106,7 @@ def test_a_d_that_is_not_one_whole_json_value_is_never_published(d):
     assert m.seq == 30  # the seq moves past it either way: a resume would replay it forever
 
 
-def test_nan_inside_a_string_is_fine():
+def test_nan_inside_a_string_is_fine(codec):
     m = ready_machine()
     d = b'{"a":"NaN and Infinity"}'
     assert body_of(m, dispatch_frame(d)) == d
