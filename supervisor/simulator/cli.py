@@ -50,7 +50,9 @@ class _OneLineErrorsCommand(click.Command):
               help="Stream events per session: 0 none, -1 endless.")
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Events per second per shard (0: as fast as the client reads).")
-@click.option("--fragment", is_flag=True, help="Split each compressed message over two frames.")
+@click.option("--fragment", is_flag=True,
+              help="Split each zlib-stream message over two frames (zstd-stream: never split, "
+              "as Discord does; clients pick the compression in the gateway URL).")
 @click.option("--replay-buffer", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Dispatches kept per session for RESUME.")
 @click.option("--session-start-total", type=click.IntRange(min=0), default=1000, show_default=True,

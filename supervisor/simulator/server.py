@@ -14,7 +14,10 @@ Protocol rules enforced (codes from :mod:`shard_worker.gateway.protocol`):
 
 * query ``v`` must be 10 (else close 4012); ``encoding`` must be ``json`` if given (else 4002);
   ``compress`` may be ``zlib-stream`` (one compressobj per connection, each message ends with
-  ``00 00 ff ff``; with ``fragment`` each compressed message goes out as two websocket messages);
+  ``00 00 ff ff``; with ``fragment`` each compressed message goes out as two websocket messages)
+  or ``zstd-stream`` (one ZstdCompressor per connection, one zstd frame that is never ended, each
+  message flushed at a block boundary and sent as one websocket message, as Discord does; needs
+  a zstd library, else the connection is closed with 4002);
 * op 10 HELLO on connect; op 1 is answered with op 11 unless the connection is in zombie mode;
 * heartbeat timeout: no op 1 for ``heartbeat_timeout_s`` (default 2 intervals + 1 s) closes the
   connection with 4000 (unknown error, so the session stays resumable, as Discord's missed
@@ -55,11 +58,14 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from shard_worker.gateway import protocol
+from shard_worker.gateway import inflate, protocol
 from shard_worker.gateway.protocol import (
     API_VERSION,
     CLIENT_OPS,
+    COMPRESS_CHOICES,
+    COMPRESS_NONE,
     COMPRESS_ZLIB_STREAM,
+    COMPRESS_ZSTD_STREAM,
     ENCODING,
     ZLIB_SUFFIX,
     Close,
@@ -100,7 +106,8 @@ class SimulatorOptions:
     events_per_shard: int = 0
     #: Stream events per second per shard; 0 = as fast as the client reads.
     rate: float = 0.0
-    #: Send each compressed message as two websocket messages split at a random point.
+    #: Send each zlib-stream message as two websocket messages split at a random point
+    #: (zstd-stream messages are never split: Discord sends each as one websocket message).
     fragment: bool = False
     identify_interval_s: float = protocol.IDENTIFY_INTERVAL_S
     send_limit: int = protocol.SEND_LIMIT
@@ -246,7 +253,7 @@ class _Session:
 
 class _Conn:
     __slots__ = (
-        "id", "ws", "path", "query", "record", "comp", "fragment", "rng", "shard",
+        "id", "ws", "path", "query", "record", "comp", "zstd", "fragment", "rng", "shard",
         "session", "zombie", "last_heartbeat", "window", "server_close", "dropped", "closing",
         "reconnect_deadline", "hb_timeout",
     )
@@ -257,7 +264,9 @@ class _Conn:
         self.path = path
         self.query = query
         self.record = record
+        #: The connection's compressor: a zlib compressobj, or a ZstdCompressor if ``zstd``.
         self.comp: Any = None
+        self.zstd = False
         self.fragment = False
         self.rng = random.Random(cid)
         self.shard: int | None = None
@@ -285,6 +294,10 @@ class _Conn:
         if comp is None:
             for frame in frames:
                 proto.send_text(frame)
+        elif self.zstd:
+            flush = comp.FLUSH_BLOCK  # the message is complete, the frame goes on
+            for frame in frames:
+                proto.send_binary(comp.compress(frame, flush))
         elif not self.fragment:
             for frame in frames:
                 proto.send_binary(comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH))
@@ -311,7 +324,7 @@ class _Conn:
         await self._drain()
 
     async def send(self, frame: bytes) -> None:
-        """Send one gateway message (compressed through this connection's stream if zlib)."""
+        """Send one gateway message (compressed through this connection's stream, if any)."""
         await self.send_many((frame,))
 
     async def _drain(self) -> None:
@@ -562,9 +575,11 @@ class Simulator:
           identify that passed validation (``accepted`` False: bucket rule or no starts left);
         * ``resumes``: ``{time, shard, session_id, seq, path, conn, result, replayed}``,
           ``result`` one of ``ok``, ``invalid_session``, ``invalid_seq``, ``too_old``;
-        * ``connections``: ``{id, path, query, remote, compress, shard, opened, closed,
-          close_code, close_reason, closed_by}``, ``closed_by`` ``server``, ``client`` or
-          ``drop`` (server aborted TCP); ``close_code`` None when no close frame was exchanged;
+        * ``connections``: ``{id, path, query, remote, compress, compression, shard, opened,
+          closed, close_code, close_reason, closed_by}``, ``compress`` True for either stream
+          compression, ``compression`` its name (``none`` without); ``closed_by`` ``server``,
+          ``client`` or ``drop`` (server aborted TCP); ``close_code`` None when no close frame
+          was exchanged;
         * ``dispatched``: ``{shard: [(session_id, seq, t), ...]}``, first-time dispatches only;
         * ``violations``: human-readable strings;
         * ``ready``: set of shards whose current session is READY/RESUMED and connected;
@@ -701,7 +716,9 @@ class Simulator:
             "path": parts.path or "/",
             "query": query,
             "remote": f"{remote[0]}:{remote[1]}" if remote else None,
-            "compress": query.get("compress") == COMPRESS_ZLIB_STREAM,
+            # True for any transport compression (what tests of zlib-stream check), and which.
+            "compress": query.get("compress") in (COMPRESS_ZLIB_STREAM, COMPRESS_ZSTD_STREAM),
+            "compression": query.get("compress", COMPRESS_NONE),
             "shard": None,
             "opened": time.time(),
             "closed": None,
@@ -719,7 +736,10 @@ class Simulator:
             if bad is not None:
                 await self._close(conn, *bad)
                 return
-            if record["compress"]:
+            if record["compression"] == COMPRESS_ZSTD_STREAM:
+                conn.comp = inflate.zstd_module().ZstdCompressor()  # level 3, zstd's default
+                conn.zstd = True
+            elif record["compression"] == COMPRESS_ZLIB_STREAM:
                 conn.comp = zlib.compressobj(self.options.zlib_level)
                 conn.fragment = self.options.fragment
             conn.last_heartbeat = self._loop.time()
@@ -745,8 +765,13 @@ class Simulator:
         if encoding != ENCODING:
             return Close.DECODE_ERROR, f"Unsupported encoding {encoding!r}: only json"
         compress = query.get("compress")
-        if compress is not None and compress != COMPRESS_ZLIB_STREAM:
-            return Close.DECODE_ERROR, f"Unsupported compress {compress!r}: only zlib-stream"
+        if compress is not None and (compress == COMPRESS_NONE or compress not in COMPRESS_CHOICES):
+            return (
+                Close.DECODE_ERROR,
+                f"Unsupported compress {compress!r}: only zlib-stream or zstd-stream",
+            )
+        if compress == COMPRESS_ZSTD_STREAM and (missing := inflate.zstd_unavailable()):
+            return Close.DECODE_ERROR, missing
         return None
 
     async def _close(self, conn: _Conn, code: int, reason: str = "") -> None:
@@ -1269,13 +1294,17 @@ class Simulator:
         return {"connection": conn.id}
 
     async def send_raw(self, shard: int, data: bytes | str, compressed: bool = True) -> dict:
-        """Send an arbitrary frame. On a zlib connection with ``compressed`` the data goes
-        through the connection's compressobj (and a sync flush); otherwise it is sent as is
+        """Send an arbitrary frame. On a compressed connection with ``compressed`` the data goes
+        through the connection's stream (zlib: compressobj and a sync flush; zstd: the
+        ZstdCompressor and a block flush), as one binary message; otherwise it is sent as is
         (``str`` as a text frame, ``bytes`` as a binary frame)."""
         conn = self._conn_for(shard)
         if compressed and conn.comp is not None:
             raw = data.encode() if isinstance(data, str) else bytes(data)
-            out = conn.comp.compress(raw) + conn.comp.flush(zlib.Z_SYNC_FLUSH)
+            if conn.zstd:
+                out = conn.comp.compress(raw, conn.comp.FLUSH_BLOCK)
+            else:
+                out = conn.comp.compress(raw) + conn.comp.flush(zlib.Z_SYNC_FLUSH)
             await conn.ws.send(out)
             size = len(out)
         else:

@@ -1,4 +1,5 @@
-"""A raw gateway client for the simulator tests: websockets + json + zlib-stream, by hand."""
+"""A raw gateway client for the simulator tests: websockets + json + zlib-stream or zstd-stream
+(the zstd library's own decompressor, not the worker's inflater), by hand."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from shard_worker.gateway.protocol import ZLIB_SUFFIX, gateway_url
+from shard_worker.gateway.protocol import COMPRESS_ZSTD_STREAM, ZLIB_SUFFIX, compress_name, gateway_url
 
 TOKEN = "test-token"
 
@@ -20,9 +21,15 @@ class RawClient:
     """One gateway connection. ``recv()`` returns decoded payloads; ``raw`` keeps each decoded
     message's text, ``ws_messages`` every websocket message as received."""
 
-    def __init__(self, ws: Any, compress: bool) -> None:
+    def __init__(self, ws: Any, compress: bool | str) -> None:
         self.ws = ws
         self.compress = compress
+        self.zstd = None
+        if compress_name(compress) == COMPRESS_ZSTD_STREAM:
+            from shard_worker.gateway.inflate import zstd_module
+
+            self.zstd = zstd_module().ZstdDecompressor()
+            compress = False
         self.inflate = zlib.decompressobj() if compress else None
         self.buffer = bytearray()
         self.raw: list[str] = []
@@ -30,7 +37,7 @@ class RawClient:
 
     @classmethod
     async def open(
-        cls, base: str, *, compress: bool = False, path: str = "/", query: str | None = None
+        cls, base: str, *, compress: bool | str = False, path: str = "/", query: str | None = None
     ) -> RawClient:
         target = base if path == "/" else base.rstrip("/") + path
         if query is None:
@@ -47,6 +54,11 @@ class RawClient:
         while True:
             message = await self.ws.recv()
             self.ws_messages.append(message)
+            if self.zstd is not None:
+                assert isinstance(message, bytes), "zstd-stream messages are binary frames"
+                text = self.zstd.decompress(message).decode()  # one message, whole, each time
+                self.raw.append(text)
+                return json.loads(text)
             if self.inflate is None:
                 assert isinstance(message, str), "uncompressed messages are text frames"
                 self.raw.append(message)

@@ -1,0 +1,95 @@
+"""The simulator serves zstd-stream: one ZstdCompressor per connection, one never-ended frame,
+each message flushed at a block boundary and sent as one websocket message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from shard_worker.gateway import inflate
+from shard_worker.gateway.inflate import zstd_module
+from shard_worker.gateway.protocol import Close
+from supervisor.simulator import Simulator
+from tests.supervisor.simulator._client import TOKEN, RawClient, hello_identify
+
+MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def opts(**kw):
+    base = dict(token=TOKEN, heartbeat_interval_ms=10000, identify_interval_s=0.0)
+    base.update(kw)
+    return base
+
+
+def test_zstd_stream_session_one_context_one_frame() -> None:
+    async def main():
+        async with Simulator(**opts(events_per_shard=100, fragment=True)) as sim:
+            c, hello, ready = await hello_identify(sim.url, compress="zstd-stream")
+            assert hello["op"] == 10 and ready["t"] == "READY"
+            msgs = [await c.recv() for _ in range(102)]
+            assert [m["s"] for m in msgs] == list(range(2, 104))
+            # One websocket message per gateway message (``fragment`` is for zlib-stream only).
+            assert len(c.ws_messages) == 104 and all(isinstance(m, bytes) for m in c.ws_messages)
+            assert c.ws_messages[0][:4] == MAGIC and not any(MAGIC in m for m in c.ws_messages[1:])
+            assert not c.zstd.eof  # the frame is never ended
+            # One context: a later message cannot be read on its own.
+            try:
+                zstd_module().ZstdDecompressor().decompress(c.ws_messages[50])
+                independent = True
+            except zstd_module().ZstdError:
+                independent = False
+            assert not independent
+            record = sim.snapshot()["connections"][0]
+            assert (record["compress"], record["compression"]) == (True, "zstd-stream")
+            await c.close()
+
+    asyncio.run(main())
+
+
+def test_send_raw_goes_through_the_connection_stream() -> None:
+    async def main():
+        async with Simulator(**opts()) as sim:
+            c, _, _ = await hello_identify(sim.url, compress="zstd-stream")
+            big = json.dumps({"op": 0, "s": 99, "t": "BIG", "d": {"x": "y" * 3_000_000}})
+            result = await sim.send_raw(0, big, compressed=True)
+            assert result["bytes"] < 100_000  # compressed, one message
+            assert await c.recv_until(lambda m: m.get("t") == "BIG") == json.loads(big)
+            await sim.send_raw(0, '{"op":11}', compressed=True)
+            assert await c.recv() == {"op": 11}
+            await c.close()
+
+    asyncio.run(main())
+
+
+def test_resume_over_zstd_starts_a_new_frame() -> None:
+    async def main():
+        async with Simulator(**opts(events_per_shard=20)) as sim:
+            a, _, ready = await hello_identify(sim.url, compress="zstd-stream")
+            for _ in range(20):
+                await a.recv()
+            await a.close(4900)
+            b = await RawClient.open(sim.url, path="/resume", compress="zstd-stream")
+            assert (await b.recv())["op"] == 10  # a fresh decompressor reads the new connection
+            assert b.ws_messages[0][:4] == MAGIC
+            await b.resume(ready["d"]["session_id"], 10)
+            replayed = [await b.recv() for _ in range(14)]
+            # READY, 2 GUILD_CREATE and 20 events: 23 seqs, the ones after 10 replayed
+            assert [m["s"] for m in replayed[:13]] == list(range(11, 24))
+            assert replayed[-1]["t"] == "RESUMED"
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_unknown_compress_is_refused_and_zstd_without_the_library(monkeypatch) -> None:
+    async def main():
+        async with Simulator(**opts()) as sim:
+            c = await RawClient.open(sim.url, query="v=10&encoding=json&compress=gzip")
+            code, reason = await c.closed()
+            assert code == Close.DECODE_ERROR and "only zlib-stream or zstd-stream" in reason
+            monkeypatch.setattr(inflate, "_zstd", None)
+            c = await RawClient.open(sim.url, query="v=10&encoding=json&compress=zstd-stream")
+            code, reason = await c.closed()
+            assert code == Close.DECODE_ERROR and reason.startswith("zstd-stream needs a zstd library")
+
+    asyncio.run(main())
