@@ -8,12 +8,13 @@ import os
 import signal
 from collections.abc import Callable
 
-from . import exit_codes, outbound
+from . import event_loop, exit_codes, outbound
 from .amqp_frames import check_pika
 from . import amqp_params
 from .amqp_params import BrokerConfigError, TlsFiles
 from .broker import AmqpBridge
 from .config import SavedSession, WorkerConfig
+from .event_selection import AUTO, as_filter
 from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
 from .gateway.inflate import zstd_unavailable
 from .gateway.protocol import COMPRESS_ZSTD_STREAM
@@ -50,7 +51,10 @@ class Worker:
             max_buffered_bytes=config.buffer_bytes,
             queue_type=config.queue_type,
             tls=TlsFiles(config.amqp_ca_file, config.amqp_cert_file, config.amqp_key_file),
+            events_auto=config.events == AUTO,
         )
+        #: One filter for every shard of the process: ``--events auto`` learns per process.
+        events = self.bridge.event_selection if config.events == AUTO else as_filter(config.events)
         self.runners: dict[int, ShardRunner] = {}
         self._on_state_outer = on_state
         #: Shards last seen READY (their queues are consumed; see ``hand_over``).
@@ -74,7 +78,7 @@ class Worker:
                 config.gateway_url,
                 self.bridge,
                 self.gate,
-                events=config.events,
+                events=events,
                 on_state=self._on_state,
                 stall_timeout=config.stall_timeout,
                 received_by_type=self.received_by_type,
@@ -200,9 +204,11 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     setup_logging(config.log_level, prefix=f"[shards {config.shard_ids[0]}-{config.shard_ids[-1]}] ")
     try:
         check_pika()
-    except RuntimeError as error:
+        loop_name = event_loop.name()
+    except (RuntimeError, ValueError) as error:
         log.critical("%s", error)
         return exit_codes.USAGE  # the supervisor halts on 2 instead of restarting us
+    log.debug("event loop: %s", loop_name)
     if config.compress == COMPRESS_ZSTD_STREAM and (missing := zstd_unavailable()):
         # `start` checks this too; a worker run by hand (or an install changed under a running
         # supervisor) says it once here rather than failing every connection.
@@ -227,4 +233,4 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
             link.close()
         return code
 
-    return asyncio.run(main())
+    return event_loop.run(main())

@@ -1,0 +1,32 @@
+"""The worker's loop choice (``SPECTACLES_LOOP``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shard_worker import event_loop
+
+
+async def which() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def test_auto_uses_uvloop_when_installed(monkeypatch):
+    pytest.importorskip("uvloop")
+    monkeypatch.delenv("SPECTACLES_LOOP", raising=False)
+    assert event_loop.name() == "uvloop"
+    assert event_loop.run(which()).startswith("uvloop")
+
+
+def test_asyncio_forces_the_standard_loop(monkeypatch):
+    monkeypatch.setenv("SPECTACLES_LOOP", "asyncio")
+    assert event_loop.name() == "asyncio"
+    assert not event_loop.run(which()).startswith("uvloop")
+
+
+def test_a_bad_value_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("SPECTACLES_LOOP", "tokio")
+    with pytest.raises(ValueError, match="SPECTACLES_LOOP must be one of auto, uvloop, asyncio, not 'tokio'"):
+        event_loop.name()
