@@ -29,6 +29,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from . import amqp_params, outbound, spectacles
 from .hand_over import Route, route
 from .amqp_frames import BatchedPublisher, properties_prefix
+from .event_selection import PROBE_INTERVAL_S, EventSelection
 from .logs import mask_url
 from .publish_ledger import Entry, PublishLedger
 
@@ -93,7 +94,12 @@ class AmqpBridge:
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         queue_type: str = amqp_params.DEFAULT_QUEUE_TYPE,
         tls: amqp_params.TlsFiles | None = None,
+        events_auto: bool = False,
+        probe_interval: float = PROBE_INTERVAL_S,
     ) -> None:
+        """``events_auto``: ``--events auto``, publish with ``mandatory`` and learn from
+        ``basic.return`` which types no queue takes (``event_selection``); the runners then
+        consult :attr:`event_selection`."""
         self.url = url
         #: ``url``'s URLs (comma-separated: a cluster's nodes), tried round robin (amqp_params).
         self.endpoints = amqp_params.Endpoints(url, tls, cap=RECONNECT_CAP_S)
@@ -126,6 +132,11 @@ class AmqpBridge:
             on_empty=lambda empty: self._empty.set() if empty else self._empty.clear(),
         )
         self._add = self.ledger.add
+        #: ``--events auto`` (else None): the runners' filter, fed by returns and confirms.
+        self.event_selection: EventSelection | None = None
+        if events_auto:
+            self.event_selection = EventSelection(interval=probe_interval, stats=self.ledger.stats)
+            self._add = self.event_selection.watch(self.ledger.add)  # catches each probe
         # Encoded properties (content type, persistence, shard header) up to the message id.
         self._props = {
             s: properties_prefix(
@@ -401,11 +412,20 @@ class AmqpBridge:
         try:
             pub = await self._open_channel(conn)
             await self._call(pub.exchange_declare, exchange=self.group, exchange_type=spectacles.EXCHANGE_TYPE, durable=True)
-            await self._call(pub.confirm_delivery, self._on_confirm)
+            selection = self.event_selection
+            if selection is None:
+                await self._call(pub.confirm_delivery, self._on_confirm)
+            else:
+                # RabbitMQ sends a mandatory publish's basic.return before its ack, on this
+                # channel: the selection looks at each probe once the ledger saw its confirm.
+                await self._call(pub.confirm_delivery, selection.after_confirms(self._on_confirm))
+                pub.add_on_return_callback(
+                    lambda channel, method, props, body: selection.returned(method.routing_key, props.message_id)
+                )
             # Publishing needs only the exchange: the shards may start now. Declaring the queues
             # they consume takes about a second for a thousand queues that exist (every start but
             # the first), and seconds more for new ones: never on the identify pace's path.
-            self._pub = BatchedPublisher(conn, pub, self.group)
+            self._pub = BatchedPublisher(conn, pub, self.group, mandatory=selection is not None)
             self.connected.set()
             self.ledger.open(self._send)
             sub = await self._open_channel(conn)

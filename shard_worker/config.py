@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from .gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
+from .event_selection import AUTO
 from .logs import mask_url
 
 CONFIG_ENV = "SPECTACLES_WORKER_CONFIG"
@@ -44,8 +45,9 @@ class WorkerConfig:
     #: Its passwords travel to the child over its stdin pipe; ``repr`` masks them.
     amqp_url: str = DEFAULT_AMQP_URL
     group: str = DEFAULT_GROUP
-    #: Only these dispatch types are published; ``None`` publishes every dispatch.
-    events: frozenset[str] | None = None
+    #: Only these dispatch types are published; ``None`` publishes every dispatch; ``"auto"``
+    #: (``event_selection.AUTO``) publishes what some queue is bound to, learnt from RabbitMQ.
+    events: frozenset[str] | str | None = None
     intents: int = 0
     #: Transport compression: ``zlib-stream``, ``zstd-stream`` or ``none``. A bool (what older
     #: versions wrote here: zlib-stream or none) is still accepted and normalised to its name.
@@ -90,7 +92,8 @@ class WorkerConfig:
         """Everything but the token, as JSON-ready values."""
         data = dataclasses.asdict(self)
         del data["token"]
-        data["events"] = sorted(self.events) if self.events is not None else None
+        events = self.events
+        data["events"] = events if events is None or isinstance(events, str) else sorted(events)
         data["sessions"] = {str(k): dataclasses.asdict(v) for k, v in self.sessions.items()}
         return data
 
@@ -110,7 +113,7 @@ class WorkerConfig:
         return cls(
             **data,
             token=token,
-            events=frozenset(events) if events is not None else None,
+            events=frozenset(events) if isinstance(events, list) else _events_mode(events),
             sessions={int(k): SavedSession(**v) for k, v in sessions.items()},
         )
 
@@ -125,3 +128,9 @@ class WorkerConfig:
         if not token:
             raise SystemExit(f"{TOKEN_ENV} is not set: the worker needs the bot token")
         return cls.from_json(text, token)
+
+
+def _events_mode(events: object) -> str | None:
+    if events is None or events == AUTO:
+        return events  # type: ignore[return-value]
+    raise ValueError(f"events must be a list of names, {AUTO!r} or null, not {events!r}")

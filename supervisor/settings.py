@@ -56,7 +56,8 @@ services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
 
     [supervisor]
     shards_per_process = 4              # default: ceil(shards / CPU cores)
-    events = ["MESSAGE_CREATE", "GUILD_CREATE"]   # dispatches to publish (default: all)
+    events = ["MESSAGE_CREATE", "GUILD_CREATE"]   # dispatches to publish (default: all;
+                                        # "auto": those some queue is bound to)
     intents = "DEFAULT|MESSAGE_CONTENT" # names, an integer, or an array of names
     compress = "zlib-stream"            # or "zstd-stream" (the zstd extra), or "none"
                                         # (true / false also accepted: zlib-stream / none)
@@ -114,6 +115,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shard_worker import amqp_params
 from shard_worker.config import DEFAULT_AMQP_URL, DEFAULT_GROUP, WorkerConfig
+from shard_worker.event_selection import AUTO
 from shard_worker.logs import mask_url
 from shard_worker.gateway.inflate import zstd_unavailable
 from shard_worker.gateway.intents import DEFAULT_INTENTS, format_intents, parse_intents
@@ -296,10 +298,12 @@ def _event_names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(events)
 
 
-def _events_text(text: str) -> frozenset[str] | None:
+def _events_text(text: str) -> frozenset[str] | str | None:
     items = [item.strip() for item in text.split(",")]
     if items in (["*"], ["ALL"], ["all"]):
         return None
+    if _auto(items):
+        return AUTO
     if not any(items):
         raise ValueError("no event names given (use * for every event)")
     if not all(items):
@@ -307,13 +311,25 @@ def _events_text(text: str) -> frozenset[str] | None:
     return _event_names(items)
 
 
-def _events_file(value: Any) -> frozenset[str] | None:
-    _expect(value, list, "an array of event names")
+def _events_file(value: Any) -> frozenset[str] | str | None:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    _expect(value, list, f"an array of event names (or {AUTO!r})")
     if value == ["*"]:
         return None
     for item in value:
         _expect(item, str, "event names (strings) in the array")
+    if _auto(value):
+        return AUTO
     return _event_names(value)
+
+
+def _auto(items: list[str]) -> bool:
+    """Whether ``items`` is ``auto`` alone; ``auto`` beside event names is an error."""
+    names = [item.strip().lower() for item in items]
+    if AUTO in names and len(names) > 1:
+        raise ValueError(f"{AUTO} learns which events to publish: give it alone, not in a list")
+    return names == [AUTO]
 
 
 def _intents_file(value: Any) -> int:
@@ -520,8 +536,9 @@ SETTINGS: tuple[Setting, ...] = (
             DEFAULT_GROUP, _group_text, _from_str(_group_text), "NAME",
             f"Broker group, i.e. the AMQP exchange (default: {DEFAULT_GROUP})."),
     Setting("events", "--events", ("DISCORD_EVENTS",), ("supervisor", "events"), None,
-            _events_text, _events_file, "LIST",
-            "Comma-separated dispatch events to publish, or * (default: every event)."),
+            _events_text, _events_file, "LIST|auto",
+            "Comma-separated dispatch events to publish, * (default: every event), or auto: "
+            "only those some queue is bound to, learnt from RabbitMQ's basic.return."),
     Setting("intents", "--intents", ("DISCORD_INTENTS", "DISCORD_RAW_INTENTS"),
             ("supervisor", "intents"), DEFAULT_INTENTS,
             parse_intents, _intents_file, "INTENTS",
@@ -765,7 +782,7 @@ class StartSettings:
     shards_per_process: int | None
     amqp_url: str = field(repr=False)  # may hold a password
     group: str
-    events: frozenset[str] | None
+    events: frozenset[str] | str | None  # a str is event_selection.AUTO
     intents: int
     gateway_url: str | None
     api_url: str
@@ -826,7 +843,11 @@ class StartSettings:
             if self.amqp_cert_file
             else "(none)",
             "group": self.group,
-            "events": ",".join(sorted(self.events)) if self.events is not None else "(all)",
+            "events": "(all)"
+            if self.events is None
+            else f"{AUTO} (what some queue is bound to)"
+            if self.events == AUTO
+            else ",".join(sorted(self.events)),
             "intents": format_intents(self.intents),
             "gateway_url": self.gateway_url or "(from GET /gateway/bot)",
             "api_url": self.api_url,

@@ -19,6 +19,7 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from ..event_selection import EventFilter, as_filter
 from ..logs import TRACE
 from ..outbound import Packet
 from .backoff import exponential_backoff
@@ -152,20 +153,23 @@ class ShardRunner:
         publisher: Publisher,
         gate: IdentifyGate,
         *,
-        events: frozenset[str] | None = None,
+        events: frozenset[str] | EventFilter | None = None,
         on_state: Callable[[ShardRunner, str], None] | None = None,
         stall_timeout: float = 30.0,
         received_by_type: dict[str, int] | None = None,
         published_by_type: dict[str, int] | None = None,
     ) -> None:
-        """``received_by_type`` / ``published_by_type``: counters by event type, usually one pair
+        """``events``: the types to publish (None: every one), or an ``EventFilter`` (usually one
+        shared by every shard of the process: ``--events auto`` learns per process).
+        ``received_by_type`` / ``published_by_type``: counters by event type, usually one pair
         shared by every shard of the process (per-shard counts by type do not scale)."""
         self.machine = machine
         self.shard_id = machine.shard_id
         self.gateway = gateway
         self.publisher = publisher
         self.gate = gate
-        self.events = events
+        #: ``events[t]`` is True for a type not to publish: one dict lookup per dispatch.
+        self.events = as_filter(events)
         self.on_state = on_state or (lambda runner, state: None)
         self.stall_timeout = stall_timeout
         self._stalled = False
@@ -318,7 +322,7 @@ class ShardRunner:
                             count_type(received_by_type, t)
                         if trace:
                             log.log(TRACE, "shard %d <- %s #%s %r", shard_id, action.t, action.seq, action.frame)
-                        if events is not None and t not in events:
+                        if events is not None and events[t]:  # filtered (event_selection)
                             self.filtered += 1
                             continue
                         body = action.body()  # Discord's own bytes of d, checked whole

@@ -27,3 +27,17 @@ def test_from_env_needs_both_config_and_token():
         WorkerConfig.from_env({CONFIG_ENV: text})
     with pytest.raises(SystemExit, match=CONFIG_ENV):
         WorkerConfig.from_env({TOKEN_ENV: TOKEN})
+
+
+@pytest.mark.parametrize("events", [None, "auto", frozenset()])
+def test_every_events_mode_crosses_the_boundary(events):
+    config = WorkerConfig(shard_ids=[0], shard_count=1, gateway_url="wss://g", events=events)
+    assert WorkerConfig.from_json(config.to_json(), token=TOKEN).events == events
+
+
+def test_an_unknown_events_mode_is_refused():
+    text = WorkerConfig(shard_ids=[0], shard_count=1, gateway_url="wss://g").to_json().replace(
+        '"events": null', '"events": "sometimes"'
+    )
+    with pytest.raises(ValueError, match="sometimes"):
+        WorkerConfig.from_json(text, token=TOKEN)

@@ -663,3 +663,34 @@ def test_zstd_stream_without_a_zstd_library_is_one_line(monkeypatch, tmp_path):
         load_config_file(path)
     # zlib-stream and none do not need it
     assert resolve_start_settings({"compress": "zlib-stream"}, {}).compress == "zlib-stream"
+
+
+# -- --events auto ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file"),
+    [
+        ({"events": "auto"}, {}, ""),
+        ({}, {"DISCORD_EVENTS": "AUTO"}, ""),
+        ({}, {}, '[supervisor]\nevents = "auto"\n'),
+        ({}, {}, '[supervisor]\nevents = ["auto"]\n'),
+    ],
+)
+def test_events_auto_from_flag_env_and_file_reaches_the_worker(tmp_path, flags, env, file):
+    base = {"token": TOKEN, "shard_count": "2", "gateway_url": "ws://x"}
+    if file:
+        base["config"] = write(tmp_path, file)
+    settings = resolve_start_settings({**base, **flags}, env)
+    assert settings.events == "auto"
+    assert build_worker_config(settings, None).events == "auto"
+    rows = {name: value for name, value, _ in settings.describe()}
+    assert rows["events"] == "auto (what some queue is bound to)"
+
+
+def test_events_auto_is_alone_or_an_error(tmp_path):
+    with pytest.raises(SettingsError, match=r"^--events: auto learns which events to publish: give it alone"):
+        resolve_start_settings({"events": "MESSAGE_CREATE,auto"}, {})
+    path = write(tmp_path, '[supervisor]\nevents = ["auto", "READY"]\n')
+    with pytest.raises(SettingsError, match=r"supervisor\.events: auto learns"):
+        resolve_start_settings({"config": path}, {})
