@@ -57,7 +57,8 @@ def test_the_stream_and_a_several_mb_dispatch_arrive_intact(amqp_url, rabbit, gr
     with SimulatorThread(token=TOKEN, shard_count=2, events_per_shard=per_shard,
                          heartbeat_interval_ms=1000) as sim:
         queues = bind_events(rabbit, group, (*DISPATCH_TYPES, BIG))
-        rabbit.track(*(spectacles.shard_queue(group, s) for s in (0, 1)), spectacles.send_queue(group))
+        rabbit.track(*(spectacles.shard_queue(group, s) for s in (0, 1)),
+                     spectacles.send_queue(group))
         config = worker_config(sim, amqp_url, group, [0, 1], compress="zstd-stream")
         with WorkerThread(config) as worker:
             sim.wait_until(
@@ -69,8 +70,10 @@ def test_the_stream_and_a_several_mb_dispatch_arrive_intact(amqp_url, rabbit, gr
             sim.call("emit", 0, 20, "MESSAGE_CREATE")  # the stream goes on after it
             bridge = worker.worker.bridge
             total = 2 * (3 + per_shard) + 1 + 20
-            wait_for(lambda: worker.call(lambda: bridge.buffered) == 0 and worker.call(lambda: bridge.confirmed) >= total,
-                     60, what="confirms")
+            def confirmed() -> bool:
+                return worker.call(lambda: bridge.buffered == 0 and bridge.confirmed >= total)
+
+            wait_for(confirmed, 60, what="confirms")
             assert worker.worker.runners[0].machine.bad_frames == 0
             final = sim.snapshot()
             sent = {}
@@ -113,7 +116,8 @@ def test_resumes_over_zstd_get_a_new_context(amqp_url, rabbit, group):
                            and 0 in s["ready"], timeout=30)
             sim.call("emit", 0, 30, "MESSAGE_CREATE")
             runner = worker.worker.runners[0]
-            wait_for(lambda: worker.call(lambda: runner.machine.seq) >= 163, 30, what="events after the resumes")
+            wait_for(lambda: worker.call(lambda: runner.machine.seq) >= 163, 30,
+                     what="events after the resumes")
             bridge = worker.worker.bridge
             wait_for(lambda: worker.call(lambda: bridge.buffered) == 0, 30, what="confirms")
             snap = sim.snapshot()
@@ -142,3 +146,25 @@ def test_the_worker_refuses_zstd_stream_without_a_library_in_one_line():
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "zstd-stream needs a zstd library" in lines[0], proc.stderr
     assert "spectacles-supervisor[zstd]" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_worker_config_compress_names_and_older_json():
+    # The configuration a child reads (stdin, or SPECTACLES_WORKER_CONFIG by hand) may come from
+    # a version whose compress was a bool: true / false keep meaning zlib-stream / none.
+    new = WorkerConfig(shard_ids=[0], shard_count=1, gateway_url="ws://g", token=TOKEN,
+                       compress="zstd-stream")
+    data = json.loads(new.to_json())
+    assert data["compress"] == "zstd-stream"
+    assert WorkerConfig.from_json(new.to_json(), TOKEN) == new
+    for old, name in ((True, "zlib-stream"), (False, "none")):
+        data["compress"] = old
+        assert WorkerConfig.from_dict(data, TOKEN).compress == name
+    del data["compress"]  # older still: not there at all
+    assert WorkerConfig.from_dict(data, TOKEN).compress == "zlib-stream"
+    data["compress"] = "gzip"
+    try:
+        WorkerConfig.from_dict(data, TOKEN)
+    except ValueError as error:  # read_config turns it into one "bad configuration" line
+        assert "expected zlib-stream, zstd-stream or none" in str(error)
+    else:
+        raise AssertionError("a bad compress name was accepted")

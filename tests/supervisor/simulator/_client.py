@@ -12,7 +12,12 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from shard_worker.gateway.protocol import COMPRESS_ZSTD_STREAM, ZLIB_SUFFIX, compress_name, gateway_url
+from shard_worker.gateway.protocol import (
+    COMPRESS_ZSTD_STREAM,
+    ZLIB_SUFFIX,
+    compress_name,
+    gateway_url,
+)
 
 TOKEN = "test-token"
 
