@@ -1,0 +1,433 @@
+"""Shard sets (generations) and the live reshard plan, as pure data and pure functions.
+
+A supervisor runs one **shard set**: every shard id of one shard count, each with its own
+Discord session. A live reshard (issue 13) runs a second set beside the first, with the new
+count, and hands the traffic over without losing an event. Nothing here opens a socket, reads a
+clock or logs: the arbiter feeds in the times and the facts, and acts on the answers. That keeps
+the rules small enough to check exhaustively (``tests/supervisor/test_shard_sets.py``).
+
+The pieces:
+
+* :class:`ShardSet`: one generation, ``(shard_count, shard_ids, phase)``.
+* :class:`Phase`, :data:`TRANSITIONS` and :class:`Reshard`: the plan of one reshard as a
+  transition table (idle -> preparing -> cutover -> draining -> done, or aborted).
+* The refusals of ``spectacles-supervisor reshard`` (:func:`refusal` and the checks it runs),
+  each one clear line or None.
+* Routing: :func:`shard_of_guild` (Discord's formula, from :mod:`shard_worker.gateway.protocol`)
+  and :func:`shard_of_packet` for outbound packets, always under the count that is current.
+* :class:`Handover`: which set publishes an event received at a given time, and which published
+  copies are marked as possible duplicates (:data:`OVERLAP_HEADER`).
+
+The handover rule
+-----------------
+During a reshard Discord delivers every guild event to both sets: to the old shard that owns the
+guild under the old count and to the new shard that owns it under the new count. A **cut-over
+point** ``T`` is chosen (a ``time.monotonic()`` value, one clock for every process of the host,
+as for the identify gate) far enough ahead that every child knows it before it comes. Then:
+
+* the **old** set publishes what it received before ``T``, and nothing after;
+* the **new** set holds back what it receives until ``T`` is known, drops what it received before
+  ``T - overlap`` and publishes everything from ``T - overlap`` on.
+
+Given that the two sets receive one event within ``overlap`` of each other (the skew the rule
+tolerates), every event is published at least once: a copy the old set received at or after ``T``
+has its twin received at or after ``T - overlap`` by the new set, which publishes it. An event is
+published twice when the old copy came before ``T`` and the new one at or after ``T - overlap``;
+with the skew bound the old copy then came in ``[T - 2 overlap, T)`` and the new one in
+``[T - overlap, T + overlap)``. Exactly the copies published from inside their set's window carry
+the AMQP header :data:`OVERLAP_HEADER`, whose value is the shard count of the set that published
+it (an int). So both copies of a duplicate are marked, and **an event without the header is never
+published twice**; the duplicates are at most ``3 overlap`` seconds of traffic (3 s by default).
+
+**What is identical between two copies of one event**: the routing key (Discord's ``t``) and the
+body (the ``d`` Discord sent; the simulator sends byte-identical bodies, and Discord sends the
+same payload to every session). What differs: the ``shard_id`` header, the AMQP message id
+(``<shard>:<session>:<seq>``, per session) and the overlap header's value. A consumer that must
+not see a duplicate keeps, for a few seconds, the ``(t, body)`` digests of the marked events it
+handled and drops a marked event whose digest it has seen; unmarked events need no check.
+
+**The new set's READY and GUILD_CREATEs**: they are received while the new set prepares, long
+before ``T - overlap``, so by the rule above they are not published. Consumers already know
+those guilds from the old set; a guild that really joins during the reshard reaches the old set
+too and is published by it. (Events without a guild, such as DMs, go to shard 0 of each set and
+follow the same rule.)
+
+The rule needs the two sets to receive one event within ``overlap`` of each other; Discord
+fans an event out to both sessions at once, so the skew is network jitter, far below the
+default :data:`DEFAULT_OVERLAP_S`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from shard_worker.gateway.protocol import shard_for_guild
+
+#: The AMQP header on every event published inside the overlap window (value: the publishing
+#: set's shard count). Two copies of one event both carry it.
+OVERLAP_HEADER = "x-spectacles-overlap"
+#: The overlap: the new set publishes from this long before the cut-over point, and this is also
+#: the largest skew tolerated between the two sessions' copies of one event. Duplicates are at most
+#: three times this much traffic (see the module docstring).
+DEFAULT_OVERLAP_S = 1.0
+#: The cut-over point is chosen at least this far ahead, so every child of both sets has been
+#: told before it comes (an IPC round trip is milliseconds; a busy child may take longer).
+DEFAULT_CUT_LEAD_S = 2.0
+#: Identifies never spent by a reshard: left for the old set's reconnects and for a human.
+RESHARD_RESERVE = 5
+
+
+# -- generations ------------------------------------------------------------------------------
+
+
+class SetPhase(str, enum.Enum):
+    """What one shard set does now."""
+
+    #: identifying (at the gate's pace); its events are held back, nothing is published
+    PREPARING = "preparing"
+    #: publishing: the only set outside a reshard
+    SERVING = "serving"
+    #: the old set after the cut-over point: publishes only what it received before it, then
+    #: closes its sessions
+    DRAINING = "draining"
+    #: no session left
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """One generation of shards: every id of ``shard_count`` that this supervisor runs."""
+
+    generation: int
+    shard_count: int
+    shard_ids: tuple[int, ...]
+    phase: SetPhase = SetPhase.SERVING
+
+    @classmethod
+    def full(cls, generation: int, shard_count: int, phase: SetPhase = SetPhase.SERVING) -> ShardSet:
+        """The set of every shard of ``shard_count``."""
+        return cls(generation, shard_count, tuple(range(shard_count)), phase)
+
+    @property
+    def complete(self) -> bool:
+        """True when the set holds every shard id of its count (a reshard needs this)."""
+        return set(self.shard_ids) == set(range(self.shard_count))
+
+    def owner(self, guild_id: int | None) -> int:
+        """The shard of this set that receives ``guild_id``'s events (None: a DM, shard 0)."""
+        return shard_of_guild(guild_id, self.shard_count)
+
+    def with_phase(self, phase: SetPhase) -> ShardSet:
+        return replace(self, phase=phase)
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+class Phase(str, enum.Enum):
+    """The phase of a reshard (``status`` and ``/metrics`` show it)."""
+
+    IDLE = "idle"
+    #: the new set identifies beside the old one, which keeps publishing
+    PREPARING = "preparing"
+    #: every new shard is READY; the cut-over point is chosen and being told to the children
+    CUTOVER = "cutover"
+    #: the cut-over point passed: the new set publishes, the old one drains and closes
+    DRAINING = "draining"
+    #: only the new set remains
+    DONE = "done"
+    #: given up before the cut-over point: the old set serves as before, the new one is closed
+    ABORTED = "aborted"
+
+
+class Step(str, enum.Enum):
+    """What can happen to a reshard."""
+
+    START = "start"
+    NEW_SET_READY = "new_set_ready"
+    CUT_PASSED = "cut_passed"
+    OLD_DRAINED = "old_drained"
+    ABORT = "abort"
+
+
+#: (phase, step) -> next phase. Anything else is a bug of the caller (:class:`InvalidStep`).
+#: ABORT is possible only before the cut-over point has passed: up to then the old set has
+#: published everything, so going back loses nothing. After it the new set is the one serving
+#: and a failure of either set is handled like any failure of a running set (it resumes).
+TRANSITIONS: Mapping[tuple[Phase, Step], Phase] = {
+    (Phase.IDLE, Step.START): Phase.PREPARING,
+    (Phase.PREPARING, Step.NEW_SET_READY): Phase.CUTOVER,
+    (Phase.PREPARING, Step.ABORT): Phase.ABORTED,
+    (Phase.CUTOVER, Step.CUT_PASSED): Phase.DRAINING,
+    (Phase.CUTOVER, Step.ABORT): Phase.ABORTED,
+    (Phase.DRAINING, Step.OLD_DRAINED): Phase.DONE,
+}
+#: Phases in which a reshard is running (a second one is refused).
+RUNNING = frozenset({Phase.PREPARING, Phase.CUTOVER, Phase.DRAINING})
+#: Phases a reshard ends in.
+FINAL = frozenset({Phase.DONE, Phase.ABORTED})
+
+
+class InvalidStep(ValueError):
+    """A step the transition table does not allow from the current phase."""
+
+
+def next_phase(phase: Phase, step: Step) -> Phase:
+    """The phase after ``step`` (raises :class:`InvalidStep` if the table has no such edge)."""
+    try:
+        return TRANSITIONS[(phase, step)]
+    except KeyError:
+        raise InvalidStep(f"a reshard cannot {step.value} while {phase.value}") from None
+
+
+@dataclass(frozen=True)
+class Reshard:
+    """One reshard from ``old`` to ``new``: its phase, and the cut-over point once chosen.
+
+    Immutable: every step returns a new value, so the arbiter holds exactly one current plan and
+    a test can walk every path of the table.
+    """
+
+    old: ShardSet
+    new: ShardSet
+    phase: Phase = Phase.IDLE
+    #: the cut-over point (monotonic seconds), chosen on NEW_SET_READY
+    cut_at: float | None = None
+    overlap_s: float = DEFAULT_OVERLAP_S
+    #: why it was aborted (one line), else None
+    reason: str | None = None
+
+    @classmethod
+    def plan(cls, old: ShardSet, new_count: int, overlap_s: float = DEFAULT_OVERLAP_S) -> Reshard:
+        """A reshard of ``old`` to ``new_count`` shards, not started yet."""
+        new = ShardSet.full(old.generation + 1, new_count, SetPhase.PREPARING)
+        return cls(old, new, Phase.IDLE, None, overlap_s)
+
+    @property
+    def running(self) -> bool:
+        return self.phase in RUNNING
+
+    def start(self) -> Reshard:
+        return replace(self, phase=next_phase(self.phase, Step.START))
+
+    def new_set_ready(self, now: float, lead_s: float = DEFAULT_CUT_LEAD_S) -> Reshard:
+        """Every new shard is READY at ``now``: choose the cut-over point ``lead_s`` ahead."""
+        return replace(self, phase=next_phase(self.phase, Step.NEW_SET_READY), cut_at=now + lead_s)
+
+    def cut_passed(self, now: float) -> Reshard:
+        """``now`` is at or past the cut-over point: the new set serves, the old one drains."""
+        if self.cut_at is None or now < self.cut_at:
+            raise InvalidStep("the cut-over point has not passed")
+        return replace(
+            self,
+            phase=next_phase(self.phase, Step.CUT_PASSED),
+            old=self.old.with_phase(SetPhase.DRAINING),
+            new=self.new.with_phase(SetPhase.SERVING),
+        )
+
+    def old_drained(self) -> Reshard:
+        return replace(
+            self, phase=next_phase(self.phase, Step.OLD_DRAINED), old=self.old.with_phase(SetPhase.CLOSED)
+        )
+
+    def abort(self, reason: str, now: float | None = None) -> Reshard:
+        """Give up (one line ``reason``): the old set keeps serving, the new one is closed.
+
+        Refused (:class:`InvalidStep`) once the cut-over point has passed (``now`` given and at
+        or past it), even if the arbiter has not taken the CUT_PASSED step yet: the old set
+        has stopped publishing by then."""
+        if self.cut_at is not None and now is not None and now >= self.cut_at:
+            raise InvalidStep("the cut-over point has passed: the new set serves, there is no going back")
+        return replace(
+            self,
+            phase=next_phase(self.phase, Step.ABORT),
+            new=self.new.with_phase(SetPhase.CLOSED),
+            reason=" ".join(reason.split()),
+        )
+
+    def handover(self) -> Handover:
+        """The handover rule of this reshard (once the cut-over point is chosen)."""
+        if self.cut_at is None:
+            raise InvalidStep("no cut-over point yet")
+        return Handover(self.cut_at, self.overlap_s, self.old.shard_count, self.new.shard_count)
+
+    def serving(self) -> ShardSet:
+        """The set whose count routes outbound packets now: the old one up to the cut-over
+        point (and after an abort), the new one from then on."""
+        return self.new if self.phase in (Phase.DRAINING, Phase.DONE) else self.old
+
+    def describe(self) -> dict[str, Any]:
+        """What ``status`` shows of the reshard."""
+        return {
+            "phase": self.phase.value,
+            "old_count": self.old.shard_count,
+            "new_count": self.new.shard_count,
+            "cut_at": self.cut_at,
+            "reason": self.reason,
+        }
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def round_up_to_multiple(count: int, multiple: int) -> int:
+    """``count`` rounded up to a multiple of ``multiple`` (Discord's rule for large bots)."""
+    if multiple < 1:
+        raise ValueError(f"the shard count multiple must be at least 1, not {multiple}")
+    return -(-count // multiple) * multiple
+
+
+def invalid_count(target: int, current: int, multiple: int = 1) -> str | None:
+    """Why ``target`` is not a shard count to reshard ``current`` to, else None."""
+    if target < 1:
+        return f"--shard-count must be at least 1, not {target}"
+    if target == current:
+        return f"the supervisor already runs {current} shards: nothing to do"
+    if multiple > 1 and target % multiple:
+        return (
+            f"--shard-count {target} is not a multiple of --shard-count-multiple {multiple} "
+            f"(Discord would close with 4010); use {round_up_to_multiple(target, multiple)}"
+        )
+    return None
+
+
+def budget_refusal(target: int, remaining: int | None, reserve: int = RESHARD_RESERVE) -> str | None:
+    """Why the identify budget cannot pay for ``target`` new sessions, else None."""
+    if remaining is None:
+        return "the identify budget is unknown (Discord's session_start_limit not read yet): try again later"
+    if remaining < target + reserve:
+        return (
+            f"not enough identify budget: {remaining} left, {target} new sessions need "
+            f"{target + reserve} (a reserve of {reserve} is kept)"
+        )
+    return None
+
+
+def already_running(current: Reshard | None) -> str | None:
+    """Why a second reshard cannot start now, else None."""
+    if current is not None and current.running:
+        return (
+            f"a reshard is already running ({current.old.shard_count} -> "
+            f"{current.new.shard_count}, {current.phase.value})"
+        )
+    return None
+
+
+def partial_refusal(shard_ids: Iterable[int], shard_count: int) -> str | None:
+    """Why this supervisor cannot reshard alone (it runs only part of the shards), else None."""
+    mine = set(shard_ids)
+    if mine != set(range(shard_count)):
+        from shard_worker.shard_ranges import format_shard_ids
+
+        return (
+            f"this supervisor runs only shards {format_shard_ids(sorted(mine))} of {shard_count}: "
+            "resharding part of a bot is the cluster's job"
+        )
+    return None
+
+
+def refusal(
+    target: int,
+    current: ShardSet,
+    *,
+    multiple: int = 1,
+    remaining: int | None,
+    reserve: int = RESHARD_RESERVE,
+    running: Reshard | None = None,
+) -> str | None:
+    """The first reason to refuse ``reshard --shard-count target``, or None to go ahead.
+
+    The order is the operator's: a bad number first, then what is going on (a reshard running,
+    a partial supervisor), then the budget (which may change by itself)."""
+    return (
+        invalid_count(target, current.shard_count, multiple)
+        or already_running(running)
+        or partial_refusal(current.shard_ids, current.shard_count)
+        or budget_refusal(target, remaining, reserve)
+    )
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def shard_of_guild(guild_id: int | str | None, shard_count: int) -> int:
+    """The shard that owns ``guild_id`` under ``shard_count`` (None: no guild, shard 0)."""
+    if guild_id is None:
+        return 0
+    return shard_for_guild(int(guild_id), shard_count)
+
+
+def guild_of_packet(packet: Any) -> int | None:
+    """The ``guild_id`` in a shard packet's ``d``, if it has a valid one."""
+    d = packet.get("d") if isinstance(packet, dict) else None
+    guild = d.get("guild_id") if isinstance(d, dict) else None
+    if isinstance(guild, bool):
+        return None
+    try:
+        return int(guild) if guild is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def shard_of_packet(packet: Any, addressed_to: int, shard_count: int) -> int | None:
+    """Where a shard packet goes under the current ``shard_count``.
+
+    A packet whose ``d`` has a ``guild_id`` goes to that guild's owner, whatever shard it was
+    addressed to (packets queued for an old shard id during a swap are not misdelivered). One
+    without goes to ``addressed_to`` if that id exists under the count, else None (refused)."""
+    guild = guild_of_packet(packet)
+    if guild is not None:
+        return shard_of_guild(guild, shard_count)
+    return addressed_to if 0 <= addressed_to < shard_count else None
+
+
+# -- the handover -----------------------------------------------------------------------------
+
+
+class Role(str, enum.Enum):
+    OLD = "old"
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Which set publishes an event it received at a given time (see the module docstring)."""
+
+    cut_at: float
+    overlap_s: float
+    old_count: int
+    new_count: int
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The overlap window ``[start, end)``: every duplicate was received inside it (by both
+        sets), and nothing received outside it is marked."""
+        return self.cut_at - 2 * self.overlap_s, self.cut_at + self.overlap_s
+
+    def role_window(self, role: Role) -> tuple[float, float]:
+        """Where the copies published by ``role`` are marked: ``[T - 2 overlap, T)`` for the
+        old set (its part that the new one may also publish), ``[T - overlap, T + overlap)`` for
+        the new set."""
+        if role is Role.OLD:
+            return self.cut_at - 2 * self.overlap_s, self.cut_at
+        return self.cut_at - self.overlap_s, self.cut_at + self.overlap_s
+
+    def publishes(self, role: Role, received_at: float) -> bool:
+        """Whether the set ``role`` publishes an event it received at ``received_at``."""
+        if role is Role.OLD:
+            return received_at < self.cut_at
+        return received_at >= self.cut_at - self.overlap_s
+
+    def marked(self, role: Role, received_at: float) -> bool:
+        """Whether a copy ``role`` received at ``received_at`` (and publishes) is marked."""
+        start, end = self.role_window(role)
+        return start <= received_at < end
+
+    def headers(self, role: Role, received_at: float) -> dict[str, int]:
+        """The extra AMQP headers of a published copy: the overlap mark, or none."""
+        if not self.marked(role, received_at):
+            return {}
+        return {OVERLAP_HEADER: self.old_count if role is Role.OLD else self.new_count}
