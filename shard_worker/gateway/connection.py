@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from .. import jsonlib
 from ..event_selection import EventFilter, as_filter
 from ..logs import TRACE
 from ..outbound import Packet
@@ -40,6 +42,9 @@ from .state import (
 
 log = logging.getLogger("shard_worker.shard")
 
+#: ``SPECTACLES_REENCODE=1``: publish ``d`` decoded and re-encoded by the JSON codec instead of
+#: Discord's own bytes (what every other gateway does; kept to measure what passthrough saves).
+REENCODE = os.environ.get("SPECTACLES_REENCODE", "") not in ("", "0")
 #: Largest websocket message accepted (uncompressed READY payloads of big bots are large).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
@@ -308,6 +313,7 @@ class ShardRunner:
         shard_id = self.shard_id
         time = asyncio.get_running_loop().time
         trace = log.isEnabledFor(TRACE)
+        reencode = REENCODE
         received_by_type = self.received_by_type
         published_by_type = self.published_by_type
         try:
@@ -329,6 +335,8 @@ class ShardRunner:
                         if body is None:
                             self._bad_dispatch(action)
                             continue
+                        if reencode:
+                            body = jsonlib.dumps_bytes(jsonlib.loads(body))
                         publisher.publish_event(shard_id, machine.session_id, t, action.seq, body)
                         self.published += 1
                         try:
