@@ -59,6 +59,11 @@ class _OneLineErrorsCommand(click.Command):
               help="Daily identifies (session_start_limit.total; large bots get more).")
 @click.option("--record-limit", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Records kept per list (bounds memory of endless runs).")
+@click.option("--reshardable", is_flag=True,
+              help="Accept IDENTIFY with any shard count, several sets at once (live resharding): "
+              "each guild's events go to every session owning it under its own count.")
+@click.option("--recommended-shards", type=click.IntRange(min=1), default=None,
+              help="shards in /gateway/bot (default: --shards; /_sim/set_recommended changes it).")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -79,6 +84,8 @@ def simulate_command(
     replay_buffer: int,
     session_start_total: int,
     record_limit: int,
+    reshardable: bool,
+    recommended_shards: int | None,
     log_level: str,
 ) -> None:
     """Serve a local Discord gateway (v10) and /api/v10/gateway/bot for offline tests."""
@@ -96,6 +103,8 @@ def simulate_command(
         replay_buffer=replay_buffer,
         record_limit=record_limit,
         session_start_total=session_start_total,
+        reshardable=reshardable,
+        recommended_shards=recommended_shards,
     )
     try:
         options.validate()

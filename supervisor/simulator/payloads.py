@@ -523,6 +523,11 @@ class EventFactory:
     (deterministically, in a shuffled cycle). Known types: MESSAGE_CREATE, TYPING_START,
     PRESENCE_UPDATE, GUILD_MEMBER_UPDATE; any other name gets a small generic payload
     ``{"id", "guild_id"}``. A shard without guilds gets DM-style MESSAGE_CREATE / TYPING_START.
+    After each ``make``, :attr:`last_guild` is the guild of that event (None: a DM).
+
+    ``guild_ids`` replaces the shard's own guilds (a session of another shard count owns a subset
+    of the bot's guilds, not ``guild_ids_for_shard``); ``flakes`` shares one snowflake source
+    between factories, so that their event ids never collide.
     """
 
     MEMBERS_PER_GUILD = 6
@@ -530,16 +535,29 @@ class EventFactory:
     TEMPLATES_PER_TYPE = 12
 
     def __init__(
-        self, shard_id: int, shard_count: int, guilds: int, seed: int | None = None
+        self,
+        shard_id: int,
+        shard_count: int,
+        guilds: int,
+        seed: int | None = None,
+        *,
+        guild_ids: list[int] | None = None,
+        flakes: SnowflakeFactory | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.shard_count = shard_count
-        self._rng = random.Random(None if seed is None else (seed * 1_000_003 + shard_id))
+        self._rng = random.Random(
+            None if seed is None else (seed * 1_000_003 + shard_id + 7_919 * (shard_count if guild_ids is not None else 0))
+        )
         rng = self._rng
-        self._flakes = SnowflakeFactory(worker=shard_id % 32, process=(shard_id // 32) % 32)
+        self._flakes = flakes or SnowflakeFactory(worker=shard_id % 32, process=(shard_id // 32) % 32)
+        #: the guild of the last event ``make`` returned (None: a DM)
+        self.last_guild: int | None = None
         now_ms = int(time.time() * 1000)
         self.guilds: list[_Guild] = []
-        for gi, gid in enumerate(guild_ids_for_shard(shard_id, shard_count, guilds)):
+        if guild_ids is None:
+            guild_ids = guild_ids_for_shard(shard_id, shard_count, guilds)
+        for gi, gid in enumerate(guild_ids):
             created = snowflake_time_ms(gid)
             roles = [role(gid, "@everyone", 0)] + [
                 role(gid + 1 + r, name, r + 1, color=rng.randrange(1 << 24))
@@ -681,14 +699,19 @@ class EventFactory:
         ms = int(time.time() * 1000)
         flake = str(self._flakes.next(ms)).encode()
         templates = self._templates.get(t)
+        guilds = self.guilds
         if templates is None:
             d: dict[str, Any] = {"id": flake.decode()}
-            if self.guilds:
-                d["guild_id"] = str(self.guilds[0].id)
+            self.last_guild = None
+            if guilds:
+                d["guild_id"] = str(guilds[0].id)
+                self.last_guild = guilds[0].id
             return t, ujson.dumps(d).encode()
         if ms != self._ts_cache_ms:
             self._ts_cache_ms = ms
             self._ts_cache = iso_timestamp(ms).encode()
         pos = self._tpl_pos.get(t, 0)
         self._tpl_pos[t] = (pos + 1) % len(templates)
+        # template k was built for guild k % len(guilds) (see _build_templates)
+        self.last_guild = guilds[pos % len(guilds)].id if guilds else None
         return t, templates[pos].render(flake, self._ts_cache)

@@ -6,7 +6,9 @@ One port serves:
   against ``Authorization: Bot <token>``; any other ``/api`` path is a 404 JSON error;
 * ``GET /_sim/<command>?shard=N&...``: control endpoints (``stats``, ``snapshot``, ``reconnect``,
   ``invalidate_session``, ``close``, ``zombie``, ``request_heartbeat``, ``drop``, ``send_raw``,
-  ``emit``), each mapping to the :class:`Simulator` method of that name;
+  ``emit``, ``sharding_required``), each mapping to the :class:`Simulator` method of that name
+  (``close``, ``emit`` and ``sharding_required`` take ``&count=M`` for a shard of another set),
+  and ``/_sim/set_recommended?shards=N`` (``shards`` in ``/gateway/bot`` from then on);
 * the websocket gateway on every other path (``/`` and ``/resume`` in practice: READY's
   ``resume_gateway_url`` is ``ws://host:port/resume``; the path each connection used is recorded).
 
@@ -28,6 +30,14 @@ Protocol rules enforced (codes from :mod:`shard_worker.gateway.protocol`):
 * sessions: READY, one GUILD_CREATE per guild, then the event stream; RESUME replays every
   dispatch after ``seq`` byte for byte, then RESUMED. A session survives its connection for
   ``resume_window_s`` unless the client closed with 1000/1001 or the server forgot it.
+
+Several shard counts at once (``reshardable``, for live resharding): the bot's guilds are fixed
+by ``shard_count`` and ``guilds_per_shard``; a session that identified as ``[id, n]`` owns the
+guilds ``g`` with ``(g >> 22) % n == id``. Each session streams events for its own guilds, as
+always, and each guild event also goes (byte-identical ``d``, the receiving session's own seq) to
+the session of every other count that owns the guild: so a guild's events reach every session
+owning it under that session's count. A copy for a session still sending READY/GUILD_CREATEs
+(or a replay) waits until it is ready; a disconnected session keeps it for its RESUME.
 
 Records (see :meth:`Simulator.snapshot`) tell tests what every client did.
 """
@@ -94,8 +104,20 @@ class SimulatorOptions:
     port: int = 0
     #: Host put in the URLs the simulator hands out (default: ``host``, or 127.0.0.1 for 0.0.0.0).
     advertise_host: str | None = None
-    #: The fake bot's total shard count (``/gateway/bot`` ``shards``; IDENTIFY must match it).
+    #: The fake bot's total shard count (``/gateway/bot`` ``shards``; IDENTIFY must match it
+    #: unless ``reshardable``). It also fixes the bot's guilds: ``guilds_per_shard`` per shard of
+    #: this count, whatever count a session identifies with.
     shard_count: int = 1
+    #: Accept IDENTIFY with any shard count, several sets at once, as Discord does for
+    #: zero-downtime resharding: a session ``[id, n]`` owns the bot's guilds ``g`` with
+    #: ``(g >> 22) % n == id``, and every guild event goes to every ready session owning it.
+    reshardable: bool = False
+    #: With ``reshardable``: a count that is not a multiple of this is closed with 4010 (Discord's
+    #: rule for large bots).
+    shard_count_multiple: int = 1
+    #: ``shards`` in ``/gateway/bot`` (Discord's recommendation; None: ``shard_count``);
+    #: settable while running (:meth:`Simulator.set_recommended_shards`).
+    recommended_shards: int | None = None
     max_concurrency: int = 1
     heartbeat_interval_ms: int = 41250
     #: Close (4000) a connection that sent no heartbeat for this long; None = 2 intervals + 1 s;
@@ -140,6 +162,11 @@ class SimulatorOptions:
         need(isinstance(self.token, str) and self.token != "", "token must be a non-empty string")
         need(0 <= self.port <= 65535, f"port must be in 0..65535, not {self.port}")
         need(self.shard_count >= 1, f"shard count must be >= 1, not {self.shard_count}")
+        need(self.shard_count_multiple >= 1, "shard count multiple must be >= 1")
+        need(
+            self.recommended_shards is None or self.recommended_shards >= 1,
+            "recommended shards must be >= 1",
+        )
         need(self.max_concurrency >= 1, f"max concurrency must be >= 1, not {self.max_concurrency}")
         need(
             self.heartbeat_interval_ms >= 10,
@@ -209,13 +236,19 @@ def _t_bytes(t: str) -> bytes:
 class _Session:
     __slots__ = (
         "id", "shard", "seq", "history", "conn", "disconnected_at", "ready", "ended",
-        "emitq", "emit_pending", "base_remaining", "wake", "factory", "stream_task",
+        "emitq", "emit_pending", "base_remaining", "wake", "factory", "stream_task", "count",
+        "held",
     )
 
     def __init__(self, sid: str, shard: int, factory: payloads.EventFactory, buffer: int,
-                 base_remaining: int) -> None:
+                 base_remaining: int, count: int = 0) -> None:
         self.id = sid
         self.shard = shard
+        #: the shard count this session identified with
+        self.count = count
+        #: copies of other sets' guild events that came while this session was connected but not
+        #: ready yet (READY, GUILD_CREATEs or a replay going out): sent once it is ready
+        self.held: list[tuple[str, bytes]] = []
         self.seq = 0
         self.history: deque[bytes] = deque(maxlen=buffer)
         self.conn: _Conn | None = None
@@ -255,7 +288,7 @@ class _Conn:
     __slots__ = (
         "id", "ws", "path", "query", "record", "comp", "zstd", "fragment", "rng", "shard",
         "session", "zombie", "last_heartbeat", "window", "server_close", "dropped", "closing",
-        "reconnect_deadline", "hb_timeout",
+        "reconnect_deadline", "hb_timeout", "count",
     )
 
     def __init__(self, cid: int, ws: ServerConnection, path: str, query: dict, record: dict):
@@ -270,6 +303,8 @@ class _Conn:
         self.fragment = False
         self.rng = random.Random(cid)
         self.shard: int | None = None
+        #: the shard count of the session on this connection (None until identified/resumed)
+        self.count: int | None = None
         self.session: _Session | None = None
         self.zombie = False
         self.last_heartbeat = 0.0
@@ -404,9 +439,19 @@ class Simulator:
         self._conn_ids = itertools.count(1)
         self._conns: dict[int, _Conn] = {}
         self._sessions: dict[str, _Session] = {}
-        self._current: dict[int, _Session] = {}
-        self._shard_conn: dict[int, _Conn] = {}
+        #: shard count -> shard -> its current session / connection. The base count's dicts
+        #: are also ``_current`` and ``_shard_conn`` (the only ones without ``reshardable``).
+        self._sets: dict[int, dict[int, _Session]] = {opts.shard_count: {}}
+        self._set_conns: dict[int, dict[int, _Conn]] = {opts.shard_count: {}}
+        self._current = self._sets[opts.shard_count]
+        self._shard_conn = self._set_conns[opts.shard_count]
         self._factories: dict[int, payloads.EventFactory] = {}
+        #: factories of the sessions of other counts, by (count, shard)
+        self._foreign_factories: dict[tuple[int, int], payloads.EventFactory] = {}
+        #: one snowflake source for every factory of another count: ids never collide
+        self._foreign_flakes = payloads.SnowflakeFactory(worker=31, process=31)
+        self._population: list[int] | None = None
+        self._recommended = opts.recommended_shards
         self._bucket_last: dict[int, float] = {}
         self._remaining = (
             opts.session_start_total
@@ -421,6 +466,8 @@ class Simulator:
         self.resumes: list[dict] = []
         self.connections: list[dict] = []
         self.dispatched: dict[int, _Limited] = {}
+        #: the same for the sessions of other shard counts: count -> shard -> records
+        self.dispatched_sets: dict[int, dict[int, _Limited]] = {}
         self._dispatch_count: dict[int, int] = {}
         self.violations: list[str] = []
         self.counters = {
@@ -430,6 +477,8 @@ class Simulator:
             "dispatched": 0,
             "replayed": 0,
             "violations": 0,
+            # guild events sent to a session of another count than the one that made them
+            "copies": 0,
         }
         interval = opts.heartbeat_interval_ms
         self._hello = ujson.dumps(
@@ -556,6 +605,31 @@ class Simulator:
             }
         return out
 
+    def ready_sets(self) -> dict[int, list[int]]:
+        """Per shard count in use: the shards whose current session is ready and connected."""
+        return {
+            count: sorted(s for s, sess in sessions.items() if sess.ready and sess.conn is not None)
+            for count, sessions in sorted(self._sets.items())
+            if sessions
+        }
+
+    def set_states(self) -> dict[int, dict[int, dict]]:
+        """:meth:`shard_states` for every shard count in use (the base count included)."""
+        return {
+            count: {
+                s: {
+                    "session_id": sess.id,
+                    "seq": sess.seq,
+                    "connected": sess.conn is not None,
+                    "connection": sess.conn.id if sess.conn else None,
+                    "ready": sess.ready and sess.conn is not None,
+                }
+                for s, sess in sorted(sessions.items())
+            }
+            for count, sessions in sorted(self._sets.items())
+            if sessions
+        }
+
     def history(self, session_id: str) -> list[dict]:
         """The dispatches a session still retains for replay, decoded (``op``, ``t``, ``s``, ``d``).
 
@@ -585,8 +659,13 @@ class Simulator:
         * ``ready``: set of shards whose current session is READY/RESUMED and connected;
         * ``shards``: ``{shard: {session_id, seq, connected, connection, ready}}`` for each
           shard's current (not forgotten) session;
-        * ``counters``: ``connections, identifies, resumes, dispatched, replayed, violations``;
-        * ``session_start_limit``: as ``/gateway/bot`` returns it.
+        * ``counters``: ``connections, identifies, resumes, dispatched, replayed, violations,
+          copies`` (guild events also sent to a session of another shard count);
+        * ``session_start_limit``: as ``/gateway/bot`` returns it;
+        * ``sets``: ``{count: {shard: {...}}}`` as ``shards``, for every shard count in use;
+        * ``ready_sets``: ``{count: [ready shards]}``;
+        * ``dispatched_sets``: ``{count: {shard: [(session_id, seq, t), ...]}}`` for the sessions
+          of the counts other than ``shard_count`` (``dispatched`` has the base count's).
         """
         return {
             "sent": copy.deepcopy(self.sent.view()),
@@ -599,6 +678,11 @@ class Simulator:
             "shards": self.shard_states(),
             "counters": dict(self.counters),
             "session_start_limit": self._session_start_limit(),
+            "sets": self.set_states(),
+            "ready_sets": self.ready_sets(),
+            "dispatched_sets": {
+                c: {s: v.view() for s, v in shards.items()} for c, shards in self.dispatched_sets.items()
+            },
         }
 
     def stats(self) -> dict:
@@ -615,6 +699,8 @@ class Simulator:
             "violation_list": self.violations[-50:],
             "session_start_limit": self._session_start_limit(),
             "shard_count": self.options.shard_count,
+            "recommended_shards": self.recommended_shards,
+            "ready_sets": {str(c): v for c, v in self.ready_sets().items()},
             "max_concurrency": self.options.max_concurrency,
             "url": self.url,
             "uptime_s": round(time.time() - self._started_at, 3),
@@ -660,7 +746,7 @@ class Simulator:
             200,
             {
                 "url": self.url,
-                "shards": self.options.shard_count,
+                "shards": self.recommended_shards,
                 "session_start_limit": self._session_start_limit(),
             },
         )
@@ -673,16 +759,26 @@ class Simulator:
                 snap = self.snapshot()
                 snap["ready"] = sorted(snap["ready"])
                 return _json_response(200, snap)
+            if command == "set_recommended":
+                if "shards" not in q:
+                    return _json_response(400, {"error": "missing query parameter 'shards'"})
+                return _json_response(
+                    200, {"ok": True, "result": self.set_recommended_shards(int(q["shards"]))}
+                )
             if command not in _CONTROL_COMMANDS:
                 return _json_response(404, {"error": f"unknown command {command!r}"})
             if "shard" not in q:
                 return _json_response(400, {"error": "missing query parameter 'shard'"})
             shard = int(q["shard"])
+            # which set: the shard count its session identified with (default: the base count)
+            count = int(q["count"]) if q.get("count") else None
             if command == "invalidate_session" or command == "invalidate":
                 result = await self.invalidate_session(shard, _as_bool(q.get("resumable"), False))
             elif command == "close":
                 result = await self.close(shard, int(q.get("code", Close.UNKNOWN_ERROR)),
-                                          q.get("reason", ""))
+                                          q.get("reason", ""), count=count)
+            elif command == "sharding_required":
+                result = await self.sharding_required(shard, count=count)
             elif command == "zombie":
                 result = await self.zombie(shard, _as_bool(q.get("on"), True))
             elif command == "send_raw":
@@ -692,7 +788,7 @@ class Simulator:
                     data = q.get("data", "")
                 result = await self.send_raw(shard, data, _as_bool(q.get("compressed"), True))
             elif command == "emit":
-                result = await self.emit(shard, int(q.get("n", "1")), q.get("t") or None)
+                result = await self.emit(shard, int(q.get("n", "1")), q.get("t") or None, count=count)
             else:  # reconnect, request_heartbeat, drop
                 result = await getattr(self, command)(shard)
         except LookupError as exc:
@@ -817,8 +913,9 @@ class Simulator:
             self._detach(session)
             if by == "client" and code in (Close.NORMAL, Close.GOING_AWAY):
                 self._forget(session)
-        if conn.shard is not None and self._shard_conn.get(conn.shard) is conn:
-            del self._shard_conn[conn.shard]
+        conns = self._set_conns.get(conn.count if conn.count is not None else self.options.shard_count)
+        if conn.shard is not None and conns is not None and conns.get(conn.shard) is conn:
+            del conns[conn.shard]
 
     async def _on_message(self, conn: _Conn, message: str | bytes) -> None:
         opts = self.options
@@ -919,12 +1016,12 @@ class Simulator:
                 not isinstance(shard, (list, tuple))
                 or len(shard) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
-                or shard[1] != count
+                or not self._count_ok(shard[1])
                 or not 0 <= shard[0] < shard[1]
             ):
                 await self._close(conn, Close.INVALID_SHARD, "Invalid shard.")
                 return
-            shard_id = shard[0]
+            shard_id, count = shard[0], shard[1]
         intents = d.get("intents")
         if not isinstance(intents, int) or isinstance(intents, bool) or intents < 0:
             await self._close(conn, Close.INVALID_INTENTS, "Invalid intent(s).")
@@ -933,7 +1030,10 @@ class Simulator:
             await self._close(conn, Close.DECODE_ERROR, "IDENTIFY properties must be an object")
             return
         conn.shard = shard_id
+        conn.count = count
         conn.record["shard"] = shard_id
+        if count != opts.shard_count:
+            conn.record["shard_count"] = count
         # The bucket rule counts arrivals, as Discord does: when the bytes came in, not when this
         # handler got its turn behind a burst of others.
         now = getattr(conn.ws, "received_at", None) or self._loop.time()  # type: ignore[union-attr]
@@ -961,7 +1061,7 @@ class Simulator:
             return
         self._bucket_last[bucket] = now
         self._remaining -= 1
-        old = self._current.get(shard_id)
+        old = self._sets.get(count, {}).get(shard_id)
         if old is not None and old.conn is not None and not old.conn.closing:
             self._violation(
                 f"shard {shard_id} identified on connection {conn.id} while connection "
@@ -970,9 +1070,10 @@ class Simulator:
         session = _Session(
             secrets.token_hex(16),
             shard_id,
-            self._factory(shard_id),
+            self._factory(shard_id, count),
             opts.replay_buffer,
             opts.events_per_shard,
+            count,
         )
         entry["accepted"] = True
         entry["session_id"] = session.id
@@ -997,8 +1098,7 @@ class Simulator:
             d_bytes = ujson.dumps(factory.guild_create(i)).encode()
             await conn.send(self._dispatch(session, "GUILD_CREATE", d_bytes))
         if session.conn is conn:
-            session.ready = True
-            self._start_stream(session)
+            self._became_ready(session)
 
     async def _on_resume(self, conn: _Conn, d: Any) -> None:
         if conn.session is not None:
@@ -1031,6 +1131,7 @@ class Simulator:
         self.resumes.append(entry)
         if session is not None:
             conn.shard = session.shard
+            conn.count = session.count
             conn.record["shard"] = session.shard
         if session is None or not self._resumable(session):
             entry["result"] = "invalid_session"
@@ -1066,8 +1167,7 @@ class Simulator:
             self._dispatch(session, "RESUMED", ujson.dumps(payloads.resumed()).encode())
         )
         if session.conn is conn:
-            session.ready = True
-            self._start_stream(session)
+            self._became_ready(session)
 
     async def _on_request_members(self, conn: _Conn, d: dict) -> None:
         session = conn.session
@@ -1083,7 +1183,34 @@ class Simulator:
             await conn.send(frame)
 
     # -- sessions -------------------------------------------------------------------------------
-    def _factory(self, shard: int) -> payloads.EventFactory:
+    def _count_ok(self, count: int) -> bool:
+        """Whether IDENTIFY may use ``count`` (the base count; any valid one if reshardable)."""
+        opts = self.options
+        if count == opts.shard_count:
+            return True
+        return opts.reshardable and count >= 1 and count % opts.shard_count_multiple == 0
+
+    def population(self) -> list[int]:
+        """Every guild of the bot: ``guilds_per_shard`` for each shard of ``shard_count``."""
+        if self._population is None:
+            opts = self.options
+            self._population = [
+                g
+                for s in range(opts.shard_count)
+                for g in payloads.guild_ids_for_shard(s, opts.shard_count, opts.guilds_per_shard)
+            ]
+        return self._population
+
+    def _factory(self, shard: int, count: int | None = None) -> payloads.EventFactory:
+        if count is not None and count != self.options.shard_count:
+            key = (count, shard)
+            f = self._foreign_factories.get(key)
+            if f is None:
+                mine = [g for g in self.population() if protocol.shard_for_guild(g, count) == shard]
+                f = self._foreign_factories[key] = payloads.EventFactory(
+                    shard, count, len(mine), self.options.seed, guild_ids=mine, flakes=self._foreign_flakes
+                )
+            return f
         f = self._factories.get(shard)
         if f is None:
             f = self._factories[shard] = payloads.EventFactory(
@@ -1103,8 +1230,8 @@ class Simulator:
         conn.session = session
         session.conn = conn
         session.disconnected_at = None
-        self._current[session.shard] = session
-        self._shard_conn[session.shard] = conn
+        self._sets.setdefault(session.count, {})[session.shard] = session
+        self._set_conns.setdefault(session.count, {})[session.shard] = conn
 
     def _detach(self, session: _Session) -> None:
         self._stop_stream(session)
@@ -1118,8 +1245,9 @@ class Simulator:
     def _forget(self, session: _Session) -> None:
         session.ended = True
         self._sessions.pop(session.id, None)
-        if self._current.get(session.shard) is session:
-            del self._current[session.shard]
+        current = self._sets.get(session.count)
+        if current is not None and current.get(session.shard) is session:
+            del current[session.shard]
         if session.conn is not None:
             self._detach(session)
         session.history.clear()
@@ -1141,13 +1269,51 @@ class Simulator:
         frame = b'{"t":%b,"s":%d,"op":0,"d":%b}' % (_t_bytes(t), seq, d)
         session.history.append(frame)
         shard = session.shard
-        lst = self.dispatched.get(shard)
+        if session.count == self.options.shard_count:
+            records = self.dispatched
+            self._dispatch_count[shard] = self._dispatch_count.get(shard, 0) + 1
+        else:
+            records = self.dispatched_sets.setdefault(session.count, {})
+        lst = records.get(shard)
         if lst is None:
-            lst = self.dispatched[shard] = _Limited(self.options.record_limit)
+            lst = records[shard] = _Limited(self.options.record_limit)
         lst.add((session.id, seq, t))
-        self._dispatch_count[shard] = self._dispatch_count.get(shard, 0) + 1
         self.counters["dispatched"] += 1
         return frame
+
+    def _became_ready(self, session: _Session) -> None:
+        """READY and GUILD_CREATEs (or RESUMED) are out: send the copies held meanwhile, then
+        start the session's own stream."""
+        session.ready = True
+        held, session.held = session.held, []
+        conn = session.conn
+        if held and conn is not None:
+            conn._write([self._dispatch(session, t, d) for t, d in held])
+        self._start_stream(session)
+
+    def _fan_out(self, origin: _Session, events: list[tuple[str, bytes, int | None]]) -> None:
+        """Send copies of ``origin``'s guild events to the sessions of every other shard count
+        that own the guild (DMs: their shard 0). Never yields: each copy keeps its place in the
+        receiving session's seq order. A session that is not ready yet holds its copies; one
+        that is disconnected keeps them for its RESUME, as Discord does."""
+        for count, sessions in self._sets.items():
+            if count == origin.count or not sessions:
+                continue
+            out: dict[int, list[bytes]] = {}
+            for t, d, guild in events:
+                shard = 0 if guild is None else protocol.shard_for_guild(guild, count)
+                target = sessions.get(shard)
+                if target is None or target.ended:
+                    continue
+                self.counters["copies"] += 1
+                if target.conn is not None and not target.ready:
+                    target.held.append((t, d))
+                    continue
+                out.setdefault(shard, []).append(self._dispatch(target, t, d))
+            for shard, frames in out.items():
+                conn = sessions[shard].conn
+                if conn is not None and not conn.closing:
+                    conn._write(frames)
 
     async def _stream(self, session: _Session, conn: _Conn) -> None:
         rate = self.options.rate
@@ -1176,9 +1342,15 @@ class Simulator:
                 else:
                     k = min(avail, _BURST)
                 frames = []
+                fan = len(self._sets) > 1
+                events: list[tuple[str, bytes, int | None]] = []
                 for _ in range(k):
                     t, d = factory.make(session.take())
                     frames.append(self._dispatch(session, t, d))
+                    if fan:
+                        events.append((t, d, factory.last_guild))
+                if events:
+                    self._fan_out(session, events)
                 await conn.send_many(frames)
                 produced += k
                 if rate <= 0:
@@ -1219,11 +1391,31 @@ class Simulator:
                     self._forget(session)
 
     # -- control --------------------------------------------------------------------------------
-    def _conn_for(self, shard: int) -> _Conn:
-        conn = self._shard_conn.get(shard)
+    def _conn_for(self, shard: int, count: int | None = None) -> _Conn:
+        conns = self._set_conns.get(self.options.shard_count if count is None else count, {})
+        conn = conns.get(shard)
         if conn is None or conn.closing:
-            raise LookupError(f"shard {shard} has no open connection")
+            of = "" if count is None else f" of {count}"
+            raise LookupError(f"shard {shard}{of} has no open connection")
         return conn
+
+    @property
+    def recommended_shards(self) -> int:
+        """``shards`` in ``/gateway/bot`` now."""
+        return self._recommended if self._recommended is not None else self.options.shard_count
+
+    def set_recommended_shards(self, shards: int) -> dict:
+        """Change Discord's recommended shard count (``/gateway/bot`` ``shards``)."""
+        shards = int(shards)
+        if shards < 1:
+            raise ValueError(f"shards must be >= 1, not {shards}")
+        self._recommended = shards
+        return {"shards": shards}
+
+    async def sharding_required(self, shard: int, count: int | None = None) -> dict:
+        """Close the shard's connection with 4011 (sharding required), as Discord does when a
+        shard holds too many guilds; the session is forgotten (a fatal code)."""
+        return await self.close(shard, Close.SHARDING_REQUIRED, "Sharding required.", count=count)
 
     async def reconnect(self, shard: int) -> dict:
         """Send op 7 RECONNECT; close (4000) after ``reconnect_grace_s`` if the client has not."""
@@ -1256,10 +1448,11 @@ class Simulator:
             "session_id": session.id if session else None,
         }
 
-    async def close(self, shard: int, code: int, reason: str = "") -> dict:
+    async def close(self, shard: int, code: int, reason: str = "", count: int | None = None) -> dict:
         """Close the shard's connection with ``code``; 4007/4009 (and fatal codes) also forget
-        the session, any other code leaves it resumable."""
-        conn = self._conn_for(shard)
+        the session, any other code leaves it resumable. ``count``: the shard of that set (for
+        a reshardable simulator; default the base count)."""
+        conn = self._conn_for(shard, count)
         code = int(code)
         if not (code in (1000, 1001) or 3000 <= code <= 4999):
             raise ValueError(f"cannot close with code {code}")
@@ -1312,7 +1505,7 @@ class Simulator:
             size = len(data)
         return {"connection": conn.id, "bytes": size}
 
-    async def emit(self, shard: int, n: int, t: str | None = None) -> dict:
+    async def emit(self, shard: int, n: int, t: str | None = None, count: int | None = None) -> dict:
         """Queue ``n`` more stream events (type ``t``, or the usual mix) on the shard's current
         session; they go out at once if it is connected, else after it resumes."""
         n = int(n)
@@ -1320,7 +1513,7 @@ class Simulator:
             raise ValueError("n must be >= 1")
         if t is not None and (not isinstance(t, str) or not t.replace("_", "").isalnum()):
             raise ValueError(f"bad event type {t!r}")
-        session = self._current.get(shard)
+        session = self._sets.get(self.options.shard_count if count is None else count, {}).get(shard)
         if session is None:
             raise LookupError(f"shard {shard} has no session")
         session.emitq.append([t, n])
@@ -1340,5 +1533,6 @@ _CONTROL_COMMANDS = frozenset(
         "drop",
         "send_raw",
         "emit",
+        "sharding_required",
     }
 )
