@@ -46,6 +46,8 @@ from .identify_gate import DAILY_TOTAL, IdentifyGate
 from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
+from . import shard_sets
+from .shard_sets import Refusal, Reshard, ShardSet
 from .shared_state import Answer, SharedState
 from shard_worker.shard_ranges import format_shard_ids
 from .state_store import IDENTIFY_WINDOW_S, StateStore
@@ -94,6 +96,8 @@ class ArbiterOptions:
     live_progress: bool | None = None
     #: Shared identify buckets, budget and sessions across hosts (``--redis-url``); None: local.
     coordinator: Any = None
+    #: A reshard's target must be a multiple of this (Discord's rule for large bots).
+    shard_count_multiple: int = 1
 
 
 @dataclass
@@ -174,6 +178,8 @@ class Arbiter:
         self.exit_code = exit_codes.OK
         self.rolling: deque[int] = deque()
         self.rolling_current: int | None = None
+        #: The running (or last) reshard, see :mod:`supervisor.shard_sets`; None: never asked.
+        self.reshard: Reshard | None = None
         self.started_at = now
         self._sessions_dirty = False
         #: Shards whose session was invalidated since the last save (to delete in Redis too).
@@ -468,6 +474,34 @@ class Arbiter:
         log.info("rolling restart of %d groups, one at a time", len(self.groups))
         self.rolling.extend(g.index for g in self.groups)
         return True
+
+    def begin_reshard(self, request: Any) -> dict[str, Any]:
+        """A ``reshard`` request of the control socket (``{"shard_count": N}``): the answer,
+        ``{"ok", "kind", "message"}``. The checks are :func:`supervisor.shard_sets.refusal`'s;
+        the live handover itself is not written yet (issue 13), so a request that passes them
+        is answered ``unimplemented`` and changes nothing."""
+        target = request.get("shard_count") if isinstance(request, dict) else None
+        if not isinstance(target, int) or isinstance(target, bool):
+            refused = Refusal("invalid", f"--shard-count must be an integer, not {target!r}")
+        elif self.stopping:
+            refused = Refusal("stopping", "the supervisor is stopping")
+        else:
+            refused = shard_sets.refusal(
+                target,
+                ShardSet(0, self.shard_count, tuple(self.all_shards)),
+                multiple=self.options.shard_count_multiple,
+                remaining=self._budget_remaining(),
+                reserve=self.gate.reserve,
+                running=self.reshard,
+            )
+            if refused is None:
+                refused = Refusal(
+                    "unimplemented",
+                    f"the reshard {self.shard_count} -> {target} passes every check, but the live "
+                    "handover is not implemented yet (issue 13): nothing was changed",
+                )
+        log.warning("reshard refused: %s", refused.line)
+        return {"ok": False, "kind": refused.kind, "message": refused.line}
 
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:
@@ -947,6 +981,7 @@ class Arbiter:
             "redis": None
             if self.shared is None
             else {"answering": not self.shared.failing, "pending": self.shared.pending},
+            "reshard": None if self.reshard is None else self.reshard.describe(),
             "shards": shards,
         }
 

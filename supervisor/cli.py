@@ -9,6 +9,10 @@ Commands:
   ``start``; the token and the AMQP password are masked). Makes no network call.
 - ``simulate``: the local Discord gateway simulator (:mod:`supervisor.simulator.cli`), loaded
   only when asked for, so a problem there never stops ``start``.
+- ``status``, ``restart``, ``reshard``: ask the running supervisor over its control socket
+  (:mod:`supervisor.control`); they need no token. ``reshard --shard-count N`` is answered by
+  the supervisor's checks (:mod:`supervisor.shard_sets`): exit 2 for a bad N, 1 for any other
+  refusal, one line each (the live handover itself is not implemented yet, issue 13).
 
 Errors are reported as exactly one line on stderr, ``spectacles-supervisor: error: <reason>``,
 never a traceback or click's usage block. The token is never printed.
@@ -401,11 +405,11 @@ _state_dir_option = click.option(
 )
 
 
-def _ask(state_dir: str, event: str) -> Any:
+def _ask(state_dir: str, event: str, data: Any = None) -> Any:
     from .control import ControlError, request
 
     try:
-        return request(state_dir, event)
+        return request(state_dir, event) if data is None else request(state_dir, event, data=data)
     except (ControlError, OSError) as error:
         raise StartError(str(error)) from None
 
@@ -591,6 +595,22 @@ def restart_command(state_dir: str) -> int:
     answer = _ask(state_dir, "restart")
     click.echo("rolling restart started" if answer.get("started") else "a rolling restart is already running")
     return EXIT_OK
+
+
+@cli.command("reshard")
+@_state_dir_option
+@click.option("--shard-count", "shard_count", type=int, required=True, metavar="N",
+              help="The new total number of shards.")
+def reshard_command(state_dir: str, shard_count: int) -> int:
+    """Move the running supervisor to N shards (refusals: one line; exit 2 for a bad N)."""
+    answer = _ask(state_dir, "reshard", {"shard_count": shard_count})
+    if not isinstance(answer, dict):
+        raise StartError("the supervisor's answer to reshard could not be read")
+    if answer.get("ok"):
+        click.echo(str(answer.get("message") or "reshard done"))
+        return EXIT_OK
+    kind = answer.get("kind")
+    raise StartError(str(answer.get("message") or "reshard refused"), EXIT_USAGE if kind == "invalid" else EXIT_RUNTIME)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

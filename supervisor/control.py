@@ -1,7 +1,9 @@
 """The control socket: ``<state-dir>/supervisor.sock`` (mode 0600), IPC-framed requests.
 
-A client sends one line ``{"event": "status" | "restart", "data": null}`` and reads one line
-back with the answer, then the connection is closed. Served inside the arbiter's loop (the socket
+A client sends one line ``{"event": "status" | "restart" | "reshard", "data": ...}`` and reads
+one line back with the answer, then the connection is closed. ``reshard`` carries
+``{"shard_count": N}`` and is answered ``{"ok": bool, "kind": ..., "message": one line}``
+(:meth:`supervisor.arbiter.Arbiter.begin_reshard`). Served inside the arbiter's loop (the socket
 is non-blocking and registered with its selector), so a slow client cannot stall the loop for
 more than the short per-connection timeout.
 """
@@ -76,6 +78,8 @@ class ControlServer:
         if message.event == "restart":
             started = self.arbiter.begin_rolling_restart()
             return "restart", {"started": started}
+        if message.event == "reshard":
+            return "reshard", self.arbiter.begin_reshard(message.data)
         return "error", {"message": f"unknown request {message.event!r}"}
 
     def close(self) -> None:
@@ -102,8 +106,9 @@ class ControlError(RuntimeError):
     pass
 
 
-def request(state_dir: str | os.PathLike, event: str, timeout: float = 5.0) -> Any:
-    """Ask the supervisor running with ``state_dir``; return the answer's data."""
+def request(state_dir: str | os.PathLike, event: str, timeout: float = 5.0, data: Any = None) -> Any:
+    """Ask the supervisor running with ``state_dir`` (``data``: the request's); return the
+    answer's data."""
     path = Path(state_dir) / SOCKET_NAME
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -112,7 +117,7 @@ def request(state_dir: str | os.PathLike, event: str, timeout: float = 5.0) -> A
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError(f"no supervisor is running with state dir {state_dir} ({path} does not answer)") from None
-        sock.sendall(ipc.encode(event))
+        sock.sendall(ipc.encode(event, data))
         decoder = ipc.Decoder(max_line=ANSWER_MAX_BYTES)
         while True:
             chunk = sock.recv(1 << 20)

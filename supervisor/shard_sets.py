@@ -273,6 +273,20 @@ class Reshard:
 # -- refusals ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a reshard is refused: ``kind`` (``invalid``: a bad ``--shard-count``, exit 2 at the
+    command line; ``running``, ``partial``, ``budget``, or the arbiter's own ``stopping`` and
+    ``unimplemented``) and the one line to print."""
+
+    kind: str
+    line: str
+
+    def __str__(self) -> str:
+        return self.line
+
+
+
 def round_up_to_multiple(count: int, multiple: int) -> int:
     """``count`` rounded up to a multiple of ``multiple`` (Discord's rule for large bots)."""
     if multiple < 1:
@@ -337,17 +351,22 @@ def refusal(
     remaining: int | None,
     reserve: int = RESHARD_RESERVE,
     running: Reshard | None = None,
-) -> str | None:
+) -> Refusal | None:
     """The first reason to refuse ``reshard --shard-count target``, or None to go ahead.
 
     The order is the operator's: a bad number first, then what is going on (a reshard running,
     a partial supervisor), then the budget (which may change by itself)."""
-    return (
-        invalid_count(target, current.shard_count, multiple)
-        or already_running(running)
-        or partial_refusal(current.shard_ids, current.shard_count)
-        or budget_refusal(target, remaining, reserve)
+    checks = (
+        ("invalid", lambda: invalid_count(target, current.shard_count, multiple)),
+        ("running", lambda: already_running(running)),
+        ("partial", lambda: partial_refusal(current.shard_ids, current.shard_count)),
+        ("budget", lambda: budget_refusal(target, remaining, reserve)),
     )
+    for kind, check in checks:
+        line = check()
+        if line is not None:
+            return Refusal(kind, line)
+    return None
 
 
 # -- routing ----------------------------------------------------------------------------------

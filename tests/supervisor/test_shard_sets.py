@@ -122,20 +122,25 @@ def test_budget_refusal():
 
 def test_refusal_order_and_each_case():
     full = ShardSet.full(0, 4)
-    assert shard_sets.refusal(8, full, remaining=1000) is None
-    assert "already runs" in shard_sets.refusal(4, full, remaining=0)
+
+    def refused(*args, **kw):
+        answer = shard_sets.refusal(*args, **kw)
+        return None if answer is None else (answer.kind, str(answer))
+
+    assert refused(8, full, remaining=1000) is None
+    assert refused(4, full, remaining=0) == ("invalid", "the supervisor already runs 4 shards: nothing to do")
     running = Reshard.plan(full, 8).start()
-    assert shard_sets.refusal(16, full, remaining=1000, running=running) == (
-        "a reshard is already running (4 -> 8, preparing)"
+    assert refused(16, full, remaining=1000, running=running) == (
+        "running", "a reshard is already running (4 -> 8, preparing)"
     )
     done = running.new_set_ready(0.0).cut_passed(10.0).old_drained()
-    assert shard_sets.refusal(16, full, remaining=1000, running=done) is None
+    assert refused(16, full, remaining=1000, running=done) is None
     part = ShardSet(0, 16, tuple(range(8)))
-    assert shard_sets.refusal(32, part, remaining=1000) == (
-        "this supervisor runs only shards 0-7 of 16: resharding part of a bot is the cluster's job"
+    assert refused(32, part, remaining=1000) == (
+        "partial", "this supervisor runs only shards 0-7 of 16: resharding part of a bot is the cluster's job"
     )
-    assert "not enough identify budget" in shard_sets.refusal(8, full, remaining=10)
-    assert "--shard-count-multiple" in shard_sets.refusal(6, full, multiple=4, remaining=10)
+    assert refused(8, full, remaining=10)[0] == "budget"
+    assert "--shard-count-multiple" in refused(6, full, multiple=4, remaining=10)[1]
 
 
 # -- routing ----------------------------------------------------------------------------------
