@@ -278,8 +278,28 @@ def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
         )
 
 
+def _check_saved_shard_count(settings: StartSettings) -> None:
+    """Refuse (exit 2) an explicit shard count other than the one of the sessions saved in the
+    state dir: starting would throw those sessions away and identify every shard again (after a
+    reshard, the saved count is the active one). No sessions worth resuming: no check."""
+    if settings.shard_count is None:
+        return
+    from .state_store import saved_shard_count
+
+    saved = saved_shard_count(settings.state_dir)
+    if saved is not None and saved != settings.shard_count:
+        raise StartError(
+            f"--shard-count {settings.shard_count} ({settings.sources.get('shard_count')}) disagrees "
+            f"with the {saved} shards whose sessions are saved in {settings.state_dir}: start with "
+            f"--shard-count {saved} to resume them, or delete {settings.state_dir}/sessions.json to "
+            "identify every shard anew",
+            EXIT_USAGE,
+        )
+
+
 def _start(settings: StartSettings) -> int:
     settings.require_token()
+    _check_saved_shard_count(settings)
     from shard_worker.amqp_frames import check_pika
 
     try:

@@ -1,7 +1,9 @@
 """The supervisor's state directory: saved sessions, written atomically, private to the user.
 
 ``sessions.json`` maps shard ids to the session a replacement process (or the next ``start``)
-resumes. Files are written to a temporary name, fsynced and renamed, so a crash of the host at any
+resumes, and records the shard count they belong to: the **active count** of the bot, which a
+``start`` with another explicit ``--shard-count`` must not silently throw away
+(:func:`saved_shard_count`). Files are written to a temporary name, fsynced and renamed, so a crash of the host at any
 moment leaves either the old or the new file. The directory is 0700 and files 0600: a session id
 is not the token, but it can resume the bot's session.
 """
@@ -63,6 +65,22 @@ def read_json(path: Path) -> Any | None:
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable %s: %s", path, exc)
         return None
+
+
+def saved_shard_count(directory: str | os.PathLike, now: float | None = None) -> int | None:
+    """The shard count of the sessions saved in ``directory`` if any of them is still worth
+    resuming (not older than :data:`MAX_SESSION_AGE_S`), else None. Creates nothing."""
+    data = read_json(Path(directory) / SESSIONS_FILE)
+    if not isinstance(data, dict) or not data.get("sessions"):
+        return None
+    count = data.get("shard_count")
+    if not isinstance(count, int) or isinstance(count, bool):
+        return None
+    try:
+        age = (time.time() if now is None else now) - float(data.get("saved_at", 0))
+    except (TypeError, ValueError):
+        return None
+    return count if age <= MAX_SESSION_AGE_S else None
 
 
 class StateStore:
