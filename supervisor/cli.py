@@ -340,6 +340,7 @@ def _start(settings: StartSettings) -> int:
         metrics_addr=settings.metrics_addr,
         log_format=settings.log_format,
         coordinator=coordinator,
+        shard_count_multiple=settings.shard_count_multiple,
     )
     if coordinator is not None and limit is not None:
         coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)

@@ -37,7 +37,9 @@ metrics_addr        --metrics-addr        SPECTACLES_METRICS_ADDR        supervi
 log_format          --log-format          SPECTACLES_LOG_FORMAT          supervisor.log_format
 ==================  ====================  =============================  ========================
 
-(``supervisor.*`` is ``supervisor.shards_per_process``.)
+(``supervisor.*`` is ``supervisor.shards_per_process``. ``shard_count_multiple``: flag
+``--shard-count-multiple``, environment ``SPECTACLES_SHARD_COUNT_MULTIPLE``, config file key
+``supervisor.shard_count_multiple``; a ``reshard`` target must be a multiple of it.)
 
 The config file (``--config FILE``) is the one Spectacles TOML file shared by all Spectacles
 services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
@@ -603,6 +605,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_prefix", "--redis-prefix", ("SPECTACLES_REDIS_PREFIX",),
             ("supervisor", "redis_prefix"), DEFAULT_REDIS_PREFIX, _group_text, _from_str(_group_text),
             "PREFIX", f"Key prefix in Redis, one per bot (default: {DEFAULT_REDIS_PREFIX})."),
+    Setting("shard_count_multiple", "--shard-count-multiple", ("SPECTACLES_SHARD_COUNT_MULTIPLE",),
+            ("supervisor", "shard_count_multiple"), 1,
+            _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "M",
+            "A reshard's shard count must be a multiple of this, the number Discord gives "
+            "large bots (default: 1)."),
 )  # fmt: skip
 SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 #: The flags dict key of ``--config``.
@@ -803,6 +810,7 @@ class StartSettings:
     amqp_key_file: Path | None = None
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_prefix: str = DEFAULT_REDIS_PREFIX
+    shard_count_multiple: int = 1
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -864,6 +872,7 @@ class StartSettings:
             "log_format": self.log_format,
             "redis_url": mask_url(self.redis_url) if self.redis_url else "(none: everything local)",
             "redis_prefix": self.redis_prefix,
+            "shard_count_multiple": str(self.shard_count_multiple),
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))

@@ -30,7 +30,9 @@ def test_reshard_refusals_come_from_the_running_supervisor(amqp_url, rabbit, gro
         token=TOKEN, shard_count=4, max_concurrency=4, heartbeat_interval_ms=2000, reshardable=True,
         session_start_remaining=14,
     ) as sim:
-        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "4")
+        sup = SupervisorProcess(
+            sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "4", "--shard-count-multiple", "2"
+        )
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
@@ -41,6 +43,9 @@ def test_reshard_refusals_come_from_the_running_supervisor(amqp_url, rabbit, gro
 
             assert refused(sup, "4") == (2, "the supervisor already runs 4 shards: nothing to do")
             assert refused(sup, "0") == (2, "--shard-count must be at least 1, not 0")
+            assert refused(sup, "3") == (
+                2, "--shard-count 3 is not a multiple of --shard-count-multiple 2 (Discord would close with 4010); use 4"
+            )
             # 14 identifies at the start, 4 spent: 8 new sessions and the reserve of 5 do not fit
             assert refused(sup, "8") == (
                 1, "not enough identify budget: 10 left, 8 new sessions need 13 (a reserve of 5 is kept)"
