@@ -13,11 +13,33 @@ async def which() -> str:
     return type(asyncio.get_running_loop()).__module__
 
 
+def test_the_default_is_the_standard_loop(monkeypatch):
+    monkeypatch.delenv("SPECTACLES_LOOP", raising=False)
+    assert event_loop.name() == "asyncio"
+    assert not event_loop.run(which()).startswith("uvloop")
+
+
 def test_auto_uses_uvloop_when_installed(monkeypatch):
     pytest.importorskip("uvloop")
-    monkeypatch.delenv("SPECTACLES_LOOP", raising=False)
+    monkeypatch.setenv("SPECTACLES_LOOP", "auto")
     assert event_loop.name() == "uvloop"
     assert event_loop.run(which()).startswith("uvloop")
+
+
+def test_uvloop_without_uvloop_is_one_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_uvloop(name, *args, **kwargs):
+        if name == "uvloop":
+            raise ImportError("no uvloop")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setenv("SPECTACLES_LOOP", "uvloop")
+    monkeypatch.setattr(builtins, "__import__", no_uvloop)
+    with pytest.raises(RuntimeError, match="uvloop is not installed"):
+        event_loop.name()
 
 
 def test_asyncio_forces_the_standard_loop(monkeypatch):
