@@ -480,6 +480,17 @@ def _final_line(status: dict[str, Any]) -> str:
     )
 
 
+def reshard_line(status: dict[str, Any]) -> str | None:
+    """The ``status`` line of a reshard (running, or the last one), else None."""
+    reshard = status.get("reshard")
+    if not isinstance(reshard, dict):
+        return None
+    line = f"reshard: {reshard.get('old_count')} -> {reshard.get('new_count')}, {reshard.get('phase')}"
+    if reshard.get("reason"):
+        line += f" ({reshard['reason']})"
+    return line
+
+
 def select_shards(
     status: dict[str, Any], shard_ids: Iterable[int]
 ) -> tuple[list[dict[str, Any]], list[int]]:
@@ -565,6 +576,8 @@ def format_status(
     else:
         lines = _summary(status)
     lines.append(_final_line(status))
+    if (reshard := reshard_line(status)) is not None:
+        lines.append(reshard)
     return "\n".join(lines)
 
 

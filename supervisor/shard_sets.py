@@ -14,7 +14,10 @@ The pieces:
 * The refusals of ``spectacles-supervisor reshard`` (:func:`refusal` and the checks it runs),
   each one clear line or None.
 * Routing: :func:`shard_of_guild` (Discord's formula, from :mod:`shard_worker.gateway.protocol`)
-  and :func:`shard_of_packet` for outbound packets, always under the count that is current.
+  and :func:`shard_of_packet` for outbound packets, always under the count that is current;
+  :func:`queue_changes`, the shard queues a reshard declares and drains.
+* ``--auto-reshard``'s targets: :func:`auto_target` (Discord's recommendation) and
+  :func:`after_sharding_required` (a 4011).
 * :class:`Handover`: which set publishes an event received at a given time, and which published
   copies are marked as possible duplicates (:data:`OVERLAP_HEADER`).
 
@@ -369,6 +372,22 @@ def refusal(
     return None
 
 
+def auto_target(current: int, recommended: int, multiple: int = 1) -> int | None:
+    """What ``--auto-reshard`` moves to when Discord recommends ``recommended`` shards: that
+    count rounded up to ``multiple``, only when it exceeds ``current`` (never fewer shards by
+    itself); None: stay."""
+    target = round_up_to_multiple(max(1, recommended), multiple)
+    return target if target > current else None
+
+
+def after_sharding_required(current: int, recommended: int, multiple: int = 1) -> int:
+    """The target of the reshard a 4011 (sharding required) starts with ``--auto-reshard``:
+    Discord's recommendation if it is above ``current``, else twice ``current`` (a shard holds
+    too many guilds now, so more shards are needed whatever an older recommendation says),
+    rounded up to ``multiple``."""
+    return auto_target(current, recommended, multiple) or round_up_to_multiple(2 * current, multiple)
+
+
 # -- routing ----------------------------------------------------------------------------------
 
 
@@ -401,6 +420,18 @@ def shard_of_packet(packet: Any, addressed_to: int, shard_count: int) -> int | N
     if guild is not None:
         return shard_of_guild(guild, shard_count)
     return addressed_to if 0 <= addressed_to < shard_count else None
+
+
+def queue_changes(group: str, old_count: int, new_count: int) -> tuple[list[str], list[str]]:
+    """The shard queues a reshard changes: ``(to declare, to drain)``. Every new id needs its
+    ``<group>:<id>`` queue before the new set consumes it; the ids that no longer exist (a
+    smaller count) keep their queues, which are drained (their packets re-routed by guild id or
+    refused) and left for the operator to delete."""
+    from shard_worker import spectacles
+
+    declare = [spectacles.shard_queue(group, s) for s in range(old_count, new_count)]
+    drain = [spectacles.shard_queue(group, s) for s in range(new_count, old_count)]
+    return declare, drain
 
 
 # -- the handover -----------------------------------------------------------------------------

@@ -159,6 +159,22 @@ def test_packet_routing_under_the_current_count():
     assert shard_sets.shard_of_guild(None, 8) == 0
 
 
+def test_auto_reshard_targets():
+    assert shard_sets.auto_target(4, 4) is None and shard_sets.auto_target(8, 6) is None  # never fewer
+    assert shard_sets.auto_target(4, 6) == 6
+    assert shard_sets.auto_target(16, 17, multiple=16) == 32
+    assert shard_sets.auto_target(32, 17, multiple=16) is None
+    assert shard_sets.after_sharding_required(4, 6) == 6
+    assert shard_sets.after_sharding_required(4, 4) == 8  # the recommendation lags: double
+    assert shard_sets.after_sharding_required(16, 2, multiple=16) == 32
+
+
+def test_queue_changes():
+    assert shard_sets.queue_changes("gateway", 4, 6) == (["gateway:4", "gateway:5"], [])
+    assert shard_sets.queue_changes("gw", 4, 2) == ([], ["gw:2", "gw:3"])
+    assert shard_sets.queue_changes("gw", 4, 4) == ([], [])
+
+
 # -- the handover -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,35 @@
+"""``status`` shows a reshard once the supervisor reports one (and nothing otherwise)."""
+
+from __future__ import annotations
+
+from supervisor.cli import format_status, reshard_line
+from supervisor.shard_sets import Reshard, ShardSet
+
+STATUS = {
+    "shard_count": 4,
+    "shards_label": "0-3",
+    "uptime": 12.0,
+    "groups": [{"group": 0, "shards": "0-3", "pid": 10, "restarts": 0, "rss": None, "cpu_percent": None}],
+    "identify_budget_remaining": 990,
+    "shards": [
+        {"shard": s, "group": 0, "pid": 10, "state": "ready", "seq": 3, "latency_ms": 1.0, "published": 3,
+         "reconnects": 0, "rss": None}
+        for s in range(4)
+    ],
+}
+
+
+def test_no_reshard_no_line():
+    assert reshard_line({**STATUS, "reshard": None}) is None
+    assert "reshard" not in format_status({**STATUS, "reshard": None})
+    assert "reshard" not in format_status(STATUS)  # an older supervisor's answer
+
+
+def test_a_running_and_an_aborted_reshard():
+    plan = Reshard.plan(ShardSet.full(0, 4), 8).start()
+    text = format_status({**STATUS, "reshard": plan.describe()})
+    assert text.splitlines()[-1] == "reshard: 4 -> 8, preparing"
+    aborted = plan.abort("shard 2 of the new set: Discord closed with 4013")
+    assert reshard_line({**STATUS, "reshard": aborted.describe()}) == (
+        "reshard: 4 -> 8, aborted (shard 2 of the new set: Discord closed with 4013)"
+    )
