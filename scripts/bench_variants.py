@@ -41,11 +41,13 @@ _LINE = re.compile(r"([0-9.]+) events/s\s+([0-9.]+) µs/event")
 def run(args: list[str], env: dict[str, str], window: float, shards: int) -> tuple[float, float]:
     argv = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--project-only", "--shards", str(shards),
             "--repeat", "1", "--window", str(window), "--tag", "variant-scratch", *args]  # fmt: skip
-    out = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
-    match = _LINE.search(out)
-    if match is None:
-        raise RuntimeError(f"no result in: {out!r}")
-    return float(match.group(1)), float(match.group(2))
+    for attempt in (1, 2):  # a noisy machine: one retry, then the error with its output
+        done = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+        match = _LINE.search(done.stdout)
+        if done.returncode == 0 and match is not None:
+            return float(match.group(1)), float(match.group(2))
+        print(f"run failed (exit {done.returncode}, attempt {attempt}): {done.stderr[-600:]}", file=sys.stderr)
+    raise RuntimeError(f"bench.py failed twice: {argv}")
 
 
 def main() -> int:
