@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 
 import pytest
 
@@ -19,11 +20,11 @@ def test_the_default_is_the_standard_loop(monkeypatch):
     assert not event_loop.run(which()).startswith("uvloop")
 
 
-def test_auto_uses_uvloop_when_installed(monkeypatch):
-    pytest.importorskip("uvloop")
+def test_auto_uses_uvloop_when_installed_and_the_standard_loop_otherwise(monkeypatch):
     monkeypatch.setenv("SPECTACLES_LOOP", "auto")
-    assert event_loop.name() == "uvloop"
-    assert event_loop.run(which()).startswith("uvloop")
+    installed = importlib.util.find_spec("uvloop") is not None
+    assert event_loop.name() == ("uvloop" if installed else "asyncio")
+    assert event_loop.run(which()).startswith("uvloop") == installed
 
 
 def test_uvloop_without_uvloop_is_one_clear_error(monkeypatch):
