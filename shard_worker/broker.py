@@ -12,6 +12,15 @@ consumed with manual acks; packets are validated (``outbound``), handed to the s
 only once written to the socket. A SEND packet for a shard of another process is republished
 with routing key ``<shard>`` and acked once RabbitMQ confirmed that. A shard that is not READY
 holds nothing: its queue is not consumed, and SEND parks its packets there (``hand_over``).
+A shard packet whose ``d`` has a ``guild_id`` goes to the shard owning that guild under this
+worker's count, whichever queue it came from (``reshard.shard_of_packet``): one queued for an
+old shard id during a reshard is forwarded the same way, never misdelivered.
+
+Live reshard (``reshard``): a worker of a new shard set starts in **standby**: it publishes, but
+consumes no outbound queue until :meth:`AmqpBridge.activate` (the supervisor's ``activate``
+order at the cut-over), so it cannot take the packets of the set still serving. Events published
+inside a reshard's overlap window carry the ``x-spectacles-overlap`` header
+(:meth:`AmqpBridge.publish_marked`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from .amqp_frames import BatchedPublisher, properties_prefix
 from .event_selection import PROBE_INTERVAL_S, EventSelection
 from .logs import mask_url
 from .publish_ledger import Entry, PublishLedger
+from .reshard import OVERLAP_HEADER
 
 log = logging.getLogger("shard_worker.broker")
 
@@ -96,10 +106,12 @@ class AmqpBridge:
         tls: amqp_params.TlsFiles | None = None,
         events_auto: bool = False,
         probe_interval: float = PROBE_INTERVAL_S,
+        standby: bool = False,
     ) -> None:
         """``events_auto``: ``--events auto``, publish with ``mandatory`` and learn from
         ``basic.return`` which types no queue takes (``event_selection``); the runners then
-        consult :attr:`event_selection`."""
+        consult :attr:`event_selection`. ``standby``: a reshard's new set, consuming nothing
+        until :meth:`activate`."""
         self.url = url
         #: ``url``'s URLs (comma-separated: a cluster's nodes), tried round robin (amqp_params).
         self.endpoints = amqp_params.Endpoints(url, tls, cap=RECONNECT_CAP_S)
@@ -148,6 +160,9 @@ class AmqpBridge:
             )
             for s in shard_ids
         }
+        #: Encoded properties of marked events, by (shard, overlap header value), made on first use.
+        self._marked_props: dict[tuple[int, int], bytes] = {}
+        self.standby = standby
         self._reroute_props = properties_prefix(
             pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
         )
@@ -199,9 +214,30 @@ class AmqpBridge:
         """Publish one dispatch's ``d`` (already JSON) with routing key ``t``."""
         self._add(Entry(shard_id, session_id, seq, t, body, spectacles.message_id(shard_id, session_id, seq)))
 
+    def publish_marked(
+        self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes, headers: dict[str, int]
+    ) -> None:
+        """Publish one dispatch during a reshard: with ``headers`` (the overlap mark, or none:
+        then exactly like :meth:`publish_event`)."""
+        props = None
+        if headers:
+            mark = headers[OVERLAP_HEADER]
+            props = self._marked_props.get((shard_id, mark))
+            if props is None:
+                props = self._marked_props[(shard_id, mark)] = properties_prefix(
+                    pika.BasicProperties(
+                        content_type=spectacles.CONTENT_TYPE,
+                        delivery_mode=spectacles.PERSISTENT,
+                        headers={spectacles.SHARD_HEADER: shard_id, OVERLAP_HEADER: mark},
+                    )
+                )
+        self._add(Entry(shard_id, session_id, seq, t, body, spectacles.message_id(shard_id, session_id, seq), None, props))
+
     def _send(self, entry: Entry) -> None:
         """The ledger's way out: one publish on the confirm channel."""
-        props = self._reroute_props if entry.on_confirm is not None else self._props[entry.shard_id]
+        props = entry.props
+        if props is None:
+            props = self._reroute_props if entry.on_confirm is not None else self._props[entry.shard_id]
         self._pub.publish(entry.routing_key, entry.body, props, entry.message_id)  # type: ignore[union-attr]
 
     def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
@@ -243,7 +279,8 @@ class AmqpBridge:
                 routed = outbound.parse_send(body, self.shard_count)
                 shard_id, packet = routed.shard_id, routed.packet
             else:
-                shard_id, packet = source, outbound.parse_shard_packet(body)
+                routed = outbound.parse_shard_packet_routed(body, source, self.shard_count)
+                shard_id, packet = routed.shard_id, routed.packet
         except outbound.Rejected as exc:
             self.rejected[exc.reason] += 1
             log.warning("rejected outbound message from %s: %s", self._queue_label(source), exc)
@@ -255,7 +292,12 @@ class AmqpBridge:
             channel.basic_reject(tag, requeue=False)
             return
         ack = self._acker(channel, tag, source is None)
-        if shard_id in self._local:
+        if source is not None and shard_id != source:
+            # Its guild belongs to another shard under our count (a packet queued for an old
+            # id during a reshard, or a misaddressed one): to that shard's queue, like SEND.
+            self.stats["shard_packet_rerouted"] += 1
+            self._forward(shard_id, packet, ack, props.message_id)
+        elif shard_id in self._local:
             self.stats["outbound_received"] += 1
             self._route_local(shard_id, packet, ack, props.message_id)
         else:
@@ -292,13 +334,29 @@ class AmqpBridge:
             ack.requeue()
 
     # -- which shard queues are consumed ------------------------------------------------------
+    def activate(self) -> None:
+        """Leave standby (a reshard's cut-over): consume SEND and the queues of READY shards."""
+        if not self.standby:
+            return
+        self.standby = False
+        sub = self._sub
+        if sub is None or not sub.is_open:
+            return  # the next connection consumes them
+        for source in [None, *sorted(self._consuming)]:
+            self._queue_of_consumer[sub.basic_consume(self._queue_label(source), self._on_message)] = source
+        log.info("active: consuming SEND and %d shard queues", len(self._consuming))
+
+    def _consumes(self, source: int | None) -> bool:
+        """Whether the queue of ``source`` (None: SEND) is to be consumed now."""
+        return not self.standby and (source is None or source in self._consuming)
+
     def resume_shard(self, shard_id: int) -> None:
         """The shard is READY: consume its queue (again)."""
         if shard_id not in self._local or shard_id in self._consuming:
             return
         self._consuming.add(shard_id)
         sub = self._sub
-        if sub is not None and sub.is_open:
+        if sub is not None and sub.is_open and not self.standby:
             self._queue_of_consumer[sub.basic_consume(self._queue_label(shard_id), self._on_message)] = shard_id
 
     def pause_shard(self, shard_id: int) -> None:
@@ -337,8 +395,8 @@ class AmqpBridge:
             return
         if sub is not self._sub or not sub.is_open:
             return  # the connection was replaced meanwhile: it consumes every queue anew
-        if source is not None and source not in self._consuming:
-            return  # not READY: resume_shard consumes it when it is
+        if not self._consumes(source):
+            return  # not READY (resume_shard consumes it when it is), or standby (activate does)
         self._queue_of_consumer[sub.basic_consume(queue, self._on_message)] = source
         log.info("consuming %s again", queue)
 
@@ -441,8 +499,8 @@ class AmqpBridge:
             raise
         self._queue_of_consumer.clear()
         for queue, _, source in queues:
-            if source is not None and source not in self._consuming:
-                continue  # not READY: resume_shard consumes it once it is
+            if not self._consumes(source):
+                continue  # not READY (resume_shard consumes it once it is), or standby
             consumer_tag = sub.basic_consume(queue, self._on_message)
             self._queue_of_consumer[consumer_tag] = source
         sub.add_on_cancel_callback(self._on_consumer_cancelled)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
 from .event_selection import AUTO
 from .logs import mask_url
+from .reshard import DEFAULT_HOLD_S
 
 CONFIG_ENV = "SPECTACLES_WORKER_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"
@@ -74,6 +75,16 @@ class WorkerConfig:
     amqp_ca_file: str | None = None
     amqp_cert_file: str | None = None
     amqp_key_file: str | None = None
+    #: Live reshard (issue 13), a worker of the **new** shard set: hold every dispatch back
+    #: until the supervisor's ``cutover`` order names the cut-over point, then publish by the
+    #: handover rule (``shard_worker/reshard.py``). Held dispatches older than ``hold_s`` are
+    #: dropped: the rule could never publish them.
+    hold_events: bool = False
+    hold_s: float = DEFAULT_HOLD_S
+    #: Live reshard, a new set: consume neither the ``<group>:<id>`` shard queues nor ``SEND``
+    #: until the ``activate`` order (at the cut-over), so that it cannot take the packets the
+    #: old set still serves (its shard ids overlap the old set's).
+    standby: bool = False
 
     def __post_init__(self) -> None:
         self.compress = compress_name(self.compress)

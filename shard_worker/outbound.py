@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import jsonlib
 from .gateway.protocol import MAX_PAYLOAD_BYTES, USER_SENDABLE_OPS, Op, shard_for_guild
+from .reshard import shard_of_packet
 
 MAX_SNOWFLAKE = (1 << 64) - 1
 CONNECTION_OPS = frozenset({Op.HEARTBEAT, Op.IDENTIFY, Op.RESUME})
@@ -74,6 +75,18 @@ def check_packet(obj: object) -> Packet:
 def parse_shard_packet(body: bytes) -> Packet:
     """A message from a ``<group>:<shard_id>`` queue."""
     return check_packet(_decode(body))
+
+
+def parse_shard_packet_routed(body: bytes, addressed_to: int, shard_count: int) -> Routed:
+    """A message from the ``<group>:<addressed_to>`` queue and the shard it goes to under
+    ``shard_count``: its guild's owner when its ``d`` has a ``guild_id``, else ``addressed_to``
+    (``reshard.shard_of_packet``); refused when that id does not exist under the count."""
+    obj = _decode(body)
+    packet = check_packet(obj)
+    target = shard_of_packet(obj, addressed_to, shard_count)
+    if target is None:
+        raise Rejected("no_such_shard", f"shard {addressed_to} does not exist under {shard_count} shards")
+    return Routed(target, packet)
 
 
 def parse_snowflake(value: object) -> int:

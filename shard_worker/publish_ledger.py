@@ -58,10 +58,10 @@ class Entry:
 
     __slots__ = (
         "shard_id", "session_id", "seq", "routing_key", "body", "message_id", "tag", "acked", "nacked", "on_confirm",
-        "sent_at", "nacks", "channel_errors",
+        "sent_at", "nacks", "channel_errors", "props",
     )  # fmt: skip
 
-    def __init__(self, shard_id, session_id, seq, routing_key, body, message_id, on_confirm=None):
+    def __init__(self, shard_id, session_id, seq, routing_key, body, message_id, on_confirm=None, props=None):
         self.shard_id = shard_id
         self.session_id = session_id
         self.seq = seq
@@ -76,6 +76,9 @@ class Entry:
         self.sent_at = 0.0
         self.nacks = 0  # times RabbitMQ nacked it (see nack_policy)
         self.channel_errors = 0  # channel errors while it was the oldest in flight
+        #: Encoded properties of its own (an event marked by a reshard's overlap), else None:
+        #: the bridge's usual ones for its shard.
+        self.props = props
 
 
 class Histogram:

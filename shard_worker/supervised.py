@@ -23,6 +23,7 @@ from typing import Any
 from . import ipc
 from .config import TOKEN_ENV, WorkerConfig
 from .gateway.connection import Permit, ShardRunner
+from .reshard import Handover, Role
 from .shard_ranges import format_shard_ids
 
 log = logging.getLogger("shard_worker.supervised")
@@ -191,6 +192,7 @@ class ParentLink:
             "bad_frames": sum(runner.machine.bad_frames for runner in worker.runners.values()),
             "received_by_type": dict(worker.received_by_type),
             "published_by_type": dict(worker.published_by_type),
+            "reshard": worker.reshard_counters(),
         }
 
     def send_shard_reports(self, *, everything: bool = False) -> None:
@@ -243,8 +245,27 @@ class ParentLink:
                 fut.set_result(message.data)
         elif message.event == "stop":
             self.worker.stop()
+        elif message.event == "cutover":
+            self._on_cutover(message.data)
+        elif message.event == "activate":
+            self.worker.activate()
+            self.send("activated", {"standby": self.worker.bridge.standby})
         else:
             log.warning("IPC: unknown order %r ignored", message.event)
+
+    def _on_cutover(self, data: Any) -> None:
+        """``cutover``: a reshard's cut-over point for this worker's set; answered with
+        ``cutover_ack`` (``late``: it came too late for the rule to hold, ``Handover.late``; the
+        supervisor then aborts if it still can)."""
+        try:
+            role = Role(data["role"])
+            handover = Handover.from_dict(data)
+        except (TypeError, KeyError, ValueError) as exc:
+            log.warning("IPC: bad cutover order ignored (%s)", exc)
+            return
+        applied = self.worker.cutover(role, handover)
+        late = handover.late(role, time.monotonic(), self.worker.config.hold_s)
+        self.send("cutover_ack", {"role": role.value, "cut_at": handover.cut_at, "shards": applied, "late": late})
 
     def close(self) -> None:
         for task in self._tasks:

@@ -1,4 +1,11 @@
-"""One worker process: a group of shards and their AMQP bridge on one asyncio loop."""
+"""One worker process: a group of shards and their AMQP bridge on one asyncio loop.
+
+In a live reshard (issue 13) a worker is of the old set or of the new one. A new set's worker
+(``hold_events`` and ``standby`` in its config) holds its dispatches back and consumes no
+outbound queue; the supervisor's ``cutover`` order (:meth:`Worker.cutover`) gives every worker
+of both sets the cut-over point, and ``activate`` (:meth:`Worker.activate`) lets the new one
+consume. What each shard publishes is decided by ``shard_worker.reshard``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from . import event_loop, exit_codes, outbound
@@ -20,6 +28,7 @@ from .gateway.inflate import zstd_unavailable
 from .gateway.protocol import COMPRESS_ZSTD_STREAM
 from .gateway.state import Fatal, ShardMachine
 from .logs import add_secret, mask_url, setup_logging
+from .reshard import Handover, Role, ShardCutover
 from .shard_ranges import format_shard_ids
 from .supervised import ParentLink, die_with_parent
 
@@ -52,6 +61,7 @@ class Worker:
             queue_type=config.queue_type,
             tls=TlsFiles(config.amqp_ca_file, config.amqp_cert_file, config.amqp_key_file),
             events_auto=config.events == AUTO,
+            standby=config.standby,
         )
         #: One filter for every shard of the process: ``--events auto`` learns per process.
         events = self.bridge.event_selection if config.events == AUTO else as_filter(config.events)
@@ -84,7 +94,44 @@ class Worker:
                 received_by_type=self.received_by_type,
                 published_by_type=self.published_by_type,
             )
+        #: Every shard's cut-over of the reshard running (kept for its counters after the runner
+        #: has gone back to plain publishing).
+        self.cutovers: dict[int, ShardCutover] = {}
+        if config.hold_events:
+            for shard_id, runner in self.runners.items():
+                self.cutovers[shard_id] = runner.hold_events(config.hold_s)
         self._stop = asyncio.Event()
+
+    # -- live reshard -------------------------------------------------------------------------
+    def cutover(self, role: Role, handover: Handover) -> int:
+        """The supervisor's cut-over order for every shard of this worker; returns how many
+        shards applied it (a new set's worker: those holding; an old set's: all)."""
+        applied = 0
+        for shard_id, runner in self.runners.items():
+            cutover = runner.cut(role, handover)
+            if cutover is not None:
+                self.cutovers[shard_id] = cutover
+                applied += 1
+        log.info(
+            "reshard: cut-over at %.3f (in %.2f s) as the %s set of %d -> %d, %d shards",
+            handover.cut_at, handover.cut_at - time.monotonic(), role.value, handover.old_count, handover.new_count, applied,
+        )  # fmt: skip
+        return applied
+
+    def activate(self) -> None:
+        """The cut-over: this (new) set consumes its shard queues and SEND from now on."""
+        self.bridge.activate()
+
+    def reshard_counters(self) -> dict[str, int] | None:
+        """The cut-over counters summed over the shards (``held``, ``dropped``, ``marked``,
+        ``published``), or None when no reshard involves this worker."""
+        if not self.cutovers:
+            return None
+        total: dict[str, int] = {}
+        for cutover in self.cutovers.values():
+            for key, value in cutover.counters().items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def _on_packet(self, shard_id: int, packet: outbound.Packet, ack: Callable[[], None]) -> None:
         self.runners[shard_id].send(packet, ack)

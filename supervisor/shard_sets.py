@@ -19,7 +19,9 @@ The pieces:
 * ``--auto-reshard``'s targets: :func:`auto_target` (Discord's recommendation) and
   :func:`after_sharding_required` (a 4011).
 * :class:`Handover`: which set publishes an event received at a given time, and which published
-  copies are marked as possible duplicates (:data:`OVERLAP_HEADER`).
+  copies are marked as possible duplicates (:data:`OVERLAP_HEADER`). It and the routing
+  functions are defined in ``shard_worker/reshard.py`` (the workers apply them and never import
+  the supervisor) and re-exported here.
 
 The handover rule
 -----------------
@@ -67,18 +69,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shard_worker.gateway.protocol import shard_for_guild
+# The handover rule and the outbound routing are applied by the workers, which never import the
+# supervisor: they live in the worker package and are part of this module's vocabulary.
+from shard_worker.reshard import (  # noqa: F401 - re-exported
+    DEFAULT_OVERLAP_S,
+    OVERLAP_HEADER,
+    Handover,
+    Role,
+    guild_of_packet,
+    shard_of_guild,
+    shard_of_packet,
+)
 
-#: The AMQP header on every event published inside the overlap window (value: the publishing
-#: set's shard count). Two copies of one event both carry it.
-OVERLAP_HEADER = "x-spectacles-overlap"
-#: The overlap: the new set publishes from this long before the cut-over point, and this is also
-#: the largest skew tolerated between the two sessions' copies of one event. Duplicates are at most
-#: three times this much traffic (see the module docstring).
-DEFAULT_OVERLAP_S = 1.0
 #: The cut-over point is chosen at least this far ahead, so every child of both sets has been
-#: told before it comes (an IPC round trip is milliseconds; a busy child may take longer).
-DEFAULT_CUT_LEAD_S = 2.0
+#: told before it matters: the old set marks its copies from ``T - 2 overlap`` on, so it must
+#: know ``T`` before then (``Handover.late``); 3 s leaves a second for the orders (an IPC round
+#: trip is milliseconds; a busy child may take longer).
+DEFAULT_CUT_LEAD_S = 3.0
 #: Identifies never spent by a reshard: left for the old set's reconnects and for a human.
 RESHARD_RESERVE = 5
 
@@ -391,37 +398,6 @@ def after_sharding_required(current: int, recommended: int, multiple: int = 1) -
 # -- routing ----------------------------------------------------------------------------------
 
 
-def shard_of_guild(guild_id: int | str | None, shard_count: int) -> int:
-    """The shard that owns ``guild_id`` under ``shard_count`` (None: no guild, shard 0)."""
-    if guild_id is None:
-        return 0
-    return shard_for_guild(int(guild_id), shard_count)
-
-
-def guild_of_packet(packet: Any) -> int | None:
-    """The ``guild_id`` in a shard packet's ``d``, if it has a valid one."""
-    d = packet.get("d") if isinstance(packet, dict) else None
-    guild = d.get("guild_id") if isinstance(d, dict) else None
-    if isinstance(guild, bool):
-        return None
-    try:
-        return int(guild) if guild is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def shard_of_packet(packet: Any, addressed_to: int, shard_count: int) -> int | None:
-    """Where a shard packet goes under the current ``shard_count``.
-
-    A packet whose ``d`` has a ``guild_id`` goes to that guild's owner, whatever shard it was
-    addressed to (packets queued for an old shard id during a swap are not misdelivered). One
-    without goes to ``addressed_to`` if that id exists under the count, else None (refused)."""
-    guild = guild_of_packet(packet)
-    if guild is not None:
-        return shard_of_guild(guild, shard_count)
-    return addressed_to if 0 <= addressed_to < shard_count else None
-
-
 def queue_changes(group: str, old_count: int, new_count: int) -> tuple[list[str], list[str]]:
     """The shard queues a reshard changes: ``(to declare, to drain)``. Every new id needs its
     ``<group>:<id>`` queue before the new set consumes it; the ids that no longer exist (a
@@ -435,49 +411,5 @@ def queue_changes(group: str, old_count: int, new_count: int) -> tuple[list[str]
 
 
 # -- the handover -----------------------------------------------------------------------------
-
-
-class Role(str, enum.Enum):
-    OLD = "old"
-    NEW = "new"
-
-
-@dataclass(frozen=True)
-class Handover:
-    """Which set publishes an event it received at a given time (see the module docstring)."""
-
-    cut_at: float
-    overlap_s: float
-    old_count: int
-    new_count: int
-
-    @property
-    def window(self) -> tuple[float, float]:
-        """The overlap window ``[start, end)``: every duplicate was received inside it (by both
-        sets), and nothing received outside it is marked."""
-        return self.cut_at - 2 * self.overlap_s, self.cut_at + self.overlap_s
-
-    def role_window(self, role: Role) -> tuple[float, float]:
-        """Where the copies published by ``role`` are marked: ``[T - 2 overlap, T)`` for the
-        old set (its part that the new one may also publish), ``[T - overlap, T + overlap)`` for
-        the new set."""
-        if role is Role.OLD:
-            return self.cut_at - 2 * self.overlap_s, self.cut_at
-        return self.cut_at - self.overlap_s, self.cut_at + self.overlap_s
-
-    def publishes(self, role: Role, received_at: float) -> bool:
-        """Whether the set ``role`` publishes an event it received at ``received_at``."""
-        if role is Role.OLD:
-            return received_at < self.cut_at
-        return received_at >= self.cut_at - self.overlap_s
-
-    def marked(self, role: Role, received_at: float) -> bool:
-        """Whether a copy ``role`` received at ``received_at`` (and publishes) is marked."""
-        start, end = self.role_window(role)
-        return start <= received_at < end
-
-    def headers(self, role: Role, received_at: float) -> dict[str, int]:
-        """The extra AMQP headers of a published copy: the overlap mark, or none."""
-        if not self.marked(role, received_at):
-            return {}
-        return {OVERLAP_HEADER: self.old_count if role is Role.OLD else self.new_count}
+# Role and Handover (the rule of the module docstring) are imported from shard_worker.reshard
+# above: the workers apply them, and ShardCutover there is what one shard does with them.

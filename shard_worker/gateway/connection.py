@@ -4,6 +4,10 @@ Per connection three small tasks run: the reader (frames → machine → publish
 (heartbeats, zombie and HELLO deadlines) and, once the session is ready, the sender (outbound
 packets within Discord's send window). A connection's tasks simply end when the socket closes;
 ``run`` then asks the machine how to go on (resume, identify anew, or stop for good).
+
+During a live reshard a runner has a :class:`~shard_worker.reshard.ShardCutover` that decides
+what of its dispatches is published (held back, dropped, marked); outside one the read loop
+pays a single attribute test per dispatch for it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+import time as time_module  # ``time`` is shadowed by the loop's clock in ``_read``
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from .. import jsonlib
 from ..event_selection import EventFilter, as_filter
 from ..logs import TRACE
 from ..outbound import Packet
+from ..reshard import Handover, Role, ShardCutover
 from .backoff import exponential_backoff
 from .protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S, RESUMABLE_CLOSE, identify_bucket
 from .send_window import SendWindow
@@ -88,6 +94,9 @@ class IdentifyGate(Protocol):
 
 class Publisher(Protocol):
     def publish_event(self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes) -> None: ...
+    def publish_marked(
+        self, shard_id: int, session_id: str | None, t: str, seq: int | None, body: bytes, headers: dict[str, int]
+    ) -> None: ...
     def has_room(self) -> bool: ...
     async def wait_room(self) -> None: ...
 
@@ -200,6 +209,35 @@ class ShardRunner:
         self.identifies = 0
         self.resumes = 0
         self.sent = 0
+        #: A reshard's handover for this shard (``shard_worker.reshard``), else None.
+        self.cutover: ShardCutover | None = None
+
+    # -- live reshard -------------------------------------------------------------------------
+    def hold_events(self, hold_s: float) -> ShardCutover:
+        """A new set's shard: hold dispatches back until :meth:`cut` (returns the cut-over)."""
+        self.cutover = ShardCutover(Role.NEW, self._publish_cut, hold_s=hold_s)
+        return self.cutover
+
+    def cut(self, role: Role, handover: Handover) -> ShardCutover | None:
+        """The supervisor's cut-over order: a new set's shard publishes what it held back by
+        the rule; an old set's shard starts applying it (nothing after ``T``). Returns the
+        cut-over, or None for a new set's shard that was not holding (nothing to do)."""
+        cutover = self.cutover
+        if role is Role.NEW:
+            if cutover is None or not cutover.holding:
+                return None
+            cutover.cut(handover)
+            return cutover
+        self.cutover = ShardCutover(Role.OLD, self._publish_cut, handover=handover)
+        return self.cutover
+
+    def _publish_cut(self, session_id: str | None, t: str, seq: int | None, body: bytes, headers: dict[str, int]) -> None:
+        self.publisher.publish_marked(self.shard_id, session_id, t, seq, body, headers)
+        self.published += 1
+        try:
+            self.published_by_type[t] += 1
+        except KeyError:
+            count_type(self.published_by_type, t)
 
     @property
     def state(self) -> str:
@@ -316,6 +354,7 @@ class ShardRunner:
         reencode = REENCODE
         received_by_type = self.received_by_type
         published_by_type = self.published_by_type
+        monotonic = time_module.monotonic  # the reshard's clock (one per host; see reshard)
         try:
             async for frame in ws:
                 for action in machine.receive(frame, time()):
@@ -337,12 +376,15 @@ class ShardRunner:
                             continue
                         if reencode:
                             body = jsonlib.dumps_bytes(jsonlib.loads(body))
-                        publisher.publish_event(shard_id, machine.session_id, t, action.seq, body)
-                        self.published += 1
-                        try:
-                            published_by_type[t] += 1
-                        except KeyError:
-                            count_type(published_by_type, t)
+                        if self.cutover is None:  # the one test a dispatch pays when no reshard runs
+                            publisher.publish_event(shard_id, machine.session_id, t, action.seq, body)
+                            self.published += 1
+                            try:
+                                published_by_type[t] += 1
+                            except KeyError:
+                                count_type(published_by_type, t)
+                        elif self.cutover.offer(monotonic(), machine.session_id, t, action.seq, body):
+                            self.cutover = None  # past the overlap window: plain publishing again
                         if not publisher.has_room() and not await self._wait_room(ws):
                             return
                     else:

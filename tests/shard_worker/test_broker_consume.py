@@ -51,12 +51,12 @@ def deliver(bridge, channel, consumer, tag, body, message_id=None):
 
 
 def test_a_crash_in_validation_rejects_the_message_and_counts_it(monkeypatch):
-    def boom(body):
+    def boom(*args):
         raise RuntimeError("unexpected")
 
     def scenario():
         bridge, channel, sent = make()
-        monkeypatch.setattr(outbound, "parse_shard_packet", boom)
+        monkeypatch.setattr(outbound, "parse_shard_packet_routed", boom)
         deliver(bridge, channel, "c-shard", 7, b'{"op":3,"d":{}}')
         return bridge, channel, sent
 

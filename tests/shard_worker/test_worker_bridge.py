@@ -82,7 +82,9 @@ def test_outbound_shard_and_send_packets_reach_the_right_shard(amqp_url, rabbit,
         with WorkerThread(config) as worker:
             sim.wait_until(lambda s: {0, 1} <= s["ready"], timeout=30)
             rabbit.track(spectacles.shard_queue(group, 0), spectacles.shard_queue(group, 1), spectacles.send_queue(group))
-            voice = {"op": 4, "d": {"guild_id": "1", "channel_id": None, "self_mute": False, "self_deaf": False}}
+            # a guild shard 1 owns (a shard packet goes to its guild's owner: see test_worker_reshard)
+            guild1 = guild_ids_for_shard(1, 4, 1)[0]
+            voice = {"op": 4, "d": {"guild_id": str(guild1), "channel_id": None, "self_mute": False, "self_deaf": False}}
             rabbit.publish(group, "1", json.dumps(voice).encode())
             guild0 = guild_ids_for_shard(0, 4, 1)[0]
             guild3 = guild_ids_for_shard(3, 4, 1)[0]

@@ -1,0 +1,224 @@
+"""The worker's part of a live reshard: the handover rule and one shard's cut-over.
+
+The rule itself (which set publishes an event received at a given time, and which copies carry
+:data:`OVERLAP_HEADER`) is :class:`Handover`; ``supervisor/shard_sets.py`` explains it and
+re-exports it with the rest of the reshard plan. It lives here, in the worker package, because
+the workers apply it and a worker never imports the supervisor.
+
+:class:`ShardCutover` is what one shard of either set does with its dispatches while a reshard
+runs:
+
+* a shard of the **new** set holds every dispatch back (with its receive time) until the
+  supervisor tells it the cut-over point ``T``; it then publishes the held ones that
+  :meth:`Handover.publishes` keeps, and every later one, with :meth:`Handover.headers`; once the
+  receive time is past the overlap window it goes back to plain publishing (the runner drops the
+  cut-over and the hot path has nothing to do again);
+* a shard of the **old** set told ``T`` publishes what it receives before ``T`` (marked inside
+  its window) and drops what comes at or after it.
+
+Times are ``time.monotonic()`` values: one clock for every process of a host (as for the
+identify gate), so the supervisor's ``T`` means the same instant in every child.
+
+Routing of outbound shard packets by ``guild_id`` (:func:`shard_of_packet`) is here too, for
+the same reason: the broker applies it to every packet it consumes from a shard queue.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .gateway.protocol import shard_for_guild
+
+#: The AMQP header on every event published inside the overlap window (value: the publishing
+#: set's shard count). Two copies of one event both carry it.
+OVERLAP_HEADER = "x-spectacles-overlap"
+#: The overlap: the new set publishes from this long before the cut-over point, and this is also
+#: the largest skew tolerated between the two sessions' copies of one event. Duplicates are at most
+#: three times this much traffic (see ``supervisor/shard_sets.py``).
+DEFAULT_OVERLAP_S = 1.0
+#: How long a new set's shard keeps a dispatch it holds back. The supervisor chooses ``T`` at
+#: least ``DEFAULT_CUT_LEAD_S`` (2 s) ahead and the new set publishes from ``T - overlap``: an
+#: event held longer than this before the order arrives can never be published, so holding it
+#: would only grow memory while the new set identifies (minutes for a large bot).
+DEFAULT_HOLD_S = 10.0
+
+
+class Role(str, enum.Enum):
+    OLD = "old"
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Which set publishes an event it received at a given time (``supervisor/shard_sets.py``
+    has the rule and why it loses nothing)."""
+
+    cut_at: float
+    overlap_s: float
+    old_count: int
+    new_count: int
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The overlap window ``[start, end)``: every duplicate was received inside it (by both
+        sets), and nothing received outside it is marked."""
+        return self.cut_at - 2 * self.overlap_s, self.cut_at + self.overlap_s
+
+    def role_window(self, role: Role) -> tuple[float, float]:
+        """Where the copies published by ``role`` are marked: ``[T - 2 overlap, T)`` for the
+        old set (its part that the new one may also publish), ``[T - overlap, T + overlap)`` for
+        the new set."""
+        if role is Role.OLD:
+            return self.cut_at - 2 * self.overlap_s, self.cut_at
+        return self.cut_at - self.overlap_s, self.cut_at + self.overlap_s
+
+    def publishes(self, role: Role, received_at: float) -> bool:
+        """Whether the set ``role`` publishes an event it received at ``received_at``."""
+        if role is Role.OLD:
+            return received_at < self.cut_at
+        return received_at >= self.cut_at - self.overlap_s
+
+    def marked(self, role: Role, received_at: float) -> bool:
+        """Whether a copy ``role`` received at ``received_at`` (and publishes) is marked."""
+        start, end = self.role_window(role)
+        return start <= received_at < end
+
+    def headers(self, role: Role, received_at: float) -> dict[str, int]:
+        """The extra AMQP headers of a published copy: the overlap mark, or none."""
+        if not self.marked(role, received_at):
+            return {}
+        return {OVERLAP_HEADER: self.old_count if role is Role.OLD else self.new_count}
+
+    def settled(self, role: Role, received_at: float) -> bool:
+        """From ``received_at`` on, the rule no longer changes anything for the new set: it
+        publishes everything, unmarked (past the end of its window). Never for the old set,
+        which drops everything after ``T``."""
+        return role is Role.NEW and received_at >= self.role_window(role)[1]
+
+    def late(self, role: Role, told_at: float, hold_s: float = DEFAULT_HOLD_S) -> bool:
+        """Whether a set told ``T`` at ``told_at`` was told too late for the rule to hold: the
+        old set must know it before its marking window opens (``T - 2 overlap``: copies before
+        the order went out unmarked); the new set holds its dispatches back, so it is late only
+        if the held ones it needs (from ``T - overlap``) had already been dropped (``hold_s``)."""
+        if role is Role.OLD:
+            return told_at >= self.role_window(role)[0]
+        return told_at - hold_s >= self.cut_at - self.overlap_s
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The ``cutover`` IPC order's data (with ``role`` added by the sender)."""
+        return {"cut_at": self.cut_at, "overlap_s": self.overlap_s, "old_count": self.old_count, "new_count": self.new_count}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Handover:
+        return cls(float(data["cut_at"]), float(data["overlap_s"]), int(data["old_count"]), int(data["new_count"]))
+
+
+#: ``publish(session_id, t, seq, body, headers)``: publish one dispatch with extra headers.
+Publish = Callable[[str | None, str, int | None, bytes, dict[str, int]], None]
+
+
+class ShardCutover:
+    """One shard's dispatches during a reshard (see the module docstring).
+
+    ``offer`` is called for each dispatch the shard would publish; it publishes, holds or drops
+    it by the rule. ``cut`` hands it the cut-over point. Counters: ``held`` (held now),
+    ``dropped`` (never published: before ``T - overlap`` for the new set, at or after ``T`` for the
+    old, or held longer than ``hold_s``), ``marked`` (published with the overlap header).
+    """
+
+    __slots__ = ("role", "handover", "hold_s", "_publish", "_held", "dropped", "marked", "published")
+
+    def __init__(self, role: Role, publish: Publish, *, handover: Handover | None = None, hold_s: float = DEFAULT_HOLD_S) -> None:
+        if role is Role.OLD and handover is None:
+            raise ValueError("an old set's cut-over starts with its handover")
+        self.role = role
+        self.handover = handover
+        self.hold_s = hold_s
+        self._publish = publish
+        self._held: deque[tuple[float, str | None, str, int | None, bytes]] = deque()
+        self.dropped = 0
+        self.marked = 0
+        self.published = 0
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def holding(self) -> bool:
+        """True while the cut-over point is not known (a new set's shard)."""
+        return self.handover is None
+
+    def offer(self, received_at: float, session_id: str | None, t: str, seq: int | None, body: bytes) -> bool:
+        """One dispatch received at ``received_at``; returns True once the rule is settled for
+        this shard (the caller then publishes plainly and forgets this object)."""
+        handover = self.handover
+        if handover is None:
+            held = self._held
+            held.append((received_at, session_id, t, seq, body))
+            horizon = received_at - self.hold_s
+            while held[0][0] < horizon:
+                held.popleft()
+                self.dropped += 1
+            return False
+        self._apply(handover, received_at, session_id, t, seq, body)
+        return handover.settled(self.role, received_at)
+
+    def cut(self, handover: Handover) -> None:
+        """The cut-over point is known: apply the rule to what was held back."""
+        self.handover = handover
+        held, self._held = self._held, deque()
+        for item in held:
+            self._apply(handover, *item)
+
+    def _apply(self, handover: Handover, received_at: float, session_id: str | None, t: str, seq: int | None, body: bytes) -> None:
+        role = self.role
+        if not handover.publishes(role, received_at):
+            self.dropped += 1
+            return
+        headers = handover.headers(role, received_at)
+        if headers:
+            self.marked += 1
+        self.published += 1
+        self._publish(session_id, t, seq, body, headers)
+
+    def counters(self) -> dict[str, int]:
+        return {"held": self.held, "dropped": self.dropped, "marked": self.marked, "published": self.published}
+
+
+# -- outbound routing -------------------------------------------------------------------------
+
+
+def shard_of_guild(guild_id: int | str | None, shard_count: int) -> int:
+    """The shard that owns ``guild_id`` under ``shard_count`` (None: no guild, shard 0)."""
+    if guild_id is None:
+        return 0
+    return shard_for_guild(int(guild_id), shard_count)
+
+
+def guild_of_packet(packet: Any) -> int | None:
+    """The ``guild_id`` in a shard packet's ``d``, if it has a valid one."""
+    d = packet.get("d") if isinstance(packet, dict) else None
+    guild = d.get("guild_id") if isinstance(d, dict) else None
+    if isinstance(guild, bool):
+        return None
+    try:
+        return int(guild) if guild is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def shard_of_packet(packet: Any, addressed_to: int, shard_count: int) -> int | None:
+    """Where a shard packet goes under the current ``shard_count``.
+
+    A packet whose ``d`` has a ``guild_id`` goes to that guild's owner, whatever shard it was
+    addressed to (packets queued for an old shard id during a swap are not misdelivered). One
+    without goes to ``addressed_to`` if that id exists under the count, else None (refused)."""
+    guild = guild_of_packet(packet)
+    if guild is not None:
+        return shard_of_guild(guild, shard_count)
+    return addressed_to if 0 <= addressed_to < shard_count else None

@@ -1,0 +1,117 @@
+"""One shard's cut-over in a live reshard (``shard_worker.reshard``), pure: what is held back,
+dropped, published and marked, by the handover rule of ``supervisor/shard_sets.py``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shard_worker import outbound
+from shard_worker.reshard import OVERLAP_HEADER, Handover, Role, ShardCutover
+from supervisor import shard_sets
+
+RULE = Handover(cut_at=100.0, overlap_s=1.0, old_count=4, new_count=8)
+
+
+def recorder():
+    out: list = []
+    return out, lambda session, t, seq, body, headers: out.append((seq, headers))
+
+
+def test_the_rule_is_the_one_shard_sets_exports():
+    assert shard_sets.Handover is Handover and shard_sets.Role is Role
+    assert shard_sets.OVERLAP_HEADER == OVERLAP_HEADER == "x-spectacles-overlap"
+
+
+def test_new_set_holds_until_told_then_publishes_from_t_minus_overlap_marked_in_its_window():
+    out, publish = recorder()
+    cut = ShardCutover(Role.NEW, publish)
+    times = [95.0, 98.9, 99.0, 99.5]  # READY and GUILD_CREATEs early, then the stream
+    for seq, at in enumerate(times):
+        assert cut.offer(at, "s", "MESSAGE_CREATE", seq, b"{}") is False
+    assert out == [] and cut.held == 4 and cut.holding
+    cut.cut(RULE)
+    assert out == [(2, {OVERLAP_HEADER: 8}), (3, {OVERLAP_HEADER: 8})]
+    assert cut.dropped == 2 and cut.held == 0 and cut.marked == 2
+    assert cut.offer(100.5, "s", "T", 4, b"{}") is False  # still in the window: marked
+    assert cut.offer(101.0, "s", "T", 5, b"{}") is True  # settled: the runner publishes plainly now
+    assert out[-2:] == [(4, {OVERLAP_HEADER: 8}), (5, {})]
+    assert cut.counters() == {"held": 0, "dropped": 2, "marked": 3, "published": 4}
+
+
+def test_old_set_publishes_before_t_marks_its_window_and_drops_after():
+    out, publish = recorder()
+    cut = ShardCutover(Role.OLD, publish, handover=RULE)
+    for seq, at in enumerate([97.9, 98.0, 99.99, 100.0, 130.0]):
+        assert cut.offer(at, "s", "T", seq, b"{}") is False  # never settled: it stops after T
+    assert out == [(0, {}), (1, {OVERLAP_HEADER: 4}), (2, {OVERLAP_HEADER: 4})]
+    assert cut.dropped == 2
+    with pytest.raises(ValueError):
+        ShardCutover(Role.OLD, publish)
+
+
+def test_held_dispatches_older_than_hold_s_are_dropped_while_holding():
+    out, publish = recorder()
+    cut = ShardCutover(Role.NEW, publish, hold_s=10.0)
+    for at in range(100):
+        cut.offer(float(at), "s", "T", at, b"{}")
+    assert cut.held == 11 and cut.dropped == 89  # memory stays bounded while the set identifies
+
+
+@given(
+    events=st.lists(st.tuples(st.floats(90, 110, allow_nan=False), st.floats(-0.99, 0.99, allow_nan=False)), max_size=60),
+    told=st.floats(90, 110, allow_nan=False),
+)
+def test_both_sets_together_lose_nothing_and_mark_every_duplicate(events, told):
+    """Each logical event reaches the old set at ``at`` and the new set within the overlap; the
+    old set is told T before its window opens, the new one at any time (it holds back)."""
+    old_out, old_publish = recorder()
+    new_out, new_publish = recorder()
+    old = None
+    new = ShardCutover(Role.NEW, new_publish, hold_s=1e9)
+    stream = sorted([(at, "old", i) for i, (at, _) in enumerate(events)] + [(at + skew, "new", i) for i, (at, skew) in enumerate(events)])
+    told_new = False
+    for at, who, i in stream:
+        if not told_new and at >= told:
+            new.cut(RULE)
+            told_new = True
+        if who == "old":
+            if old is None and at >= RULE.cut_at - 2 * RULE.overlap_s - 0.5:
+                old = ShardCutover(Role.OLD, old_publish, handover=RULE)
+            if old is None:
+                old_publish(None, "T", i, b"", {})
+            else:
+                old.offer(at, None, "T", i, b"")
+        else:
+            new.offer(at, None, "T", i, b"")
+    if not told_new:
+        new.cut(RULE)
+    copies: dict[int, list[dict]] = {}
+    for seq, headers in old_out + new_out:
+        copies.setdefault(seq, []).append(headers)
+    assert set(copies) == set(range(len(events)))  # 0 lost
+    for headers in copies.values():
+        assert len(headers) <= 2
+        if len(headers) == 2:
+            assert all(OVERLAP_HEADER in h for h in headers)  # every duplicate is marked
+
+
+def test_late_orders():
+    assert not RULE.late(Role.OLD, 97.99) and RULE.late(Role.OLD, 98.0)
+    assert not RULE.late(Role.NEW, 100.5, hold_s=10.0) and RULE.late(Role.NEW, 109.0, hold_s=10.0)
+    assert Handover.from_dict({**RULE.to_dict(), "role": "new"}) == RULE
+
+
+def test_shard_packets_are_routed_by_guild_id_under_the_count():
+    guild = 5 << 22  # shard 5 of 8, shard 1 of 4
+    body = json.dumps({"op": 8, "d": {"guild_id": str(guild), "query": "", "limit": 0}}).encode()
+    assert outbound.parse_shard_packet_routed(body, 0, 8).shard_id == 5
+    assert outbound.parse_shard_packet_routed(body, 0, 4).shard_id == 1
+    presence = json.dumps({"op": 3, "d": {"since": None, "activities": [], "status": "idle", "afk": False}}).encode()
+    assert outbound.parse_shard_packet_routed(presence, 3, 4).shard_id == 3
+    with pytest.raises(outbound.Rejected) as refused:
+        outbound.parse_shard_packet_routed(presence, 6, 4)  # a queue of an id that no longer exists
+    assert refused.value.reason == "no_such_shard"

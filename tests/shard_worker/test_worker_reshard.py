@@ -1,0 +1,128 @@
+"""Two real workers of two shard sets through a cut-over: a reshardable simulator (every guild
+event reaches the session owning it in each set), real RabbitMQ, the supervisor's IPC orders
+(``cutover``, ``activate``) handed to each worker's ``ParentLink`` as if read from its stdin,
+the answers read from a real pipe.
+
+Checks the worker primitives of a live reshard: the new set publishes nothing until told the
+cut-over point (not its READY, not its GUILD_CREATEs), then from ``T - overlap``; the old set
+nothing it receives from ``T`` on; 0 logical events lost, every duplicate marked on both copies;
+the new set consumes no outbound queue until activated; a shard packet with a ``guild_id`` goes
+to the guild's owner under the worker's count, whichever queue it was put in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from shard_worker import ipc, spectacles
+from shard_worker.reshard import OVERLAP_HEADER, Handover
+from shard_worker.supervised import ParentLink
+from supervisor.simulator import SimulatorThread
+from supervisor.simulator.payloads import guild_ids_for_shard
+from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
+
+OVERLAP_S = 1.0
+
+
+def sent_ops(sim, op: int, shard: int) -> list[dict]:
+    return [r for r in sim.snapshot()["sent"] if r["op"] == op and r["shard"] == shard]
+
+
+class Link:
+    """A worker's ParentLink writing into a pipe this test reads (no stdin reader started)."""
+
+    def __init__(self, thread: WorkerThread) -> None:
+        self.thread = thread
+        self.read_fd, write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.link = ParentLink(write_fd)
+        self.link.worker = thread.worker
+        self.decoder = ipc.Decoder()
+
+    def order(self, event: str, data=None) -> list[ipc.Message]:
+        """Hand one order to the link on the worker's loop; return what the worker answered."""
+        self.thread.call(lambda: self.link._on_order(ipc.Message(event, data)))
+        time.sleep(0.05)
+        try:
+            return self.decoder.feed(os.read(self.read_fd, 1 << 16))
+        except BlockingIOError:
+            return []
+
+
+def test_old_2_to_new_4_loses_nothing_marks_duplicates_and_keeps_queues_until_active(amqp_url, rabbit, group):
+    with SimulatorThread(
+        token=TOKEN, shard_count=2, reshardable=True, guilds_per_shard=4, events_per_shard=-1, rate=40,
+        heartbeat_interval_ms=20000, identify_interval_s=0.0, max_concurrency=4, seed=5,
+    ) as sim:  # fmt: skip
+        queues = {t: spectacles.queue_name(group, t, "test") for t in ("MESSAGE_CREATE", "READY", "GUILD_CREATE")}
+        for t, queue in queues.items():
+            rabbit.bind(group, queue, t)
+        for shard in range(4):  # declared first: packets put there before the new set's bridge runs
+            rabbit.bind(group, spectacles.shard_queue(group, shard), str(shard))
+        old_config = worker_config(sim, amqp_url, group, [0, 1])
+        new_config = dataclasses.replace(
+            worker_config(sim, amqp_url, group, [0, 1, 2, 3]), shard_count=4, hold_events=True, standby=True
+        )
+        with WorkerThread(old_config) as old, WorkerThread(new_config) as new:
+            wait_for(lambda: sim.call("ready_sets") == {2: [0, 1], 4: [0, 1, 2, 3]}, 30, what="both sets READY")
+            # standby: a packet for new shard 3 waits in its queue
+            presence = {"op": 3, "d": {"since": None, "activities": [], "status": "idle", "afk": False}}
+            rabbit.publish(group, "3", json.dumps(presence).encode())
+            time.sleep(1.0)
+            assert rabbit.depth(spectacles.shard_queue(group, 3)) == 1 and sent_ops(sim, 3, 3) == []
+            assert new.call(lambda: new.worker.reshard_counters())["published"] == 0  # all held
+
+            rule = Handover(time.monotonic() + 3.0, OVERLAP_S, 2, 4)
+            [ack] = Link(old).order("cutover", {"role": "old", **rule.to_dict()})
+            assert ack.event == "cutover_ack" and ack.data == {"role": "old", "cut_at": rule.cut_at, "shards": 2, "late": False}
+            new_link = Link(new)
+            [ack] = new_link.order("cutover", {"role": "new", **rule.to_dict()})
+            assert ack.data["shards"] == 4 and ack.data["late"] is False
+            time.sleep(max(0.0, rule.cut_at - time.monotonic()))
+            assert sent_ops(sim, 3, 3) == []
+            [activated] = new_link.order("activate")
+            assert activated == ipc.Message("activated", {"standby": False})
+            wait_for(lambda: sent_ops(sim, 3, 3), 10, what="the standby packet sent once active")
+
+            time.sleep(max(0.0, rule.cut_at + 2.0 - time.monotonic()))
+            assert old.stop() == 0
+            snap = sim.snapshot()
+            old_ids: set[str] = set()
+            for shard, state in snap["sets"][2].items():
+                for frame in sim.call("history", state["session_id"]):
+                    if frame["t"] == "MESSAGE_CREATE":
+                        old_ids.add(frame["d"]["id"])
+
+            # a packet put in shard 1's queue for a guild that shard 2 owns under 4 shards
+            guild2 = guild_ids_for_shard(2, 4, 1)[0]
+            voice = {"op": 4, "d": {"guild_id": str(guild2), "channel_id": None, "self_mute": False, "self_deaf": False}}
+            rabbit.publish(group, "1", json.dumps(voice).encode())
+            wait_for(lambda: sent_ops(sim, 4, 2), 10, what="the packet rerouted to shard 2")
+            assert sent_ops(sim, 4, 1) == []
+            assert new.call(lambda: new.worker.bridge.counters()).get("shard_packet_rerouted") == 1
+            time.sleep(1.0)  # every twin of what the old sessions got has reached the new set
+            counters = new.call(lambda: new.worker.reshard_counters())
+            assert new.stop() == 0
+
+        copies: dict[str, list[dict]] = {}
+        for _, props, body in rabbit.get_all(queues["MESSAGE_CREATE"]):
+            copies.setdefault(json.loads(body)["id"], []).append(props.headers)
+        lost = old_ids - set(copies)
+        duplicates = {key: c for key, c in copies.items() if len(c) > 1}
+        assert len(old_ids) > 300 and lost == set()
+        assert duplicates and all(len(c) == 2 for c in duplicates.values())
+        for c in duplicates.values():
+            assert sorted(h[OVERLAP_HEADER] for h in c) == [2, 4]  # marked on both copies
+        unmarked = [c for c in copies.values() if any(OVERLAP_HEADER not in h for h in c)]
+        assert all(len(c) == 1 for c in unmarked)
+        # the new set's READYs and GUILD_CREATEs came long before T - overlap: not published
+        assert len(rabbit.get_all(queues["READY"])) == 2
+        assert len(rabbit.get_all(queues["GUILD_CREATE"])) == 8
+        assert counters["held"] == 0 and counters["marked"] > 0 and counters["dropped"] >= 4 + 8
+        print(
+            f"\nworkers 2 -> 4: {len(old_ids)} logical events of the old set, 0 lost, "
+            f"{len(duplicates)} published twice (all marked), new set {counters}"
+        )
