@@ -244,7 +244,8 @@ class ParentLink:
             if fut is not None and not fut.done():
                 fut.set_result(message.data)
         elif message.event == "stop":
-            self.worker.stop()
+            # {"end_sessions": true}: an old set after a reshard; its sessions are not resumed
+            self.worker.stop(end_sessions=bool((message.data or {}).get("end_sessions")))
         elif message.event == "cutover":
             self._on_cutover(message.data)
         elif message.event == "activate":

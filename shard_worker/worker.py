@@ -101,6 +101,7 @@ class Worker:
             for shard_id, runner in self.runners.items():
                 self.cutovers[shard_id] = runner.hold_events(config.hold_s)
         self._stop = asyncio.Event()
+        self._end_sessions = False
 
     # -- live reshard -------------------------------------------------------------------------
     def cutover(self, role: Role, handover: Handover) -> int:
@@ -170,8 +171,11 @@ class Worker:
     def sessions(self) -> dict[int, SavedSession]:
         return {s: saved for s in self.runners if (saved := self.session_of(s)) is not None}
 
-    def stop(self) -> None:
-        """Ask ``run`` to stop gracefully (safe from a signal handler via the loop)."""
+    def stop(self, end_sessions: bool = False) -> None:
+        """Ask ``run`` to stop gracefully (safe from a signal handler via the loop).
+        ``end_sessions``: close them with 1000 instead of resumably (an old set after a
+        reshard's cut-over); sticky, so a SIGTERM that follows does not undo it."""
+        self._end_sessions = self._end_sessions or end_sessions
         self._stop.set()
 
     async def run(self) -> int:
@@ -225,7 +229,8 @@ class Worker:
         return exit_codes.ERROR if crashed else exit_codes.OK
 
     async def _shutdown(self, shard_tasks: dict, bridge_task: asyncio.Task, stop_task: asyncio.Task) -> None:
-        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        end = self._end_sessions
+        await asyncio.gather(*(r.stop(end) for r in self.runners.values()), return_exceptions=True)
         if shard_tasks:
             done, still = await asyncio.wait(shard_tasks, timeout=5.0)
             for task in still:

@@ -47,7 +47,8 @@ from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
 from . import shard_sets
-from .shard_sets import Refusal, Reshard, ShardSet
+from .resharding import ReshardRun, new_set_configs
+from .shard_sets import Phase, Refusal, Reshard, ShardSet
 from .shared_state import Answer, SharedState
 from shard_worker.shard_ranges import format_shard_ids
 from .state_store import IDENTIFY_WINDOW_S, StateStore
@@ -180,6 +181,10 @@ class Arbiter:
         self.rolling_current: int | None = None
         #: The running (or last) reshard, see :mod:`supervisor.shard_sets`; None: never asked.
         self.reshard: Reshard | None = None
+        #: The new set's children while a reshard runs (:mod:`supervisor.resharding`).
+        self._resharding: ReshardRun | None = None
+        #: The old set is being stopped after a reshard's cut-over: its groups are not restarted.
+        self._retiring = False
         self.started_at = now
         self._sessions_dirty = False
         #: Shards whose session was invalidated since the last save (to delete in Redis too).
@@ -435,11 +440,12 @@ class Arbiter:
                 self._handle_signals(now)
                 self._take_answers(now)
                 self._reap(now)
-                if self.stopping and not any(g.child for g in self.groups):
+                if self.stopping and not any(g.child for g in self.groups) and not (self._resharding and self._resharding.live()):
                     break
                 self._check_children(now)
                 self._grant_identifies(now)
                 self._advance_rolling(now)
+                self._advance_reshard(now)
                 if not self.stopping:
                     self._spawn_missing(now)
                 self._maybe_save(now)
@@ -464,9 +470,15 @@ class Arbiter:
         for group in self.groups:
             if group.child is not None:
                 group.child.stop(now)
+        if self._resharding is not None:
+            self._resharding.fail("the supervisor is stopping")
+            self._resharding.stop_new(now)
 
     def begin_rolling_restart(self) -> bool:
         if self.stopping:
+            return False
+        if self.reshard is not None and self.reshard.running:
+            log.info("no rolling restart while a reshard runs")
             return False
         if self.rolling or self.rolling_current is not None:
             log.info("rolling restart already in progress")
@@ -478,8 +490,8 @@ class Arbiter:
     def begin_reshard(self, request: Any) -> dict[str, Any]:
         """A ``reshard`` request of the control socket (``{"shard_count": N}``): the answer,
         ``{"ok", "kind", "message"}``. The checks are :func:`supervisor.shard_sets.refusal`'s;
-        the live handover itself is not written yet (issue 13), so a request that passes them
-        is answered ``unimplemented`` and changes nothing."""
+        a request that passes them starts the reshard (:mod:`supervisor.resharding`) and is
+        answered ``started``; ``status`` then shows its phase."""
         target = request.get("shard_count") if isinstance(request, dict) else None
         if not isinstance(target, int) or isinstance(target, bool):
             refused = Refusal("invalid", f"--shard-count must be an integer, not {target!r}")
@@ -494,18 +506,73 @@ class Arbiter:
                 reserve=self.gate.reserve,
                 running=self.reshard,
             )
+            if refused is None and (self.rolling or self.rolling_current is not None):
+                refused = Refusal("running", "a rolling restart is running: try again once it is done")
             if refused is None:
-                refused = Refusal(
-                    "unimplemented",
-                    f"the reshard {self.shard_count} -> {target} passes every check, but the live "
-                    "handover is not implemented yet (issue 13): nothing was changed",
-                )
+                return self._start_reshard(target)
         log.warning("reshard refused: %s", refused.line)
         return {"ok": False, "kind": refused.kind, "message": refused.line}
+
+    def _start_reshard(self, target: int) -> dict[str, Any]:
+        """Start the new set beside the old one (the checks passed)."""
+        old = ShardSet(0, self.shard_count, tuple(self.all_shards))
+        self.reshard = Reshard.plan(old, target).start()
+        template = self.groups[0].config
+        configs = new_set_configs(template, target, len(template.shard_ids))
+        first = max(g.index for g in self.groups) + 1
+        self._resharding = ReshardRun(configs, log_format=self.options.log_format, first_group=first)
+        for child in self._resharding.spawn():
+            self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        line = f"reshard {self.shard_count} -> {target} started: {len(configs)} new processes identify beside the old set"
+        log.info("%s", line)
+        return {"ok": True, "kind": "started", "message": line}
+
+    def _advance_reshard(self, now: float) -> None:
+        """One step of the running reshard: the run says what to do (see resharding)."""
+        run, plan = self._resharding, self.reshard
+        if run is None or plan is None:
+            return
+        if plan.running:
+            old = [g.child for g in self.groups if g.child is not None]
+            self.reshard = plan = run.step(plan, old, now)
+            if run.old_stopped:
+                self._retiring = True
+        if plan.phase is Phase.DRAINING and self._retiring and not any(g.child for g in self.groups):
+            self._adopt(run, now)
+        elif plan.phase is Phase.ABORTED and not run.live():
+            self._resharding = None  # its children are gone
+
+    def _adopt(self, run: ReshardRun, now: float) -> None:
+        """The old set has exited: the new one is the supervisor's set from now on."""
+        assert self.reshard is not None
+        old_count, new_count = self.shard_count, self.reshard.new.shard_count
+        self.groups = []
+        self.metrics.set_groups({run.first_group + i: c.shard_ids for i, c in enumerate(run.configs)})
+        for i, config in enumerate(run.configs):
+            index = run.first_group + i
+            group = Group(index, config, RestartPolicy(**self.options.restart_policy), child=run.children.get(index))
+            if group.child is not None:
+                self.metrics.child_started(index, group.child.pid, group.child.started_at)
+            self.groups.append(group)
+        self.shard_count = new_count
+        self.all_shards = list(range(new_count))
+        self._my_shards = frozenset(self.all_shards)
+        self.store = StateStore(self.options.state_dir, new_count)
+        self.sessions = dict(run.sessions)
+        self._granted.clear()
+        self._retiring = False
+        self._resharding = None
+        self.reshard = self.reshard.old_drained()
+        self._save_sessions()
+        log.info("reshard %d -> %d done: only the new set runs; %d sessions saved", old_count, new_count, len(self.sessions))
 
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:
         timeout = 1.0
+        if self._resharding is not None and self.reshard is not None:
+            due = self._resharding.timeout(self.reshard, now)
+            if due is not None:
+                timeout = min(timeout, due)
         if self.live is not None and self._progress_since is not None and not self.stopping:
             timeout = 0.25  # the live line counts down
         grant_at = self.gate.next_time(now)
@@ -574,6 +641,9 @@ class Arbiter:
         data = message.data if isinstance(message.data, dict) else {}
         event = message.event
         now = time.monotonic()
+        if self._resharding is not None and self._resharding.owns(child) and event not in ("identify_request", "identify_sent"):
+            self._resharding.on_message(child, message, now)  # the new set's: not the serving set's view
+            return
         if event == "heartbeat":
             child.last_heartbeat = now
             child.report = data
@@ -595,6 +665,10 @@ class Arbiter:
             self.metrics.child_report(child.group, child.pid, child.report)
         elif event == "hello":
             child.last_heartbeat = now
+        elif event == "cutover_ack":
+            # An old child's answer to a reshard's cut-over order (the new set's go to the run).
+            if data.get("late") and self._resharding is not None:
+                self._resharding.fail(f"{child.label} of the old set was told the cut-over point too late")
         else:
             log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
 
@@ -682,6 +756,16 @@ class Arbiter:
                 if child is not None and child.pid == pid:
                     child.proc.returncode = os.waitstatus_to_exitcode(status)
                     self._on_exit(group, child, child.proc.returncode, now)
+            new = self._resharding.child_of(pid) if self._resharding is not None else None
+            if new is not None:
+                new.proc.returncode = os.waitstatus_to_exitcode(status)
+                while leftover := new.read():
+                    for message in leftover:
+                        self._on_message(new, message)
+                self._unregister(new)
+                new.close()
+                self.gate.cancel(new.pid, now)
+                self._resharding.exited(new, new.proc.returncode)  # type: ignore[union-attr]
 
     def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
         # Read what the child said last (its final sessions) before forgetting it.
@@ -695,6 +779,9 @@ class Arbiter:
         self._granted.difference_update(child.shard_ids)
         group.child = None
         extra = {"group": group.index}
+        if self._retiring:
+            log.info("%s of the old set exited (%s)", child.label, exit_codes.describe(code), extra=extra)
+            return
         rolled = child.stopping_since is not None and code == exit_codes.OK
         if self.rolling_current == group.index and rolled and not self.stopping:
             # Only the clean exit we asked for; a crash or a fatal code of this group still goes
@@ -741,6 +828,12 @@ class Arbiter:
         sample = now >= self._next_sample
         if sample:
             self._next_sample = now + self.options.sample_interval
+        for child in self._resharding.live() if self._resharding is not None else ():
+            # the new set's children: only the grace of a stop (a silent one fails the reshard)
+            if child.stopping_since is not None and not child.killed and now - child.stopping_since > self.options.stop_grace:
+                child.kill()
+            elif child.stopping_since is None and now - child.last_heartbeat > self.options.heartbeat_timeout:
+                self._resharding.fail(f"{child.label} of the new set sent no heartbeat")
         for group in self.groups:
             child = group.child
             if child is None:
@@ -786,9 +879,10 @@ class Arbiter:
             except OSError as exc:
                 log.error("cannot record the identify in %s: %s", self.store.dir, exc)
             self._granted.add(grant.shard_id)
-            for group in self.groups:
-                if group.child is not None and group.child.pid == grant.requester:
-                    group.child.send(
+            children = [g.child for g in self.groups] + (self._resharding.live() if self._resharding is not None else [])
+            for child in children:
+                if child is not None and child.pid == grant.requester:
+                    child.send(
                         "identify_grant",
                         {"shard": grant.shard_id, "not_before": grant.not_before, "expires": grant.expires},
                     )
@@ -834,6 +928,8 @@ class Arbiter:
                 group.child.stop(now)
 
     def _spawn_missing(self, now: float) -> None:
+        if self._retiring:
+            return  # the old set is leaving; the new one is adopted once it has
         for group in self.groups:
             if group.child is None and now >= group.start_at:
                 self._spawn(group, now)
@@ -981,7 +1077,10 @@ class Arbiter:
             "redis": None
             if self.shared is None
             else {"answering": not self.shared.failing, "pending": self.shared.pending},
-            "reshard": None if self.reshard is None else self.reshard.describe(),
+            "reshard": None if self.reshard is None else {
+                **self.reshard.describe(),
+                "new_ready": self._resharding.ready_count() if self._resharding is not None else None,
+            },
             "shards": shards,
         }
 

@@ -641,10 +641,36 @@ def reshard_command(state_dir: str, shard_count: int) -> int:
     if not isinstance(answer, dict):
         raise StartError("the supervisor's answer to reshard could not be read")
     if answer.get("ok"):
-        click.echo(str(answer.get("message") or "reshard done"))
-        return EXIT_OK
+        click.echo(str(answer.get("message") or "reshard started"))
+        return _follow_reshard(state_dir, shard_count)
     kind = answer.get("kind")
     raise StartError(str(answer.get("message") or "reshard refused"), EXIT_USAGE if kind == "invalid" else EXIT_RUNTIME)
+
+
+#: How often ``reshard`` asks the supervisor how its reshard goes.
+RESHARD_POLL_S = 0.5
+
+
+def _follow_reshard(state_dir: str, target: int) -> int:
+    """Print the reshard's progress (a line per change of phase or of the new set's READY
+    count) until it is done (exit 0) or aborted (exit 1, with the supervisor's reason)."""
+    import time
+
+    shown = None
+    while True:
+        reshard = _ask(state_dir, "status").get("reshard") or {}
+        phase = reshard.get("phase")
+        line = f"reshard {reshard.get('old_count')} -> {reshard.get('new_count')}: {phase}"
+        if phase == "preparing" and reshard.get("new_ready") is not None:
+            line += f", {reshard['new_ready']}/{target} new shards READY"
+        if line != shown:
+            click.echo(line)
+            shown = line
+        if phase == "done":
+            return EXIT_OK
+        if phase == "aborted":
+            raise StartError(f"reshard aborted: {reshard.get('reason')}; the old set keeps serving", EXIT_RUNTIME)
+        time.sleep(RESHARD_POLL_S)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -193,6 +193,18 @@ class MetricsState:
         self._supervisor: dict[str, Any] = {}
 
     # -- fed by the arbiter -------------------------------------------------------------------
+    def set_groups(self, groups: Mapping[int, Sequence[int]]) -> None:
+        """The groups after a live reshard (the new set's): shards and groups not seen before
+        start from zero; the old ones' counters are kept but no longer shown."""
+        with self.lock:
+            self.groups = {g: tuple(shards) for g, shards in groups.items()}
+            self.group_of = {s: g for g, shards in self.groups.items() for s in shards}
+            for g in self.groups:
+                self._restarts.setdefault(g, 0)
+                self._group_base.setdefault(g, GroupBase())
+            for shard in self.group_of:
+                self._shard_base.setdefault(shard, ShardBase())
+
     def child_started(self, group: int, pid: int, started_at: float) -> None:
         with self.lock:
             self._retire(group)

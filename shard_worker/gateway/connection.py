@@ -314,11 +314,12 @@ class ShardRunner:
         self.on_state(self, "stopped")
         return None
 
-    async def stop(self) -> None:
-        """Close with a code that keeps the session resumable, and return from ``run``."""
+    async def stop(self, end: bool = False) -> None:
+        """Close with a code that keeps the session resumable (``end``: with 1000, which ends
+        it: an old set after a reshard), and return from ``run``."""
         self._stopping = True
         ws = self._ws
-        for action in self.machine.stop():
+        for action in self.machine.end() if end else self.machine.stop():
             if isinstance(action, CloseConnection) and ws is not None:
                 await self._close(ws, action)
         self._wake.set()

@@ -27,6 +27,7 @@ from .protocol import (
     INVALID_SESSION_WAIT_S,
     MAX_PAYLOAD_BYTES,
     RESUMABLE_CLOSE,
+    SESSION_ENDING_CLOSE,
     CloseAction,
     Op,
     close_action,
@@ -416,6 +417,13 @@ class ShardMachine:
         if self.phase in (Phase.DISCONNECTED, Phase.FATAL, Phase.CLOSING):
             return []
         return self._close(RESUMABLE_CLOSE, reason, resume=True)
+
+    def end(self, reason: str = "ending the session (reshard)") -> list:
+        """Close with 1000: Discord ends the session (an old set after a reshard's cut-over:
+        nothing will resume it)."""
+        if self.phase in (Phase.DISCONNECTED, Phase.FATAL, Phase.CLOSING):
+            return []
+        return self._close(SESSION_ENDING_CLOSE, reason, resume=False)
 
     # -- helpers ------------------------------------------------------------------------------
     def _heartbeat(self, now: float) -> Send:

@@ -1,0 +1,200 @@
+"""The live reshard's moving part: the new shard set's children beside the old set's.
+
+The arbiter owns the loop, the identify gate and the old set; a :class:`ReshardRun` owns the
+children of the new set while a reshard runs and tells the arbiter what to do at each pass
+(:meth:`ReshardRun.step`). The decisions (phases, the cut-over point, what may be aborted) are
+:class:`supervisor.shard_sets.Reshard`'s; the workers apply the handover rule themselves
+(``shard_worker/reshard.py``). The steps:
+
+1. **preparing**: the new set's children start with ``hold_events`` and ``standby`` (they publish
+   nothing and consume no outbound queue) and identify through the same gate as the old set, so
+   the buckets ``shard_id % max_concurrency`` are shared by both sets.
+2. **cutover**: once every new shard is READY, ``Reshard.new_set_ready`` picks ``T``; every child
+   of both sets gets the ``cutover`` order (``docs/ipc.md``).
+3. **draining**: at ``T`` the new children get ``activate``; a moment later (:data:`DRAIN_S`, so
+   the old set's last events before ``T`` are confirmed) the old children are stopped with their
+   sessions **ended** (1000), not kept: nothing will resume them.
+4. **done**: once the old children have exited the arbiter adopts the new set (its groups, its
+   sessions, the count in the state dir).
+
+A failure before ``T`` (a new child exits, a new shard is closed fatally, an order came too
+late) aborts: the new children are stopped with their sessions ended, the old set never stopped
+serving, one log line says why. After ``T`` there is no going back (``Reshard.abort`` refuses):
+a failure then is an ordinary one of the serving set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from shard_worker.config import SavedSession, WorkerConfig
+from shard_worker.ipc import Message
+
+from .child import Child
+from .shard_sets import Phase, Reshard
+
+log = logging.getLogger("supervisor.reshard")
+
+#: After ``T``, the old set's children are stopped this much later: what they received before
+#: ``T`` is published by then (the stop also waits for RabbitMQ's confirms).
+DRAIN_S = 1.0
+
+
+def new_set_configs(template: WorkerConfig, new_count: int, per_process: int) -> list[WorkerConfig]:
+    """The new set's groups: every id of ``new_count`` in processes of ``per_process`` shards,
+    configured like ``template`` (without sessions: every new shard identifies). These are the
+    configs the groups keep after the reshard; a child started during it gets
+    :func:`preparing` of its config."""
+    per = max(1, per_process)
+    return [
+        replace(template, shard_ids=list(range(start, min(start + per, new_count))), shard_count=new_count, sessions={})
+        for start in range(0, new_count, per)
+    ]
+
+
+def preparing(config: WorkerConfig) -> WorkerConfig:
+    """A new set's child: holds its events back and consumes nothing until the cut-over."""
+    return replace(config, hold_events=True, standby=True, sessions={})
+
+
+class ReshardRun:
+    """The new set's children during one reshard (see the module docstring)."""
+
+    def __init__(self, configs: list[WorkerConfig], *, log_format: str | None = None, first_group: int = 0) -> None:
+        self.configs = configs
+        self.log_format = log_format
+        self.first_group = first_group
+        #: group index -> its child (None once it exited)
+        self.children: dict[int, Child | None] = {}
+        self.sessions: dict[int, SavedSession] = {}
+        #: why the reshard must be aborted (the first reason), else None
+        self.failure: str | None = None
+        self.stop_old_at: float | None = None
+        self.old_stopped = False
+        self.new_stopped = False
+
+    # -- the children -------------------------------------------------------------------------
+    def spawn(self) -> list[Child]:
+        """Start every child of the new set."""
+        for i, config in enumerate(self.configs):
+            index = self.first_group + i
+            self.children[index] = Child(index, preparing(config), log_format=self.log_format)
+            log.info("reshard: started %s of the new set (%d shards to identify)", self.children[index].label, len(config.shard_ids))
+        return [c for c in self.children.values() if c is not None]
+
+    def live(self) -> list[Child]:
+        return [c for c in self.children.values() if c is not None]
+
+    def owns(self, child: Child) -> bool:
+        return self.children.get(child.group) is child
+
+    def child_of(self, pid: int) -> Child | None:
+        return next((c for c in self.live() if c.pid == pid), None)
+
+    def ready_count(self) -> int:
+        return sum(len(c.ready) for c in self.live())
+
+    def exited(self, child: Child, code: int) -> None:
+        """A new child exited: before the cut-over that aborts the reshard."""
+        self.children[child.group] = None
+        if not self.new_stopped:
+            self.fail(f"{child.label} of the new set exited ({code})")
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+
+    # -- IPC of a new child (the arbiter hands over what is not about identifies) --------------
+    def on_message(self, child: Child, message: Message, now: float) -> None:
+        data = message.data if isinstance(message.data, dict) else {}
+        event = message.event
+        if event in ("heartbeat", "hello"):
+            child.last_heartbeat = now
+            if event == "heartbeat":
+                child.report = data
+        elif event == "shard_state":
+            shard, state = data.get("shard"), data.get("state")
+            if shard not in child.shard_set:
+                return
+            if state == "ready":
+                child.ready.add(shard)
+                self._session(shard, data.get("session"))
+            elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
+                child.ready.discard(shard)
+            if state == "fatal":
+                self.fail(f"new shard {shard} was closed by Discord with {data.get('code')} ({data.get('reason')})")
+        elif event == "shards":
+            reports = data.get("shards")
+            if isinstance(reports, dict):
+                child.shard_reports.update({k: v for k, v in reports.items() if isinstance(v, dict)})
+                for key, report in reports.items():
+                    if isinstance(report, dict) and str(key).isdigit():
+                        self._session(int(key), report.get("session"))
+        elif event == "cutover_ack" and data.get("late"):
+            self.fail(f"{child.label} was told the cut-over point too late")
+        elif event == "stopped":
+            child.report = data.get("report") or child.report
+
+    def _session(self, shard: int, session: Any) -> None:
+        if isinstance(session, dict):
+            try:
+                self.sessions[shard] = SavedSession(
+                    str(session["session_id"]), session.get("seq"), str(session["resume_gateway_url"])
+                )
+            except (KeyError, TypeError):
+                pass
+
+    # -- the steps ----------------------------------------------------------------------------
+    def step(self, plan: Reshard, old_children: list[Child], now: float) -> Reshard:
+        """One pass of the arbiter's loop: the orders due now; returns the plan's next value."""
+        if plan.phase in (Phase.PREPARING, Phase.CUTOVER) and self.failure is not None:
+            if plan.cut_at is None or now < plan.cut_at:
+                log.error("reshard %d -> %d aborted: %s; the old set keeps serving",
+                          plan.old.shard_count, plan.new.shard_count, self.failure)  # fmt: skip
+                self.stop_new(now)
+                return plan.abort(self.failure, now)
+        if plan.phase is Phase.PREPARING and self.ready_count() >= plan.new.shard_count:
+            plan = plan.new_set_ready(now)
+            rule = plan.handover()
+            for role, children in (("old", old_children), ("new", self.live())):
+                for child in children:
+                    child.send("cutover", {"role": role, **rule.to_dict()})
+            log.info("reshard: every new shard READY; cut-over in %.1f s", rule.cut_at - now)
+        elif plan.phase is Phase.CUTOVER and plan.cut_at is not None and now >= plan.cut_at:
+            for child in self.live():
+                child.send("activate")
+            plan = plan.cut_passed(now)
+            self.stop_old_at = now + DRAIN_S
+            log.info("reshard: cut-over passed; the new set of %d serves", plan.new.shard_count)
+        elif plan.phase is Phase.DRAINING and not self.old_stopped and self.stop_old_at is not None and now >= self.stop_old_at:
+            self.old_stopped = True
+            for child in old_children:
+                end(child, now)
+            log.info("reshard: stopping the old set of %d (its sessions end)", plan.old.shard_count)
+        return plan
+
+    def stop_new(self, now: float) -> None:
+        self.new_stopped = True
+        for child in self.live():
+            end(child, now)
+
+    def timeout(self, plan: Reshard, now: float) -> float | None:
+        """How long the loop may sleep before the next step is due."""
+        if plan.phase is Phase.CUTOVER and plan.cut_at is not None:
+            return max(0.0, plan.cut_at - now)
+        if plan.phase is Phase.DRAINING and not self.old_stopped and self.stop_old_at is not None:
+            return max(0.0, self.stop_old_at - now)
+        return None
+
+
+def end(child: Child, now: float) -> None:
+    """Stop ``child`` gracefully with its sessions ended (1000): nothing resumes them. No
+    SIGTERM: the order carries the flag (the arbiter still kills it after its grace)."""
+    if child.stopping_since is None:
+        child.stopping_since = now
+        child.send("stop", {"end_sessions": True})
+
+
+__all__ = ["DRAIN_S", "ReshardRun", "new_set_configs", "preparing", "end"]
