@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -118,6 +117,19 @@ class Worker:
             handover.cut_at, handover.cut_at - time.monotonic(), role.value, handover.old_count, handover.new_count, applied,
         )  # fmt: skip
         return applied
+
+    def cancel_cutover(self) -> int:
+        """The reshard was aborted before its cut-over point: an old set's shards go back to
+        plain publishing (they would otherwise drop everything after ``T``). Returns how many."""
+        cancelled = 0
+        for runner in self.runners.values():
+            if runner.cutover is not None and runner.cutover.role is Role.OLD:
+                runner.cutover = None
+                cancelled += 1
+        self.cutovers.clear()
+        if cancelled:
+            log.info("reshard aborted: %d shards publish as before", cancelled)
+        return cancelled
 
     def activate(self) -> None:
         """The cut-over: this (new) set consumes its shard queues and SEND from now on."""

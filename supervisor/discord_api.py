@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .ratelimits import LocalRatelimiter, RedisRatelimiter, read_headers, route_for
+from .ratelimits import LocalRatelimiter, RedisRatelimiter, route_for
 
 USER_AGENT = "DiscordBot (https://github.com/spec-tacles, 0.1)"
 DEFAULT_API_URL = "https://discord.com/api/v10"
