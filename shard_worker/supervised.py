@@ -248,6 +248,8 @@ class ParentLink:
             self.worker.stop(end_sessions=bool((message.data or {}).get("end_sessions")))
         elif message.event == "cutover":
             self._on_cutover(message.data)
+        elif message.event == "cutover_cancel":
+            self.send("cutover_cancelled", {"shards": self.worker.cancel_cutover()})
         elif message.event == "activate":
             self.worker.activate()
             self.send("activated", {"standby": self.worker.bridge.standby})

@@ -665,6 +665,8 @@ class Arbiter:
             self.metrics.child_report(child.group, child.pid, child.report)
         elif event == "hello":
             child.last_heartbeat = now
+        elif event == "cutover_cancelled":
+            log.info("%s: the cut-over is cancelled, it publishes as before", child.label)
         elif event == "cutover_ack":
             # An old child's answer to a reshard's cut-over order (the new set's go to the run).
             if data.get("late") and self._resharding is not None:

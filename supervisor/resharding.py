@@ -19,7 +19,8 @@ children of the new set while a reshard runs and tells the arbiter what to do at
 
 A failure before ``T`` (a new child exits, a new shard is closed fatally, an order came too
 late) aborts: the new children are stopped with their sessions ended, the old set never stopped
-serving, one log line says why. After ``T`` there is no going back (``Reshard.abort`` refuses):
+serving (if it was told ``T`` already, ``cutover_cancel`` takes it back: the cut-over order
+comes 3 s ahead, far more than the IPC round trip), one log line says why. After ``T`` there is no going back (``Reshard.abort`` refuses):
 a failure then is an ordinary one of the serving set.
 """
 
@@ -153,6 +154,10 @@ class ReshardRun:
             if plan.cut_at is None or now < plan.cut_at:
                 log.error("reshard %d -> %d aborted: %s; the old set keeps serving",
                           plan.old.shard_count, plan.new.shard_count, self.failure)  # fmt: skip
+                if plan.cut_at is not None:
+                    # the old set was told T: it must keep publishing after it after all
+                    for child in old_children:
+                        child.send("cutover_cancel")
                 self.stop_new(now)
                 return plan.abort(self.failure, now)
         if plan.phase is Phase.PREPARING and self.ready_count() >= plan.new.shard_count:

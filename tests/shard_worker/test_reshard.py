@@ -115,3 +115,24 @@ def test_shard_packets_are_routed_by_guild_id_under_the_count():
     with pytest.raises(outbound.Rejected) as refused:
         outbound.parse_shard_packet_routed(presence, 6, 4)  # a queue of an id that no longer exists
     assert refused.value.reason == "no_such_shard"
+
+
+def test_an_aborted_reshard_gives_the_old_set_plain_publishing_back():
+    from shard_worker.config import WorkerConfig
+    from shard_worker.worker import Worker
+
+    worker = Worker(WorkerConfig([0, 1], 2, "ws://x", token="t"))
+    assert worker.cutover(Role.OLD, Handover(100.0, 1.0, 2, 4)) == 2
+    assert all(r.cutover is not None for r in worker.runners.values())
+    assert worker.cancel_cutover() == 2
+    assert all(r.cutover is None for r in worker.runners.values()) and worker.reshard_counters() is None
+
+
+def test_a_new_set_worker_holds_from_the_start():
+    from shard_worker.config import WorkerConfig
+    from shard_worker.worker import Worker
+
+    worker = Worker(WorkerConfig([0, 1], 4, "ws://x", token="t", hold_events=True, standby=True))
+    assert all(r.cutover is not None and r.cutover.holding for r in worker.runners.values())
+    assert worker.bridge.standby and worker.reshard_counters() == {"held": 0, "dropped": 0, "marked": 0, "published": 0}
+    assert worker.cancel_cutover() == 0  # a new set's shards are not cancelled: it is stopped instead

@@ -5,7 +5,9 @@ events reach every session owning it under that session's count), RabbitMQ, a li
 Checked: the command prints its progress and returns 0; 0 logical events lost (a MESSAGE_CREATE
 is one logical event, unique by its id), every duplicate marked with ``x-spectacles-overlap`` on
 both copies; identifies exactly 4 + 8 (one gate for both sets: no bucket broken); afterwards
-only the new set is connected, the old sessions ended; the state dir holds 8 sessions of 8.
+only the new set is connected, the old sessions ended; the state dir holds 8 sessions of 8, and
+a new ``start --shard-count 8`` resumes all of them. An abort (4011 on a new shard) leaves the old
+set serving.
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
         finally:
             sup.stop()
         saved = json.loads((state / "sessions.json").read_text())
+        # a new start with the new count resumes every new session: no identify
+        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", "--shard-count", "8")
+        try:
+            sim.wait_until(lambda s: s["ready_sets"].get(8) == list(range(8)), timeout=40)
+            snap = sim.snapshot()
+            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8
+            assert len([r for r in snap["resumes"] if r["result"] == "ok"]) == 8
+            again.signal(signal.SIGTERM)
+            assert again.wait(20) == 0
+        finally:
+            again.stop()
 
     copies: dict[str, list[dict]] = {}
     for _, props, body in rabbit.get_all(queues["MESSAGE_CREATE"]):
@@ -101,3 +114,51 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
         f"\nreshard 4 -> 8: command returned in {took:.1f} s; {len(due)} logical events, 0 lost, "
         f"{len(duplicates)} published twice (all marked); identifies 4 + 8"
     )
+
+
+def test_a_fatal_close_of_a_new_shard_aborts_and_the_old_set_keeps_serving(amqp_url, rabbit, group, tmp_path):
+    """4011 on a new shard while the new set prepares: the reshard aborts before any cut-over
+    order, the new sessions end, the old set never stopped; ``reshard`` exits 1 with the reason.
+    The state dir still holds the old 4 sessions."""
+    with SimulatorThread(
+        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=10,
+        heartbeat_interval_ms=20000,
+    ) as sim:  # fmt: skip
+        rabbit.bind(group, spectacles.queue_name(group, "MESSAGE_CREATE", "test"), "MESSAGE_CREATE")
+        state = tmp_path / "state"
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
+            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
+            command = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            # the first bucket round of the new set (0-3) is READY, the second (4-7) is not yet
+            sim.wait_until(lambda s: 1 in s["ready_sets"].get(8, []), timeout=40)
+            sim.call("sharding_required", 1, count=8)
+            out, err = command.communicate(timeout=60)
+            assert command.returncode == 1, out + err
+            assert "reshard aborted: new shard 1 was closed by Discord with 4011" in err
+            assert "the old set keeps serving" in err
+            status = json.loads(sup.cli("status", "--json").stdout)
+            assert status["shard_count"] == 4 and status["reshard"]["phase"] == "aborted"
+            assert "reshard: 4 -> 8, aborted (new shard 1 was closed" in sup.cli("status").stdout
+            wait_for(
+                lambda: (r := sim.call("ready_sets"))[4] == [0, 1, 2, 3] and not r.get(8), 20, what="only the old set connected"
+            )
+            assert sup.proc.poll() is None
+            assert "reshard 4 -> 8 aborted: new shard 1 was closed" in sup.output()
+            # the old set publishes on, past the cut-over point if one had been chosen (the
+            # abort took it back)
+            queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
+            time.sleep(3.5)
+            before = rabbit.depth(queue)
+            time.sleep(1.5)
+            assert rabbit.depth(queue) > before + 10
+            sup.signal(signal.SIGTERM)
+            assert sup.wait(20) == 0
+        finally:
+            sup.stop()
+        saved = json.loads((state / "sessions.json").read_text())
+        assert saved["shard_count"] == 4 and len(saved["sessions"]) == 4
