@@ -71,7 +71,7 @@ from typing import Any
 
 # The handover rule and the outbound routing are applied by the workers, which never import the
 # supervisor: they live in the worker package and are part of this module's vocabulary.
-from shard_worker.reshard import (  # noqa: F401 - re-exported
+from shard_worker.reshard import (
     DEFAULT_OVERLAP_S,
     OVERLAP_HEADER,
     Handover,
@@ -80,6 +80,9 @@ from shard_worker.reshard import (  # noqa: F401 - re-exported
     shard_of_guild,
     shard_of_packet,
 )
+
+#: What this module re-exports from ``shard_worker.reshard`` without using it itself.
+REEXPORTED = (OVERLAP_HEADER, Role, guild_of_packet, shard_of_packet)
 
 #: The cut-over point is chosen at least this far ahead, so every child of both sets has been
 #: told before it matters: the old set marks its copies from ``T - 2 overlap`` on, so it must

@@ -2,7 +2,8 @@
 events reach every session owning it under that session's count), RabbitMQ, a live stream, and
 ``spectacles-supervisor reshard --shard-count 8`` from 4 at max_concurrency 4.
 
-Checked: the command prints its progress and returns 0; 0 logical events lost (a MESSAGE_CREATE
+Checked: the command prints its progress and returns 0; afterwards a SEND and a shard packet
+with a ``guild_id`` (put in another id's queue) reach the guild's owner under the new count; 0 logical events lost (a MESSAGE_CREATE
 is one logical event, unique by its id), every duplicate marked with ``x-spectacles-overlap`` on
 both copies; identifies exactly 4 + 8 (one gate for both sets: no bucket broken); afterwards
 only the new set is connected, the old sessions ended; the state dir holds 8 sessions of 8, and
@@ -19,9 +20,12 @@ import sys
 import threading
 import time
 
+import pytest
+
 from shard_worker import spectacles
 from shard_worker.reshard import OVERLAP_HEADER
 from supervisor.simulator import SimulatorThread
+from supervisor.simulator.payloads import guild_ids_for_shard
 from tests.helpers import TOKEN, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
 
@@ -30,18 +34,24 @@ def ids_in(sim, session_id: str) -> set[str]:
     return {f["d"]["id"] for f in sim.call("history", session_id) if f["t"] == "MESSAGE_CREATE"}
 
 
-def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
+@pytest.mark.parametrize(
+    ("old", "new", "concurrency", "per_process", "rate"),
+    [(4, 8, 4, 4, 20), (16, 24, 8, 8, 4)],
+    ids=["4-to-8", "16-to-24"],
+)
+def test_reshard_under_a_live_stream(amqp_url, rabbit, group, tmp_path, old, new, concurrency, per_process, rate):
     with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, guilds_per_shard=4,
-        events_per_shard=-1, rate=20, heartbeat_interval_ms=20000, seed=11,
+        token=TOKEN, shard_count=old, reshardable=True, max_concurrency=concurrency, guilds_per_shard=4,
+        events_per_shard=-1, rate=rate, heartbeat_interval_ms=20000, seed=11,
     ) as sim:  # fmt: skip
         queues = {t: spectacles.queue_name(group, t, "test") for t in ("MESSAGE_CREATE", "READY", "GUILD_CREATE")}
         for t, queue in queues.items():
             rabbit.bind(group, queue, t)
+        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(new)))
         state = tmp_path / "state"
-        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", str(per_process))
         try:
-            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
+            sim.wait_until(lambda s: s["ready"] == set(range(old)), timeout=60)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
 
             # what the old sessions received, read while they exist (ended sessions are forgotten)
@@ -51,7 +61,7 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
 
             def watch_old() -> None:
                 while watching.is_set():
-                    for state_ in sim.call("set_states").get(4, {}).values():
+                    for state_ in sim.call("set_states").get(old, {}).values():
                         if state_.get("session_id"):
                             old_ids.update(ids_in(sim, state_["session_id"]))
                     time.sleep(0.2)
@@ -60,7 +70,7 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
             watcher.start()
             started = time.monotonic()
             done = subprocess.run(
-                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
+                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", str(new), "--state-dir", str(state)],
                 capture_output=True, text=True, timeout=150,
             )  # fmt: skip
             took = time.monotonic() - started
@@ -68,17 +78,30 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
             watcher.join(5)
             assert done.returncode == 0, done.stdout + done.stderr + sup.output()[-3000:]
             lines = done.stdout.splitlines()
-            assert lines[0].startswith("reshard 4 -> 8 started") and lines[-1] == "reshard 4 -> 8: done"
+            assert lines[0].startswith(f"reshard {old} -> {new} started") and lines[-1] == f"reshard {old} -> {new}: done"
             assert any("new shards READY" in line for line in lines)
 
             snap = sim.snapshot()
             assert snap["violations"] == []
-            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8
-            assert snap["ready_sets"] == {8: list(range(8))}  # only the new set is connected
+            assert len([i for i in snap["identifies"] if i["accepted"]]) == old + new
+            assert snap["ready_sets"] == {new: list(range(new))}  # only the new set is connected
             status = json.loads(sup.cli("status", "--json").stdout)
-            assert status["shard_count"] == 8 and status["reshard"]["phase"] == "done"
+            assert status["shard_count"] == new and status["reshard"]["phase"] == "done"
+            # outbound after the reshard: SEND and a shard packet put in an old id's queue reach
+            # the guild's owner under 8 shards (5 and 6 exist only in the new set)
+            guild5, guild6 = guild_ids_for_shard(new - 3, new, 1)[0], guild_ids_for_shard(new - 2, new, 1)[0]
+            members = {"op": 8, "d": {"guild_id": str(guild5), "query": "", "limit": 0}}
+            rabbit.publish(group, "SEND", json.dumps({"guild_id": str(guild5), "packet": members}).encode())
+            voice = {"op": 4, "d": {"guild_id": str(guild6), "channel_id": None, "self_mute": False, "self_deaf": False}}
+            rabbit.publish(group, "1", json.dumps(voice).encode())
+            sent = sim.wait_until(
+                lambda s: any(r["op"] == 8 and r["shard"] == new - 3 for r in s["sent"])
+                and any(r["op"] == 4 and r["shard"] == new - 2 for r in s["sent"]),
+                timeout=20,
+            )["sent"]
+            assert not any(r["op"] == 4 and r["shard"] == 1 for r in sent)
             new_ids: set[str] = set()
-            for state_ in snap["sets"][8].values():
+            for state_ in snap["sets"][new].values():
                 new_ids |= ids_in(sim, state_["session_id"])
             time.sleep(1.0)  # what the new sessions were sent has been read and published
             sup.signal(signal.SIGTERM)
@@ -87,12 +110,12 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
             sup.stop()
         saved = json.loads((state / "sessions.json").read_text())
         # a new start with the new count resumes every new session: no identify
-        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", "--shard-count", "8")
+        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", str(per_process), "--shard-count", str(new))
         try:
-            sim.wait_until(lambda s: s["ready_sets"].get(8) == list(range(8)), timeout=40)
+            sim.wait_until(lambda s: s["ready_sets"].get(new) == list(range(new)), timeout=60)
             snap = sim.snapshot()
-            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8
-            assert len([r for r in snap["resumes"] if r["result"] == "ok"]) == 8
+            assert len([i for i in snap["identifies"] if i["accepted"]]) == old + new
+            assert len([r for r in snap["resumes"] if r["result"] == "ok"]) == new
             again.signal(signal.SIGTERM)
             assert again.wait(20) == 0
         finally:
@@ -104,15 +127,15 @@ def test_reshard_4_to_8_under_a_live_stream(amqp_url, rabbit, group, tmp_path):
     due = old_ids | new_ids
     lost = due - set(copies)
     duplicates = {key: c for key, c in copies.items() if len(c) > 1}
-    assert len(due) > 500 and lost == set(), f"{len(lost)} lost of {len(due)}"
-    assert all(len(c) == 2 and sorted(h.get(OVERLAP_HEADER) for h in c) == [4, 8] for c in duplicates.values())
+    assert len(due) > 300 and lost == set(), f"{len(lost)} lost of {len(due)}"
+    assert all(len(c) == 2 and sorted(h.get(OVERLAP_HEADER) for h in c) == [old, new] for c in duplicates.values())
     # the new set's READYs and GUILD_CREATEs are not published: only the old set's
-    assert len(rabbit.get_all(queues["READY"])) == 4
-    assert len(rabbit.get_all(queues["GUILD_CREATE"])) == 16
-    assert saved["shard_count"] == 8 and len(saved["sessions"]) == 8
+    assert len(rabbit.get_all(queues["READY"])) == old
+    assert len(rabbit.get_all(queues["GUILD_CREATE"])) == 4 * old
+    assert saved["shard_count"] == new and len(saved["sessions"]) == new
     print(
-        f"\nreshard 4 -> 8: command returned in {took:.1f} s; {len(due)} logical events, 0 lost, "
-        f"{len(duplicates)} published twice (all marked); identifies 4 + 8"
+        f"\nreshard {old} -> {new}: command returned in {took:.1f} s; {len(due)} logical events, 0 lost, "
+        f"{len(duplicates)} published twice (all marked); identifies {old} + {new}"
     )
 
 
