@@ -532,6 +532,10 @@ class Arbiter:
         run, plan = self._resharding, self.reshard
         if run is None or plan is None:
             return
+        if plan.phase is Phase.PREPARING and self.gate.waiting and self.gate.budget_exhausted(now):
+            # the new set cannot finish identifying before Discord's reset: give up now, while
+            # the old set serves, rather than wait hours with two sets connected
+            run.fail(f"the identify budget ran out ({self.gate.remaining} left, the reserve)")
         if plan.running:
             old = [g.child for g in self.groups if g.child is not None]
             self.reshard = plan = run.step(plan, old, now)

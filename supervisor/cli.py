@@ -486,6 +486,8 @@ def reshard_line(status: dict[str, Any]) -> str | None:
     if not isinstance(reshard, dict):
         return None
     line = f"reshard: {reshard.get('old_count')} -> {reshard.get('new_count')}, {reshard.get('phase')}"
+    if reshard.get("phase") == "preparing" and isinstance(reshard.get("new_ready"), int):
+        line += f", {reshard['new_ready']}/{reshard.get('new_count')} new shards READY"
     if reshard.get("reason"):
         line += f" ({reshard['reason']})"
     return line

@@ -2,8 +2,8 @@
 
 The arbiter owns the loop, the identify gate and the old set; a :class:`ReshardRun` owns the
 children of the new set while a reshard runs and tells the arbiter what to do at each pass
-(:meth:`ReshardRun.step`). The decisions (phases, the cut-over point, what may be aborted) are
-:class:`supervisor.shard_sets.Reshard`'s; the workers apply the handover rule themselves
+(:meth:`ReshardRun.step`). The decisions (phases, the cut-over point, what may be aborted, which
+orders are due) are ``supervisor.shard_sets``' (:func:`~supervisor.shard_sets.advance`); the workers apply the handover rule themselves
 (``shard_worker/reshard.py``). The steps:
 
 1. **preparing**: the new set's children start with ``hold_events`` and ``standby`` (they publish
@@ -34,13 +34,12 @@ from shard_worker.config import SavedSession, WorkerConfig
 from shard_worker.ipc import Message
 
 from .child import Child
-from .shard_sets import Phase, Reshard
+from .shard_sets import DEFAULT_DRAIN_S, Order, Reshard, advance, next_due
 
 log = logging.getLogger("supervisor.reshard")
 
-#: After ``T``, the old set's children are stopped this much later: what they received before
-#: ``T`` is published by then (the stop also waits for RabbitMQ's confirms).
-DRAIN_S = 1.0
+#: After ``T``, the old set's children are stopped this much later (``shard_sets``).
+DRAIN_S = DEFAULT_DRAIN_S
 
 
 def new_set_configs(template: WorkerConfig, new_count: int, per_process: int) -> list[WorkerConfig]:
@@ -72,7 +71,6 @@ class ReshardRun:
         self.sessions: dict[int, SavedSession] = {}
         #: why the reshard must be aborted (the first reason), else None
         self.failure: str | None = None
-        self.stop_old_at: float | None = None
         self.old_stopped = False
         self.new_stopped = False
 
@@ -149,35 +147,35 @@ class ReshardRun:
 
     # -- the steps ----------------------------------------------------------------------------
     def step(self, plan: Reshard, old_children: list[Child], now: float) -> Reshard:
-        """One pass of the arbiter's loop: the orders due now; returns the plan's next value."""
-        if plan.phase in (Phase.PREPARING, Phase.CUTOVER) and self.failure is not None:
-            if plan.cut_at is None or now < plan.cut_at:
+        """One pass of the arbiter's loop: ``shard_sets.advance`` says what is due; this only
+        carries the orders out. Returns the plan's next value."""
+        before = plan
+        plan, orders = advance(
+            plan, now, new_ready=self.ready_count(), failure=self.failure, old_ended=self.old_stopped
+        )
+        for order in orders:
+            if order is Order.CUTOVER:
+                rule = plan.handover()
+                for role, children in (("old", old_children), ("new", self.live())):
+                    for child in children:
+                        child.send("cutover", {"role": role, **rule.to_dict()})
+                log.info("reshard: every new shard READY; cut-over in %.1f s", rule.cut_at - now)
+            elif order is Order.CANCEL:
+                for child in old_children:  # the old set was told T: it publishes on after it
+                    child.send("cutover_cancel")
+            elif order is Order.END_NEW:
                 log.error("reshard %d -> %d aborted: %s; the old set keeps serving",
-                          plan.old.shard_count, plan.new.shard_count, self.failure)  # fmt: skip
-                if plan.cut_at is not None:
-                    # the old set was told T: it must keep publishing after it after all
-                    for child in old_children:
-                        child.send("cutover_cancel")
+                          before.old.shard_count, before.new.shard_count, self.failure)  # fmt: skip
                 self.stop_new(now)
-                return plan.abort(self.failure, now)
-        if plan.phase is Phase.PREPARING and self.ready_count() >= plan.new.shard_count:
-            plan = plan.new_set_ready(now)
-            rule = plan.handover()
-            for role, children in (("old", old_children), ("new", self.live())):
-                for child in children:
-                    child.send("cutover", {"role": role, **rule.to_dict()})
-            log.info("reshard: every new shard READY; cut-over in %.1f s", rule.cut_at - now)
-        elif plan.phase is Phase.CUTOVER and plan.cut_at is not None and now >= plan.cut_at:
-            for child in self.live():
-                child.send("activate")
-            plan = plan.cut_passed(now)
-            self.stop_old_at = now + DRAIN_S
-            log.info("reshard: cut-over passed; the new set of %d serves", plan.new.shard_count)
-        elif plan.phase is Phase.DRAINING and not self.old_stopped and self.stop_old_at is not None and now >= self.stop_old_at:
-            self.old_stopped = True
-            for child in old_children:
-                end(child, now)
-            log.info("reshard: stopping the old set of %d (its sessions end)", plan.old.shard_count)
+            elif order is Order.ACTIVATE:
+                for child in self.live():
+                    child.send("activate")
+                log.info("reshard: cut-over passed; the new set of %d serves", plan.new.shard_count)
+            elif order is Order.END_OLD:
+                self.old_stopped = True
+                for child in old_children:
+                    end(child, now)
+                log.info("reshard: stopping the old set of %d (its sessions end)", plan.old.shard_count)
         return plan
 
     def stop_new(self, now: float) -> None:
@@ -186,12 +184,9 @@ class ReshardRun:
             end(child, now)
 
     def timeout(self, plan: Reshard, now: float) -> float | None:
-        """How long the loop may sleep before the next step is due."""
-        if plan.phase is Phase.CUTOVER and plan.cut_at is not None:
-            return max(0.0, plan.cut_at - now)
-        if plan.phase is Phase.DRAINING and not self.old_stopped and self.stop_old_at is not None:
-            return max(0.0, self.stop_old_at - now)
-        return None
+        """How long the loop may sleep before the next step is due (``shard_sets.next_due``)."""
+        due = next_due(plan, self.old_stopped)
+        return None if due is None else max(0.0, due - now)
 
 
 def end(child: Child, now: float) -> None:

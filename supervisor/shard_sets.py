@@ -283,6 +283,65 @@ class Reshard:
         }
 
 
+# -- what to do now ---------------------------------------------------------------------------
+
+#: After the cut-over point the old set is stopped this much later: what it received before ``T``
+#: has been published by then (its stop also waits for RabbitMQ's confirms).
+DEFAULT_DRAIN_S = 1.0
+
+
+class Order(str, enum.Enum):
+    """What the arbiter does to the children at a step of a reshard (``supervisor/resharding``)."""
+
+    #: tell every child of both sets the cut-over point (IPC ``cutover``)
+    CUTOVER = "cutover"
+    #: take the cut-over point back from the old set (an abort after CUTOVER, before ``T``)
+    CANCEL = "cutover_cancel"
+    #: the new set consumes its shard queues and SEND from now on (IPC ``activate``)
+    ACTIVATE = "activate"
+    #: stop the old set's children, their sessions ended (1000)
+    END_OLD = "end_old"
+    #: stop the new set's children, their sessions ended (an abort)
+    END_NEW = "end_new"
+
+
+def advance(
+    plan: Reshard, now: float, *, new_ready: int, failure: str | None, old_ended: bool, drain_s: float = DEFAULT_DRAIN_S
+) -> tuple[Reshard, list[Order]]:
+    """The next value of ``plan`` at ``now`` and the orders due, given what the arbiter saw:
+    ``new_ready`` new shards READY, the first ``failure`` of the new set (None: none), whether
+    the old set was already told to end. Called on every pass of the loop; most passes: no
+    change, no order.
+
+    * a failure before ``T``: abort (and take ``T`` back from the old set if it was told);
+      after ``T`` a failure is not the reshard's to handle (there is no going back);
+    * every new shard READY while preparing: choose ``T`` and tell both sets;
+    * ``T`` reached: the new set serves (it consumes the outbound queues);
+    * ``drain_s`` after ``T``: end the old set (its sessions are not resumed)."""
+    cut_at = plan.cut_at
+    if plan.phase in (Phase.PREPARING, Phase.CUTOVER) and failure is not None and (cut_at is None or now < cut_at):
+        return plan.abort(failure, now), ([Order.CANCEL] if cut_at is not None else []) + [Order.END_NEW]
+    if plan.phase is Phase.PREPARING and new_ready >= plan.new.shard_count:
+        return plan.new_set_ready(now), [Order.CUTOVER]
+    if plan.phase is Phase.CUTOVER and cut_at is not None and now >= cut_at:
+        return plan.cut_passed(now), [Order.ACTIVATE]
+    if plan.phase is Phase.DRAINING and not old_ended and cut_at is not None and now >= cut_at + drain_s:
+        return plan, [Order.END_OLD]
+    return plan, []
+
+
+def next_due(plan: Reshard, old_ended: bool, drain_s: float = DEFAULT_DRAIN_S) -> float | None:
+    """When :func:`advance` next has something to do by the clock alone (None: only an event,
+    a READY or a failure, can move the plan): the loop sleeps no longer than this."""
+    if plan.cut_at is None:
+        return None
+    if plan.phase is Phase.CUTOVER:
+        return plan.cut_at
+    if plan.phase is Phase.DRAINING and not old_ended:
+        return plan.cut_at + drain_s
+    return None
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 

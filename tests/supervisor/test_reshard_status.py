@@ -29,6 +29,8 @@ def test_a_running_and_an_aborted_reshard():
     plan = Reshard.plan(ShardSet.full(0, 4), 8).start()
     text = format_status({**STATUS, "reshard": plan.describe()})
     assert text.splitlines()[-1] == "reshard: 4 -> 8, preparing"
+    running = {**STATUS, "reshard": {**plan.describe(), "new_ready": 3}}  # what the supervisor adds
+    assert reshard_line(running) == "reshard: 4 -> 8, preparing, 3/8 new shards READY"
     aborted = plan.abort("shard 2 of the new set: Discord closed with 4013")
     assert reshard_line({**STATUS, "reshard": aborted.describe()}) == (
         "reshard: 4 -> 8, aborted (shard 2 of the new set: Discord closed with 4013)"

@@ -251,3 +251,33 @@ def test_a_guild_packet_always_reaches_the_owner_under_the_serving_count(old_cou
         count = state.serving().shard_count
         target = shard_sets.shard_of_packet(packet, addressed, count)
         assert target == state.serving().owner(guild) == (guild >> 22) % count
+
+
+def test_advance_gives_the_orders_of_each_step():
+    from supervisor.shard_sets import Order, advance, next_due
+
+    plan = Reshard.plan(ShardSet.full(0, 4), 8).start()
+    assert advance(plan, 1.0, new_ready=7, failure=None, old_ended=False) == (plan, [])
+    assert next_due(plan, False) is None  # only a READY or a failure moves it
+    plan, orders = advance(plan, 2.0, new_ready=8, failure=None, old_ended=False)
+    assert plan.phase is Phase.CUTOVER and plan.cut_at == 5.0 and orders == [Order.CUTOVER]
+    assert next_due(plan, False) == 5.0
+    assert advance(plan, 4.9, new_ready=8, failure=None, old_ended=False) == (plan, [])
+    plan, orders = advance(plan, 5.0, new_ready=8, failure=None, old_ended=False)
+    assert plan.phase is Phase.DRAINING and orders == [Order.ACTIVATE] and next_due(plan, False) == 6.0
+    # after T a failure is no longer the reshard's: no abort
+    assert advance(plan, 5.5, new_ready=7, failure="late", old_ended=False) == (plan, [])
+    assert advance(plan, 6.0, new_ready=8, failure=None, old_ended=False) == (plan, [Order.END_OLD])
+    assert advance(plan, 7.0, new_ready=8, failure=None, old_ended=True) == (plan, [])
+    assert next_due(plan, True) is None
+
+
+def test_advance_aborts_before_t_and_takes_t_back_once_told():
+    from supervisor.shard_sets import Order, advance
+
+    preparing = Reshard.plan(ShardSet.full(0, 4), 8).start()
+    aborted, orders = advance(preparing, 1.0, new_ready=3, failure="new shard 1: 4011", old_ended=False)
+    assert aborted.phase is Phase.ABORTED and aborted.reason == "new shard 1: 4011" and orders == [Order.END_NEW]
+    told, _ = advance(preparing, 2.0, new_ready=8, failure=None, old_ended=False)
+    aborted, orders = advance(told, 4.0, new_ready=8, failure="child exited", old_ended=False)
+    assert aborted.phase is Phase.ABORTED and orders == [Order.CANCEL, Order.END_NEW]
