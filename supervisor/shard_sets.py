@@ -11,6 +11,8 @@ The pieces:
 * :class:`ShardSet`: one generation, ``(shard_count, shard_ids, phase)``.
 * :class:`Phase`, :data:`TRANSITIONS` and :class:`Reshard`: the plan of one reshard as a
   transition table (idle -> preparing -> cutover -> draining -> done, or aborted).
+* :func:`advance` and :func:`next_due`: at each pass of the supervisor's loop, the plan's next
+  value and the :class:`Order` s due (``supervisor/resharding.py`` carries them out).
 * The refusals of ``spectacles-supervisor reshard`` (:func:`refusal` and the checks it runs),
   each one clear line or None.
 * Routing: :func:`shard_of_guild` (Discord's formula, from :mod:`shard_worker.gateway.protocol`)
