@@ -107,11 +107,13 @@ class AmqpBridge:
         events_auto: bool = False,
         probe_interval: float = PROBE_INTERVAL_S,
         standby: bool = False,
+        drain_shards: list[int] | None = None,
     ) -> None:
         """``events_auto``: ``--events auto``, publish with ``mandatory`` and learn from
         ``basic.return`` which types no queue takes (``event_selection``); the runners then
         consult :attr:`event_selection`. ``standby``: a reshard's new set, consuming nothing
-        until :meth:`activate`."""
+        until :meth:`activate`. ``drain_shards``: queues of ids gone after a reshard to fewer
+        shards, consumed to re-route their packets by ``guild_id`` (or refuse them)."""
         self.url = url
         #: ``url``'s URLs (comma-separated: a cluster's nodes), tried round robin (amqp_params).
         self.endpoints = amqp_params.Endpoints(url, tls, cap=RECONNECT_CAP_S)
@@ -163,6 +165,7 @@ class AmqpBridge:
         #: Encoded properties of marked events, by (shard, overlap header value), made on first use.
         self._marked_props: dict[tuple[int, int], bytes] = {}
         self.standby = standby
+        self._drain = frozenset(drain_shards or ())
         self._reroute_props = properties_prefix(
             pika.BasicProperties(content_type=spectacles.CONTENT_TYPE, delivery_mode=spectacles.PERSISTENT)
         )
@@ -342,13 +345,13 @@ class AmqpBridge:
         sub = self._sub
         if sub is None or not sub.is_open:
             return  # the next connection consumes them
-        for source in [None, *sorted(self._consuming)]:
+        for source in [None, *sorted(self._consuming), *sorted(self._drain)]:
             self._queue_of_consumer[sub.basic_consume(self._queue_label(source), self._on_message)] = source
         log.info("active: consuming SEND and %d shard queues", len(self._consuming))
 
     def _consumes(self, source: int | None) -> bool:
         """Whether the queue of ``source`` (None: SEND) is to be consumed now."""
-        return not self.standby and (source is None or source in self._consuming)
+        return not self.standby and (source is None or source in self._consuming or source in self._drain)
 
     def resume_shard(self, shard_id: int) -> None:
         """The shard is READY: consume its queue (again)."""
@@ -489,7 +492,8 @@ class AmqpBridge:
             sub = await self._open_channel(conn)
             await self._call(sub.basic_qos, prefetch_count=self.prefetch)
             queues: list[tuple[str, str, int | None]] = [
-                (spectacles.shard_queue(self.group, s), spectacles.shard_routing_key(s), s) for s in self.shard_ids
+                (spectacles.shard_queue(self.group, s), spectacles.shard_routing_key(s), s)
+                for s in [*self.shard_ids, *sorted(self._drain)]
             ]
             queues.append((spectacles.send_queue(self.group), spectacles.SEND_EVENT, None))
             await self._declare_queues(conn, queues)

@@ -85,6 +85,11 @@ class WorkerConfig:
     #: until the ``activate`` order (at the cut-over), so that it cannot take the packets the
     #: old set still serves (its shard ids overlap the old set's).
     standby: bool = False
+    #: Live reshard to fewer shards: the queues ``<group>:<id>`` of these ids (no longer shards
+    #: under ``shard_count``) are consumed too, once active, and drained: every packet goes to
+    #: the owner of its ``guild_id`` under ``shard_count``, one without is refused (counted as
+    #: ``no_such_shard``). The queues are left for the operator to delete.
+    drain_shards: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.compress = compress_name(self.compress)

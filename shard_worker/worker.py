@@ -61,6 +61,7 @@ class Worker:
             tls=TlsFiles(config.amqp_ca_file, config.amqp_cert_file, config.amqp_key_file),
             events_auto=config.events == AUTO,
             standby=config.standby,
+            drain_shards=config.drain_shards,
         )
         #: One filter for every shard of the process: ``--events auto`` learns per process.
         events = self.bridge.event_selection if config.events == AUTO else as_filter(config.events)

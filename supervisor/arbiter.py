@@ -518,7 +518,7 @@ class Arbiter:
         old = ShardSet(0, self.shard_count, tuple(self.all_shards))
         self.reshard = Reshard.plan(old, target).start()
         template = self.groups[0].config
-        configs = new_set_configs(template, target, len(template.shard_ids))
+        configs = new_set_configs(template, target, len(template.shard_ids), self.shard_count)
         first = max(g.index for g in self.groups) + 1
         self._resharding = ReshardRun(configs, log_format=self.options.log_format, first_group=first)
         for child in self._resharding.spawn():
@@ -569,6 +569,13 @@ class Arbiter:
         self.reshard = self.reshard.old_drained()
         self._save_sessions()
         log.info("reshard %d -> %d done: only the new set runs; %d sessions saved", old_count, new_count, len(self.sessions))
+        _, drained = shard_sets.queue_changes(self.groups[0].config.group, old_count, new_count)
+        if drained:
+            log.warning(
+                "reshard: the queues %s belong to no shard now; %s drains them (packets re-routed by guild_id, "
+                "the others refused); delete them once empty",
+                ", ".join(drained), self.groups[0].child.label if self.groups[0].child else "the first group",
+            )  # fmt: skip
 
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:

@@ -42,16 +42,20 @@ log = logging.getLogger("supervisor.reshard")
 DRAIN_S = DEFAULT_DRAIN_S
 
 
-def new_set_configs(template: WorkerConfig, new_count: int, per_process: int) -> list[WorkerConfig]:
+def new_set_configs(template: WorkerConfig, new_count: int, per_process: int, old_count: int = 0) -> list[WorkerConfig]:
     """The new set's groups: every id of ``new_count`` in processes of ``per_process`` shards,
     configured like ``template`` (without sessions: every new shard identifies). These are the
     configs the groups keep after the reshard; a child started during it gets
-    :func:`preparing` of its config."""
+    :func:`preparing` of its config. To fewer shards (``old_count`` above ``new_count``), the
+    first group also drains the queues of the ids that no longer exist
+    (``shard_sets.queue_changes``)."""
     per = max(1, per_process)
-    return [
+    configs = [
         replace(template, shard_ids=list(range(start, min(start + per, new_count))), shard_count=new_count, sessions={})
         for start in range(0, new_count, per)
     ]
+    configs[0] = replace(configs[0], drain_shards=list(range(new_count, old_count)))
+    return configs
 
 
 def preparing(config: WorkerConfig) -> WorkerConfig:

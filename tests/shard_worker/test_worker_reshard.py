@@ -126,3 +126,25 @@ def test_old_2_to_new_4_loses_nothing_marks_duplicates_and_keeps_queues_until_ac
             f"\nworkers 2 -> 4: {len(old_ids)} logical events of the old set, 0 lost, "
             f"{len(duplicates)} published twice (all marked), new set {counters}"
         )
+
+
+def test_a_queue_of_an_id_gone_after_a_reshard_to_fewer_shards_is_drained_by_guild_id(amqp_url, rabbit, group):
+    """4 -> 2: the queue of old shard 3 is consumed by the worker given it in ``drain_shards``;
+    a packet with a ``guild_id`` reaches the guild's owner under 2 shards, one without is
+    refused and counted."""
+    with SimulatorThread(token=TOKEN, shard_count=2, heartbeat_interval_ms=20000, max_concurrency=2) as sim:
+        gone = spectacles.shard_queue(group, 3)
+        rabbit.bind(group, gone, "3")
+        guild1 = guild_ids_for_shard(1, 2, 1)[0]
+        voice = {"op": 4, "d": {"guild_id": str(guild1), "channel_id": None, "self_mute": False, "self_deaf": False}}
+        presence = {"op": 3, "d": {"since": None, "activities": [], "status": "idle", "afk": False}}
+        rabbit.publish(group, "3", json.dumps(voice).encode())
+        rabbit.publish(group, "3", json.dumps(presence).encode())
+        rabbit.track(spectacles.shard_queue(group, 0), spectacles.shard_queue(group, 1), spectacles.send_queue(group))
+        config = dataclasses.replace(worker_config(sim, amqp_url, group, [0, 1]), drain_shards=[3])
+        with WorkerThread(config) as worker:
+            wait_for(lambda: sent_ops(sim, 4, 1), 30, what="the drained packet sent by shard 1")
+            wait_for(lambda: worker.call(lambda: dict(worker.worker.bridge.rejected)) == {"no_such_shard": 1}, 10)
+            assert worker.call(lambda: worker.worker.bridge.counters()).get("shard_packet_rerouted") == 1
+            assert sent_ops(sim, 3, 0) == [] and sent_ops(sim, 3, 1) == []
+            assert rabbit.depth(gone) == 0
