@@ -441,6 +441,7 @@ class Arbiter:
                 self._take_answers(now)
                 self._reap(now)
                 if self.stopping and not any(g.child for g in self.groups) and not (self._resharding and self._resharding.live()):
+                    self._advance_reshard(now)  # stopped past T: the new set's sessions are the ones saved
                     break
                 self._check_children(now)
                 self._grant_identifies(now)
@@ -467,12 +468,23 @@ class Arbiter:
         self.stopping = True
         if exit_code != exit_codes.OK and self.exit_code == exit_codes.OK:
             self.exit_code = exit_code
+        run, plan = self._resharding, self.reshard
+        if run is not None and plan is not None and plan.phase is Phase.DRAINING:
+            # Past T the new set serves: it stops like any serving set (sessions kept), the old
+            # one is not restarted, and the new set is adopted once the old one has exited.
+            self._retiring = True
+            for child in run.live():
+                child.stop(now)
+        elif run is not None:
+            if plan is not None and plan.phase is Phase.CUTOVER:
+                for group in self.groups:  # told T: it must not drop what comes after it
+                    if group.child is not None:
+                        group.child.send("cutover_cancel")
+            run.fail("the supervisor is stopping")
+            run.stop_new(now)
         for group in self.groups:
             if group.child is not None:
                 group.child.stop(now)
-        if self._resharding is not None:
-            self._resharding.fail("the supervisor is stopping")
-            self._resharding.stop_new(now)
 
     def begin_rolling_restart(self) -> bool:
         if self.stopping:
@@ -531,6 +543,12 @@ class Arbiter:
         """One step of the running reshard: the run says what to do (see resharding)."""
         run, plan = self._resharding, self.reshard
         if run is None or plan is None:
+            return
+        if self.stopping and plan.phase is not Phase.DRAINING:
+            if plan.running:  # stopped before T: the old set's sessions are the ones kept
+                self.reshard = plan.abort(run.failure or "the supervisor is stopping")
+            if not run.live():
+                self._resharding = None
             return
         if plan.phase is Phase.PREPARING and self.gate.waiting and self.gate.budget_exhausted(now):
             # the new set cannot finish identifying before Discord's reset: give up now, while

@@ -187,3 +187,46 @@ def test_a_fatal_close_of_a_new_shard_aborts_and_the_old_set_keeps_serving(amqp_
             sup.stop()
         saved = json.loads((state / "sessions.json").read_text())
         assert saved["shard_count"] == 4 and len(saved["sessions"]) == 4
+
+
+def test_a_sigterm_after_the_cut_over_keeps_the_new_set(amqp_url, rabbit, group, tmp_path):
+    """SIGTERM while the old set drains (past T): the new set is the one saved, and the next
+    ``start --shard-count 8`` resumes all 8 new sessions (no identify)."""
+    with SimulatorThread(
+        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
+        heartbeat_interval_ms=20000,
+    ) as sim:  # fmt: skip
+        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
+        state = tmp_path / "state"
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
+            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
+            command = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+
+            def phase() -> str | None:
+                done = sup.cli("status", "--json")
+                return (json.loads(done.stdout).get("reshard") or {}).get("phase") if done.returncode == 0 else None
+
+            wait_for(lambda: phase() in ("cutover", "draining"), 60, interval=0.02, what="the cut-over")
+            wait_for(lambda: phase() == "draining", 10, interval=0.02, what="past T")
+            sup.signal(signal.SIGTERM)
+            assert sup.wait(30) == 0
+            command.communicate(timeout=30)
+        finally:
+            sup.stop()
+        saved = json.loads((state / "sessions.json").read_text())
+        assert saved["shard_count"] == 8 and len(saved["sessions"]) == 8
+        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", "--shard-count", "8")
+        try:
+            sim.wait_until(lambda s: s["ready_sets"].get(8) == list(range(8)), timeout=40)
+            snap = sim.snapshot()
+            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8
+            assert "reshard 4 -> 8 done" in sup.log_path.read_text()  # adopted while stopping
+            again.signal(signal.SIGTERM)
+            assert again.wait(20) == 0
+        finally:
+            again.stop()
