@@ -42,6 +42,7 @@ other  ``start`` exits with the return code of ``run_group`` once the shards ran
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -61,7 +62,9 @@ from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
 from .settings import (
     CONFIG_FLAG,
     SETTINGS,
+    Origin,
     SettingsError,
+    Source,
     StartSettings,
     build_worker_configs,
     resolve_start_settings,
@@ -278,15 +281,22 @@ def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
         )
 
 
-def _check_saved_shard_count(settings: StartSettings) -> None:
-    """Refuse (exit 2) an explicit shard count other than the one of the sessions saved in the
-    state dir: starting would throw those sessions away and identify every shard again (after a
-    reshard, the saved count is the active one). No sessions worth resuming: no check."""
-    if settings.shard_count is None:
-        return
+def _check_saved_shard_count(settings: StartSettings) -> StartSettings:
+    """The shard count to start with, given the sessions saved in the state dir.
+
+    Without ``--shard-count``, the saved count wins over Discord's recommendation: after a
+    reshard (or a change of Discord's advice) a restart resumes the sessions it has instead of
+    identifying every shard anew; resharding is ``reshard``'s job. An explicit count other than
+    the saved one is refused (exit 2). No sessions worth resuming: nothing changes."""
     from .state_store import saved_shard_count
 
     saved = saved_shard_count(settings.state_dir)
+    if settings.shard_count is None:
+        if saved is None:
+            return settings
+        log.info("shard count %d, from the sessions saved in %s (to resume them)", saved, settings.state_dir)
+        sources = {**settings.sources, "shard_count": Origin(Source.DEFAULT, f"saved in {settings.state_dir}")}
+        return dataclasses.replace(settings, shard_count=saved, sources=sources)
     if saved is not None and saved != settings.shard_count:
         raise StartError(
             f"--shard-count {settings.shard_count} ({settings.sources.get('shard_count')}) disagrees "
@@ -295,11 +305,12 @@ def _check_saved_shard_count(settings: StartSettings) -> None:
             "identify every shard anew",
             EXIT_USAGE,
         )
+    return settings
 
 
 def _start(settings: StartSettings) -> int:
     settings.require_token()
-    _check_saved_shard_count(settings)
+    settings = _check_saved_shard_count(settings)
     from shard_worker.amqp_frames import check_pika
 
     try:

@@ -67,9 +67,18 @@ def test_an_explicit_count_other_than_the_saved_one_exits_2_naming_both(tmp_path
     result = start(state, env={"DISCORD_SHARD_COUNT": "16"})
     assert result.exit_code == EXIT_USAGE and "--shard-count 16 (env DISCORD_SHARD_COUNT)" in result.stderr
     assert fake_worker == []  # nothing started
-    # the same count, or none given (Discord's): no check
+    # the same count: no refusal
     assert start(state, "--shard-count", "4").exit_code == 7
+    assert {c.shard_count for c in fake_worker} == {4}
+
+
+def test_without_a_count_the_saved_one_wins_over_discords_recommendation(tmp_path, monkeypatch, fake_worker):  # noqa: F811
+    fake_gateway_bot(monkeypatch, shards=12)  # Discord now recommends 12
+    state = tmp_path / "state"
+    save(state, 4)  # a reshard (or an earlier start) left 4 sessions to resume
     assert start(state).exit_code == 7
+    assert {c.shard_count for c in fake_worker} == {4}
+    assert sorted(s for c in fake_worker for s in c.shard_ids) == [0, 1, 2, 3]
 
 
 def test_no_sessions_to_resume_no_refusal(tmp_path, monkeypatch, fake_worker):  # noqa: F811
