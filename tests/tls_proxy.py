@@ -28,15 +28,7 @@ class TlsProxy(TcpProxy):
         #: Errors that ended a connection after its handshake (a cut is not one).
         self.stream_errors: list[str] = []
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle_tls, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._started.set()
-        self._loop.run_forever()
-        server.close()
-
-    async def _handle_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
             writer.transport.abort()
             return
