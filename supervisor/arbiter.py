@@ -35,7 +35,7 @@ from typing import Any
 
 from shard_worker import exit_codes
 from shard_worker.config import SavedSession, WorkerConfig
-from shard_worker.gateway.protocol import describe_close, identify_bucket
+from shard_worker.gateway.protocol import Close, describe_close, identify_bucket
 from shard_worker.ipc import Message
 
 from .budget_refresh import BudgetRefresher, Refresh
@@ -47,6 +47,7 @@ from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
 from . import shard_sets
+from .auto_reshard import MIN_INTERVAL_S, AutoReshard
 from .resharding import ReshardRun, new_set_configs
 from .shard_sets import Phase, Refusal, Reshard, ShardSet
 from .shared_state import Answer, SharedState
@@ -99,6 +100,9 @@ class ArbiterOptions:
     coordinator: Any = None
     #: A reshard's target must be a multiple of this (Discord's rule for large bots).
     shard_count_multiple: int = 1
+    #: ``--auto-reshard``: seconds between two checks of Discord's recommended count, and a
+    #: 4011 starts a reshard instead of halting (:mod:`supervisor.auto_reshard`); None: off.
+    auto_reshard_interval: float | None = None
 
 
 @dataclass
@@ -109,6 +113,10 @@ class Group:
     child: Child | None = None
     start_at: float = 0.0  # monotonic time the next child may start
     restarts: int = 0
+    #: Shards taken out of the group, with the fatal exit code of their close: a 4011 under
+    #: ``--auto-reshard`` (restarting it would only meet 4011 again); the reshard that
+    #: replaces the set brings them back. The group's other shards run on.
+    held: dict[int, int] = field(default_factory=dict)
 
 
 class Arbiter:
@@ -155,6 +163,12 @@ class Arbiter:
             shared_ask=self._shared_ask if self.coordinator is not None else None,
             shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
         )
+        #: ``--auto-reshard``'s policy, and its own ``GET /gateway/bot`` thread (None: off).
+        self.auto: AutoReshard | None = None
+        self.recommender: BudgetRefresher | None = None
+        if options.auto_reshard_interval is not None and options.fetch_gateway_bot is not None:
+            self.auto = AutoReshard(options.auto_reshard_interval, options.shard_count_multiple)
+            self.recommender = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake, min_interval=MIN_INTERVAL_S)
         self.refresher: BudgetRefresher | None = None
         if self.coordinator is not None:
             self.refresher = BudgetRefresher(
@@ -185,6 +199,9 @@ class Arbiter:
         self._resharding: ReshardRun | None = None
         #: The old set is being stopped after a reshard's cut-over: its groups are not restarted.
         self._retiring = False
+        #: Reshards ended, by outcome (``/metrics``), and the last one counted.
+        self._reshard_ends: dict[str, int] = {}
+        self._reshard_counted: Reshard | None = None
         self.started_at = now
         self._sessions_dirty = False
         #: Shards whose session was invalidated since the last save (to delete in Redis too).
@@ -447,6 +464,7 @@ class Arbiter:
                 self._grant_identifies(now)
                 self._advance_rolling(now)
                 self._advance_reshard(now)
+                self._auto_reshard(now)
                 if not self.stopping:
                     self._spawn_missing(now)
                 self._maybe_save(now)
@@ -550,10 +568,10 @@ class Arbiter:
             if not run.live():
                 self._resharding = None
             return
-        if plan.phase is Phase.PREPARING and self.gate.waiting and self.gate.budget_exhausted(now):
+        if plan.phase is Phase.PREPARING and self.gate.waiting and self._budget_spent(now):
             # the new set cannot finish identifying before Discord's reset: give up now, while
             # the old set serves, rather than wait hours with two sets connected
-            run.fail(f"the identify budget ran out ({self.gate.remaining} left, the reserve)")
+            run.fail(f"the identify budget ran out ({self._budget_remaining()} left, the reserve)")
         if plan.running:
             old = [g.child for g in self.groups if g.child is not None]
             self.reshard = plan = run.step(plan, old, now)
@@ -576,6 +594,8 @@ class Arbiter:
             if group.child is not None:
                 self.metrics.child_started(index, group.child.pid, group.child.started_at)
             self.groups.append(group)
+        if self.shared is not None:  # the old sessions ended: no host may try to resume them
+            self.shared.forget_sessions(old_count, self.all_shards)
         self.shard_count = new_count
         self.all_shards = list(range(new_count))
         self._my_shards = frozenset(self.all_shards)
@@ -594,6 +614,35 @@ class Arbiter:
                 "the others refused); delete them once empty",
                 ", ".join(drained), self.groups[0].child.label if self.groups[0].child else "the first group",
             )  # fmt: skip
+
+    def _auto_reshard(self, now: float) -> None:
+        """``--auto-reshard`` (:mod:`supervisor.auto_reshard`): ask Discord when due, reshard
+        on its answer; halt as without the flag when a group held for a 4011 has no reshard
+        coming to replace it."""
+        auto, asker = self.auto, self.recommender
+        if auto is None or asker is None or self.stopping:
+            return
+        if self._all_ready_once:
+            auto.all_ready(now)
+        for answer in asker.answers():
+            decision = auto.answer(self.shard_count, answer.recommended, str(answer.error) if answer.error else None)
+            if decision.target is None:
+                log.info("auto-reshard: %s", decision.why)
+                continue
+            log.warning("auto-reshard: %s: resharding %d -> %d", decision.why, self.shard_count, decision.target)
+            started = self.begin_reshard({"shard_count": decision.target})
+            if not started["ok"]:
+                log.error("auto-reshard: the reshard to %d was refused: %s", decision.target, started["message"])
+        if auto.due(now) and asker.request(now):
+            auto.asked(now)
+        held = {shard: code for g in self.groups for shard, code in g.held.items()}
+        coming = auto.asking or auto.sharding_required is not None or (self.reshard is not None and self.reshard.running)
+        if held and not coming:
+            log.critical(
+                "fatal: no reshard replaces the shards closed with 4011 (%s); stopping everything, no restart",
+                format_shard_ids(sorted(held)),
+            )  # fmt: skip
+            self.begin_stop(now, next(iter(held.values())))
 
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:
@@ -747,6 +796,7 @@ class Arbiter:
         elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
             child.ready.discard(shard)
         if state == "fatal":
+            child.fatal_shard = shard
             log.error(
                 "shard %d: Discord closed with %s",
                 shard,
@@ -821,6 +871,19 @@ class Arbiter:
             log.info("%s exited for the rolling restart", child.label, extra=extra)
             return
         close = exit_codes.fatal_close_of(code)
+        if close == Close.SHARDING_REQUIRED and self.auto is not None and not self.stopping:
+            shard = child.fatal_shard if child.fatal_shard is not None else child.shard_ids[0]
+            group.held[shard] = code
+            group.config = replace(group.config, shard_ids=[s for s in group.config.shard_ids if s != shard])
+            group.start_at = now  # its other shards resume at once
+            self._forget_session(shard)
+            self.auto.on_sharding_required(shard)
+            log.error(
+                "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
+                "its group's other shards resume, and asking Discord for the count to reshard to",
+                child.label, shard, extra=extra,
+            )  # fmt: skip
+            return
         if close is not None:
             log.critical(
                 "fatal: %s: Discord closed with %s; stopping everything, no restart",
@@ -933,6 +996,9 @@ class Arbiter:
             identifies_granted=self.gate.total_granted,
             identify_waiting=self.gate.waiting,
             shards_ready=self._ready_count(),
+            shard_count=self.shard_count,
+            reshard=self._reshard_status(),
+            reshards=self._count_reshard_end(),
         )
 
     def _advance_rolling(self, now: float) -> None:
@@ -962,7 +1028,7 @@ class Arbiter:
         if self._retiring:
             return  # the old set is leaving; the new one is adopted once it has
         for group in self.groups:
-            if group.child is None and now >= group.start_at:
+            if group.child is None and group.config.shard_ids and now >= group.start_at:
                 self._spawn(group, now)
 
     def _spawn(self, group: Group, now: float) -> None:
@@ -1053,6 +1119,13 @@ class Arbiter:
             self.shared.save_sessions(self.shard_count, mine, sorted(self._forgotten - set(self.sessions)))
         self._forgotten.clear()
 
+    def _budget_spent(self, now: float) -> bool:
+        """Whether the identify budget is down to its reserve: the gate's, or the shared one as
+        last read (another host may have spent it)."""
+        if self.coordinator is None:
+            return self.gate.budget_exhausted(now)
+        return self._budget_cache is not None and self._budget_cache <= self.gate.reserve
+
     def _budget_remaining(self) -> int | None:
         """The identifies left: the gate's, or the shared one as last read (never a Redis call)."""
         if self.coordinator is None:
@@ -1060,14 +1133,29 @@ class Arbiter:
         return self._budget_cache
 
     # -- status -------------------------------------------------------------------------------
+    def _reshard_status(self) -> dict[str, Any] | None:
+        """The running (or last) reshard as ``status`` and ``/metrics`` show it."""
+        if self.reshard is None:
+            return None
+        ready = self._resharding.ready_count() if self._resharding is not None else None
+        return {**self.reshard.describe(), "new_ready": ready}
+
+    def _count_reshard_end(self) -> dict[str, int]:
+        """Reshards ended so far, by outcome (each counted once, when first seen ended)."""
+        plan = self.reshard
+        if plan is not None and plan.phase in shard_sets.FINAL and plan is not self._reshard_counted:
+            self._reshard_counted = plan
+            self._reshard_ends[plan.phase.value] = self._reshard_ends.get(plan.phase.value, 0) + 1
+        return dict(self._reshard_ends)
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         shards = []
         for group in self.groups:
             child = group.child
             report = child.shard_reports if child else {}
-            for shard in group.config.shard_ids:
-                info = report.get(str(shard), {})
+            for shard in sorted([*group.config.shard_ids, *group.held]):
+                info = report.get(str(shard), {}) if shard not in group.held else {"state": "held"}
                 shards.append(
                     {
                         "shard": shard,
@@ -1108,9 +1196,11 @@ class Arbiter:
             "redis": None
             if self.shared is None
             else {"answering": not self.shared.failing, "pending": self.shared.pending},
-            "reshard": None if self.reshard is None else {
-                **self.reshard.describe(),
-                "new_ready": self._resharding.ready_count() if self._resharding is not None else None,
+            "reshard": self._reshard_status(),
+            "auto_reshard": None if self.auto is None else {
+                "interval_s": self.auto.interval_s,
+                "next_check_in": None if self.auto.next_check is None else round(max(0.0, self.auto.next_check - now), 1),
+                "held": sorted(shard for g in self.groups for shard in g.held),
             },
             "shards": shards,
         }

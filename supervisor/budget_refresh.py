@@ -37,8 +37,9 @@ REFRESH_INTERVAL_S = 60.0
 class Refresh:
     """One refresh: Discord's ``limit`` (a :class:`~supervisor.discord_api.SessionStartLimit`)
     or the ``error`` that prevented it; ``estimated``: the budget set from the grant log instead;
-    ``publish_error``: the limit could not be written to Redis. ``started``/``finished`` are
-    ``time.monotonic()`` values (``reset_after`` counts from ``finished``)."""
+    ``publish_error``: the limit could not be written to Redis; ``recommended``: Discord's
+    ``shards`` (for ``--auto-reshard``). ``started``/``finished`` are ``time.monotonic()``
+    values (``reset_after`` counts from ``finished``)."""
 
     limit: Any = None
     error: BaseException | None = None
@@ -46,6 +47,7 @@ class Refresh:
     publish_error: BaseException | None = None
     started: float = 0.0
     finished: float = 0.0
+    recommended: int | None = None
 
 
 class BudgetRefresher:
@@ -109,10 +111,11 @@ class BudgetRefresher:
     def _run(self) -> None:
         started = self.clock()
         limit = error = publish_error = None
-        estimated = None
+        estimated = recommended = None
         if self.fetch is not None:
             try:
-                limit = self.fetch().session_start_limit
+                bot = self.fetch()
+                limit, recommended = bot.session_start_limit, getattr(bot, "shards", None)
             except Exception as exc:  # noqa: BLE001 - DiscordAPIError, a Redis ratelimiter error
                 error = exc
         else:
@@ -127,7 +130,7 @@ class BudgetRefresher:
                 estimated = self.fallback()
             except Exception as exc:  # noqa: BLE001 - Redis errors
                 publish_error = exc
-        answer = Refresh(limit, error, estimated, publish_error, started, self.clock())
+        answer = Refresh(limit, error, estimated, publish_error, started, self.clock(), recommended)
         with self._lock:
             self._answers.append(answer)
         try:

@@ -70,6 +70,8 @@ class Child:
         self.shard_reports: dict[str, dict[str, Any]] = {}
         self.sessions: dict[int, SavedSession] = {}
         self.ready: set[int] = set()
+        #: The shard Discord closed fatally (its last ``fatal`` state), if one was.
+        self.fatal_shard: int | None = None
         self.stopping_since: float | None = None
         self.killed = False
         self.exit_code: int | None = None

@@ -67,8 +67,10 @@ from .settings import (
     Source,
     StartSettings,
     build_worker_configs,
+    format_duration,
     resolve_start_settings,
 )
+from .progress import format_elapsed
 
 PROG = "spectacles-supervisor"
 
@@ -217,13 +219,15 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """
     for setting in reversed(SETTINGS):
         env = " or ".join(setting.envs)
+        # A flag without a value (``--auto-reshard``) gives its ``flag_value`` text when present.
+        shape = {"flag_value": setting.flag_value} if setting.flag_value is not None else {"metavar": setting.metavar}
         command = click.option(
             setting.flag,
             setting.name,
             type=str,
             default=None,
-            metavar=setting.metavar,
             help=f"{setting.help} [env: {env}]",
+            **shape,
         )(command)
     return click.option(
         "--config",
@@ -352,6 +356,7 @@ def _start(settings: StartSettings) -> int:
         log_format=settings.log_format,
         coordinator=coordinator,
         shard_count_multiple=settings.shard_count_multiple,
+        auto_reshard_interval=settings.auto_reshard_interval if settings.auto_reshard else None,
     )
     if coordinator is not None and limit is not None:
         coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)
@@ -504,6 +509,22 @@ def reshard_line(status: dict[str, Any]) -> str | None:
     return line
 
 
+def auto_reshard_line(status: dict[str, Any]) -> str | None:
+    """The ``status`` line of ``--auto-reshard`` (None: off)."""
+    auto = status.get("auto_reshard")
+    if not isinstance(auto, dict):
+        return None
+    due = auto.get("next_check_in")
+    line = f"auto-reshard: on, every {format_duration(auto.get('interval_s') or 0)}"
+    if due is None:
+        line += ", first check once every shard is READY"
+    else:
+        line += f", next check in {format_elapsed(due) if due < 3600 else f'{int(due // 3600)} h {int(due % 3600 // 60):02d} min'}"
+    if auto.get("held"):
+        line += f"; held down after a 4011: shards {format_shard_ids(auto['held'])}"
+    return line
+
+
 def select_shards(
     status: dict[str, Any], shard_ids: Iterable[int]
 ) -> tuple[list[dict[str, Any]], list[int]]:
@@ -589,8 +610,7 @@ def format_status(
     else:
         lines = _summary(status)
     lines.append(_final_line(status))
-    if (reshard := reshard_line(status)) is not None:
-        lines.append(reshard)
+    lines.extend(line for line in (reshard_line(status), auto_reshard_line(status)) if line is not None)
     return "\n".join(lines)
 
 

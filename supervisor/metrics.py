@@ -257,7 +257,8 @@ class MetricsState:
 
     def set_supervisor(self, **values: Any) -> None:
         """Supervisor-wide figures: ``identify_budget_remaining``, ``identifies_granted``,
-        ``identify_waiting``, ``shards_ready``."""
+        ``identify_waiting``, ``shards_ready``, ``shard_count``, ``reshard`` (the status's)
+        and ``reshards`` (ended ones by outcome)."""
         with self.lock:
             self._supervisor.update(values)
 
@@ -465,11 +466,45 @@ def _supervisor_families(values: Mapping[str, Any]) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "spectacles_shards_ready", "Shards READY now.", value=_number(values.get("shards_ready")) or 0.0
     )
+    count = _number(values.get("shard_count"))
+    if count is not None:
+        yield GaugeMetricFamily("spectacles_shard_count", "The shard count the supervisor serves.", value=count)
+    yield from _reshard_families(values)
     yield GaugeMetricFamily(
         "spectacles_supervisor_uptime_seconds",
         "Seconds since the supervisor started.",
         value=_number(values.get("uptime")) or 0.0,
     )
+
+
+#: ``spectacles_reshard_phase`` has one series per phase of ``supervisor.shard_sets.Phase``.
+RESHARD_PHASES = ("idle", "preparing", "cutover", "draining", "done", "aborted")
+
+
+def _reshard_families(values: Mapping[str, Any]) -> Iterator[Metric]:
+    """The reshard in progress (or the last one): ``reshard`` is ``Reshard.describe()`` plus
+    ``new_ready``; ``reshards`` counts the ended ones by outcome."""
+    reshard = values.get("reshard") if isinstance(values.get("reshard"), dict) else {}
+    current = reshard.get("phase", "idle")
+    phase = GaugeMetricFamily(
+        "spectacles_reshard_phase", "1 for the phase of the running (or last) reshard, 0 for the others.", labels=["phase"]
+    )
+    for name in RESHARD_PHASES:
+        phase.add_metric([name], 1.0 if name == current else 0.0)
+    yield phase
+    running = current in ("preparing", "cutover", "draining")
+    yield GaugeMetricFamily(
+        "spectacles_reshard_target_shards", "The new shard count while a reshard runs (0: none runs).",
+        value=float(reshard.get("new_count") or 0) if running else 0.0,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "spectacles_reshard_new_shards_ready", "Shards of the new set READY while a reshard runs.",
+        value=float(reshard.get("new_ready") or 0) if running else 0.0,
+    )  # fmt: skip
+    ended = CounterMetricFamily("spectacles_reshards_total", "Reshards ended, by outcome.", labels=["outcome"])
+    for outcome in ("done", "aborted"):
+        ended.add_metric([outcome], float((values.get("reshards") or {}).get(outcome, 0)))
+    yield ended
 
 
 class SpectaclesCollector:

@@ -39,7 +39,11 @@ log_format          --log-format          SPECTACLES_LOG_FORMAT          supervi
 
 (``supervisor.*`` is ``supervisor.shards_per_process``. ``shard_count_multiple``: flag
 ``--shard-count-multiple``, environment ``SPECTACLES_SHARD_COUNT_MULTIPLE``, config file key
-``supervisor.shard_count_multiple``; a ``reshard`` target must be a multiple of it.)
+``supervisor.shard_count_multiple``; a ``reshard`` target must be a multiple of it.
+``auto_reshard``: flag ``--auto-reshard`` (no value), environment ``SPECTACLES_AUTO_RESHARD``
+(true/false), key ``supervisor.auto_reshard``; ``auto_reshard_interval``: flag
+``--auto-reshard-interval``, environment ``SPECTACLES_AUTO_RESHARD_INTERVAL``, key
+``supervisor.auto_reshard_interval``, a duration such as ``8h`` (see ``supervisor.auto_reshard``).)
 
 The config file (``--config FILE``) is the one Spectacles TOML file shared by all Spectacles
 services (SPEC.md, "Config"), plus a ``[supervisor]`` table for this project::
@@ -128,6 +132,9 @@ from shard_worker.gateway.protocol import (
     compress_name,
 )
 
+from .auto_reshard import DEFAULT_INTERVAL_S as AUTO_RESHARD_INTERVAL_S
+from .auto_reshard import MAX_INTERVAL_S as AUTO_RESHARD_MAX_S
+from .auto_reshard import MIN_INTERVAL_S as AUTO_RESHARD_MIN_S
 from .discord_api import DEFAULT_API_URL, GatewayBot
 from shard_worker.shard_ranges import (
     MAX_SHARD_COUNT,
@@ -464,6 +471,51 @@ def _queue_type_text(text: str) -> str:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _bool_text(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _bool_file(value: Any) -> bool:
+    _expect(value, bool, "true or false")
+    return bool(value)
+
+
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,3})?)\s*(s|m|h|d)?")
+_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_text(low: float, high: float) -> Callable[[str], float]:
+    """Seconds from ``90``, ``90s``, ``30m``, ``8h`` or ``1d``, within ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        match = _DURATION.fullmatch(text.strip().lower())
+        if not match:
+            raise ValueError(f"expected a duration such as 30m or 8h, got {text!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if not low <= seconds <= high:
+            raise ValueError(f"must be between {low:g} s and {high / 86400:g} days, not {text.strip()}")
+        return seconds
+
+    return parse
+
+
+def _duration_file(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _duration_text(low, high)(str(value))
+        _expect(value, str, "a duration string (\"8h\") or seconds")
+        return _duration_text(low, high)(value)
+
+    return parse
+
+
 def _from_str(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     def parse_file(value: Any) -> Any:
         _expect(value, str, "a string")
@@ -488,6 +540,9 @@ class Setting:
     from_file: Callable[[Any], Any]
     metavar: str
     help: str
+    #: A flag that takes no value on the command line gives this text (``--auto-reshard``);
+    #: None: the flag takes a value.
+    flag_value: str | None = None
 
     @property
     def dotted_key(self) -> str:
@@ -610,6 +665,17 @@ SETTINGS: tuple[Setting, ...] = (
             _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "M",
             "A reshard's shard count must be a multiple of this, the number Discord gives "
             "large bots (default: 1)."),
+    Setting("auto_reshard", "--auto-reshard", ("SPECTACLES_AUTO_RESHARD",), ("supervisor", "auto_reshard"),
+            False, _bool_text, _bool_file, "",
+            "Reshard by itself when Discord recommends more shards (checked every "
+            "--auto-reshard-interval) or closes a shard with 4011, instead of halting "
+            "(default: off). See README, Resharding.", flag_value="true"),
+    Setting("auto_reshard_interval", "--auto-reshard-interval", ("SPECTACLES_AUTO_RESHARD_INTERVAL",),
+            ("supervisor", "auto_reshard_interval"), AUTO_RESHARD_INTERVAL_S,
+            _duration_text(AUTO_RESHARD_MIN_S, AUTO_RESHARD_MAX_S),
+            _duration_file(AUTO_RESHARD_MIN_S, AUTO_RESHARD_MAX_S), "DURATION",
+            "How often --auto-reshard asks GET /gateway/bot for the recommended count: 30m, 8h, "
+            "1d or seconds (default: 8h)."),
 )  # fmt: skip
 SETTINGS_BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 #: The flags dict key of ``--config``.
@@ -811,6 +877,8 @@ class StartSettings:
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     shard_count_multiple: int = 1
+    auto_reshard: bool = False
+    auto_reshard_interval: float = AUTO_RESHARD_INTERVAL_S
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -873,6 +941,8 @@ class StartSettings:
             "redis_url": mask_url(self.redis_url) if self.redis_url else "(none: everything local)",
             "redis_prefix": self.redis_prefix,
             "shard_count_multiple": str(self.shard_count_multiple),
+            "auto_reshard": "on" if self.auto_reshard else "off",
+            "auto_reshard_interval": format_duration(self.auto_reshard_interval),
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))
@@ -886,6 +956,14 @@ class StartSettings:
             )
         )
         return rows
+
+
+def format_duration(seconds: float) -> str:
+    """``8h``, ``30m``, ``1d`` or ``90s``: what ``--auto-reshard-interval`` reads back."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _check_shard_range(ids: Iterable[int], count: int, ids_from: str, count_from: str) -> None:

@@ -87,8 +87,9 @@ class Mailbox:
         self._running: set[tuple[str, Any]] = set()
         #: the latest session snapshot to save: (shard_count, {shard: session}) or None
         self._save: tuple[int, dict[int, Any]] | None = None
-        #: shards whose session is to be deleted (never one of the snapshot's)
-        self._forget: set[int] = set()
+        #: ``(shard_count, shard)`` whose session is to be deleted (never one of the
+        #: snapshot's); by count, since a reshard changes the count the snapshots are saved under
+        self._forget: set[tuple[int, int]] = set()
         self._shard_count = 0
         self._sessions_running = False
         self._sessions_not_before = 0.0
@@ -133,11 +134,17 @@ class Mailbox:
     def save_sessions(
         self, shard_count: int, sessions: dict[int, Any], forget: list[int] | set[int] = ()
     ) -> None:
-        """Replace the snapshot to save (latest wins) and add ``forget`` to the shards to delete."""
+        """Replace the snapshot to save (latest wins) and add ``forget`` (shards of
+        ``shard_count``) to the sessions to delete."""
         self._shard_count = shard_count
         self._save = (shard_count, dict(sessions))
-        self._forget |= set(forget)
-        self._forget -= self._save[1].keys()
+        self._forget |= {(shard_count, shard) for shard in forget}
+        self._forget -= {(shard_count, shard) for shard in sessions}
+
+    def forget_sessions(self, shard_count: int, shards: list[int] | set[int]) -> None:
+        """Delete the sessions of ``shards`` under ``shard_count`` (another count than the
+        snapshot's: the old set's after a reshard), without touching the snapshot."""
+        self._forget |= {(shard_count, shard) for shard in shards}
 
     def take(self, now: float) -> Job | None:
         """The most urgent job that may run at ``now`` (it counts as running until :meth:`done`)."""
@@ -170,7 +177,7 @@ class Mailbox:
         count, saved, forget = job.args
         if self._save is None and saved:
             self._save = (count, saved)  # nothing newer came meanwhile: this one is still the latest
-        newer = self._save[1].keys() if self._save is not None else set()
+        newer = {(self._save[0], shard) for shard in self._save[1]} if self._save is not None else set()
         self._forget |= set(forget) - newer
         self._sessions_not_before = now + SESSION_RETRY_S
 
@@ -226,6 +233,10 @@ class SharedState:
     ) -> None:
         """Queue a save of ``sessions`` (the latest snapshot wins) and the deletion of ``forget``."""
         self._submit(self._mailbox.save_sessions, shard_count, sessions, forget)
+
+    def forget_sessions(self, shard_count: int, shards: list[int] | set[int]) -> None:
+        """Queue the deletion of sessions of another count (:meth:`Mailbox.forget_sessions`)."""
+        self._submit(self._mailbox.forget_sessions, shard_count, shards)
 
     def _submit(self, method: Callable[..., Any], *args: Any) -> Any:
         with self._cond:
@@ -313,8 +324,11 @@ class SharedState:
             return c.identify_sent(job.key, *job.args)
         if job.kind == SESSIONS:
             count, sessions, forget = job.args
-            if forget:
-                c.delete_sessions(count, forget)
+            by_count: dict[int, list[int]] = {}
+            for shard_count, shard in forget:
+                by_count.setdefault(shard_count, []).append(shard)
+            for shard_count, shards in by_count.items():
+                c.delete_sessions(shard_count, shards)
             if sessions:
                 c.save_sessions(count, sessions)
             return len(sessions)

@@ -12,7 +12,6 @@ that size.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shard_worker import spectacles
 from supervisor.simulator.process import SimulatorProcess
-from tests.helpers import TOKEN, wait_for
+from tests.helpers import TOKEN, free_port, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
 
 SHARDS = 2000
@@ -30,12 +29,6 @@ MAX_CONCURRENCY = 256
 #: docs/METRICS.md: at most 12 series per shard.
 SERIES_PER_SHARD = 12
 EXTRA_TYPES = ("CHANNEL_CREATE", "GUILD_ROLE_CREATE", "MESSAGE_REACTION_ADD", "INTERACTION_CREATE", "VOICE_STATE_UPDATE")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape(port: int) -> list:

@@ -25,7 +25,7 @@ from supervisor.metrics import (
     merge_histograms,
 )
 from supervisor.simulator import SimulatorThread
-from tests.helpers import TOKEN, wait_for
+from tests.helpers import TOKEN, free_port, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
 
 BOUNDS = [0.01, 0.1, 1.0]
@@ -390,12 +390,6 @@ def test_the_arbiter_exits_1_before_any_child_when_the_metrics_port_is_taken(tmp
 # -- a real supervisor, the simulator and RabbitMQ ---------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def scrape(port: int) -> dict[tuple[str, frozenset], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return parse(response.read().decode())
@@ -564,3 +558,29 @@ def test_metrics_of_a_real_supervisor_move_and_survive_a_kill(amqp_url, rabbit, 
             assert TOKEN not in sup.output()
         finally:
             sup.stop()
+
+
+def test_reshard_gauges_follow_the_status_and_count_each_ended_reshard():
+    state = MetricsState({0: [0, 1]})
+    samples = scrape_state(state)
+    assert value(samples, "spectacles_reshard_phase", phase="idle") == 1  # never asked
+    assert value(samples, "spectacles_reshard_target_shards") == 0
+    assert value(samples, "spectacles_shard_count") is None  # not told yet
+    running = {"phase": "preparing", "old_count": 4, "new_count": 8, "new_ready": 3}
+    state.set_supervisor(shard_count=4, reshard=running, reshards={})
+    samples = scrape_state(state)
+    assert value(samples, "spectacles_shard_count") == 4
+    assert series(samples, "spectacles_reshard_phase") == {
+        frozenset({("phase", p)}): (1.0 if p == "preparing" else 0.0)
+        for p in ("idle", "preparing", "cutover", "draining", "done", "aborted")
+    }
+    assert value(samples, "spectacles_reshard_target_shards") == 8
+    assert value(samples, "spectacles_reshard_new_shards_ready") == 3
+    assert value(samples, "spectacles_reshards_total", outcome="done") == 0
+    state.set_supervisor(shard_count=8, reshard={**running, "phase": "done", "new_ready": None}, reshards={"done": 1})
+    samples = scrape_state(state)
+    assert value(samples, "spectacles_reshard_phase", phase="done") == 1
+    assert value(samples, "spectacles_reshard_target_shards") == 0  # none runs
+    assert value(samples, "spectacles_reshard_new_shards_ready") == 0
+    assert value(samples, "spectacles_reshards_total", outcome="done") == 1
+    assert value(samples, "spectacles_reshards_total", outcome="aborted") == 0

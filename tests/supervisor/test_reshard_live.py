@@ -17,7 +17,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -27,11 +26,8 @@ from shard_worker.reshard import OVERLAP_HEADER
 from supervisor.simulator import SimulatorThread
 from supervisor.simulator.payloads import guild_ids_for_shard
 from tests.helpers import TOKEN, wait_for
+from tests.supervisor.reshard_watch import SessionWatcher, ids_in
 from tests.supervisor.supervisor_process import SupervisorProcess
-
-
-def ids_in(sim, session_id: str) -> set[str]:
-    return {f["d"]["id"] for f in sim.call("history", session_id) if f["t"] == "MESSAGE_CREATE"}
 
 
 @pytest.mark.parametrize(
@@ -55,27 +51,14 @@ def test_reshard_under_a_live_stream(amqp_url, rabbit, group, tmp_path, old, new
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
 
             # what the old sessions received, read while they exist (ended sessions are forgotten)
-            old_ids: set[str] = set()
-            watching = threading.Event()
-            watching.set()
-
-            def watch_old() -> None:
-                while watching.is_set():
-                    for state_ in sim.call("set_states").get(old, {}).values():
-                        if state_.get("session_id"):
-                            old_ids.update(ids_in(sim, state_["session_id"]))
-                    time.sleep(0.2)
-
-            watcher = threading.Thread(target=watch_old, daemon=True)
-            watcher.start()
+            watcher = SessionWatcher(sim, (old,))
             started = time.monotonic()
             done = subprocess.run(
                 [sys.executable, "-m", "supervisor", "reshard", "--shard-count", str(new), "--state-dir", str(state)],
                 capture_output=True, text=True, timeout=150,
             )  # fmt: skip
             took = time.monotonic() - started
-            watching.clear()
-            watcher.join(5)
+            old_ids = watcher.stop()
             assert done.returncode == 0, done.stdout + done.stderr + sup.output()[-3000:]
             lines = done.stdout.splitlines()
             assert lines[0].startswith(f"reshard {old} -> {new} started") and lines[-1] == f"reshard {old} -> {new}: done"
@@ -226,6 +209,52 @@ def test_a_sigterm_after_the_cut_over_keeps_the_new_set(amqp_url, rabbit, group,
             snap = sim.snapshot()
             assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8
             assert "reshard 4 -> 8 done" in sup.log_path.read_text()  # adopted while stopping
+            again.signal(signal.SIGTERM)
+            assert again.wait(20) == 0
+        finally:
+            again.stop()
+
+
+def test_a_sigterm_during_the_cut_over_keeps_the_old_set(amqp_url, rabbit, group, tmp_path):
+    """SIGTERM while the cut-over point is being told (before T): the cut-over is taken back,
+    the new sessions end, the old set's 4 sessions are the ones saved, and the next
+    ``start --shard-count 4`` resumes all of them (no identify)."""
+    with SimulatorThread(
+        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
+        heartbeat_interval_ms=20000,
+    ) as sim:  # fmt: skip
+        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
+        state = tmp_path / "state"
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
+            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
+            command = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+
+            def phase() -> str | None:
+                done = sup.cli("status", "--json")
+                return (json.loads(done.stdout).get("reshard") or {}).get("phase") if done.returncode == 0 else None
+
+            # T is chosen 3 s ahead: the cutover phase lasts that long
+            wait_for(lambda: phase() == "cutover", 60, interval=0.02, what="the cut-over phase")
+            sup.signal(signal.SIGTERM)
+            assert sup.wait(30) == 0
+            command.communicate(timeout=30)
+        finally:
+            sup.stop()
+        log = sup.log_path.read_text()
+        assert "reshard 4 -> 8 done" not in log
+        saved = json.loads((state / "sessions.json").read_text())
+        assert saved["shard_count"] == 4 and len(saved["sessions"]) == 4
+        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", "--shard-count", "4")
+        try:
+            sim.wait_until(lambda s: s["ready_sets"].get(4) == [0, 1, 2, 3], timeout=40)
+            snap = sim.snapshot()
+            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8  # the 4 resumed
+            assert not snap["ready_sets"].get(8)  # the new sessions ended
             again.signal(signal.SIGTERM)
             assert again.wait(20) == 0
         finally:

@@ -694,3 +694,40 @@ def test_events_auto_is_alone_or_an_error(tmp_path):
     path = write(tmp_path, '[supervisor]\nevents = ["auto", "READY"]\n')
     with pytest.raises(SettingsError, match=r"supervisor\.events: auto learns"):
         resolve_start_settings({"config": path}, {})
+
+
+def test_auto_reshard_is_off_by_default_and_reads_flag_env_and_file(tmp_path):
+    settings = resolve_start_settings({}, {})
+    assert settings.auto_reshard is False and settings.auto_reshard_interval == 8 * 3600
+    assert resolve_start_settings({"auto_reshard": "true"}, {}).auto_reshard is True
+    on = resolve_start_settings({}, {"SPECTACLES_AUTO_RESHARD": "yes", "SPECTACLES_AUTO_RESHARD_INTERVAL": "30m"})
+    assert on.auto_reshard is True and on.auto_reshard_interval == 1800
+    assert resolve_start_settings({}, {"SPECTACLES_AUTO_RESHARD": "off"}).auto_reshard is False
+    path = write(tmp_path, "[supervisor]\nauto_reshard = true\nauto_reshard_interval = \"1d\"\n")
+    from_file = resolve_start_settings({"config": path}, {})
+    assert from_file.auto_reshard is True and from_file.auto_reshard_interval == 86400
+    seconds = write(tmp_path, "[supervisor]\nauto_reshard_interval = 90\n")
+    assert resolve_start_settings({"config": seconds}, {}).auto_reshard_interval == 90
+    rows = {name: (value, source) for name, value, source in on.describe()}
+    assert rows["auto_reshard"] == ("on", "env SPECTACLES_AUTO_RESHARD")
+    assert rows["auto_reshard_interval"] == ("30m", "env SPECTACLES_AUTO_RESHARD_INTERVAL")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({}, {"SPECTACLES_AUTO_RESHARD": "sometimes"}, r"^SPECTACLES_AUTO_RESHARD: expected true or false"),
+        ({"auto_reshard_interval": "4s"}, {}, r"^--auto-reshard-interval: must be between 5 s and 7 days, not 4s"),
+        ({"auto_reshard_interval": "8 weeks"}, {}, r"^--auto-reshard-interval: expected a duration such as 30m"),
+        ({"auto_reshard_interval": "8d"}, {}, r"^--auto-reshard-interval: must be between"),
+    ],
+)
+def test_bad_auto_reshard_values_name_their_source(flags, env, message):
+    with pytest.raises(SettingsError, match=message):
+        resolve_start_settings(flags, env)
+
+
+def test_a_bad_auto_reshard_file_value_names_the_key(tmp_path):
+    path = write(tmp_path, "[supervisor]\nauto_reshard = \"yes\"\n")
+    with pytest.raises(SettingsError, match=r"supervisor\.auto_reshard.*true or false"):
+        resolve_start_settings({"config": path}, {})

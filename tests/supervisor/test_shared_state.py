@@ -54,8 +54,18 @@ def test_the_latest_session_snapshot_wins_and_forgotten_sessions_are_merged():
     box.save_sessions(4, {0: s(10)}, forget=[3, 1])
     box.save_sessions(4, {0: s(11), 3: s(3)})  # shard 3 has a session again: not deleted
     job = box.take(0.0)
-    assert job.args == (4, {0: s(11), 3: s(3)}, [1, 2])
+    assert job.args == (4, {0: s(11), 3: s(3)}, [(4, 1), (4, 2)])
     assert box.take(0.0) is None  # one save at a time
+
+
+def test_sessions_of_another_count_are_forgotten_under_their_count():
+    """After a reshard 4 -> 8 the old set's sessions are deleted under 4, and a snapshot under
+    8 never cancels them (shard 0 of 8 is not shard 0 of 4)."""
+    box = Mailbox()
+    box.forget_sessions(4, [0, 1, 2, 3])
+    box.save_sessions(8, {0: s(0), 5: s(5)}, forget=[7])
+    job = box.take(0.0)
+    assert job.args == (8, {0: s(0), 5: s(5)}, [(4, 0), (4, 1), (4, 2), (4, 3), (8, 7)])
 
 
 def test_a_failed_save_is_retried_later_unless_a_newer_one_came():
@@ -65,7 +75,7 @@ def test_a_failed_save_is_retried_later_unless_a_newer_one_came():
     box.done(job, ok=False, now=10.0)
     assert box.take(10.0) is None and box.next_time(10.0) == 10.0 + SESSION_RETRY_S
     again = box.take(10.0 + SESSION_RETRY_S)
-    assert again.args == (4, {0: s(0)}, [2])
+    assert again.args == (4, {0: s(0)}, [(4, 2)])
     box.save_sessions(4, {0: s(1), 2: s(2)})  # newer, while the retry runs
     box.done(again, ok=False, now=13.0)
     assert box.take(13.0 + SESSION_RETRY_S).args == (4, {0: s(1), 2: s(2)}, [])  # the newer one, 2 kept
