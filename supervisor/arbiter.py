@@ -1137,8 +1137,16 @@ class Arbiter:
         """The running (or last) reshard as ``status`` and ``/metrics`` show it."""
         if self.reshard is None:
             return None
-        ready = self._resharding.ready_count() if self._resharding is not None else None
-        return {**self.reshard.describe(), "new_ready": ready}
+        run = self._resharding
+        ready = run.ready_count() if run is not None else None
+        eta = None
+        if run is not None and self.reshard.phase is Phase.PREPARING:
+            # the gate holds both sets' requests (they share the buckets): when the last is done
+            now = time.monotonic()
+            view = gate_view(self.gate, now)
+            eta = estimate(ready or 0, self.reshard.new.shard_count, queued=view.queued, free_at=view.free_at,
+                           interval=self.gate.interval, now=now, hold_until=view.hold_until, settle=1.0).eta  # fmt: skip
+        return {**self.reshard.describe(), "new_ready": ready, "eta_s": None if eta is None else round(max(0.0, eta), 1)}
 
     def _count_reshard_end(self) -> dict[str, int]:
         """Reshards ended so far, by outcome (each counted once, when first seen ended)."""

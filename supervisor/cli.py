@@ -504,6 +504,8 @@ def reshard_line(status: dict[str, Any]) -> str | None:
     line = f"reshard: {reshard.get('old_count')} -> {reshard.get('new_count')}, {reshard.get('phase')}"
     if reshard.get("phase") == "preparing" and isinstance(reshard.get("new_ready"), int):
         line += f", {reshard['new_ready']}/{reshard.get('new_count')} new shards READY"
+        if isinstance(reshard.get("eta_s"), (int, float)):
+            line += f", ETA {reshard['eta_s']:.0f} s"
     if reshard.get("reason"):
         line += f" ({reshard['reason']})"
     return line
@@ -696,8 +698,9 @@ def _follow_reshard(state_dir: str, target: int) -> int:
         line = f"reshard {reshard.get('old_count')} -> {reshard.get('new_count')}: {phase}"
         if phase == "preparing" and reshard.get("new_ready") is not None:
             line += f", {reshard['new_ready']}/{target} new shards READY"
-        if line != shown:
-            click.echo(line)
+        if line != shown:  # a line per change; the ETA (from the identify gate) rides along
+            eta = reshard.get("eta_s") if phase == "preparing" else None
+            click.echo(line if eta is None else f"{line}, ETA {eta:.0f} s")
             shown = line
         if phase == "done":
             return EXIT_OK

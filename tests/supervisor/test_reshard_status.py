@@ -31,6 +31,8 @@ def test_a_running_and_an_aborted_reshard():
     assert text.splitlines()[-1] == "reshard: 4 -> 8, preparing"
     running = {**STATUS, "reshard": {**plan.describe(), "new_ready": 3}}  # what the supervisor adds
     assert reshard_line(running) == "reshard: 4 -> 8, preparing, 3/8 new shards READY"
+    with_eta = {**STATUS, "reshard": {**plan.describe(), "new_ready": 3, "eta_s": 9.6}}
+    assert reshard_line(with_eta) == "reshard: 4 -> 8, preparing, 3/8 new shards READY, ETA 10 s"
     aborted = plan.abort("shard 2 of the new set: Discord closed with 4013")
     assert reshard_line({**STATUS, "reshard": aborted.describe()}) == (
         "reshard: 4 -> 8, aborted (shard 2 of the new set: Discord closed with 4013)"
