@@ -46,6 +46,7 @@ from .identify_gate import DAILY_TOTAL, IdentifyGate
 from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
 from .restart_policy import RestartPolicy
+from .sd_notify import Notifier, ServiceNotes
 from . import shard_sets
 from .auto_reshard import MIN_INTERVAL_S, AutoReshard
 from .resharding import ReshardRun, new_set_configs
@@ -221,6 +222,9 @@ class Arbiter:
         if live is None:
             live = options.log_format != "json" and _isatty(sys.stderr)
         self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
+        #: systemd's notify socket (a no-op without ``$NOTIFY_SOCKET``) and what to tell it.
+        self.notifier = Notifier()
+        self.notes = ServiceNotes(self.notifier.watchdog_s)
 
     def _shared(self, method: Any, *args: Any) -> Any:
         """Call Redis now (only before the loop runs); on failure log and return None."""
@@ -465,6 +469,7 @@ class Arbiter:
                 self._advance_rolling(now)
                 self._advance_reshard(now)
                 self._auto_reshard(now)
+                self._notify(now)
                 if not self.stopping:
                     self._spawn_missing(now)
                 self._maybe_save(now)
@@ -478,12 +483,14 @@ class Arbiter:
                 )
             if self.control is not None:
                 self.control.close()
+            self.notifier.close()
             signal.set_wakeup_fd(-1)
         log.info("master: stopped (%s)", exit_codes.describe(self.exit_code))
         return self.exit_code
 
     def begin_stop(self, now: float, exit_code: int = exit_codes.OK) -> None:
         self.stopping = True
+        self._notify(now)  # STOPPING=1 before anything else
         if exit_code != exit_codes.OK and self.exit_code == exit_codes.OK:
             self.exit_code = exit_code
         run, plan = self._resharding, self.reshard
@@ -644,9 +651,20 @@ class Arbiter:
             )  # fmt: skip
             self.begin_stop(now, next(iter(held.values())))
 
+    def _notify(self, now: float) -> None:
+        """The loop passed: stamp ``/healthz`` and tell systemd what changed (``sd_notify``)."""
+        self.metrics.tick(now)
+        if self.notifier.enabled:
+            rolling = bool(self.rolling) or self.rolling_current is not None
+            lines = self.notes.on_pass(now, self._ready_count(), len(self.all_shards), rolling=rolling, stopping=self.stopping)
+            self.notifier.send(lines)
+
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:
         timeout = 1.0
+        watchdog_at = self.notes.next_time(now)
+        if watchdog_at is not None:
+            timeout = min(timeout, max(0.0, watchdog_at - now))
         if self._resharding is not None and self.reshard is not None:
             due = self._resharding.timeout(self.reshard, now)
             if due is not None:

@@ -18,6 +18,8 @@ from shard_worker.config import CONFIG_ENV, TOKEN_ENV, SavedSession, WorkerConfi
 from shard_worker.logs import LOG_FORMAT_ENV, LOG_GROUP_ENV
 from shard_worker.supervised import IPC_FD_ENV
 
+from .sd_notify import ENV_VARS as NOTIFY_ENV
+
 log = logging.getLogger("supervisor.child")
 
 #: Bytes read from one child's pipe per call: a child that writes fast cannot keep the loop.
@@ -35,6 +37,8 @@ class Child:
         read_fd, write_fd = os.pipe()
         env = dict(os.environ)
         env.pop(CONFIG_ENV, None)  # the configuration goes through stdin (no size limit)
+        for name in NOTIFY_ENV:  # systemd's notify socket and watchdog are the supervisor's
+            env.pop(name, None)
         env[TOKEN_ENV] = config.token  # by environment, never argv
         env[IPC_FD_ENV] = str(write_fd)
         # WorkerConfig has no log format: the child's logging reads these (shard_worker.logs).

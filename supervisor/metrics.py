@@ -191,8 +191,14 @@ class MetricsState:
         self._group_base: dict[int, GroupBase] = {g: GroupBase() for g in self.groups}
         self._stalled: set[int] = set()
         self._supervisor: dict[str, Any] = {}
+        #: The clock at the loop's last pass (``/healthz``); None: the loop has not run yet.
+        self.last_tick: float | None = None
 
     # -- fed by the arbiter -------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """The loop passed at ``now`` (one float store: no lock, read whole by the HTTP thread)."""
+        self.last_tick = now
+
     def set_groups(self, groups: Mapping[int, Sequence[int]]) -> None:
         """The groups after a live reshard (the new set's): shards and groups not seen before
         start from zero; the old ones' counters are kept but no longer shown."""
@@ -545,12 +551,15 @@ def build_registry(state: MetricsState) -> CollectorRegistry:
 
 
 class MetricsServer:
-    """``http://host:port/metrics`` from a daemon thread; :meth:`close` stops it."""
+    """``http://host:port/metrics`` (and ``/healthz``, ``/readyz``: :mod:`supervisor.health`)
+    from a daemon thread; :meth:`close` stops it."""
 
     def __init__(self, addr: tuple[str, int], state: MetricsState) -> None:
         host, port = addr
         server_class = type("MetricsHTTPServer", (_ThreadingServer,), {"address_family": _family(host, port)})
-        app = make_wsgi_app(build_registry(state))
+        from .health import health_app  # /healthz and /readyz beside /metrics
+
+        app = health_app(state, make_wsgi_app(build_registry(state)))
         self.server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.5}, name="metrics-http", daemon=True

@@ -16,11 +16,14 @@ from tests.helpers import TOKEN, wait_for
 
 
 class SupervisorProcess:
-    def __init__(self, sim: Any, amqp_url: str, group: str, state_dir: Path, *args: str, log: Path | None = None) -> None:
+    def __init__(
+        self, sim: Any, amqp_url: str, group: str, state_dir: Path, *args: str, log: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log or state_dir.parent / f"supervisor-{time.monotonic_ns()}.log"
         self.state_dir = state_dir
         # The default codec (ujson) end to end here; in-process tests run the orjson speedup.
-        env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, PYTHONUNBUFFERED="1", SPECTACLES_JSON="ujson")
+        env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, PYTHONUNBUFFERED="1", SPECTACLES_JSON="ujson", **(env or {}))
         self.argv = [
             sys.executable,
             "-m",
