@@ -8,7 +8,8 @@ Two parts:
   lines to send. The rules, as systemd's ``Type=notify`` expects them:
 
   - ``READY=1`` once every shard is READY for the first time (not at process start: a unit
-    that depends on the bot starts when the bot serves);
+    that depends on the bot starts when the bot serves); until then ``EXTEND_TIMEOUT_USEC=``
+    every :data:`EXTEND_EVERY_S`, so that a long start is not killed by ``TimeoutStartSec``;
   - ``STATUS=shards ready 37/64`` while that changes (at most once per :data:`STATUS_EVERY_S`);
   - around a rolling restart (SIGHUP): ``RELOADING=1`` with ``MONOTONIC_USEC=`` (systemd 253
     wants it) when it starts, ``READY=1`` when every group is back;
@@ -36,6 +37,12 @@ log = logging.getLogger("supervisor.sd_notify")
 ENV_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 #: ``STATUS=`` is sent at most this often (the progress of a start of thousands of shards).
 STATUS_EVERY_S = 1.0
+#: Until the first ``READY=1``, the loop asks systemd for this much more start time every
+#: :data:`EXTEND_EVERY_S` (``EXTEND_TIMEOUT_USEC``): a start of thousands of shards takes
+#: minutes, far past ``TimeoutStartSec``, yet a loop that stalls while starting stops asking
+#: and fails the start.
+EXTEND_S = 60.0
+EXTEND_EVERY_S = 10.0
 
 
 def socket_address(value: str) -> str | bytes | None:
@@ -71,6 +78,7 @@ class ServiceNotes:
         self._status: str | None = None
         self._status_at = float("-inf")
         self._next_watchdog = float("-inf")
+        self._next_extend = float("-inf")
 
     def on_pass(self, now: float, ready: int, total: int, *, rolling: bool, stopping: bool) -> list[str]:
         """The lines to send now (empty: nothing)."""
@@ -89,6 +97,9 @@ class ServiceNotes:
             elif not self.ready_sent and total > 0 and ready >= total:
                 self.ready_sent = True
                 lines.append("READY=1")
+            if not self.ready_sent and now >= self._next_extend:
+                self._next_extend = now + EXTEND_EVERY_S
+                lines.append(f"EXTEND_TIMEOUT_USEC={int(EXTEND_S * 1e6)}")
             status = f"STATUS={'rolling restart: ' if self.reloading else ''}shards ready {ready}/{total}"
             # a change is sent with a state line at once, else at most once per STATUS_EVERY_S
             if status != self._status and (lines or now - self._status_at >= STATUS_EVERY_S):
@@ -100,7 +111,8 @@ class ServiceNotes:
         return lines
 
     def next_time(self, now: float) -> float | None:
-        """When the next ``WATCHDOG=1`` is due (None: no watchdog): the loop wakes by then."""
+        """When the next ``WATCHDOG=1`` is due (None: no watchdog): the loop wakes by then
+        (the start's ``EXTEND_TIMEOUT_USEC`` rides on the loop's passes, at least one a second)."""
         return None if self.watchdog_s is None else max(now, self._next_watchdog)
 
 

@@ -569,6 +569,18 @@ SETTINGS: tuple[Setting, ...] = (
             ("supervisor", "shards_per_process"), None,
             _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "N",
             "Shards per worker process (default: spread over the CPU cores)."),
+    Setting("shards_from_ordinal", "--shards-from-ordinal", ("SPECTACLES_SHARDS_FROM_ORDINAL",),
+            ("supervisor", "shards_from_ordinal"), False, _bool_text, _bool_file, "",
+            "Kubernetes StatefulSet: run the shards of this pod's ordinal (the -N ending its host "
+            "name, or SPECTACLES_ORDINAL), with --shard-count and --pods or --shards-per-pod.",
+            flag_value="true"),
+    Setting("pods", "--pods", ("SPECTACLES_PODS",), ("supervisor", "pods"), None,
+            _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "P",
+            "With --shards-from-ordinal: the shard count split evenly over P pods."),
+    Setting("shards_per_pod", "--shards-per-pod", ("SPECTACLES_SHARDS_PER_POD",),
+            ("supervisor", "shards_per_pod"), None,
+            _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "K",
+            "With --shards-from-ordinal: K consecutive shards per pod."),
     Setting("amqp_url", "--amqp-url", ("AMQP_URL",), ("broker", "url"), DEFAULT_AMQP_URL,
             _amqp_urls_text, _amqp_urls_file, "URL[,URL...]",
             "RabbitMQ URL, or several separated by commas (the nodes of a cluster, tried in turn; "
@@ -879,6 +891,9 @@ class StartSettings:
     shard_count_multiple: int = 1
     auto_reshard: bool = False
     auto_reshard_interval: float = AUTO_RESHARD_INTERVAL_S
+    shards_from_ordinal: bool = False
+    pods: int | None = None
+    shards_per_pod: int | None = None
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -943,6 +958,9 @@ class StartSettings:
             "shard_count_multiple": str(self.shard_count_multiple),
             "auto_reshard": "on" if self.auto_reshard else "off",
             "auto_reshard_interval": format_duration(self.auto_reshard_interval),
+            "shards_from_ordinal": "on" if self.shards_from_ordinal else "off",
+            "pods": str(self.pods) if self.pods is not None else "(not set)",
+            "shards_per_pod": str(self.shards_per_pod) if self.shards_per_pod is not None else "(not set)",
         }
         rows = [
             (name, value, str(self.sources.get(name, Origin(Source.DEFAULT))))
@@ -964,6 +982,38 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def _shards_from_ordinal(settings: StartSettings, env: Mapping[str, str]) -> StartSettings:
+    """``--shards-from-ordinal``: the shard ids of this StatefulSet pod (:mod:`supervisor.ordinal`)."""
+    from .ordinal import ordinal_of, parse_ordinal, shards_for_ordinal
+
+    src = settings.sources
+    if not settings.shards_from_ordinal:
+        for name in ("pods", "shards_per_pod"):
+            if getattr(settings, name) is not None:
+                raise SettingsError(f"{src[name]} needs --shards-from-ordinal (it splits the shards over pods)")
+        return settings
+    if settings.shard_ids is not None:
+        raise SettingsError(
+            f"--shards-from-ordinal and {src['shard_ids']} both say which shards to run: give one of them"
+        )
+    if settings.shard_count is None:
+        raise SettingsError("--shards-from-ordinal needs --shard-count: every pod must split the same count")
+    if (settings.pods is None) == (settings.shards_per_pod is None):
+        raise SettingsError("--shards-from-ordinal needs exactly one of --pods and --shards-per-pod")
+    try:
+        if env.get("SPECTACLES_ORDINAL"):
+            ordinal, where = parse_ordinal(env["SPECTACLES_ORDINAL"]), "SPECTACLES_ORDINAL"
+        else:
+            host = env.get("HOSTNAME") or __import__("socket").gethostname()
+            ordinal, where = ordinal_of(host), f"host {host}"
+        ids = shards_for_ordinal(ordinal, settings.shard_count, pods=settings.pods, per_pod=settings.shards_per_pod)
+    except ValueError as error:
+        raise SettingsError(f"--shards-from-ordinal: {error}") from None
+    of = f"of {settings.pods} pods" if settings.pods is not None else f"at {settings.shards_per_pod} per pod"
+    origin = Origin(Source.FLAG, f"--shards-from-ordinal (ordinal {ordinal} {of}, from {where})")
+    return dataclasses.replace(settings, shard_ids=tuple(ids), sources=MappingProxyType({**src, "shard_ids": origin}))
 
 
 def _check_shard_range(ids: Iterable[int], count: int, ids_from: str, count_from: str) -> None:
@@ -1021,6 +1071,7 @@ def resolve_start_settings(
         config_file=Path(config_path) if config_path else None,
         sources=MappingProxyType(sources),
     )
+    settings = _shards_from_ordinal(settings, env)
     if settings.shard_ids is not None and settings.shard_count is not None:
         _check_shard_range(
             settings.shard_ids,

@@ -43,7 +43,9 @@ def test_restart_prevent_exit_status_is_every_code_that_must_not_restart():
 
 def test_unit_runs_the_venv_start_as_a_dedicated_user_with_a_private_state_dir():
     service = unit()["Service"]
-    assert service["Type"] == ["simple"]
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    # the loop's watchdog beats at half of WatchdogSec, well inside it
+    assert int(service["WatchdogSec"][0]) >= 10
     (exec_start,) = service["ExecStart"]
     working_dir = service["WorkingDirectory"][0]
     assert exec_start == f"{working_dir}/.venv/bin/spectacles-supervisor start"

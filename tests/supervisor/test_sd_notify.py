@@ -28,14 +28,16 @@ def test_watchdog_interval_is_half_and_only_for_this_process():
 
 def test_ready_only_once_every_shard_is_ready_and_status_is_rate_limited():
     notes = ServiceNotes()
-    assert notes.on_pass(0.0, 0, 4, rolling=False, stopping=False) == ["STATUS=shards ready 0/4"]
+    extend = "EXTEND_TIMEOUT_USEC=60000000"  # more start time, asked by the loop itself
+    assert notes.on_pass(0.0, 0, 4, rolling=False, stopping=False) == [extend, "STATUS=shards ready 0/4"]
     assert notes.on_pass(0.5, 1, 4, rolling=False, stopping=False) == []  # under a second: later
     assert notes.on_pass(1.0, 2, 4, rolling=False, stopping=False) == ["STATUS=shards ready 2/4"]
-    assert notes.on_pass(1.2, 4, 4, rolling=False, stopping=False) == ["READY=1", "STATUS=shards ready 4/4"]
-    assert notes.on_pass(5.0, 4, 4, rolling=False, stopping=False) == []
+    assert notes.on_pass(10.0, 2, 4, rolling=False, stopping=False) == [extend]  # every 10 s
+    assert notes.on_pass(11.2, 4, 4, rolling=False, stopping=False) == ["READY=1", "STATUS=shards ready 4/4"]
+    assert notes.on_pass(25.0, 4, 4, rolling=False, stopping=False) == []  # no extension once READY
     # a shard down and back: STATUS only, READY=1 is not sent twice
-    assert notes.on_pass(6.0, 3, 4, rolling=False, stopping=False) == ["STATUS=shards ready 3/4"]
-    assert notes.on_pass(7.5, 4, 4, rolling=False, stopping=False) == ["STATUS=shards ready 4/4"]
+    assert notes.on_pass(26.0, 3, 4, rolling=False, stopping=False) == ["STATUS=shards ready 3/4"]
+    assert notes.on_pass(27.5, 4, 4, rolling=False, stopping=False) == ["STATUS=shards ready 4/4"]
 
 
 def test_reloading_around_a_rolling_restart_then_stopping_once():
