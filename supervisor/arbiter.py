@@ -49,6 +49,7 @@ from .restart_policy import RestartPolicy
 from .sd_notify import Notifier, ServiceNotes
 from . import shard_sets
 from .auto_reshard import MIN_INTERVAL_S, AutoReshard
+from .cluster_member import ClusterMember
 from .resharding import ReshardRun, new_set_configs
 from .shard_sets import Phase, Refusal, Reshard, ShardSet
 from .shared_state import Answer, SharedState
@@ -104,6 +105,9 @@ class ArbiterOptions:
     #: ``--auto-reshard``: seconds between two checks of Discord's recommended count, and a
     #: 4011 starts a reshard instead of halting (:mod:`supervisor.auto_reshard`); None: off.
     auto_reshard_interval: float | None = None
+    #: Cluster mode (``start --cluster``): the node's rounds (a
+    #: :class:`~supervisor.cluster_node.ClusterNode`); the groups run are those it leases.
+    cluster: Any = None
 
 
 @dataclass
@@ -149,6 +153,13 @@ class Arbiter:
         self.groups = [
             Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
         ]
+        #: Cluster mode: runs only the groups it leases (:mod:`supervisor.cluster_member`),
+        #: with the sessions Redis holds for them.
+        self.member: ClusterMember | None = None
+        if options.cluster is not None:
+            self.member = ClusterMember(options.cluster, self)
+            self.sessions = {}
+            self.all_shards, self._my_shards = [], frozenset()
         now = time.monotonic()
         remaining, reset_after = self._identify_budget(options)
         #: Redis off the loop (None without ``--redis-url``).
@@ -210,7 +221,7 @@ class Arbiter:
         self._next_save = 0.0
         self._next_sample = 0.0
         self.control: ControlServer | None = None
-        self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups})
+        self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups if self._runs(g)})
         self.metrics_server: MetricsServer | None = None
         #: Shards granted an identify and not READY since (they need no other grant).
         self._granted: set[int] = set()
@@ -448,6 +459,9 @@ class Arbiter:
         self._install_signals()
         self.control = ControlServer(self.store.dir, self)
         self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        if self.member is not None:
+            self.member.node.wake = self._wake
+            self.member.node.start()
         log.info(
             "master: %d shards of %d in %d processes; state in %s",
             len(self.all_shards),
@@ -460,6 +474,8 @@ class Arbiter:
                 now = time.monotonic()
                 self._handle_signals(now)
                 self._take_answers(now)
+                if self.member is not None:
+                    self.member.step(now)
                 self._reap(now)
                 if self.stopping and not any(g.child for g in self.groups) and not (self._resharding and self._resharding.live()):
                     self._advance_reshard(now)  # stopped past T: the new set's sessions are the ones saved
@@ -477,6 +493,8 @@ class Arbiter:
                 self._wait(self._timeout(now))
         finally:
             self._save_sessions()
+            if self.member is not None:
+                self.member.close()  # every group handed over at once, with its sessions
             if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
                 log.warning(
                     "Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S
@@ -878,6 +896,9 @@ class Arbiter:
         self._granted.difference_update(child.shard_ids)
         group.child = None
         extra = {"group": group.index}
+        if self.member is not None and self.member.exited(group.index):
+            log.info("%s exited for its handover (%s)", child.label, exit_codes.describe(code), extra=extra)
+            return
         if self._retiring:
             log.info("%s of the old set exited (%s)", child.label, exit_codes.describe(code), extra=extra)
             return
@@ -951,13 +972,9 @@ class Arbiter:
             if child is None:
                 continue
             if child.stopping_since is not None:
-                if not child.killed and now - child.stopping_since > self.options.stop_grace:
-                    log.warning(
-                        "%s did not stop in %.0f s: killing it",
-                        child.label,
-                        self.options.stop_grace,
-                        extra={"group": group.index},
-                    )
+                grace = child.grace if child.grace is not None else self.options.stop_grace
+                if not child.killed and now - child.stopping_since > grace:
+                    log.warning("%s did not stop in %.1f s: killing it", child.label, grace, extra={"group": group.index})
                     child.kill()
                 continue
             if now - child.last_heartbeat > self.options.heartbeat_timeout:
@@ -1046,7 +1063,7 @@ class Arbiter:
         if self._retiring:
             return  # the old set is leaving; the new one is adopted once it has
         for group in self.groups:
-            if group.child is None and group.config.shard_ids and now >= group.start_at:
+            if group.child is None and group.config.shard_ids and self._runs(group) and now >= group.start_at:
                 self._spawn(group, now)
 
     def _spawn(self, group: Group, now: float) -> None:
@@ -1150,6 +1167,29 @@ class Arbiter:
             return self.gate.remaining
         return self._budget_cache
 
+    # -- cluster mode (supervisor.cluster_member asks) ------------------------------------------
+    def _runs(self, group: Group) -> bool:
+        return self.member is None or self.member.runs(group.index)
+
+    def cluster_sessions(self, group: int, sessions: dict[int, SavedSession]) -> None:
+        """A group was acquired: Redis' sessions for its shards are the ones to resume."""
+        for shard in self.groups[group].config.shard_ids:
+            self.sessions.pop(shard, None)
+        self.sessions.update(sessions)
+        self.groups[group].start_at = time.monotonic()
+
+    def group_sessions(self, group: int) -> dict[int, SavedSession]:
+        return {s: self.sessions[s] for s in self.groups[group].config.shard_ids if s in self.sessions}
+
+    def cluster_groups_changed(self, now: float) -> None:
+        """The leased groups changed: the shards this node runs, its metrics, its progress."""
+        running = [g for g in self.groups if self._runs(g)]
+        self.all_shards = [s for g in running for s in g.config.shard_ids]
+        self._my_shards = frozenset(self.all_shards)
+        self.metrics.set_groups({g.index: g.config.shard_ids for g in running})
+        if self._ready_count() < len(self.all_shards) and self._progress_since is None:
+            self._progress_since = now
+
     # -- status -------------------------------------------------------------------------------
     def _reshard_status(self) -> dict[str, Any] | None:
         """The running (or last) reshard as ``status`` and ``/metrics`` show it."""
@@ -1177,7 +1217,7 @@ class Arbiter:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         shards = []
-        for group in self.groups:
+        for group in (g for g in self.groups if self._runs(g)):
             child = group.child
             report = child.shard_reports if child else {}
             for shard in sorted([*group.config.shard_ids, *group.held]):
@@ -1215,6 +1255,7 @@ class Arbiter:
                     "uptime": round(g.child.uptime(now), 1) if g.child else None,
                 }
                 for g in self.groups
+                if self._runs(g)
             ],
             "identify_budget_remaining": self._budget_remaining(),
             "identifies_granted": self.gate.total_granted,
@@ -1228,6 +1269,7 @@ class Arbiter:
                 "next_check_in": None if self.auto.next_check is None else round(max(0.0, self.auto.next_check - now), 1),
                 "held": sorted(shard for g in self.groups for shard in g.held),
             },
+            "cluster": None if self.member is None else self.member.describe(),
             "shards": shards,
         }
 

@@ -77,6 +77,8 @@ class Child:
         #: The shard Discord closed fatally (its last ``fatal`` state), if one was.
         self.fatal_shard: int | None = None
         self.stopping_since: float | None = None
+        #: How long a stop may take before the kill (None: the arbiter's ``stop_grace``).
+        self.grace: float | None = None
         self.killed = False
         self.exit_code: int | None = None
         self.rss = 0

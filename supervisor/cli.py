@@ -357,6 +357,7 @@ def _start(settings: StartSettings) -> int:
         coordinator=coordinator,
         shard_count_multiple=settings.shard_count_multiple,
         auto_reshard_interval=settings.auto_reshard_interval if settings.auto_reshard else None,
+        cluster=_cluster_node(settings, coordinator, len(configs)) if settings.cluster else None,
     )
     if coordinator is not None and limit is not None:
         coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)
@@ -369,6 +370,23 @@ def _start(settings: StartSettings) -> int:
         configs[0].group,
     )
     return Arbiter(configs, options).run()
+
+
+def _cluster_node(settings: StartSettings, coordinator: Any, groups: int) -> Any:
+    """The node's rounds in Redis (``--cluster``); its thread starts with the arbiter's loop."""
+    import socket
+    import uuid
+
+    from .cluster_node import ClusterNode
+    from .cluster_store import ClusterStore
+
+    name = settings.node_name or socket.gethostname()
+    store = ClusterStore(coordinator.redis, settings.redis_prefix, name, uuid.uuid4().hex)
+    assert settings.shard_count is not None and settings.shards_per_process is not None
+    return ClusterNode(
+        store, coordinator, shard_count=settings.shard_count, per_group=settings.shards_per_process,
+        groups=groups, capacity=float(settings.capacity),
+    )  # fmt: skip
 
 
 def _coordinator(settings: StartSettings) -> Any:
@@ -639,10 +657,19 @@ def _parse_shard_option(ctx: click.Context, param: click.Parameter, value: str |
     callback=_parse_shard_option,
     help="Only these shards, e.g. 3,10-12.",
 )
+@click.option("--cluster", "cluster", is_flag=True, help="Every node and group of the cluster, from Redis.")
+@click.option("--redis-url", "redis_url", envvar="REDIS_URL", default=None, metavar="URL",
+              help="With --cluster: the cluster's Redis. [env: REDIS_URL]")
+@click.option("--redis-prefix", "redis_prefix", envvar="SPECTACLES_REDIS_PREFIX", default="spectacles",
+              metavar="PREFIX", help="With --cluster: its key prefix. [env: SPECTACLES_REDIS_PREFIX]")
 def status_command(
-    state_dir: str, as_json: bool, all_rows: bool, shard_ids: list[int] | None
+    state_dir: str, as_json: bool, all_rows: bool, shard_ids: list[int] | None,
+    cluster: bool, redis_url: str | None, redis_prefix: str,
 ) -> int:
-    """Show the shards of the running supervisor (a summary beyond a screenful)."""
+    """Show the shards of the running supervisor (a summary beyond a screenful), or with
+    --cluster every node and group of the cluster."""
+    if cluster:
+        return _cluster_status(redis_url, redis_prefix, as_json)
     if all_rows and shard_ids is not None:
         raise click.UsageError("--all and --shard cannot be used together")
     status = _ask(state_dir, "status")
@@ -654,6 +681,26 @@ def status_command(
         click.echo(json.dumps(status, indent=2, sort_keys=True))
     else:
         click.echo(format_status(status, all_rows=all_rows, shard_ids=shard_ids))
+    return EXIT_OK
+
+
+def _cluster_status(redis_url: str | None, prefix: str, as_json: bool) -> int:
+    if not redis_url:
+        raise click.UsageError("--cluster needs --redis-url (or REDIS_URL)")
+    import json
+
+    import redis
+
+    from shard_worker.logs import mask_url
+
+    from .cluster_status import format_cluster, read
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        state = read(client, prefix)
+    except (redis.RedisError, ValueError) as error:
+        raise StartError(f"cannot read the cluster from Redis at {mask_url(redis_url)}: {error}") from None
+    click.echo(json.dumps(state, indent=2, sort_keys=True) if as_json else format_cluster(state))
     return EXIT_OK
 
 

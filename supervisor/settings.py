@@ -475,6 +475,16 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+
+
+def _node_name_text(text: str) -> str:
+    name = text.strip()
+    if not _NODE_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a node name (1-63 letters, digits, '-', '_' or '.')")
+    return name
+
+
 def _bool_text(text: str) -> bool:
     value = text.strip().lower()
     if value in _TRUE or value in _FALSE:
@@ -569,6 +579,18 @@ SETTINGS: tuple[Setting, ...] = (
             ("supervisor", "shards_per_process"), None,
             _int_text(1, MAX_SHARD_COUNT), _int_file(1, MAX_SHARD_COUNT), "N",
             "Shards per worker process (default: spread over the CPU cores)."),
+    Setting("cluster", "--cluster", ("SPECTACLES_CLUSTER",), ("supervisor", "cluster"), False,
+            _bool_text, _bool_file, "",
+            "Cluster mode: the nodes sharing --redis-url lease the groups of --shards-per-process "
+            "shards among themselves, take over a dead node's, rebalance (needs --redis-url, "
+            "--shard-count and --shards-per-process; no --shards). See README, Cluster mode.",
+            flag_value="true"),
+    Setting("node_name", "--node-name", ("SPECTACLES_NODE_NAME",), ("supervisor", "node_name"), None,
+            _node_name_text, _from_str(_node_name_text), "NAME",
+            "This node's name in the cluster, unique among the live nodes (default: the host name)."),
+    Setting("capacity", "--capacity", ("SPECTACLES_CAPACITY",), ("supervisor", "capacity"), 1,
+            _int_text(1, 1000), _int_file(1, 1000), "W",
+            "This node's weight in the cluster: its share of the groups is W / the sum (default: 1)."),
     Setting("shards_from_ordinal", "--shards-from-ordinal", ("SPECTACLES_SHARDS_FROM_ORDINAL",),
             ("supervisor", "shards_from_ordinal"), False, _bool_text, _bool_file, "",
             "Kubernetes StatefulSet: run the shards of this pod's ordinal (the -N ending its host "
@@ -891,6 +913,9 @@ class StartSettings:
     shard_count_multiple: int = 1
     auto_reshard: bool = False
     auto_reshard_interval: float = AUTO_RESHARD_INTERVAL_S
+    cluster: bool = False
+    node_name: str | None = None
+    capacity: int = 1
     shards_from_ordinal: bool = False
     pods: int | None = None
     shards_per_pod: int | None = None
@@ -958,6 +983,9 @@ class StartSettings:
             "shard_count_multiple": str(self.shard_count_multiple),
             "auto_reshard": "on" if self.auto_reshard else "off",
             "auto_reshard_interval": format_duration(self.auto_reshard_interval),
+            "cluster": "on" if self.cluster else "off",
+            "node_name": self.node_name or f"(the host name: {__import__('socket').gethostname()})",
+            "capacity": str(self.capacity),
             "shards_from_ordinal": "on" if self.shards_from_ordinal else "off",
             "pods": str(self.pods) if self.pods is not None else "(not set)",
             "shards_per_pod": str(self.shards_per_pod) if self.shards_per_pod is not None else "(not set)",
@@ -982,6 +1010,21 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def _check_cluster(settings: StartSettings) -> None:
+    """``--cluster`` needs the same groups on every node, cut by every node alike."""
+    src = settings.sources
+    if not settings.cluster:
+        for name in ("node_name", "capacity"):
+            if src[name].source is not Source.DEFAULT:
+                raise SettingsError(f"{src[name]} needs --cluster")
+        return
+    if settings.shard_ids is not None:
+        raise SettingsError(f"--cluster and {src['shard_ids']}: in a cluster the nodes lease the shards, give no --shards")
+    for name, flag in (("redis_url", "--redis-url"), ("shard_count", "--shard-count"), ("shards_per_process", "--shards-per-process")):
+        if getattr(settings, name) is None:
+            raise SettingsError(f"--cluster needs {flag} (every node must give the same)")
 
 
 def _shards_from_ordinal(settings: StartSettings, env: Mapping[str, str]) -> StartSettings:
@@ -1072,6 +1115,7 @@ def resolve_start_settings(
         sources=MappingProxyType(sources),
     )
     settings = _shards_from_ordinal(settings, env)
+    _check_cluster(settings)
     if settings.shard_ids is not None and settings.shard_count is not None:
         _check_shard_range(
             settings.shard_ids,

@@ -1,0 +1,153 @@
+"""The arbiter's side of cluster mode: it turns the node thread's events
+(:mod:`supervisor.cluster_node`) into what the arbiter runs, and fences what it can no longer
+renew. The arbiter asks :meth:`ClusterMember.runs` before it starts a group's process, calls
+:meth:`ClusterMember.step` at every pass and :meth:`ClusterMember.exited` when a group's
+process has exited; everything else (restarts, identifies, sessions) is the arbiter's as
+without a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from shard_worker import exit_codes
+
+from .cluster import STOP_GRACE_S, Fence
+from .cluster_node import ClusterNode, Event
+
+log = logging.getLogger("supervisor.cluster")
+
+#: A Redis error of the rounds is logged at most this often.
+LOG_EVERY_S = 60.0
+#: At SIGTERM, the releases and the leave get this long.
+CLOSE_S = 5.0
+
+
+class ClusterMember:
+    """Which groups this node runs (a lease held), and the handoffs and fences under way."""
+
+    def __init__(self, node: ClusterNode, arbiter: Any) -> None:
+        self.node = node
+        self.arbiter = arbiter
+        self.fence = Fence()
+        #: groups leased to this node, and those being handed over (their process stopping)
+        self.leased: set[int] = set()
+        self.releasing: set[int] = set()
+        #: acquisitions by how (start, handoff, failover), handoffs given, groups fenced
+        self.acquired: Counter[str] = Counter()
+        self.handed_over = 0
+        self.fenced = 0
+        self._logged_error_at = float("-inf")
+
+    def runs(self, group: int) -> bool:
+        """Whether the arbiter may (re)start ``group``'s process."""
+        return group in self.leased and group not in self.releasing
+
+    # -- at every pass -------------------------------------------------------------------------
+    def step(self, now: float) -> None:
+        for event in self.node.events():
+            self._on_event(event, now)
+        for group in self.fence.must_stop(now):
+            self._drop(group, now, f"its lease could not be renewed for {self.fence.fence_s:.0f} s (Redis unreachable?)")
+        groups = {g.index: g for g in self.arbiter.groups}
+        ready = {
+            g for g in self.leased
+            if (child := groups[g].child) is not None and set(child.ready) >= set(child.shard_ids)
+        }  # fmt: skip
+        self.node.facts(ready)
+
+    def _on_event(self, event: Event, now: float) -> None:
+        arbiter = self.arbiter
+        if event.kind == "acquired":
+            group = event.group
+            assert group is not None
+            self.leased.add(group)
+            self.fence.acquired(group, event.sent_at)
+            self.acquired[event.how] += 1
+            arbiter.cluster_sessions(group, event.sessions)
+            how = {"handoff": f"handed over by {event.reason}", "failover": "its owner is gone"}.get(event.how, "free")
+            log.info("cluster: acquired group %d (%s): %d sessions to resume", group, how, len(event.sessions))
+            arbiter.cluster_groups_changed(now)
+        elif event.kind == "renewed":
+            for group in event.renewed:
+                self.fence.renewal(group, event.sent_at, True)
+            for group in event.lost:
+                self._drop(group, now, "another node holds its lease now")
+        elif event.kind == "release":
+            group = event.group
+            assert group is not None
+            self.releasing.add(group)
+            child = self._group(group).child
+            log.info("cluster: handing group %d over (this node holds more than its share)", group)
+            if child is not None:
+                child.stop(now)  # sessions kept; released once it has exited
+            else:
+                self.exited(group)
+        elif event.kind == "released":
+            group = event.group
+            self.leased.discard(group)  # type: ignore[arg-type]
+            self.releasing.discard(group)  # type: ignore[arg-type]
+            self.fence.released(group)  # type: ignore[arg-type]
+            self.handed_over += 1
+            if event.reason:
+                log.warning("cluster: group %s: %s", group, event.reason)
+            else:
+                log.info("cluster: group %s handed over (sessions in Redis)", group)
+            arbiter.cluster_groups_changed(now)
+        elif event.kind == "refused":
+            log.critical("cluster: %s", event.reason)
+            arbiter.begin_stop(now, exit_codes.USAGE)
+        elif event.kind == "error" and now >= self._logged_error_at:
+            self._logged_error_at = now + LOG_EVERY_S
+            log.error("cluster: Redis failed a round (%s); leases not renewed are stopped after %.0f s",
+                      event.reason, self.fence.fence_s)  # fmt: skip
+
+    def _group(self, index: int) -> Any:
+        return next(g for g in self.arbiter.groups if g.index == index)
+
+    def _drop(self, group: int, now: float, why: str) -> None:
+        """Fence: stop ``group`` at once (killed after :data:`STOP_GRACE_S`), before its lease
+        can expire and be taken elsewhere."""
+        self.fence.released(group)
+        self.leased.discard(group)
+        self.releasing.discard(group)
+        self.fenced += 1
+        child = self._group(group).child
+        log.error("cluster: stopping group %d: %s", group, why)
+        if child is not None:
+            child.grace = STOP_GRACE_S
+            child.stop(now)
+        self.arbiter.cluster_groups_changed(now)
+
+    def exited(self, group: int) -> bool:
+        """A group's process exited; True when that was a handoff (then it is released with
+        its sessions and not restarted here)."""
+        if group not in self.releasing:
+            return False
+        self.node.release(group, self.arbiter.group_sessions(group))
+        return True
+
+    def close(self) -> None:
+        """The supervisor stops (every process has exited): release every group with its
+        sessions at once, leave the membership."""
+        sessions = {g: self.arbiter.group_sessions(g) for g in self.leased}
+        if not self.node.close(sessions, CLOSE_S):
+            log.warning("cluster: Redis did not take the handover in %.0f s: the leases expire in their TTL", CLOSE_S)
+
+    def describe(self) -> dict[str, Any]:
+        view = self.node.last_view
+        return {
+            "node": self.node.store.name,
+            "groups": sorted(self.leased),
+            "releasing": sorted(self.releasing),
+            "nodes": len(view.nodes) if view is not None else None,
+            "acquired": dict(self.acquired),
+            "handed_over": self.handed_over,
+            "fenced": self.fenced,
+            "redis_answering": not self.node.failing,
+        }
+
+
+__all__ = ["ClusterMember"]

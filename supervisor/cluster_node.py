@@ -1,0 +1,203 @@
+"""A cluster node's rounds, on a thread of their own: heartbeat, lease renewals, the plan of
+:func:`supervisor.cluster.plan`, acquisitions (with the group's sessions from Redis) and the
+releases the arbiter hands in. The arbiter's loop never waits for Redis: it reads
+:class:`Event` s with :meth:`ClusterNode.events` and tells the facts with :meth:`ClusterNode.facts`.
+
+Events: ``acquired`` (a group, its sessions, ``how``: start, handoff or failover, and the time
+the lease was sent for), ``renewed`` (the groups renewed and refused, with the send time: the
+arbiter's :class:`~supervisor.cluster.Fence` times itself from it), ``release`` (hand this group
+over: stop its process, then :meth:`ClusterNode.release` it with its sessions), ``released``,
+``refused`` (the node name is taken, or the cluster has another shape: fatal), ``error`` (Redis
+failed this round; logged at most once a minute by the arbiter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cluster import LEASE_TTL_S, NODE_TTL_S, ROUND_S, SETTLE_S, group_shards, plan
+
+log = logging.getLogger("supervisor.cluster")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    group: int | None = None
+    sessions: dict[int, Any] = field(default_factory=dict)
+    how: str = ""
+    sent_at: float = 0.0
+    renewed: tuple[int, ...] = ()
+    lost: tuple[int, ...] = ()
+    reason: str = ""
+
+
+class ClusterNode:
+    """The rounds of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Any,
+        coordinator: Any,
+        *,
+        shard_count: int,
+        per_group: int,
+        groups: int,
+        capacity: float = 1.0,
+        wake: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        round_s: float = ROUND_S,
+    ) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.shard_count = shard_count
+        self.per_group = per_group
+        self.groups = groups
+        self.capacity = capacity
+        self.wake = wake
+        self.clock = clock
+        self.round_s = round_s
+        self._lock = threading.Lock()
+        self._events: deque[Event] = deque()
+        #: groups this thread holds a lease on (renewed every round)
+        self.held: set[int] = set()
+        self._ready: set[int] = set()
+        self._releasing: set[int] = set()
+        self._to_release: dict[int, dict[int, Any]] = {}
+        self._first_seen: float | None = None
+        self._stop = threading.Event()
+        self._closed = threading.Event()
+        self.failing = False
+        self.last_view: Any = None
+        self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # -- the loop's side ----------------------------------------------------------------------
+    def events(self) -> list[Event]:
+        with self._lock:
+            taken = list(self._events)
+            self._events.clear()
+        return taken
+
+    def facts(self, ready: set[int]) -> None:
+        """The held groups whose shards are all READY (only those may be handed over)."""
+        with self._lock:
+            self._ready = set(ready)
+
+    def release(self, group: int, sessions: dict[int, Any]) -> None:
+        """The group's process has exited: write its sessions and drop its lease (next round)."""
+        with self._lock:
+            self._to_release[group] = dict(sessions)
+
+    def close(self, sessions: dict[int, dict[int, Any]], timeout: float) -> bool:
+        """SIGTERM: release every held group with its sessions, leave, stop. True if done in time."""
+        with self._lock:
+            for group in self.held:
+                self._to_release[group] = dict(sessions.get(group, {}))
+        self._stop.set()
+        return self._closed.wait(timeout)
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        with self._lock:
+            self._events.append(event)
+        try:
+            self.wake()
+        except Exception:  # noqa: BLE001 - the loop polls every pass anyway
+            pass
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity, "host": socket.gethostname(), "pid": os.getpid(),
+            "groups": sorted(self.held), "shard_count": self.shard_count,
+        }  # fmt: skip
+
+    def _run(self) -> None:
+        try:
+            reason = self.store.check_meta(self.shard_count, self.per_group)
+            if reason is None:
+                taken = self.store.heartbeat(self._info(), NODE_TTL_S)
+                if taken:
+                    reason = f"a node named {self.store.name!r} is already running (its heartbeat lasts {taken:.1f} s more)"
+            if reason is not None:
+                self._emit(Event("refused", reason=reason))
+                self._closed.set()
+                return
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable at the start
+            self._emit(Event("refused", reason=f"cannot register in Redis: {exc}"))
+            self._closed.set()
+            return
+        while not self._stop.is_set():
+            started = self.clock()
+            try:
+                self._round(started)
+                self.failing = False
+            except Exception as exc:  # noqa: BLE001 - redis errors and timeouts: the next round
+                self.failing = True
+                self._emit(Event("error", reason=str(exc) or type(exc).__name__))
+            self._stop.wait(max(0.0, self.round_s - (self.clock() - started)))
+        try:
+            self._releases()
+            self.store.leave()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cluster: could not hand everything over in Redis at the end: %s", exc)
+        self._closed.set()
+
+    def _round(self, now: float) -> None:
+        self.store.heartbeat(self._info(), NODE_TTL_S)
+        held = sorted(self.held)
+        if held:
+            sent = self.clock()
+            result = self.store.renew(self.shard_count, held, LEASE_TTL_S)
+            lost = tuple(g for g, ok in result.items() if not ok)
+            self.held.difference_update(lost)
+            self._emit(Event("renewed", renewed=tuple(g for g, ok in result.items() if ok), lost=lost, sent_at=sent))
+        self._releases()
+        view = self.store.view(self.shard_count, self.groups)
+        self.last_view = view
+        if self._first_seen is None:
+            self._first_seen = now
+        with self._lock:
+            ready, releasing = set(self._ready), set(self._releasing)
+        decided = plan(
+            view, self.store.name, held=self.held, ready=ready & self.held, releasing=releasing,
+            settled=now - self._first_seen >= SETTLE_S,
+        )  # fmt: skip
+        for group in decided.release:
+            with self._lock:
+                self._releasing.add(group)
+            self._emit(Event("release", group=group))
+        for group in decided.acquire:
+            sent = self.clock()
+            if not self.store.acquire(self.shard_count, group, LEASE_TTL_S):
+                continue
+            self.held.add(group)
+            shards = group_shards(group, self.shard_count, self.per_group)
+            sessions = self.coordinator.load_sessions(self.shard_count, shards)
+            by = self.store.handed_over_by(self.shard_count, group)
+            how = "handoff" if by else "failover" if sessions else "start"
+            self._emit(Event("acquired", group=group, sessions=sessions, how=how, sent_at=sent, reason=by or ""))
+
+    def _releases(self) -> None:
+        with self._lock:
+            pending = dict(self._to_release)
+        for group, sessions in pending.items():
+            ok = self.store.release(self.shard_count, group, sessions)
+            self.held.discard(group)
+            with self._lock:
+                self._to_release.pop(group, None)
+                self._releasing.discard(group)
+            self._emit(Event("released", group=group, reason="" if ok else "the lease was not ours any more"))
+
+
+__all__ = ["ClusterNode", "Event"]

@@ -1,0 +1,178 @@
+"""Cluster mode's keys in Redis (see :mod:`supervisor.cluster` for the rules). Every method is
+one blocking round trip: :mod:`supervisor.cluster_node` calls them from its own thread.
+
+Keys (``<p>`` the ``--redis-prefix``, ``<n>`` the shard count):
+
+* ``<p>:cluster:meta``: hash ``shard_count``, ``per_group``: the first node sets it, a node
+  started with other values is refused (every node must cut the same groups);
+* ``<p>:cluster:members``: sorted set, node name -> its heartbeat's expiry (epoch ms; hosts keep
+  their clocks within a second by NTP, far below :data:`~supervisor.cluster.NODE_TTL_S`);
+  ``<p>:cluster:tokens`` and ``<p>:cluster:info``: hashes, node name -> the random token of the
+  process that registered it / its JSON (capacity, host, pid, groups, heartbeat time);
+* ``<p>:cluster:lease:<n>:<g>``: ``<name>|<token>`` of group ``g``'s owner, with a PX TTL of
+  :data:`~supervisor.cluster.LEASE_TTL_S` (Redis' own clock: no skew), renewed by compare-and-
+  pexpire, released by compare-and-delete in the script that also writes the group's sessions
+  (``<p>:session:<n>:<shard>``, as elsewhere) and a handoff mark ``<p>:cluster:handoff:<n>:<g>``
+  (the name of the node that handed it over, for a minute: the taker counts a handoff, not a
+  failover).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from shard_worker.config import SavedSession
+
+from .cluster import Node, View
+from .coordination import SESSION_TTL_S
+
+HANDOFF_MARK_S = 60
+
+_REGISTER = """
+local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local token = redis.call('HGET', KEYS[2], ARGV[1])
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if token and token ~= ARGV[2] and expiry and tonumber(expiry) > now then
+  return tonumber(expiry) - now
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+return 0
+"""
+
+_RENEW = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #KEYS - 1 do
+  redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[2])
+end
+redis.call('SET', KEYS[#KEYS], ARGV[3], 'EX', %d)
+redis.call('DEL', KEYS[1])
+return 1
+""" % HANDOFF_MARK_S
+
+
+class ClusterStore:
+    """One node's view of the cluster's keys."""
+
+    def __init__(self, client: Any, prefix: str, name: str, token: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.name = name
+        self.token = token
+        self.owner = f"{name}|{token}"
+        self._register = client.register_script(_REGISTER)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self.prefix, "cluster", *map(str, parts)])
+
+    def lease_key(self, shard_count: int, group: int) -> str:
+        return self._key("lease", shard_count, group)
+
+    # -- membership ---------------------------------------------------------------------------
+    def check_meta(self, shard_count: int, per_group: int) -> str | None:
+        """Set the cluster's shape if unset; the reason a node of another shape is refused."""
+        meta = self._key("meta")
+        self.redis.hsetnx(meta, "shard_count", shard_count)
+        self.redis.hsetnx(meta, "per_group", per_group)
+        have = self.redis.hgetall(meta)
+        count, per = int(have[b"shard_count"]), int(have[b"per_group"])
+        if (count, per) != (shard_count, per_group):
+            return (
+                f"the cluster in Redis runs {count} shards in groups of {per}; this node was started with "
+                f"{shard_count} and {per} (every node needs the same --shard-count and --shards-per-process)"
+            )
+        return None
+
+    def heartbeat(self, info: dict[str, Any], ttl_s: float, now: float | None = None) -> float:
+        """Register or refresh this node: 0.0, or the seconds another live process with this
+        name still has (the name is taken)."""
+        now_ms = int((time.time() if now is None else now) * 1000)
+        keys = [self._key("members"), self._key("tokens"), self._key("info")]
+        info = {**info, "name": self.name, "heartbeat": now_ms / 1000}
+        left = self._register(keys=keys, args=[self.name, self.token, now_ms, int(ttl_s * 1000), json.dumps(info)])
+        return int(left) / 1000.0
+
+    def leave(self) -> None:
+        """Deregister (SIGTERM): the others' shares grow at their next round."""
+        if self.redis.hget(self._key("tokens"), self.name) == self.token.encode():
+            pipe = self.redis.pipeline()
+            pipe.zrem(self._key("members"), self.name)
+            pipe.hdel(self._key("tokens"), self.name)
+            pipe.hdel(self._key("info"), self.name)
+            pipe.execute()
+
+    def nodes(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Every live node's info (its heartbeat not expired)."""
+        now_ms = int((time.time() if now is None else now) * 1000)
+        names = [n.decode() for n in self.redis.zrangebyscore(self._key("members"), now_ms, "+inf")]
+        if not names:
+            return []
+        infos = self.redis.hmget(self._key("info"), names)
+        out = []
+        for name, raw in zip(names, infos):
+            try:
+                info = json.loads(raw) if raw else {}
+            except ValueError:
+                info = {}
+            out.append({**info, "name": name})
+        return out
+
+    def view(self, shard_count: int, groups: int, now: float | None = None) -> View:
+        nodes = tuple(Node(n["name"], float(n.get("capacity", 1.0))) for n in self.nodes(now))
+        return View(nodes, self.owners(shard_count, groups), groups)
+
+    def owners(self, shard_count: int, groups: int) -> dict[int, str]:
+        """Group -> the name of its owner, for every leased group."""
+        values = self.redis.mget([self.lease_key(shard_count, g) for g in range(groups)]) if groups else []
+        return {g: v.decode().split("|", 1)[0] for g, v in enumerate(values) if v is not None}
+
+    # -- leases -------------------------------------------------------------------------------
+    def acquire(self, shard_count: int, group: int, ttl_s: float) -> bool:
+        return bool(self.redis.set(self.lease_key(shard_count, group), self.owner, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, shard_count: int, groups: list[int], ttl_s: float) -> dict[int, bool]:
+        if not groups:
+            return {}
+        result = self._renew(keys=[self.lease_key(shard_count, g) for g in groups], args=[self.owner, int(ttl_s * 1000)])
+        return {g: bool(int(r)) for g, r in zip(groups, result)}
+
+    def release(self, shard_count: int, group: int, sessions: dict[int, SavedSession]) -> bool:
+        """Write ``sessions`` and the handoff mark, then drop the lease, if it is still ours."""
+        keys = [self.lease_key(shard_count, group)]
+        values = []
+        for shard, saved in sorted(sessions.items()):
+            keys.append(":".join([self.prefix, "session", str(shard_count), str(shard)]))
+            values.append(json.dumps(asdict(saved)))
+        keys.append(self._key("handoff", shard_count, group))
+        return bool(int(self._release(keys=keys, args=[self.owner, SESSION_TTL_S, self.name, *values])))
+
+    def handed_over_by(self, shard_count: int, group: int) -> str | None:
+        """Who handed ``group`` over (and forget it), None: nobody (a start or a failover)."""
+        key = self._key("handoff", shard_count, group)
+        pipe = self.redis.pipeline()
+        pipe.get(key)
+        pipe.delete(key)
+        value, _ = pipe.execute()
+        return value.decode() if value is not None else None
+
+
+__all__ = ["ClusterStore", "HANDOFF_MARK_S"]
