@@ -816,6 +816,8 @@ class Arbiter:
         if shard not in child.shard_set:
             return
         self.metrics.shard_event(shard, str(state))
+        if self.member is not None:
+            self.member.shard_state(child.group, str(state), time.monotonic())
         if state == "ready":
             if shard not in child.ready and self._progress_since is not None and not self.stopping:
                 # the start's progress in logs (a terminal shows the live line instead)
@@ -1034,6 +1036,7 @@ class Arbiter:
             shard_count=self.shard_count,
             reshard=self._reshard_status(),
             reshards=self._count_reshard_end(),
+            cluster=self.member.describe() if self.member is not None else None,
         )
 
     def _advance_rolling(self, now: float) -> None:

@@ -23,11 +23,18 @@ At every round (:data:`ROUND_S`) a node reads the view (nodes, leases) and :func
   the same script; the node below its share acquires it and RESUMEs.
 
 **Fencing** (:class:`Fence`): a lease renewed at ``t`` (the time the renewal was *sent*, the
-safe side) may expire elsewhere from ``t + LEASE_TTL_S``. A node stops a group it could not
-renew for :data:`FENCE_S`, which leaves :data:`FENCE_MARGIN_S` for the process to close its
-connections (it is killed at ``FENCE_S + STOP_GRACE_S``, still before the TTL). So a group never
-runs on two nodes at once, except for a make-before-break overlap of zero: handoffs and
-failovers are break-before-make.
+safe side) may expire elsewhere from ``t + LEASE_TTL_S``. Handoffs and failovers are
+break-before-make, and a group is taken over elsewhere only by RESUMEing its session, which
+Discord answers by closing the old connection. So when a node cannot renew a lease for
+:data:`FENCE_S` (Redis out of reach: an outage of Redis for everyone, or a partition of this
+node alone, which it cannot tell apart) the group is **guarded**, not stopped: it runs on, and
+the first shard of it that loses its connection (Discord closing it because another node
+resumed the session, or any other reason) stops the whole group at once (killed after
+:data:`STOP_GRACE_S`) instead of reconnecting, which would take the session back. It starts
+again once a renewal succeeds. A renewal refused because another node holds the lease stops
+the group at once. When Redis answers again, each node's first round re-asserts its expired
+leases (compare-and-set) before anyone may acquire a free group (:data:`SETTLE_S` of
+successful rounds first), so an outage of Redis moves nothing.
 """
 
 from __future__ import annotations

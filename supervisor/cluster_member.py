@@ -23,6 +23,8 @@ log = logging.getLogger("supervisor.cluster")
 LOG_EVERY_S = 60.0
 #: At SIGTERM, the releases and the leave get this long.
 CLOSE_S = 5.0
+#: Shard states of a connection gone (``shard_state`` IPC events).
+_LOST = frozenset({"disconnected", "connecting", "identifying", "resuming", "fatal", "stopped"})
 
 
 class ClusterMember:
@@ -35,6 +37,10 @@ class ClusterMember:
         #: groups leased to this node, and those being handed over (their process stopping)
         self.leased: set[int] = set()
         self.releasing: set[int] = set()
+        #: leased groups not renewed for FENCE_S (Redis out of reach): they run on, guarded
+        #: (:meth:`shard_state`); and those of them stopped by the guard, until renewed again
+        self.guarded: set[int] = set()
+        self.parked: set[int] = set()
         #: acquisitions by how (start, handoff, failover), handoffs given, groups fenced
         self.acquired: Counter[str] = Counter()
         self.handed_over = 0
@@ -43,14 +49,20 @@ class ClusterMember:
 
     def runs(self, group: int) -> bool:
         """Whether the arbiter may (re)start ``group``'s process."""
-        return group in self.leased and group not in self.releasing
+        return group in self.leased and group not in self.releasing and group not in self.parked
 
     # -- at every pass -------------------------------------------------------------------------
     def step(self, now: float) -> None:
         for event in self.node.events():
             self._on_event(event, now)
         for group in self.fence.must_stop(now):
-            self._drop(group, now, f"its lease could not be renewed for {self.fence.fence_s:.0f} s (Redis unreachable?)")
+            if group not in self.guarded:
+                self.guarded.add(group)
+                log.warning(
+                    "cluster: group %d: its lease could not be renewed for %.0f s (Redis out of reach); it runs on, "
+                    "but stops if a shard loses its connection (another node may have resumed it)",
+                    group, self.fence.fence_s,
+                )  # fmt: skip
         groups = {g.index: g for g in self.arbiter.groups}
         ready = {
             g for g in self.leased
@@ -73,6 +85,13 @@ class ClusterMember:
         elif event.kind == "renewed":
             for group in event.renewed:
                 self.fence.renewal(group, event.sent_at, True)
+                if group in self.guarded:
+                    self.guarded.discard(group)
+                    log.info("cluster: group %d: its lease is renewed again", group)
+                if group in self.parked:
+                    self.parked.discard(group)
+                    self._group(group).start_at = now
+                    arbiter.cluster_groups_changed(now)
             for group in event.lost:
                 self._drop(group, now, "another node holds its lease now")
         elif event.kind == "release":
@@ -107,12 +126,31 @@ class ClusterMember:
     def _group(self, index: int) -> Any:
         return next(g for g in self.arbiter.groups if g.index == index)
 
+    def shard_state(self, group: int, state: str, now: float) -> None:
+        """A shard of ``group`` changed state. In a guarded group, a lost connection may be
+        Discord closing it because another node RESUMEd the session: stop the group rather
+        than reconnect (which would take the session back), until the lease is renewed."""
+        if group in self.guarded and group not in self.parked and state in _LOST:
+            self._park(group, now, "a shard lost its connection while its lease is unconfirmed")
+
+    def _park(self, group: int, now: float, why: str) -> None:
+        self.parked.add(group)
+        self.fenced += 1
+        child = self._group(group).child
+        log.error("cluster: stopping group %d: %s", group, why)
+        if child is not None:
+            child.grace = STOP_GRACE_S
+            child.stop(now)
+        self.arbiter.cluster_groups_changed(now)
+
     def _drop(self, group: int, now: float, why: str) -> None:
         """Fence: stop ``group`` at once (killed after :data:`STOP_GRACE_S`), before its lease
         can expire and be taken elsewhere."""
         self.fence.released(group)
         self.leased.discard(group)
         self.releasing.discard(group)
+        self.guarded.discard(group)
+        self.parked.discard(group)
         self.fenced += 1
         child = self._group(group).child
         log.error("cluster: stopping group %d: %s", group, why)
@@ -124,6 +162,8 @@ class ClusterMember:
     def exited(self, group: int) -> bool:
         """A group's process exited; True when that was a handoff (then it is released with
         its sessions and not restarted here)."""
+        if group in self.guarded and group not in self.parked:
+            self.parked.add(group)  # no restart until the lease is confirmed again
         if group not in self.releasing:
             return False
         self.node.release(group, self.arbiter.group_sessions(group))
@@ -142,6 +182,8 @@ class ClusterMember:
             "node": self.node.store.name,
             "groups": sorted(self.leased),
             "releasing": sorted(self.releasing),
+            "guarded": sorted(self.guarded),
+            "parked": sorted(self.parked),
             "nodes": len(view.nodes) if view is not None else None,
             "acquired": dict(self.acquired),
             "handed_over": self.handed_over,

@@ -72,7 +72,10 @@ class ClusterNode:
         self._ready: set[int] = set()
         self._releasing: set[int] = set()
         self._to_release: dict[int, dict[int, Any]] = {}
-        self._first_seen: float | None = None
+        #: since when the rounds succeed without a break (None: the last one failed); nothing
+        #: is acquired before SETTLE_S of it, so that after an outage every holder re-asserts
+        #: its leases before anyone takes a free group
+        self._ok_since: float | None = None
         self._stop = threading.Event()
         self._closed = threading.Event()
         self.failing = False
@@ -144,6 +147,7 @@ class ClusterNode:
                 self.failing = False
             except Exception as exc:  # noqa: BLE001 - redis errors and timeouts: the next round
                 self.failing = True
+                self._ok_since = None
                 self._emit(Event("error", reason=str(exc) or type(exc).__name__))
             self._stop.wait(max(0.0, self.round_s - (self.clock() - started)))
         try:
@@ -159,19 +163,22 @@ class ClusterNode:
         if held:
             sent = self.clock()
             result = self.store.renew(self.shard_count, held, LEASE_TTL_S)
+            for group, ok in list(result.items()):
+                if not ok:  # expired (Redis was out of reach): still ours if nobody took it
+                    result[group] = self.store.acquire(self.shard_count, group, LEASE_TTL_S)
             lost = tuple(g for g, ok in result.items() if not ok)
             self.held.difference_update(lost)
             self._emit(Event("renewed", renewed=tuple(g for g, ok in result.items() if ok), lost=lost, sent_at=sent))
         self._releases()
         view = self.store.view(self.shard_count, self.groups)
         self.last_view = view
-        if self._first_seen is None:
-            self._first_seen = now
+        if self._ok_since is None:
+            self._ok_since = now
         with self._lock:
             ready, releasing = set(self._ready), set(self._releasing)
         decided = plan(
             view, self.store.name, held=self.held, ready=ready & self.held, releasing=releasing,
-            settled=now - self._first_seen >= SETTLE_S,
+            settled=now - self._ok_since >= SETTLE_S,
         )  # fmt: skip
         for group in decided.release:
             with self._lock:

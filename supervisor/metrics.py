@@ -476,6 +476,7 @@ def _supervisor_families(values: Mapping[str, Any]) -> Iterator[Metric]:
     if count is not None:
         yield GaugeMetricFamily("spectacles_shard_count", "The shard count the supervisor serves.", value=count)
     yield from _reshard_families(values)
+    yield from _cluster_families(values.get("cluster"))
     yield GaugeMetricFamily(
         "spectacles_supervisor_uptime_seconds",
         "Seconds since the supervisor started.",
@@ -511,6 +512,27 @@ def _reshard_families(values: Mapping[str, Any]) -> Iterator[Metric]:
     for outcome in ("done", "aborted"):
         ended.add_metric([outcome], float((values.get("reshards") or {}).get(outcome, 0)))
     yield ended
+
+
+def _cluster_families(cluster: Any) -> Iterator[Metric]:
+    """Cluster mode (``--cluster``): absent without it. ``cluster`` is ``ClusterMember.describe()``."""
+    if not isinstance(cluster, dict):
+        return
+    yield GaugeMetricFamily("spectacles_cluster_groups_held", "Shard groups this node holds a lease on.",
+                            value=float(len(cluster.get("groups") or ())))  # fmt: skip
+    yield GaugeMetricFamily("spectacles_cluster_nodes", "Live nodes of the cluster, as last read from Redis.",
+                            value=float(cluster.get("nodes") or 0))  # fmt: skip
+    acquired = CounterMetricFamily(
+        "spectacles_cluster_groups_acquired_total",
+        "Groups this node acquired: at start (free), by handoff, by failover (their owner died).", labels=["how"],
+    )
+    for how in ("start", "handoff", "failover"):
+        acquired.add_metric([how], float((cluster.get("acquired") or {}).get(how, 0)))
+    yield acquired
+    yield CounterMetricFamily("spectacles_cluster_handoffs_total", "Groups this node handed over to another.",
+                              value=float(cluster.get("handed_over") or 0))  # fmt: skip
+    yield CounterMetricFamily("spectacles_cluster_fenced_total", "Groups this node stopped because it could not renew their lease.",
+                              value=float(cluster.get("fenced") or 0))  # fmt: skip
 
 
 class SpectaclesCollector:

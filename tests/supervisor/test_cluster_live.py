@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 
 import psutil
@@ -22,7 +25,7 @@ import redis
 from shard_worker import spectacles
 from supervisor.cluster_status import read
 from supervisor.simulator import SimulatorThread
-from tests.helpers import TOKEN, wait_for
+from tests.helpers import TOKEN, free_port, wait_for
 from tests.supervisor.reshard_watch import SessionWatcher
 from tests.supervisor.supervisor_process import SupervisorProcess
 
@@ -75,11 +78,14 @@ def test_three_nodes_failover_join_and_leave(amqp_url, rabbit, redis_url, group,
     rabbit.bind(group, queue, "MESSAGE_CREATE")
     rabbit.track(*(spectacles.shard_queue(group, s) for s in range(SHARDS)))
 
-    def node(name: str) -> SupervisorProcess:
+    def node(name: str, *more: str) -> SupervisorProcess:
         return SupervisorProcess(
             sim, amqp_url, group, tmp_path / name, "--cluster", "--redis-url", redis_url, "--redis-prefix", prefix,
-            "--shard-count", str(SHARDS), "--shards-per-process", "1", "--node-name", name,
+            "--shard-count", str(SHARDS), "--shards-per-process", "1", "--node-name", name, *more,
         )  # fmt: skip
+
+    def cluster_status(name: str) -> dict:
+        return json.loads(nodes[name].cli("status", "--json").stdout)["cluster"]
 
     with SimulatorThread(
         token=TOKEN, shard_count=SHARDS, max_concurrency=4, events_per_shard=-1, rate=4, heartbeat_interval_ms=20000,
@@ -111,15 +117,29 @@ def test_three_nodes_failover_join_and_leave(amqp_url, rabbit, redis_url, group,
             took = time.time() - killed_at
             wait_for(lambda: sorted(map(len, held(client, prefix).values())) == [6, 6], 10)
             assert accepted(sim) == SHARDS
+            # the survivors counted the takeovers as failovers
+            assert sum(cluster_status(n)["acquired"].get("failover", 0) for n in ("node-a", "node-c")) == 4
 
             # 3. node-d joins: it gets its share (4) by handoffs, each resumed
             joined_at = time.time()
-            nodes["node-d"] = node("node-d")
+            port = free_port()
+            nodes["node-d"] = node("node-d", "--metrics-addr", f"127.0.0.1:{port}")
             wait_for(lambda: sorted(map(len, held(client, prefix).values())) == [4, 4, 4], 60, what="node-d's share")
             wait_for(lambda: resumed_since(joined_at, held(client, prefix)["node-d"]), 30, what="node-d resumed")
             sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=30)
             assert accepted(sim) == SHARDS
             handoffs = "handed over by" in nodes["node-d"].output()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+            assert "spectacles_cluster_groups_held 4.0" in metrics
+            assert 'spectacles_cluster_groups_acquired_total{how="handoff"} 4.0' in metrics
+            assert "spectacles_cluster_nodes 3.0" in metrics
+            text = subprocess.run(
+                [sys.executable, "-m", "supervisor", "status", "--cluster", "--redis-url", redis_url, "--redis-prefix", prefix],
+                capture_output=True, text=True, timeout=30,
+            ).stdout  # fmt: skip
+            assert text.startswith("12 shards in 12 groups of 1; 3 nodes") and "every group has an owner" in text
+            assert all(f"node-{n}" in text for n in "acd") and "node-b" not in text
 
             # 4. SIGTERM of node-c: exit 0 within 20 s, nothing left; its shards resume elsewhere
             leaving = held(client, prefix)["node-c"]
