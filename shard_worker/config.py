@@ -90,6 +90,10 @@ class WorkerConfig:
     #: the owner of its ``guild_id`` under ``shard_count``, one without is refused (counted as
     #: ``no_such_shard``). The queues are left for the operator to delete.
     drain_shards: list[int] = field(default_factory=list)
+    #: Cluster mode: the supervisor sends an order (a ``ping`` at least) every second; after
+    #: this long without one (the supervisor stopped, frozen or gone) the worker stops its
+    #: shards by itself, since the supervisor can no longer renew their lease. None: never.
+    parent_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         self.compress = compress_name(self.compress)

@@ -88,6 +88,7 @@ class ParentLink:
         self._grants: dict[int, asyncio.Future] = {}
         self.worker: Any = None  # set by attach()
         self._tasks: list[asyncio.Task] = []
+        self._last_order = time.monotonic()
 
     # -- writing ------------------------------------------------------------------------------
     def send(self, event: str, data: Any = None) -> None:
@@ -147,6 +148,8 @@ class ParentLink:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._read_orders(), name="ipc-read"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="ipc-heartbeat"))
+        if worker.config.parent_timeout_s:
+            self._tasks.append(loop.create_task(self._parent_watch(worker.config.parent_timeout_s), name="ipc-parent"))
         self.send("hello", {"pid": os.getpid(), "shards": format_shard_ids(worker.config.shard_ids)})
 
     def on_state(self, runner: ShardRunner, state: str) -> None:
@@ -234,10 +237,26 @@ class ParentLink:
                 log.warning("supervisor went away (stdin closed): stopping")
                 self.worker.stop()
                 return
+            self._last_order = time.monotonic()
             for message in decoder.feed(chunk):
                 self._on_order(message)
 
+    async def _parent_watch(self, timeout_s: float) -> None:
+        """Cluster mode: a supervisor silent for ``timeout_s`` cannot renew this group's lease
+        (stopped with SIGSTOP, frozen): stop the shards before another node takes them over,
+        rather than reconnect and take their sessions back."""
+        self._last_order = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            silent = time.monotonic() - self._last_order
+            if silent >= timeout_s:
+                log.error("the supervisor sent nothing for %.1f s (stopped?): stopping every shard (its lease is not renewed)", silent)
+                self.worker.stop()
+                return
+
     def _on_order(self, message: ipc.Message) -> None:
+        if message.event == "ping":
+            return
         if message.event == "identify_grant":
             shard = (message.data or {}).get("shard")
             fut = self._grants.get(shard)

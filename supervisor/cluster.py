@@ -53,6 +53,10 @@ FENCE_S = 6.0
 #: The stop of a fenced group gets this long before its process is killed.
 STOP_GRACE_S = 2.5
 FENCE_MARGIN_S = LEASE_TTL_S - FENCE_S - STOP_GRACE_S
+#: A worker whose supervisor sent nothing for this long stops its shards by itself (the
+#: supervisor pings every second in cluster mode): a stopped or frozen supervisor renews no
+#: lease, and its workers must not hold on to shards another node is about to resume.
+PARENT_TIMEOUT_S = 4.0
 #: A node acquires nothing before it has seen the membership this long.
 SETTLE_S = 3.0
 ACQUIRE_PER_ROUND = 4

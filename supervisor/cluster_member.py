@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from shard_worker import exit_codes
 
-from .cluster import STOP_GRACE_S, Fence
+from .cluster import PARENT_TIMEOUT_S, STOP_GRACE_S, Fence
 from .cluster_node import ClusterNode, Event
 
 log = logging.getLogger("supervisor.cluster")
@@ -46,6 +47,9 @@ class ClusterMember:
         self.handed_over = 0
         self.fenced = 0
         self._logged_error_at = float("-inf")
+        self._next_ping = float("-inf")
+        for group in arbiter.groups:  # a worker of a silent supervisor stops by itself
+            group.config = replace(group.config, parent_timeout_s=PARENT_TIMEOUT_S)
 
     def runs(self, group: int) -> bool:
         """Whether the arbiter may (re)start ``group``'s process."""
@@ -69,6 +73,11 @@ class ClusterMember:
             if (child := groups[g].child) is not None and set(child.ready) >= set(child.shard_ids)
         }  # fmt: skip
         self.node.facts(ready)
+        if now >= self._next_ping:
+            self._next_ping = now + 1.0
+            for group in self.arbiter.groups:
+                if group.child is not None and group.child.stopping_since is None:
+                    group.child.send("ping")
 
     def _on_event(self, event: Event, now: float) -> None:
         arbiter = self.arbiter

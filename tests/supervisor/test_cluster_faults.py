@@ -149,3 +149,54 @@ def test_a_redis_outage_for_every_node_stops_no_shard(amqp_url, rabbit, redis_ur
                 proc.stop()
             for key in client.scan_iter(f"{prefix}:*"):
                 client.delete(key)
+
+
+def test_a_stopped_supervisors_workers_let_go_and_the_other_node_resumes(amqp_url, redis_url, group, tmp_path):
+    """SIGSTOP of a node's supervisor (its workers keep running): with no ping for 4 s they stop
+    their shards by themselves, before the leases expire; the other node resumes each of them
+    once (no bounce); after SIGCONT the stopped node finds its leases taken and rebalances."""
+    import psutil
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    with SimulatorThread(
+        token=TOKEN, shard_count=SHARDS, max_concurrency=4, events_per_shard=-1, rate=5, heartbeat_interval_ms=20000,
+    ) as sim:  # fmt: skip
+        frozen = SupervisorProcess(sim, amqp_url, group, tmp_path / "a", *cluster_args(redis_url, prefix, "node-a"))
+        other = SupervisorProcess(sim, amqp_url, group, tmp_path / "b", *cluster_args(redis_url, prefix, "node-b"))
+        sampler = ConnectionSampler(sim)
+        try:
+            wait_for(lambda: sorted(map(len, held(client, prefix).values())) == [2, 2], 60, what="2 groups each")
+            sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=60)
+            wait_for(lambda: all(client.exists(f"{prefix}:session:{SHARDS}:{s}") for s in range(SHARDS)), 15)
+            taken = held(client, prefix)["node-a"]
+            kids = frozen.children()
+            stopped_at = time.time()
+            psutil.Process(frozen.pid).suspend()
+            try:
+                def exited(kid) -> bool:  # a zombie: exited, not reaped by its stopped parent
+                    try:
+                        return kid.status() == psutil.STATUS_ZOMBIE
+                    except psutil.NoSuchProcess:
+                        return True
+
+                wait_for(lambda: all(exited(k) for k in kids), 15, what="the workers stopped by themselves")
+                wait_for(
+                    lambda: set(taken) <= {r["shard"] for r in sim.snapshot()["resumes"] if r["result"] == "ok" and r["time"] > stopped_at},
+                    30, what="node-b resumed them",
+                )  # fmt: skip
+            finally:
+                psutil.Process(frozen.pid).resume()
+            wait_for(lambda: sorted(map(len, held(client, prefix).values())) == [2, 2], 60, what="rebalanced")
+            sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=30)
+            snap = sim.snapshot()
+            assert snap["violations"] == [] and len([i for i in snap["identifies"] if i["accepted"]]) == SHARDS
+            doubled = sampler.stop()
+            assert doubled <= 1.0, f"a shard had two live connections for {doubled} s"
+            assert "the supervisor sent nothing for" in frozen.output()
+        finally:
+            sampler.stop()
+            frozen.stop()
+            other.stop()
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)

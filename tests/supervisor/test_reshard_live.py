@@ -62,7 +62,9 @@ def test_reshard_under_a_live_stream(amqp_url, rabbit, group, tmp_path, old, new
             assert done.returncode == 0, done.stdout + done.stderr + sup.output()[-3000:]
             lines = done.stdout.splitlines()
             assert lines[0].startswith(f"reshard {old} -> {new} started") and lines[-1] == f"reshard {old} -> {new}: done"
-            assert any("new shards READY, ETA " in line for line in lines)  # the gate's estimate
+            assert any("new shards READY" in line for line in lines)
+            if new > concurrency:  # identifies wait for a second bucket round: the gate's estimate shows
+                assert any("new shards READY, ETA " in line for line in lines)
 
             snap = sim.snapshot()
             assert snap["violations"] == []
