@@ -257,6 +257,9 @@ class ParentLink:
     def _on_order(self, message: ipc.Message) -> None:
         if message.event == "ping":
             return
+        if message.event in ("guard", "unguard"):
+            self.worker.set_guarded(message.event == "guard")
+            return
         if message.event == "identify_grant":
             shard = (message.data or {}).get("shard")
             fut = self._grants.get(shard)

@@ -132,6 +132,12 @@ class Worker:
             log.info("reshard aborted: %d shards publish as before", cancelled)
         return cancelled
 
+    def set_guarded(self, guarded: bool) -> None:
+        """Cluster mode: while guarded, a shard that loses its connection waits instead of
+        reconnecting (``ShardRunner.guarded``)."""
+        for runner in self.runners.values():
+            runner.guarded = guarded
+
     def activate(self) -> None:
         """The cut-over: this (new) set consumes its shard queues and SEND from now on."""
         self.bridge.activate()

@@ -509,6 +509,8 @@ class Arbiter:
     def begin_stop(self, now: float, exit_code: int = exit_codes.OK) -> None:
         self.stopping = True
         self._notify(now)  # STOPPING=1 before anything else
+        if self.member is not None:
+            self.member.node.quiesce()  # nothing more acquired or handed over
         if exit_code != exit_codes.OK and self.exit_code == exit_codes.OK:
             self.exit_code = exit_code
         run, plan = self._resharding, self.reshard
@@ -538,8 +540,9 @@ class Arbiter:
         if self.rolling or self.rolling_current is not None:
             log.info("rolling restart already in progress")
             return False
-        log.info("rolling restart of %d groups, one at a time", len(self.groups))
-        self.rolling.extend(g.index for g in self.groups)
+        run = [g.index for g in self.groups if self._runs(g)]
+        log.info("rolling restart of %d groups, one at a time", len(run))
+        self.rolling.extend(run)
         return True
 
     def begin_reshard(self, request: Any) -> dict[str, Any]:
@@ -552,6 +555,10 @@ class Arbiter:
             refused = Refusal("invalid", f"--shard-count must be an integer, not {target!r}")
         elif self.stopping:
             refused = Refusal("stopping", "the supervisor is stopping")
+        elif self.member is not None:
+            refused = Refusal(
+                "partial", "resharding a cluster is not supported yet: stop every node, then start them with the new --shard-count"
+            )
         else:
             refused = shard_sets.refusal(
                 target,
@@ -674,7 +681,10 @@ class Arbiter:
         self.metrics.tick(now)
         if self.notifier.enabled:
             rolling = bool(self.rolling) or self.rolling_current is not None
-            lines = self.notes.on_pass(now, self._ready_count(), len(self.all_shards), rolling=rolling, stopping=self.stopping)
+            settled = self.member is not None and self.member.node.settled  # a node may hold no group
+            lines = self.notes.on_pass(
+                now, self._ready_count(), len(self.all_shards), rolling=rolling, stopping=self.stopping, empty_ok=settled
+            )
             self.notifier.send(lines)
 
     # -- the loop's steps ---------------------------------------------------------------------
@@ -693,7 +703,7 @@ class Arbiter:
         if grant_at is not None:
             timeout = min(timeout, max(0.0, grant_at - now))
         for group in self.groups:
-            if group.child is None and not self.stopping:
+            if group.child is None and not self.stopping and self._runs(group) and group.config.shard_ids:
                 timeout = min(timeout, max(0.0, group.start_at - now))
         return max(0.01, timeout)
 
@@ -1045,18 +1055,22 @@ class Arbiter:
             self.rolling_current = None
             return
         if self.rolling_current is not None:
-            group = self.groups[self.rolling_current]
+            group = self.group(self.rolling_current)
             child = group.child
-            if child is None or child.stopping_since is not None:
+            if not self._runs(group):
+                self.rolling_current = None  # handed over or fenced meanwhile (cluster mode)
+            elif child is None or child.stopping_since is not None:
                 return  # still stopping, or waiting to start
-            if set(child.ready) >= set(child.shard_ids):
+            elif set(child.ready) >= set(child.shard_ids):
                 log.info("rolling restart: group %d ready", group.index, extra={"group": group.index})
                 self.rolling_current = None
             else:
                 return
+        while self.rolling and not self._runs(self.group(self.rolling[0])):
+            self.rolling.popleft()
         if self.rolling:
             index = self.rolling.popleft()
-            group = self.groups[index]
+            group = self.group(index)
             self.rolling_current = index
             if group.child is not None:
                 log.info("rolling restart: stopping group %d", index, extra={"group": index})
@@ -1154,7 +1168,8 @@ class Arbiter:
         if self.shared is not None:
             # Handed to the Redis thread: the latest snapshot wins, a failed save is retried.
             mine = {s: v for s, v in self.sessions.items() if s in self._my_shards}
-            self.shared.save_sessions(self.shard_count, mine, sorted(self._forgotten - set(self.sessions)))
+            forget = (self._forgotten & self._my_shards) - set(self.sessions)  # never another node's
+            self.shared.save_sessions(self.shard_count, mine, sorted(forget))
         self._forgotten.clear()
 
     def _budget_spent(self, now: float) -> bool:
@@ -1170,19 +1185,23 @@ class Arbiter:
             return self.gate.remaining
         return self._budget_cache
 
+    def group(self, index: int) -> Group:
+        """The group numbered ``index`` (after a reshard the numbers do not start at 0)."""
+        return next(g for g in self.groups if g.index == index)
+
     # -- cluster mode (supervisor.cluster_member asks) ------------------------------------------
     def _runs(self, group: Group) -> bool:
         return self.member is None or self.member.runs(group.index)
 
     def cluster_sessions(self, group: int, sessions: dict[int, SavedSession]) -> None:
         """A group was acquired: Redis' sessions for its shards are the ones to resume."""
-        for shard in self.groups[group].config.shard_ids:
+        for shard in self.group(group).config.shard_ids:
             self.sessions.pop(shard, None)
         self.sessions.update(sessions)
-        self.groups[group].start_at = time.monotonic()
+        self.group(group).start_at = time.monotonic()
 
     def group_sessions(self, group: int) -> dict[int, SavedSession]:
-        return {s: self.sessions[s] for s in self.groups[group].config.shard_ids if s in self.sessions}
+        return {s: self.sessions[s] for s in self.group(group).config.shard_ids if s in self.sessions}
 
     def cluster_groups_changed(self, now: float) -> None:
         """The leased groups changed: the shards this node runs, its metrics, its progress."""

@@ -9,6 +9,7 @@ without a cluster.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -67,6 +68,11 @@ class ClusterMember:
                     "but stops if a shard loses its connection (another node may have resumed it)",
                     group, self.fence.fence_s,
                 )  # fmt: skip
+                child = self._group(group).child
+                if child is not None:
+                    child.send("guard")  # the workers reopen no lost connection meanwhile
+                    if not set(child.ready) >= set(child.shard_ids):
+                        self._park(group, now, "a shard was not READY when its lease went unconfirmed")
         groups = {g.index: g for g in self.arbiter.groups}
         ready = {
             g for g in self.leased
@@ -97,6 +103,9 @@ class ClusterMember:
                 if group in self.guarded:
                     self.guarded.discard(group)
                     log.info("cluster: group %d: its lease is renewed again", group)
+                    child = self._group(group).child
+                    if child is not None and group not in self.parked:
+                        child.send("unguard")
                 if group in self.parked:
                     self.parked.discard(group)
                     self._group(group).start_at = now
@@ -133,7 +142,7 @@ class ClusterMember:
                       event.reason, self.fence.fence_s)  # fmt: skip
 
     def _group(self, index: int) -> Any:
-        return next(g for g in self.arbiter.groups if g.index == index)
+        return self.arbiter.group(index)
 
     def shard_state(self, group: int, state: str, now: float) -> None:
         """A shard of ``group`` changed state. In a guarded group, a lost connection may be
@@ -173,6 +182,7 @@ class ClusterMember:
         its sessions and not restarted here)."""
         if group in self.guarded and group not in self.parked:
             self.parked.add(group)  # no restart until the lease is confirmed again
+            self.arbiter.cluster_groups_changed(time.monotonic())
         if group not in self.releasing:
             return False
         self.node.release(group, self.arbiter.group_sessions(group))

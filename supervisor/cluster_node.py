@@ -77,6 +77,9 @@ class ClusterNode:
         #: its leases before anyone takes a free group
         self._ok_since: float | None = None
         self._stop = threading.Event()
+        #: the supervisor is stopping: no more acquisitions or handoffs, only renewals
+        self._quiet = False
+        self._final: dict[int, dict[int, Any]] = {}
         self._closed = threading.Event()
         self.failing = False
         self.last_view: Any = None
@@ -102,11 +105,23 @@ class ClusterNode:
         with self._lock:
             self._to_release[group] = dict(sessions)
 
+    @property
+    def settled(self) -> bool:
+        """The rounds have succeeded for :data:`SETTLE_S` (what this node holds is its share)."""
+        ok_since = self._ok_since
+        return ok_since is not None and self.clock() - ok_since >= SETTLE_S
+
+    def quiesce(self) -> None:
+        """The supervisor begins to stop: acquire and hand over nothing more (renew only)."""
+        self._quiet = True
+
     def close(self, sessions: dict[int, dict[int, Any]], timeout: float) -> bool:
-        """SIGTERM: release every held group with its sessions, leave, stop. True if done in time."""
+        """The supervisor has stopped its processes: release every held group (the thread
+        decides which, after its last round) with ``sessions`` by group, leave, stop. True if
+        done in time."""
+        self._quiet = True
         with self._lock:
-            for group in self.held:
-                self._to_release[group] = dict(sessions.get(group, {}))
+            self._final = {g: dict(v) for g, v in sessions.items()}
         self._stop.set()
         return self._closed.wait(timeout)
 
@@ -151,6 +166,9 @@ class ClusterNode:
                 self._emit(Event("error", reason=str(exc) or type(exc).__name__))
             self._stop.wait(max(0.0, self.round_s - (self.clock() - started)))
         try:
+            with self._lock:
+                for group in self.held:  # the thread's own set, after its last round
+                    self._to_release.setdefault(group, self._final.get(group, {}))
             self._releases()
             self.store.leave()
         except Exception as exc:  # noqa: BLE001
@@ -158,7 +176,11 @@ class ClusterNode:
         self._closed.set()
 
     def _round(self, now: float) -> None:
-        self.store.heartbeat(self._info(), NODE_TTL_S)
+        taken = self.store.heartbeat(self._info(), NODE_TTL_S)
+        if taken:  # this node's heartbeat lapsed (frozen) and another process took the name
+            self._emit(Event("refused", reason=f"another process registered as node {self.store.name!r} meanwhile"))
+            self._quiet = True
+            return
         held = sorted(self.held)
         if held:
             sent = self.clock()
@@ -168,12 +190,18 @@ class ClusterNode:
                     result[group] = self.store.acquire(self.shard_count, group, LEASE_TTL_S)
             lost = tuple(g for g, ok in result.items() if not ok)
             self.held.difference_update(lost)
+            with self._lock:  # a handoff under way for a lost group will never be released
+                for group in lost:
+                    self._releasing.discard(group)
+                    self._to_release.pop(group, None)
             self._emit(Event("renewed", renewed=tuple(g for g, ok in result.items() if ok), lost=lost, sent_at=sent))
         self._releases()
         view = self.store.view(self.shard_count, self.groups)
         self.last_view = view
         if self._ok_since is None:
             self._ok_since = now
+        if self._quiet:
+            return
         with self._lock:
             ready, releasing = set(self._ready), set(self._releasing)
         decided = plan(
@@ -188,10 +216,14 @@ class ClusterNode:
             sent = self.clock()
             if not self.store.acquire(self.shard_count, group, LEASE_TTL_S):
                 continue
-            self.held.add(group)
             shards = group_shards(group, self.shard_count, self.per_group)
-            sessions = self.coordinator.load_sessions(self.shard_count, shards)
-            by = self.store.handed_over_by(self.shard_count, group)
+            try:  # its sessions first: a lease is only held with what it needs to run
+                sessions = self.coordinator.load_sessions(self.shard_count, shards)
+                by = self.store.handed_over_by(self.shard_count, group)
+            except Exception:
+                self.store.drop(self.shard_count, group)
+                raise
+            self.held.add(group)
             how = "handoff" if by else "failover" if sessions else "start"
             self._emit(Event("acquired", group=group, sessions=sessions, how=how, sent_at=sent, reason=by or ""))
 

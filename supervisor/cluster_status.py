@@ -17,7 +17,7 @@ def read(client: Any, prefix: str, now: float | None = None) -> dict[str, Any]:
     store = ClusterStore(client, prefix, name="", token="")
     now = time.time() if now is None else now
     meta = {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:cluster:meta").items()}
-    if "shard_count" not in meta:
+    if "shard_count" not in meta or "per_group" not in meta:
         return {"shard_count": None, "per_group": None, "nodes": [], "groups": []}
     count, per = meta["shard_count"], meta["per_group"]
     groups = group_count(count, per)

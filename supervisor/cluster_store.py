@@ -68,6 +68,13 @@ return 1
 """ % HANDOFF_MARK_S
 
 
+_DROP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
 class ClusterStore:
     """One node's view of the cluster's keys."""
 
@@ -80,6 +87,7 @@ class ClusterStore:
         self._register = client.register_script(_REGISTER)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._drop = client.register_script(_DROP)
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, "cluster", *map(str, parts)])
@@ -91,8 +99,10 @@ class ClusterStore:
     def check_meta(self, shard_count: int, per_group: int) -> str | None:
         """Set the cluster's shape if unset; the reason a node of another shape is refused."""
         meta = self._key("meta")
-        self.redis.hsetnx(meta, "shard_count", shard_count)
-        self.redis.hsetnx(meta, "per_group", per_group)
+        pipe = self.redis.pipeline(transaction=True)  # both fields at once: a reader sees none or both
+        pipe.hsetnx(meta, "shard_count", shard_count)
+        pipe.hsetnx(meta, "per_group", per_group)
+        pipe.execute()
         have = self.redis.hgetall(meta)
         count, per = int(have[b"shard_count"]), int(have[b"per_group"])
         if (count, per) != (shard_count, per_group):
@@ -164,6 +174,10 @@ class ClusterStore:
             values.append(json.dumps(asdict(saved)))
         keys.append(self._key("handoff", shard_count, group))
         return bool(int(self._release(keys=keys, args=[self.owner, SESSION_TTL_S, self.name, *values])))
+
+    def drop(self, shard_count: int, group: int) -> bool:
+        """Delete the lease if it is still ours, writing nothing (an acquisition given up)."""
+        return bool(int(self._drop(keys=[self.lease_key(shard_count, group)], args=[self.owner])))
 
     def handed_over_by(self, shard_count: int, group: int) -> str | None:
         """Who handed ``group`` over (and forget it), None: nobody (a start or a failover)."""

@@ -80,8 +80,11 @@ class ServiceNotes:
         self._next_watchdog = float("-inf")
         self._next_extend = float("-inf")
 
-    def on_pass(self, now: float, ready: int, total: int, *, rolling: bool, stopping: bool) -> list[str]:
-        """The lines to send now (empty: nothing)."""
+    def on_pass(
+        self, now: float, ready: int, total: int, *, rolling: bool, stopping: bool, empty_ok: bool = False
+    ) -> list[str]:
+        """The lines to send now (empty: nothing). ``empty_ok``: no shard to run is ready (a
+        cluster node settled with no group: more nodes than groups)."""
         lines: list[str] = []
         if stopping:
             if not self.stopping_sent:
@@ -94,7 +97,7 @@ class ServiceNotes:
             elif self.reloading and not rolling:
                 self.reloading = False
                 lines.append("READY=1")
-            elif not self.ready_sent and total > 0 and ready >= total:
+            elif not self.ready_sent and (ready >= total > 0 or (total == 0 and empty_ok)):
                 self.ready_sent = True
                 lines.append("READY=1")
             if not self.ready_sent and now >= self._next_extend:

@@ -1022,6 +1022,8 @@ def _check_cluster(settings: StartSettings) -> None:
         return
     if settings.shard_ids is not None:
         raise SettingsError(f"--cluster and {src['shard_ids']}: in a cluster the nodes lease the shards, give no --shards")
+    if settings.auto_reshard:
+        raise SettingsError(f"--cluster and {src['auto_reshard']}: a cluster does not reshard yet (see README, Cluster mode)")
     for name, flag in (("redis_url", "--redis-url"), ("shard_count", "--shard-count"), ("shards_per_process", "--shards-per-process")):
         if getattr(settings, name) is None:
             raise SettingsError(f"--cluster needs {flag} (every node must give the same)")

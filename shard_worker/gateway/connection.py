@@ -198,6 +198,10 @@ class ShardRunner:
         self._closing: set[asyncio.Task] = set()
         #: An identify permit taken before connecting (see ``run``).
         self._permit: Permit | None = None
+        #: Cluster mode, a lease the supervisor cannot confirm: a lost connection is not
+        #: reopened until this is cleared (another node may have resumed the session, and
+        #: reconnecting would take it back); the supervisor then stops the shard.
+        self.guarded = False
         # counters (reported over IPC and in status)
         self.received = 0
         self.published = 0
@@ -310,6 +314,8 @@ class ShardRunner:
                 delay,
             )
             self.on_state(self, "disconnected")
+            while self.guarded and not self._stopping:
+                await self._sleep(0.25)  # wait for the supervisor: stop, or the lease confirmed
             await self._sleep(delay)
         self.on_state(self, "stopped")
         return None

@@ -98,6 +98,9 @@ def test_a_second_live_node_with_the_same_name_is_refused(amqp_url, redis_url, g
             lines = [line for line in second.output().splitlines() if "already running" in line]
             assert lines and "a node named 'same' is already running" in lines[0]
             assert first.proc.poll() is None and held(client, prefix)["same"] == [0, 1]
+            # a cluster node does not reshard on its own, even holding every group
+            refused = first.cli("reshard", "--shard-count", "4")
+            assert refused.returncode == 1 and "resharding a cluster is not supported yet" in refused.stderr
             # another shape of cluster under the same prefix is refused too
             third = SupervisorProcess(sim, amqp_url, group, tmp_path / "c", *cluster_args(redis_url, prefix, "other", 4))
             assert third.wait(30) == 2

@@ -261,3 +261,33 @@ def test_a_sigterm_during_the_cut_over_keeps_the_old_set(amqp_url, rabbit, group
             assert again.wait(20) == 0
         finally:
             again.stop()
+
+
+def test_a_rolling_restart_after_a_reshard(amqp_url, group, tmp_path):
+    """After a reshard the groups are numbered past the old ones: a rolling restart (SIGHUP,
+    ``restart``) must still find each of them (it used to index the list by group number)."""
+    with SimulatorThread(
+        token=TOKEN, shard_count=2, reshardable=True, max_concurrency=2, heartbeat_interval_ms=20000,
+    ) as sim:  # fmt: skip
+        state = tmp_path / "state"
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "1")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1}, timeout=40)
+            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
+            done = subprocess.run(
+                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "4", "--state-dir", str(state)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            groups = [g["group"] for g in json.loads(sup.cli("status", "--json").stdout)["groups"]]
+            assert groups == [2, 3, 4, 5]
+            resumed_before = len([r for r in sim.snapshot()["resumes"] if r["result"] == "ok"])
+            assert sup.cli("restart").returncode == 0
+            wait_for(lambda: all(f"rolling restart: group {g} ready" in sup.output() for g in groups), 90, what="every group")
+            snap = sim.snapshot()
+            assert len([r for r in snap["resumes"] if r["result"] == "ok"]) == resumed_before + 4
+            assert sup.proc.poll() is None and snap["ready_sets"].get(4) == [0, 1, 2, 3]
+            sup.signal(signal.SIGTERM)
+            assert sup.wait(20) == 0
+        finally:
+            sup.stop()

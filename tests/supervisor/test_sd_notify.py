@@ -80,3 +80,9 @@ def test_a_real_datagram_reaches_an_abstract_socket_and_a_missing_one_is_only_a_
     assert not gone.send(["READY=1"]) and not gone.send(["READY=1"])
     assert len([r for r in caplog.records if "cannot notify systemd" in r.message]) == 1
     assert not Notifier({}).enabled and not Notifier({}).send(["READY=1"])
+
+
+def test_a_cluster_node_with_no_group_is_ready_once_settled():
+    notes = ServiceNotes()
+    assert "READY=1" not in notes.on_pass(0.0, 0, 0, rolling=False, stopping=False)  # not settled yet
+    assert notes.on_pass(4.0, 0, 0, rolling=False, stopping=False, empty_ok=True)[0] == "READY=1"

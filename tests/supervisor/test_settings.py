@@ -731,3 +731,30 @@ def test_a_bad_auto_reshard_file_value_names_the_key(tmp_path):
     path = write(tmp_path, "[supervisor]\nauto_reshard = \"yes\"\n")
     with pytest.raises(SettingsError, match=r"supervisor\.auto_reshard.*true or false"):
         resolve_start_settings({"config": path}, {})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({}, r"--cluster needs --redis-url"),
+        ({"redis_url": "redis://x"}, r"--cluster needs --shard-count"),
+        ({"redis_url": "redis://x", "shard_count": "8"}, r"--cluster needs --shards-per-process"),
+        ({"redis_url": "redis://x", "shard_count": "8", "shards_per_process": "2", "shard_ids": "0-3"}, r"give no --shards"),
+        ({"redis_url": "redis://x", "shard_count": "8", "shards_per_process": "2", "auto_reshard": "true"}, r"does not reshard yet"),
+    ],
+)
+def test_cluster_settings_are_checked(flags, message):
+    with pytest.raises(SettingsError, match=message):
+        resolve_start_settings({"cluster": "true", **flags}, {})
+
+
+def test_cluster_settings_resolve_and_node_flags_need_cluster():
+    settings = resolve_start_settings(
+        {"cluster": "true", "redis_url": "redis://x", "shard_count": "8", "shards_per_process": "2",
+         "node_name": "vm-1", "capacity": "3"}, {},
+    )  # fmt: skip
+    assert settings.cluster and settings.node_name == "vm-1" and settings.capacity == 3
+    with pytest.raises(SettingsError, match=r"--node-name needs --cluster"):
+        resolve_start_settings({"node_name": "vm-1"}, {})
+    with pytest.raises(SettingsError, match=r"--node-name: .* is not a node name"):
+        resolve_start_settings({"cluster": "true", "node_name": "bad name"}, {})
