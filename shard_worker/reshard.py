@@ -130,7 +130,7 @@ class ShardCutover:
     old, or held longer than ``hold_s``), ``marked`` (published with the overlap header).
     """
 
-    __slots__ = ("role", "handover", "hold_s", "_publish", "_held", "dropped", "marked", "published")
+    __slots__ = ("role", "handover", "hold_s", "_publish", "_held", "dropped", "marked", "published", "orphaned")
 
     def __init__(self, role: Role, publish: Publish, *, handover: Handover | None = None, hold_s: float = DEFAULT_HOLD_S) -> None:
         if role is Role.OLD and handover is None:
@@ -143,6 +143,10 @@ class ShardCutover:
         self.dropped = 0
         self.marked = 0
         self.published = 0
+        #: A new set's predicate: the event's guild belongs to an old shard that no longer runs
+        #: (Discord closed it with 4011), so the old set will never publish it: published at
+        #: once, unmarked, whatever the rule says. None: no such shard.
+        self.orphaned: Callable[[bytes], bool] | None = None
 
     @property
     def held(self) -> int:
@@ -157,6 +161,11 @@ class ShardCutover:
         """One dispatch received at ``received_at``; returns True once the rule is settled for
         this shard (the caller then publishes plainly and forgets this object)."""
         handover = self.handover
+        orphaned = self.orphaned
+        if orphaned is not None and self.role is Role.NEW and orphaned(body):
+            self.published += 1
+            self._publish(session_id, t, seq, body, {})
+            return handover is not None and handover.settled(self.role, received_at)
         if handover is None:
             held = self._held
             held.append((received_at, session_id, t, seq, body))

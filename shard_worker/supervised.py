@@ -257,6 +257,15 @@ class ParentLink:
     def _on_order(self, message: ipc.Message) -> None:
         if message.event == "ping":
             return
+        if message.event == "orphans":
+            data = message.data if isinstance(message.data, dict) else {}
+            try:
+                applied = self.worker.set_orphans(int(data["old_count"]), [int(x) for x in data["shards"]])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("IPC: bad orphans order ignored (%s)", exc)
+                return
+            log.info("reshard: the guilds of old shards %s are published at once (%d shards)", data["shards"], applied)
+            return
         if message.event in ("guard", "unguard"):
             self.worker.set_guarded(message.event == "guard")
             return

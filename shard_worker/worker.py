@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import event_loop, exit_codes, outbound
+from . import event_loop, exit_codes, jsonlib, outbound
 from .amqp_frames import check_pika
 from . import amqp_params
 from .amqp_params import BrokerConfigError, TlsFiles
@@ -27,7 +27,7 @@ from .gateway.inflate import zstd_unavailable
 from .gateway.protocol import COMPRESS_ZSTD_STREAM
 from .gateway.state import Fatal, ShardMachine
 from .logs import add_secret, mask_url, setup_logging
-from .reshard import Handover, Role, ShardCutover
+from .reshard import Handover, Role, ShardCutover, shard_of_guild
 from .shard_ranges import format_shard_ids
 from .supervised import ParentLink, die_with_parent
 
@@ -131,6 +131,30 @@ class Worker:
         if cancelled:
             log.info("reshard aborted: %d shards publish as before", cancelled)
         return cancelled
+
+    def set_orphans(self, old_count: int, shards: list[int]) -> int:
+        """A new set: these old shards no longer run (closed with 4011), so their guilds'
+        events are published at once instead of held for the cut-over. Returns how many of
+        this worker's shards apply it."""
+        gone = frozenset(shards)
+
+        def orphaned(body: bytes) -> bool:
+            try:
+                d = jsonlib.loads(body)
+            except (ValueError, TypeError, OverflowError):
+                return False
+            guild = d.get("guild_id") if isinstance(d, dict) else None
+            try:
+                return shard_of_guild(guild, old_count) in gone
+            except (TypeError, ValueError):
+                return False
+
+        applied = 0
+        for cutover in self.cutovers.values():
+            if cutover.role is Role.NEW:
+                cutover.orphaned = orphaned
+                applied += 1
+        return applied
 
     def set_guarded(self, guarded: bool) -> None:
         """Cluster mode: while guarded, a shard that loses its connection waits instead of

@@ -585,6 +585,7 @@ class Arbiter:
         self._resharding = ReshardRun(configs, log_format=self.options.log_format, first_group=first)
         for child in self._resharding.spawn():
             self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        self._tell_orphans()
         line = f"reshard {self.shard_count} -> {target} started: {len(configs)} new processes identify beside the old set"
         log.info("%s", line)
         return {"ok": True, "kind": "started", "message": line}
@@ -646,6 +647,14 @@ class Arbiter:
                 "the others refused); delete them once empty",
                 ", ".join(drained), self.groups[0].child.label if self.groups[0].child else "the first group",
             )  # fmt: skip
+
+    def _tell_orphans(self) -> None:
+        """The new set of a running reshard publishes at once the events of guilds whose old
+        shard is held (closed with 4011): the old set will never publish them."""
+        held = sorted(shard for g in self.groups for shard in g.held)
+        if held and self._resharding is not None:
+            for child in self._resharding.live():
+                child.send("orphans", {"old_count": self.shard_count, "shards": held})
 
     def _auto_reshard(self, now: float) -> None:
         """``--auto-reshard`` (:mod:`supervisor.auto_reshard`): ask Discord when due, reshard
@@ -929,6 +938,7 @@ class Arbiter:
             group.start_at = now  # its other shards resume at once
             self._forget_session(shard)
             self.auto.on_sharding_required(shard)
+            self._tell_orphans()
             log.error(
                 "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
                 "its group's other shards resume, and asking Discord for the count to reshard to",

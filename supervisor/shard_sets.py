@@ -59,6 +59,10 @@ those guilds from the old set; a guild that really joins during the reshard reac
 too and is published by it. (Events without a guild, such as DMs, go to shard 0 of each set and
 follow the same rule.)
 
+**An old shard that no longer runs** (closed with 4011 under ``--auto-reshard``): its guilds'
+events reach only the new set, so the new set publishes them at once, unmarked (the IPC order
+``orphans``, ``ShardCutover.orphaned``); the rule applies to every other guild.
+
 The rule needs the two sets to receive one event within ``overlap`` of each other; Discord
 fans an event out to both sessions at once, so the skew is network jitter, far below the
 default :data:`DEFAULT_OVERLAP_S`.

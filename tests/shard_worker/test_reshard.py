@@ -136,3 +136,30 @@ def test_a_new_set_worker_holds_from_the_start():
     assert all(r.cutover is not None and r.cutover.holding for r in worker.runners.values())
     assert worker.bridge.standby and worker.reshard_counters() == {"held": 0, "dropped": 0, "marked": 0, "published": 0}
     assert worker.cancel_cutover() == 0  # a new set's shards are not cancelled: it is stopped instead
+
+
+def test_events_of_an_orphaned_old_shard_are_published_at_once_unmarked():
+    """Old shard 1 was closed with 4011: the old set never publishes its guilds' events, so the
+    new set publishes them as they come (held ones for other guilds wait for the rule)."""
+    from shard_worker.config import WorkerConfig
+    from shard_worker.reshard import shard_of_guild
+    from shard_worker.worker import Worker
+    from supervisor.simulator.payloads import guild_ids_for_shard
+
+    orphan_guild, other_guild = guild_ids_for_shard(1, 4, 1)[0], guild_ids_for_shard(2, 4, 1)[0]
+    assert shard_of_guild(orphan_guild, 4) == 1
+    worker = Worker(WorkerConfig(shard_ids=[0, 1], shard_count=8, gateway_url="ws://x", token="t", hold_events=True))
+    assert worker.set_orphans(4, [1]) == 2
+    cut = worker.cutovers[0]
+    published: list = []
+    cut._publish = lambda session, t, seq, body, headers: published.append((seq, headers))
+    orphan = json.dumps({"guild_id": str(orphan_guild), "id": "1"}).encode()
+    other = json.dumps({"guild_id": str(other_guild), "id": "2"}).encode()
+    assert cut.offer(90.0, "s", "MESSAGE_CREATE", 1, orphan) is False
+    assert cut.offer(90.1, "s", "MESSAGE_CREATE", 2, other) is False
+    assert cut.offer(90.2, "s", "MESSAGE_CREATE", 3, b"not json") is False  # no guild known: the rule
+    assert published == [(1, {})] and cut.held == 2
+    cut.cut(RULE)  # the held ones came before T - overlap: dropped, as the old set has them
+    assert published == [(1, {})] and cut.dropped == 2
+    assert cut.offer(99.5, "s", "MESSAGE_CREATE", 4, orphan) is False  # in the window: still unmarked
+    assert published[-1] == (4, {})
