@@ -152,23 +152,19 @@ class ClusterMember:
             self._park(group, now, "a shard lost its connection while its lease is unconfirmed")
 
     def _park(self, group: int, now: float, why: str) -> None:
+        """Stop a guarded group until its lease is renewed (it stays leased)."""
         self.parked.add(group)
-        self.fenced += 1
-        child = self._group(group).child
-        log.error("cluster: stopping group %d: %s", group, why)
-        if child is not None:
-            child.grace = STOP_GRACE_S
-            child.stop(now)
-        self.arbiter.cluster_groups_changed(now)
+        self._stop_group(group, now, why)
 
     def _drop(self, group: int, now: float, why: str) -> None:
-        """Fence: stop ``group`` at once (killed after :data:`STOP_GRACE_S`), before its lease
-        can expire and be taken elsewhere."""
+        """The lease is another node's: stop ``group`` and forget it."""
         self.fence.released(group)
-        self.leased.discard(group)
-        self.releasing.discard(group)
-        self.guarded.discard(group)
-        self.parked.discard(group)
+        for held in (self.leased, self.releasing, self.guarded, self.parked):
+            held.discard(group)
+        self._stop_group(group, now, why)
+
+    def _stop_group(self, group: int, now: float, why: str) -> None:
+        """Fence: stop ``group``'s process at once (killed after :data:`STOP_GRACE_S`)."""
         self.fenced += 1
         child = self._group(group).child
         log.error("cluster: stopping group %d: %s", group, why)

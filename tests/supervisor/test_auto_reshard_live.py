@@ -37,19 +37,30 @@ def reshard_done(sup: SupervisorProcess, count: int) -> bool:
     return now.get("shard_count") == count and (now.get("reshard") or {}).get("phase") == "done"
 
 
+def streaming(seed: int) -> SimulatorThread:
+    """4 shards that can be resharded, a live MESSAGE_CREATE stream."""
+    return SimulatorThread(
+        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, guilds_per_shard=4,
+        events_per_shard=-1, rate=10, heartbeat_interval_ms=20000, seed=seed,
+    )  # fmt: skip
+
+
+def bound_queue(rabbit, group: str) -> str:
+    """The MESSAGE_CREATE queue, bound; the shard queues of up to 8 shards tracked."""
+    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
+    rabbit.bind(group, queue, "MESSAGE_CREATE")
+    rabbit.track(*(spectacles.shard_queue(group, i) for i in range(8)))
+    return queue
+
+
 def published_ids(rabbit, queue: str) -> set[str]:
     return {json.loads(body)["id"] for _, _, body in rabbit.get_all(queue)}
 
 
 def test_a_higher_recommendation_reshards_by_itself(amqp_url, rabbit, group, tmp_path):
     port = free_port()
-    with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, guilds_per_shard=4,
-        events_per_shard=-1, rate=10, heartbeat_interval_ms=20000, seed=5,
-    ) as sim:  # fmt: skip
-        queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
-        rabbit.bind(group, queue, "MESSAGE_CREATE")
-        rabbit.track(*(spectacles.shard_queue(group, i) for i in range(8)))
+    with streaming(seed=5) as sim:
+        queue = bound_queue(rabbit, group)
         state = tmp_path / "state"
         sup = SupervisorProcess(
             sim, amqp_url, group, state, "--shards-per-process", "4", "--metrics-addr", f"127.0.0.1:{port}", *AUTO
@@ -88,13 +99,8 @@ def test_a_higher_recommendation_reshards_by_itself(amqp_url, rabbit, group, tmp
 
 
 def test_a_4011_reshards_instead_of_halting(amqp_url, rabbit, group, tmp_path):
-    with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, guilds_per_shard=4,
-        events_per_shard=-1, rate=10, heartbeat_interval_ms=20000, seed=6,
-    ) as sim:  # fmt: skip
-        queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
-        rabbit.bind(group, queue, "MESSAGE_CREATE")
-        rabbit.track(*(spectacles.shard_queue(group, i) for i in range(8)))
+    with streaming(seed=6) as sim:
+        queue = bound_queue(rabbit, group)
         state = tmp_path / "state"
         sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "2", *AUTO)
         watcher = SessionWatcher(sim)

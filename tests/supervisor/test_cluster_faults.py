@@ -31,16 +31,30 @@ def cluster_args(redis_url: str, prefix: str, name: str, shards: int = SHARDS) -
             "--shards-per-process", "1", "--node-name", name)  # fmt: skip
 
 
-def test_a_node_cut_off_from_redis_fences_and_the_other_takes_over(amqp_url, rabbit, redis_url, group, tmp_path):
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
+def streamed_cluster(rabbit, redis_url: str, group: str) -> tuple[str, redis.Redis, str]:
+    """A fresh Redis prefix, a client, and the MESSAGE_CREATE queue bound (shard queues tracked)."""
     client = redis.Redis.from_url(redis_url)
     queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
     rabbit.bind(group, queue, "MESSAGE_CREATE")
     rabbit.track(*(spectacles.shard_queue(group, s) for s in range(SHARDS)))
-    host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
-    with TcpProxy(host, port) as proxy, SimulatorThread(
-        token=TOKEN, shard_count=SHARDS, max_concurrency=4, events_per_shard=-1, rate=5, heartbeat_interval_ms=20000,
-    ) as sim:  # fmt: skip
+    return f"test-{uuid.uuid4().hex[:8]}", client, queue
+
+
+def redis_proxy(client: redis.Redis) -> TcpProxy:
+    """A TCP proxy in front of the test's Redis, to cut it."""
+    kwargs = client.connection_pool.connection_kwargs
+    return TcpProxy(kwargs["host"], kwargs["port"])
+
+
+def stream(shards: int) -> SimulatorThread:
+    return SimulatorThread(
+        token=TOKEN, shard_count=shards, max_concurrency=4, events_per_shard=-1, rate=5, heartbeat_interval_ms=20000
+    )
+
+
+def test_a_node_cut_off_from_redis_fences_and_the_other_takes_over(amqp_url, rabbit, redis_url, group, tmp_path):
+    prefix, client, queue = streamed_cluster(rabbit, redis_url, group)
+    with redis_proxy(client) as proxy, stream(SHARDS) as sim:
         cut_off = SupervisorProcess(sim, amqp_url, group, tmp_path / "a", *cluster_args(f"redis://127.0.0.1:{proxy.port}/0", prefix, "node-a"))
         other = SupervisorProcess(sim, amqp_url, group, tmp_path / "b", *cluster_args(redis_url, prefix, "node-b"))
         watcher = SessionWatcher(sim)
@@ -117,15 +131,8 @@ def test_a_redis_outage_for_every_node_stops_no_shard(amqp_url, rabbit, redis_ur
     """Redis out of reach of every node (both go through one proxy, cut): nobody can take
     anything over, so every shard runs on and publishes; once Redis is back every node
     re-asserts its own leases before anyone acquires: no handoff, no resume, no identify."""
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(redis_url)
-    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
-    rabbit.bind(group, queue, "MESSAGE_CREATE")
-    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(SHARDS)))
-    host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
-    with TcpProxy(host, port) as proxy, SimulatorThread(
-        token=TOKEN, shard_count=SHARDS, max_concurrency=4, events_per_shard=-1, rate=5, heartbeat_interval_ms=20000,
-    ) as sim:  # fmt: skip
+    prefix, client, queue = streamed_cluster(rabbit, redis_url, group)
+    with redis_proxy(client) as proxy, stream(SHARDS) as sim:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         nodes = [SupervisorProcess(sim, amqp_url, group, tmp_path / n, *cluster_args(url, prefix, n)) for n in ("node-a", "node-b")]
         try:
@@ -162,9 +169,7 @@ def test_a_stopped_supervisors_workers_let_go_and_the_other_node_resumes(amqp_ur
 
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
-    with SimulatorThread(
-        token=TOKEN, shard_count=SHARDS, max_concurrency=4, events_per_shard=-1, rate=5, heartbeat_interval_ms=20000,
-    ) as sim:  # fmt: skip
+    with stream(SHARDS) as sim:
         frozen = SupervisorProcess(sim, amqp_url, group, tmp_path / "a", *cluster_args(redis_url, prefix, "node-a"))
         other = SupervisorProcess(sim, amqp_url, group, tmp_path / "b", *cluster_args(redis_url, prefix, "node-b"))
         sampler = ConnectionSampler(sim)
