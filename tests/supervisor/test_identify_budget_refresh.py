@@ -73,10 +73,12 @@ def test_an_expired_shared_budget_is_refreshed_from_discord_and_still_holds_at_t
 
 
 def test_without_redis_the_budget_is_asked_again_after_discords_reset(amqp_url, group, tmp_path):
-    # Discord resets the budget 4 s after the start; its total is 1200, not the default 1000.
+    # Discord resets the budget 12 s after the start, and every 12 s after (the simulator's
+    # period): long enough that the identify below is counted before the gate's next refill.
+    # Its total is 1200, not the default 1000.
     with SimulatorThread(
         token=TOKEN, shard_count=2, max_concurrency=2, heartbeat_interval_ms=2000,
-        session_start_total=1200, session_start_remaining=20, session_start_reset_after_ms=4000,
+        session_start_total=1200, session_start_remaining=20, session_start_reset_after_ms=12000,
     ) as sim:  # fmt: skip
         sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state")
         try:
@@ -84,7 +86,7 @@ def test_without_redis_the_budget_is_asked_again_after_discords_reset(amqp_url, 
             status = lambda: json.loads(sup.cli("status", "--json").stdout)  # noqa: E731
             assert status()["identify_budget_remaining"] == 18
             # after the reset: Discord is asked (off the loop) and its figure is used
-            wait_for(lambda: "identify budget from Discord: 1200 of 1200 left" in sup.output(), 20)
+            wait_for(lambda: "identify budget from Discord: 1200 of 1200 left" in sup.output(), 40)
             assert status()["identify_budget_remaining"] == 1200
             sim.call("invalidate_session", 0, False)
             sim.wait_until(lambda s: len(accepted(s, 0)) == 2 and 0 in s["ready"], timeout=30)
