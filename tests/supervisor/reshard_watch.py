@@ -3,6 +3,9 @@ is forgotten): the MESSAGE_CREATE ids due to consumers through a reshard."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -47,3 +50,17 @@ class SessionWatcher:
         self._on.clear()
         self._thread.join(5)
         return set(self.guilds)
+
+
+def reshard_command(state_dir: Any, count: int) -> subprocess.Popen:
+    """``spectacles-supervisor reshard --shard-count count`` running in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "reshard", "--shard-count", str(count), "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def reshard_phase(sup: Any) -> str | None:
+    """The running supervisor's reshard phase (None: no answer or no reshard)."""
+    done = sup.cli("status", "--json")
+    return (json.loads(done.stdout).get("reshard") or {}).get("phase") if done.returncode == 0 else None

@@ -26,7 +26,7 @@ from shard_worker.reshard import OVERLAP_HEADER
 from supervisor.simulator import SimulatorThread
 from supervisor.simulator.payloads import guild_ids_for_shard
 from tests.helpers import TOKEN, wait_for
-from tests.supervisor.reshard_watch import SessionWatcher, ids_in
+from tests.supervisor.reshard_watch import SessionWatcher, ids_in, reshard_command, reshard_phase
 from tests.supervisor.supervisor_process import SupervisorProcess
 
 
@@ -140,10 +140,7 @@ def test_a_fatal_close_of_a_new_shard_aborts_and_the_old_set_keeps_serving(amqp_
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            command = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            command = reshard_command(state, 8)
             # the first bucket round of the new set (0-3) is READY, the second (4-7) is not yet
             sim.wait_until(lambda s: 1 in s["ready_sets"].get(8, []), timeout=40)
             sim.call("sharding_required", 1, count=8)
@@ -187,17 +184,10 @@ def test_a_sigterm_after_the_cut_over_keeps_the_new_set(amqp_url, rabbit, group,
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            command = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            command = reshard_command(state, 8)
 
-            def phase() -> str | None:
-                done = sup.cli("status", "--json")
-                return (json.loads(done.stdout).get("reshard") or {}).get("phase") if done.returncode == 0 else None
-
-            wait_for(lambda: phase() in ("cutover", "draining"), 60, interval=0.02, what="the cut-over")
-            wait_for(lambda: phase() == "draining", 10, interval=0.02, what="past T")
+            wait_for(lambda: reshard_phase(sup) in ("cutover", "draining"), 60, interval=0.02, what="the cut-over")
+            wait_for(lambda: reshard_phase(sup) == "draining", 10, interval=0.02, what="past T")
             sup.signal(signal.SIGTERM)
             assert sup.wait(30) == 0
             command.communicate(timeout=30)
@@ -231,17 +221,10 @@ def test_a_sigterm_during_the_cut_over_keeps_the_old_set(amqp_url, rabbit, group
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            command = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-
-            def phase() -> str | None:
-                done = sup.cli("status", "--json")
-                return (json.loads(done.stdout).get("reshard") or {}).get("phase") if done.returncode == 0 else None
+            command = reshard_command(state, 8)
 
             # T is chosen 3 s ahead: the cutover phase lasts that long
-            wait_for(lambda: phase() == "cutover", 60, interval=0.02, what="the cut-over phase")
+            wait_for(lambda: reshard_phase(sup) == "cutover", 60, interval=0.02, what="the cut-over phase")
             sup.signal(signal.SIGTERM)
             assert sup.wait(30) == 0
             command.communicate(timeout=30)

@@ -13,6 +13,7 @@ import redis
 
 from supervisor.simulator import SimulatorThread
 from tests.helpers import TOKEN, wait_for
+from tests.supervisor.reshard_watch import reshard_command
 from tests.supervisor.supervisor_process import SupervisorProcess
 
 
@@ -79,10 +80,7 @@ def test_the_shared_budget_running_out_aborts_the_reshard(amqp_url, redis_url, g
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=60)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            command = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "reshard", "--shard-count", "8", "--state-dir", str(state)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            command = reshard_command(state, 8)
             # the first of four bucket rounds of the new set is READY: spend the rest elsewhere
             sim.wait_until(lambda s: len(s["ready_sets"].get(8, [])) >= 1, timeout=60)
             client.set(f"{prefix}:identify:remaining", 5, keepttl=True)
