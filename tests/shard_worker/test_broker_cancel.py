@@ -19,8 +19,10 @@ def test_a_deleted_shard_queue_is_declared_and_consumed_again(amqp_url, rabbit, 
             wait_for(lambda: bridge._sub is not None, 10, what="consuming")
             rabbit.channel.queue_delete(spectacles.shard_queue(group, 1))  # the broker cancels our consumer
             wait_for(lambda: bridge.counters().get("consumer_cancels") == 1, 10, what="the cancel seen")
-            # the queue is back and consumed: packets published to shard 1 reach Discord
-            wait_for(lambda: _exists(rabbit, spectacles.shard_queue(group, 1)), 10, what="the queue declared again")
+            # the queue is back, bound and consumed: packets published to shard 1 reach Discord. Wait
+            # for its consumer, not only for the queue: the worker binds between the two, and a packet
+            # published before the binding is unroutable (dropped by the exchange, not the worker)
+            wait_for(lambda: _consumers(rabbit, spectacles.shard_queue(group, 1)) == 1, 10, what="the queue consumed again")
             for i in range(20):
                 presence = {"op": 3, "d": {"since": i, "activities": [], "status": "online", "afk": False}}
                 rabbit.publish(group, "1", json.dumps(presence).encode())
@@ -29,15 +31,15 @@ def test_a_deleted_shard_queue_is_declared_and_consumed_again(amqp_url, rabbit, 
             assert bridge.connected.is_set()
 
 
-def _exists(rabbit, queue: str) -> bool:
+def _consumers(rabbit, queue: str) -> int | None:
+    """The consumer count of ``queue``; None while it does not exist."""
     import pika
 
     channel = rabbit.connection.channel()
     try:
-        channel.queue_declare(queue, passive=True)
-        return True
+        return channel.queue_declare(queue, passive=True).method.consumer_count
     except pika.exceptions.ChannelClosedByBroker:
-        return False
+        return None
     finally:
         if channel.is_open:
             channel.close()
