@@ -1,7 +1,8 @@
 """The publish ledger: every message between "publish" and RabbitMQ's verdict (pure, no sockets).
 
 The AMQP bridge (``broker.py``) drives pika; this module holds the rules. Messages wait in three
-places, all bounded by ``max_buffered`` messages and ``max_buffered_bytes`` bytes together:
+places, all bounded by ``max_buffered`` messages and ``max_buffered_bytes`` bytes together (once
+full, there is room again at :data:`ROOM_AGAIN_AT` of both):
 
 - **in flight**: published on the current channel, waiting for a confirm (delivery tags count
   from 1 on each channel, in publish order);
@@ -45,6 +46,10 @@ from . import nack_policy
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Channel errors in a row with the same message oldest in flight before it is refused as poison.
 MAX_CHANNEL_ERRORS = 3
+#: Once full, the buffer has room again only when it has drained to this share of its bounds:
+#: without the gap, every confirm frame (RabbitMQ confirms in batches) would give the reader room
+#: for a few events and stall it again, hundreds of times a second under a full stream.
+ROOM_AGAIN_AT = 0.75
 #: Upper bounds (seconds) of the publish-to-confirm latency histogram.
 CONFIRM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -127,6 +132,7 @@ class PublishLedger:
     ) -> None:
         self.max_buffered = max_buffered
         self.max_buffered_bytes = max_buffered_bytes
+        self._room_again = (int(max_buffered * ROOM_AGAIN_AT), int(max_buffered_bytes * ROOM_AGAIN_AT))
         self.max_message_size = max_message_size
         self._schedule = schedule
         self._on_refused = on_refused
@@ -320,7 +326,10 @@ class PublishLedger:
 
     # -- bounds -------------------------------------------------------------------------------
     def _update_room(self) -> None:
-        room = self.buffered < self.max_buffered and self.buffered_bytes < self.max_buffered_bytes
+        if self.room:
+            room = self.buffered < self.max_buffered and self.buffered_bytes < self.max_buffered_bytes
+        else:  # full: room again only once drained to ROOM_AGAIN_AT
+            room = self.buffered <= self._room_again[0] and self.buffered_bytes <= self._room_again[1]
         if room != self.room:
             self.room = room
             self._on_room(room)

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import event_loop, exit_codes, jsonlib, outbound
+from . import event_loop, exit_codes, gc_tuning, jsonlib, outbound
 from .amqp_frames import check_pika
 from . import amqp_params
 from .amqp_params import BrokerConfigError, TlsFiles
@@ -300,10 +300,11 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     try:
         check_pika()
         loop_name = event_loop.name()
+        gc_name = gc_tuning.tune()
     except (RuntimeError, ValueError) as error:
         log.critical("%s", error)
         return exit_codes.USAGE  # the supervisor halts on 2 instead of restarting us
-    log.debug("event loop: %s", loop_name)
+    log.debug("event loop: %s, garbage collector: %s", loop_name, gc_name)
     if config.compress == COMPRESS_ZSTD_STREAM and (missing := zstd_unavailable()):
         # `start` checks this too; a worker run by hand (or an install changed under a running
         # supervisor) says it once here rather than failing every connection.

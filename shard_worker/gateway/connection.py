@@ -33,6 +33,7 @@ from ..reshard import Handover, Role, ShardCutover
 from .backoff import exponential_backoff
 from .protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S, RESUMABLE_CLOSE, identify_bucket
 from .send_window import SendWindow
+from .ws_connection import GatewayConnection
 from .state import (
     CloseConnection,
     Dispatch,
@@ -54,6 +55,9 @@ REENCODE = os.environ.get("SPECTACLES_REENCODE", "") not in ("", "0")
 #: Largest websocket message accepted (uncompressed READY payloads of big bots are large).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
+#: A shard waiting for room in the broker buffer reports "stalled" only after this long: under a
+#: full stream it waits for room many times a second, for milliseconds each.
+STALL_REPORT_AFTER_S = 1.0
 CLOSE_TIMEOUT_S = 3.0
 #: After this many failed connections to ``resume_gateway_url``, resume via the main gateway URL.
 RESUME_URL_ATTEMPTS = 3
@@ -272,6 +276,7 @@ class ShardRunner:
                     open_timeout=CONNECT_TIMEOUT_S,
                     close_timeout=CLOSE_TIMEOUT_S,
                     user_agent_header="DiscordBot (spectacles-supervisor, 0.1)",
+                    create_connection=GatewayConnection,  # the lean read path (ws_connection)
                 )
             except (OSError, ValueError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 failures += 1
@@ -362,43 +367,46 @@ class ShardRunner:
         received_by_type = self.received_by_type
         published_by_type = self.published_by_type
         monotonic = time_module.monotonic  # the reshard's clock (one per host; see reshard)
+        recv_batch = ws.recv_batch
         try:
-            async for frame in ws:
-                for action in machine.receive(frame, time()):
-                    if type(action) is Dispatch:
-                        t = action.t
-                        self.received += 1
-                        try:
-                            received_by_type[t] += 1
-                        except KeyError:
-                            count_type(received_by_type, t)
-                        if trace:
-                            log.log(TRACE, "shard %d <- %s #%s %r", shard_id, action.t, action.seq, action.frame)
-                        if events is not None and events[t]:  # filtered (event_selection)
-                            self.filtered += 1
-                            continue
-                        body = action.body()  # Discord's own bytes of d, checked whole
-                        if body is None:
-                            self._bad_dispatch(action)
-                            continue
-                        if reencode:
-                            body = jsonlib.dumps_bytes(jsonlib.loads(body))
-                        if self.cutover is None:  # the one test a dispatch pays when no reshard runs
-                            publisher.publish_event(shard_id, machine.session_id, t, action.seq, body)
-                            self.published += 1
+            while True:
+                batch = await recv_batch()
+                for frame in batch:
+                    for action in machine.receive(frame, time()):
+                        if type(action) is Dispatch:
+                            t = action.t
+                            self.received += 1
                             try:
-                                published_by_type[t] += 1
+                                received_by_type[t] += 1
                             except KeyError:
-                                count_type(published_by_type, t)
-                        elif self.cutover.offer(monotonic(), machine.session_id, t, action.seq, body):
-                            self.cutover = None  # past the overlap window: plain publishing again
-                        if not publisher.has_room() and not await self._wait_room(ws):
-                            return
-                    else:
-                        await self._act(ws, action, tasks)
-                # Drop the last dispatch now: an idle shard's frame would keep its payload (a
+                                count_type(received_by_type, t)
+                            if trace:
+                                log.log(TRACE, "shard %d <- %s #%s %r", shard_id, action.t, action.seq, action.frame)
+                            if events is not None and events[t]:  # filtered (event_selection)
+                                self.filtered += 1
+                                continue
+                            body = action.body()  # Discord's own bytes of d, checked whole
+                            if body is None:
+                                self._bad_dispatch(action)
+                                continue
+                            if reencode:
+                                body = jsonlib.dumps_bytes(jsonlib.loads(body))
+                            if self.cutover is None:  # the one test a dispatch pays when no reshard runs
+                                publisher.publish_event(shard_id, machine.session_id, t, action.seq, body)
+                                self.published += 1
+                                try:
+                                    published_by_type[t] += 1
+                                except KeyError:
+                                    count_type(published_by_type, t)
+                            elif self.cutover.offer(monotonic(), machine.session_id, t, action.seq, body):
+                                self.cutover = None  # past the overlap window: plain publishing again
+                            if not publisher.has_room() and not await self._wait_room(ws):
+                                return
+                        else:
+                            await self._act(ws, action, tasks)
+                # Drop the last batch now: an idle shard's frame would keep its payload (a
                 # GUILD_CREATE of tens of KB) alive until the next dispatch.
-                action = frame = None
+                batch = action = frame = None
         except websockets.exceptions.ConnectionClosed:
             pass
 
@@ -416,9 +424,12 @@ class ShardRunner:
         heartbeating. Past ``stall_timeout``, close resumably; ``run`` then waits for room
         before it resumes. Returns False when the connection was closed."""
         self.machine.reading_paused = True
-        self.on_state(self, "stalled")
+        quiet = min(STALL_REPORT_AFTER_S, self.stall_timeout)
         try:
-            if await self._room_or_stop(self.stall_timeout) or self._stopping:
+            if await self._room_or_stop(quiet) or self._stopping:
+                return not self._stopping  # a short wait under a full stream: not worth a state
+            self.on_state(self, "stalled")
+            if await self._room_or_stop(self.stall_timeout - quiet) or self._stopping:
                 if not self._stopping:
                     self.on_state(self, self.state)
                 return not self._stopping
