@@ -133,11 +133,12 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 
 
 JSON = "ujson"  # set from --json
+PROJECT_JSON = "ujson"  # set from --project-json (default: --json)
 COMPRESS = "zlib-stream"  # set from --compress (the project only: the reference speaks zlib-stream)
 
 
 def start_project(sim: Simulator, shards: int, amqp_url: str, state_dir: str) -> subprocess.Popen:
-    env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, SPECTACLES_JSON=JSON)
+    env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, SPECTACLES_JSON=PROJECT_JSON)
     argv = [PY, "-m", "supervisor", "start", "--api-url", sim.api_url, "--group", EXCHANGE,
             "--shards-per-process", str(shards), "--state-dir", state_dir, "--log-level", "WARNING",
             "--compress", COMPRESS]  # fmt: skip
@@ -276,13 +277,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one pair, 1 and 4 shards, no startup runs")
     parser.add_argument("--project-only", action="store_true", help="only the project (for profiling)")
     parser.add_argument("--json", choices=["ujson", "orjson"], default="ujson", help="the codec of both sides")
+    parser.add_argument("--project-json", choices=["ujson", "orjson"], default=None,
+                        help="the project's codec only (default: --json), e.g. orjson against the ujson reference")
     parser.add_argument("--compress", choices=["zlib-stream", "zstd-stream"], default="zlib-stream",
                         help="the project's transport compression (the reference always uses zlib-stream)")
     parser.add_argument("--tag", default=None, help="results file suffix (default: the codec)")
     parser.add_argument("--scale", action="store_true", help="the scale benchmark instead (scripts/bench_scale.py --help)")
     args = parser.parse_args()
-    global JSON, COMPRESS
+    global JSON, PROJECT_JSON, COMPRESS
     JSON = args.json
+    PROJECT_JSON = args.project_json or args.json
     COMPRESS = args.compress
     if args.quick:
         args.repeat, args.shards = 1, [1, 4]
@@ -331,8 +335,9 @@ def main() -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "json": JSON,
+        "project_json": PROJECT_JSON,
     }
-    tag = args.tag or JSON
+    tag = args.tag or (JSON if PROJECT_JSON == JSON else f"{PROJECT_JSON}-vs-{JSON}")
     (OUT / f"results-{tag}.json").write_text(json.dumps({"machine": machine, "runs": runs, "summary": summary, **extra}, indent=1) + "\n")
     if len(args.shards) > 1 and not args.project_only:
         plot(summary, OUT / f"throughput-{tag}.png")

@@ -21,6 +21,10 @@ from pika import frame, spec
 _FRAME_HEADER = struct.Struct(">BHI")
 _CONTENT_HEADER = struct.Struct(">HxxQ")
 _FRAME_END = bytes((spec.FRAME_END,))
+#: A content-header frame's header and the content header's fixed part, packed at once.
+_HEADER_FRAME_START = struct.Struct(">BHIHxxQ")
+#: A frame's end and the next (body) frame's header, packed at once.
+_END_THEN_BODY_FRAME = struct.Struct(">BBHI")
 _PLACEHOLDER = "X"  # a one-character message id, cut off to leave the prefix
 
 
@@ -84,21 +88,21 @@ def append_publish(
 ) -> int:
     """Append the bytes of :func:`publish_frames` to ``out`` as pieces (the body never copied
     before the one ``join`` of the flush); return the number of frames."""
-    payload = (
-        _CONTENT_HEADER.pack(spec.BasicProperties.INDEX, len(body))
-        + props_prefix
-        + bytes((len(message_id),))
-        + message_id
-    )
-    if len(body) <= body_max:
-        if body:
-            out += (
-                method, _FRAME_HEADER.pack(spec.FRAME_HEADER, channel, len(payload)), payload, _FRAME_END,
-                _FRAME_HEADER.pack(spec.FRAME_BODY, channel, len(body)), body, _FRAME_END,
-            )  # fmt: skip
-            return 3
-        out += (method, _FRAME_HEADER.pack(spec.FRAME_HEADER, channel, len(payload)), payload, _FRAME_END)
-        return 2
+    size = len(body)
+    if 0 < size <= body_max:  # the hot path: two packs, one concatenation
+        out += (
+            method,
+            _HEADER_FRAME_START.pack(
+                spec.FRAME_HEADER, channel, _CONTENT_HEADER.size + len(props_prefix) + 1 + len(message_id),
+                spec.BasicProperties.INDEX, size,
+            ),
+            props_prefix,
+            bytes((len(message_id),)) + message_id,
+            _END_THEN_BODY_FRAME.pack(spec.FRAME_END, spec.FRAME_BODY, channel, size),
+            body,
+            _FRAME_END,
+        )  # fmt: skip
+        return 3
     frames = publish_frames(channel, method, props_prefix, message_id, body, body_max)
     out += frames
     return len(frames)

@@ -46,9 +46,29 @@ def is_json_value(body: bytes) -> bool:
         jsonlib.loads(body)
     except (ValueError, TypeError, OverflowError, RecursionError):
         return _strict_ok(body)  # e.g. an integer past 64 bits: orjson refuses, JSON allows
-    if jsonlib.LOADS_TAKES_NAN and ((b"N" in body and b"NaN" in body) or (b"I" in body and b"Infinity" in body)):
-        return _strict_ok(body)  # ujson takes bare NaN/Infinity; JSON does not (one-byte scans first: memchr)
+    if jsonlib.LOADS_TAKES_NAN and (_contains(body, b"NaN") or _contains(body, b"Infinity")):
+        return _strict_ok(body)  # ujson takes bare NaN/Infinity; JSON does not
     return True
+
+
+#: Occurrences of a word's first letter looked at one by one before :func:`_contains` leaves
+#: the rest to a plain substring search.
+_FIRST_LETTER_TRIES = 8
+
+
+def _contains(body: bytes, word: bytes) -> bool:
+    """``word in body``, faster for the usual body: ``N`` and ``I`` are found with memchr and
+    most bodies have none or a few, while a substring search costs about 1 µs per 1.5 KB."""
+    find = body.find
+    first = word[:1]
+    at = find(first)
+    for _ in range(_FIRST_LETTER_TRIES):
+        if at < 0:
+            return False
+        if body.startswith(word, at):
+            return True
+        at = find(first, at + 1)
+    return at >= 0 and find(word, at) >= 0
 
 
 def _strict_ok(body: bytes) -> bool:

@@ -133,3 +133,10 @@ def test_any_d_in_any_order_and_spelling_comes_out_exactly(value, ascii_only, or
     frame = b"{" + b",".join(b'"%s":%s' % (k.encode(), parts[k]) for k in order) + b"}"
     m = ready_machine()
     assert body_of(m, frame) == d
+
+
+@given(st.lists(st.sampled_from([b"N", b"a", b"NaN", b"Na", b"I", b"Infinit", b"Infinity", b"x", b'"']), max_size=60))
+def test_the_nan_scan_finds_the_word_exactly_when_a_substring_search_does(pieces):
+    body = b"".join(pieces)
+    for word in (b"NaN", b"Infinity"):
+        assert frames._contains(body, word) == (word in body)
