@@ -169,6 +169,26 @@ def test_a_probe_without_any_answer_closes_its_window_after_one_interval():
     assert m.dispatch("A")
 
 
+def test_a_probe_in_flight_when_the_connection_drops_decides_once_republished():
+    """The AMQP connection is lost with the probe unconfirmed: the ledger puts it back in the
+    backlog and publishes it again on the next channel, where its return or ack decides."""
+    for bound_meanwhile, published_after in ((False, False), (True, True)):
+        m = Model()
+        m.dispatch("A")
+        m.step()  # returned: A is suppressed
+        m.clock.now += INTERVAL
+        assert m.dispatch("A")  # the probe
+        m.pending.clear()  # the connection drops before the broker routed it
+        m.ledger.lost()
+        if bound_meanwhile:
+            m.bound.add("A")  # a consumer bound A while the worker was reconnecting
+        m.ledger.open(m.pending.append)  # the new channel: the probe is published again
+        assert [e.routing_key for e in m.pending] == ["A"]
+        m.step()
+        assert m.dispatch("A") is published_after, bound_meanwhile
+        assert m.ledger.empty or m.pending  # everything settled but the last publish
+
+
 def test_a_nacked_probe_decides_nothing_until_its_retry_is_acked():
     m = Model()
     retries: list[Entry] = []
