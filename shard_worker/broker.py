@@ -247,6 +247,10 @@ class AmqpBridge:
         """The lowest seq of ``session_id`` not yet settled by RabbitMQ, if any."""
         return self.ledger.first_unconfirmed_seq(shard_id, session_id)
 
+    def first_unconfirmed_seqs(self) -> dict[tuple[int, str | None], int]:
+        """The same for every ``(shard, session)`` at once (one pass over the buffer)."""
+        return self.ledger.first_unconfirmed_seqs()
+
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         self.ledger.confirm(method.delivery_tag, method.multiple, type(method) is pika.spec.Basic.Nack)

@@ -343,6 +343,21 @@ class PublishLedger:
             self._on_empty(empty)
 
     # -- the resumable seq --------------------------------------------------------------------
+    def first_unconfirmed_seqs(self) -> dict[tuple[int, str | None], int]:
+        """:meth:`first_unconfirmed_seq` of every ``(shard, session)`` with an event not yet
+        settled, in one pass over the buffer: the reports of all a process's shards (once a
+        second) cost one scan, not one per shard, of which a shard with nothing buffered
+        would walk the whole buffer."""
+        lowest: dict[tuple[int, str | None], int] = {}
+        for queue in (self.inflight, self.backlog, self.retry):
+            for entry in queue:
+                if (not entry.acked or entry.nacked) and entry.on_confirm is None and entry.seq is not None:
+                    key = (entry.shard_id, entry.session_id)
+                    seen = lowest.get(key)
+                    if seen is None or entry.seq < seen:
+                        lowest[key] = entry.seq
+        return lowest
+
     def first_unconfirmed_seq(self, shard_id: int, session_id: str | None) -> int | None:
         """The lowest seq of ``session_id`` not yet settled, if any.
 

@@ -163,14 +163,15 @@ class ParentLink:
             data["reason"] = runner.fatal.reason
         self.send("shard_state", data)
 
-    def shard_report(self, shard_id: int) -> dict[str, Any]:
-        """One shard's figures (a fixed set of keys: its size does not grow with time)."""
+    def shard_report(self, shard_id: int, firsts: dict | None = None) -> dict[str, Any]:
+        """One shard's figures (a fixed set of keys: its size does not grow with time).
+        ``firsts``: the bridge's ``first_unconfirmed_seqs()`` (see ``Worker.session_of``)."""
         runner = self.worker.runners[shard_id]
         latency = runner.machine.latency
         return {
             "state": runner.state,
             "seq": runner.machine.seq,
-            "session": _session_dict(self.worker.session_of(shard_id)),
+            "session": _session_dict(self.worker.session_of(shard_id, firsts)),
             "latency_ms": round(latency * 1000, 1) if latency is not None else None,
             "received": runner.received,
             "published": runner.published,
@@ -202,8 +203,9 @@ class ParentLink:
         """``shards`` messages with the reports that changed since they were last sent (all of
         them with ``everything``), at most ``ipc.SHARDS_PER_MESSAGE`` per message."""
         chunk: dict[str, Any] = {}
+        firsts = self.worker.bridge.first_unconfirmed_seqs()  # one pass for all the shards
         for shard_id in self.worker.runners:
-            report = self.shard_report(shard_id)
+            report = self.shard_report(shard_id, firsts)
             if not everything and self._sent_reports.get(shard_id) == report:
                 continue
             self._sent_reports[shard_id] = report

@@ -200,19 +200,26 @@ class Worker:
         if self._on_state_outer is not None:
             self._on_state_outer(runner, state)
 
-    def session_of(self, shard_id: int) -> SavedSession | None:
-        """The session to hand over: its seq is the last one RabbitMQ confirmed in order."""
+    def session_of(
+        self, shard_id: int, firsts: dict[tuple[int, str | None], int] | None = None
+    ) -> SavedSession | None:
+        """The session to hand over: its seq is the last one RabbitMQ confirmed in order.
+        ``firsts``: the bridge's ``first_unconfirmed_seqs()``, when many shards are asked at once."""
         machine = self.runners[shard_id].machine
         saved = machine.saved_session()
         if saved is None:
             return None
-        first = self.bridge.first_unconfirmed_seq(shard_id, saved.session_id)
+        if firsts is None:
+            first = self.bridge.first_unconfirmed_seq(shard_id, saved.session_id)
+        else:
+            first = firsts.get((shard_id, saved.session_id))
         if first is not None:
             return SavedSession(saved.session_id, first - 1, saved.resume_gateway_url)
         return saved
 
     def sessions(self) -> dict[int, SavedSession]:
-        return {s: saved for s in self.runners if (saved := self.session_of(s)) is not None}
+        firsts = self.bridge.first_unconfirmed_seqs()
+        return {s: saved for s in self.runners if (saved := self.session_of(s, firsts)) is not None}
 
     def stop(self, end_sessions: bool = False) -> None:
         """Ask ``run`` to stop gracefully (safe from a signal handler via the loop).

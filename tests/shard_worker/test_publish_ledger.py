@@ -203,10 +203,12 @@ def test_any_confirm_order_settles_everything_and_seq_never_overtakes(n, rnd, da
             tag = rnd.choice(pending)
             h.ledger.confirm(tag, False, False)
             pending.remove(tag)
+        firsts = h.ledger.first_unconfirmed_seqs()  # all shards in one pass: the same answers
         for shard in (0, 1):
             first = h.ledger.first_unconfirmed_seq(shard, "s")
             unconfirmed = [t for t in pending if t % 2 == shard]
-            assert first == (min(unconfirmed) if unconfirmed else None)
+            assert first == (min(unconfirmed) if unconfirmed else None) == firsts.get((shard, "s"))
+        assert set(firsts) <= {(0, "s"), (1, "s")}
     assert h.ledger.buffered == 0 and h.ledger.confirmed == n
 
 
@@ -230,6 +232,8 @@ def test_any_sequence_keeps_the_byte_count_and_loses_no_event(ops):
         elif op == "error":
             h.ledger.channel_error("PRECONDITION_FAILED")
             h.ledger.lost()
+        # reordered by nacks and reconnects: the one-pass answer is still the lowest seq
+        assert h.ledger.first_unconfirmed_seqs().get((0, "s")) == h.ledger.first_unconfirmed_seq(0, "s")
     buffered = [*h.ledger.inflight, *h.ledger.backlog, *h.ledger.retry]
     assert h.ledger.buffered_bytes == sum(len(e.body) for e in buffered)
     assert len(buffered) + h.ledger.confirmed + h.ledger.stats["refused"] == seq

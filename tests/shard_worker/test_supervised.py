@@ -83,7 +83,8 @@ def link_for(shards: int) -> tuple[ParentLink, int, dict[int, FakeRunner]]:
     fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
     runners = {s: FakeRunner(s) for s in range(shards)}
     session = SavedSession("a" * 32, 1, "wss://resume.example")
-    worker = SimpleNamespace(runners=runners, session_of=lambda shard: session)
+    bridge = SimpleNamespace(first_unconfirmed_seqs=dict)  # nothing buffered
+    worker = SimpleNamespace(runners=runners, session_of=lambda shard, firsts=None: session, bridge=bridge)
     link = ParentLink(w)
     link.worker = worker
     return link, r, runners
