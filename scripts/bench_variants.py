@@ -29,6 +29,7 @@ OUT = ROOT / "docs" / "bench"
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "ujson zlib re-encode": (["--json", "ujson"], {"SPECTACLES_REENCODE": "1", "SPECTACLES_LOOP": "asyncio"}),
     "ujson zlib passthrough": (["--json", "ujson"], {"SPECTACLES_LOOP": "asyncio"}),
+    "ujson zlib passthrough python-gc": (["--json", "ujson"], {"SPECTACLES_LOOP": "asyncio", "SPECTACLES_GC": "default"}),
     "ujson zstd passthrough": (["--json", "ujson", "--compress", "zstd-stream"], {"SPECTACLES_LOOP": "asyncio"}),
     "orjson zlib re-encode": (["--json", "orjson"], {"SPECTACLES_REENCODE": "1", "SPECTACLES_LOOP": "asyncio"}),
     "orjson zlib passthrough": (["--json", "orjson"], {"SPECTACLES_LOOP": "asyncio"}),

@@ -46,7 +46,9 @@ def is_json_value(body: bytes) -> bool:
         jsonlib.loads(body)
     except (ValueError, TypeError, OverflowError, RecursionError):
         return _strict_ok(body)  # e.g. an integer past 64 bits: orjson refuses, JSON allows
-    if jsonlib.LOADS_TAKES_NAN and (_contains(body, b"NaN") or _contains(body, b"Infinity")):
+    if jsonlib.LOADS_TAKES_NAN and (
+        (b"N" in body and _contains(body, b"NaN", b"N")) or (b"I" in body and _contains(body, b"Infinity", b"I"))
+    ):
         return _strict_ok(body)  # ujson takes bare NaN/Infinity; JSON does not
     return True
 
@@ -56,19 +58,21 @@ def is_json_value(body: bytes) -> bool:
 _FIRST_LETTER_TRIES = 8
 
 
-def _contains(body: bytes, word: bytes) -> bool:
-    """``word in body``, faster for the usual body: ``N`` and ``I`` are found with memchr and
-    most bodies have none or a few, while a substring search costs about 1 µs per 1.5 KB."""
+def _contains(body: bytes, word: bytes, first: bytes) -> bool:
+    """``word in body`` (``first`` its first letter), faster for the usual body: the letter is
+    found with memchr and most bodies hold it a few times at most, while a substring search
+    costs about 1 µs per 1.5 KB. (The caller tests ``first in body`` first, also a memchr.)"""
     find = body.find
-    first = word[:1]
     at = find(first)
-    for _ in range(_FIRST_LETTER_TRIES):
-        if at < 0:
-            return False
+    tries = _FIRST_LETTER_TRIES
+    while at >= 0:
         if body.startswith(word, at):
             return True
+        tries -= 1
+        if not tries:
+            return find(word, at) >= 0
         at = find(first, at + 1)
-    return at >= 0 and find(word, at) >= 0
+    return False
 
 
 def _strict_ok(body: bytes) -> bool:

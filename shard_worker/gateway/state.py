@@ -57,6 +57,10 @@ class Phase(enum.Enum):
     FATAL = "fatal"
 
 
+#: Phases in which a received message is ignored (a tuple: ``in`` tests identity first, in C).
+_NOT_READING = (Phase.CLOSING, Phase.DISCONNECTED, Phase.FATAL)
+
+
 # -- actions ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -242,7 +246,7 @@ class ShardMachine:
         """Handle one websocket message. A bad frame never raises: a broken zlib stream ends in a
         resume (nothing after it can be read); a message that is not a gateway payload is
         skipped (:class:`SkippedFrame`), since resuming would only have it sent again."""
-        if self.phase in (Phase.CLOSING, Phase.DISCONNECTED, Phase.FATAL):
+        if self.phase in _NOT_READING:
             return []
         try:
             if isinstance(frame, bytes):

@@ -112,6 +112,28 @@ async def test_a_101_and_frames_in_one_write_pings_answered_and_a_clean_close():
 
 
 @in_loop
+async def test_a_head_whose_end_comes_in_another_read_with_a_frame_right_behind_it():
+    async def script(reader, writer, head):
+        for piece in (head[:-3], head[-3:-1]):  # the end marker "\r\n\r\n" split across reads
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.write(head[-1:] + frame(Opcode.BINARY, b"first"))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.write(frame(Opcode.CLOSE, (1000).to_bytes(2, "big")))
+        await writer.drain()
+        return await read_client_frame(reader)
+
+    async with RawServer(script) as server:
+        async with client(server.url) as ws:
+            assert await ws.recv_batch() == [b"first"]
+            with pytest.raises(ConnectionClosedOK):
+                await ws.recv_batch()
+            await asyncio.wait_for(server.done, 5)
+
+
+@in_loop
 async def test_a_protocol_fault_fails_the_connection_with_1002_after_the_good_messages():
     async def script(reader, writer, head):
         writer.write(head + frame(Opcode.BINARY, b"good") + b"\x82\x81\x00\x00\x00\x00x")  # masked: a fault
