@@ -307,7 +307,7 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
     try:
         check_pika()
         loop_name = event_loop.name()
-        gc_name = gc_tuning.tune()
+        gc_name = gc_tuning.choice()
     except (RuntimeError, ValueError) as error:
         log.critical("%s", error)
         return exit_codes.USAGE  # the supervisor halts on 2 instead of restarting us
@@ -325,6 +325,7 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
             link.attach(worker)
         else:
             worker = Worker(config)
+        gc_tuning.tune()  # once the worker is set up: what it holds for good is frozen too
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)

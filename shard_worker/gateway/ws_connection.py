@@ -14,8 +14,13 @@ body) every byte goes to websockets; if the handshake did not open the connectio
 error with a body, say), every later byte goes to websockets too and the connection fails as it
 always would. A 101 and the first frame in one TCP segment are split at the right byte.
 
-Flow control as websockets': past :data:`MAX_QUEUE` undelivered messages the transport stops
-reading (TCP pushes back on the server) until the reader takes the batch.
+Flow control: past :data:`MAX_QUEUE` undelivered messages or :data:`MAX_QUEUE_BYTES` of them
+the transport stops reading (TCP pushes back on the server), and reads again only when the
+reader asks for more with everything before taken: so at most one batch is being handled and
+one waits (each bounded as above, plus one transport read and one message of ``max_size``).
+websockets' own ``max_queue`` argument is not used. Once this side starts the closing
+handshake (``close``), reading resumes, so that the server's close frame is read rather than
+waited out, and data messages that still come are dropped (a resume gets them again).
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConcurrencyError
 from websockets.protocol import State
 
-from .ws_frames import FrameReader
+from .ws_frames import Control, FrameReader
 
 #: The websockets releases whose ClientConnection this subclass was written and tested against
 #: (setup.cfg holds the same bounds).
-WEBSOCKETS_VERSIONS = (">=14", "<18")
+WEBSOCKETS_VERSIONS = (">=17", "<18")
 #: Undelivered messages past which reading pauses (one read of the transport may add more: at
 #: most one chunk, 256 KiB in asyncio, plus one message of up to ``max_size``).
 MAX_QUEUE = 64
+#: Undelivered bytes past which reading pauses (a few large GUILD_CREATEs).
+MAX_QUEUE_BYTES = 8 * 1024 * 1024
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -52,7 +59,8 @@ class GatewayConnection(ClientConnection):
         self._framing = False  # the handshake's HTTP head is through: frames are ours
         self._passthrough = False  # the handshake failed: websockets reads everything
         self._head_tail = b""  # the last bytes of the head so far, to find its end across reads
-        self._inbox: list[bytes] = []
+        self._inbox: list[bytes | str] = []
+        self._inbox_bytes = 0
         self._waiter: asyncio.Future | None = None
         self._paused = False
 
@@ -63,18 +71,22 @@ class GatewayConnection(ClientConnection):
             if not data:
                 return
         inbox = self._inbox
+        size = self._inbox_bytes
         for item in self.frames.feed(data):
-            if type(item) is bytes:
-                inbox.append(item)
-            else:
+            if type(item) is Control:
                 super().data_received(item.raw)  # close, ping, pong: websockets' own handling
+            elif self.protocol.state is State.OPEN:
+                inbox.append(item)
+                size += len(item)
+            # else: we are closing; the message is dropped (the session's resume replays it)
+        self._inbox_bytes = size
         if self.frames.error is not None and self.protocol.state is State.OPEN:
             code, reason = self.frames.error
             self.protocol.fail(code, reason)
             super().data_received(b"")  # writes the close frame and starts the close timeout
         if inbox:
             self._wake()
-            if len(inbox) >= MAX_QUEUE and not self._paused:
+            if (len(inbox) >= MAX_QUEUE or size >= MAX_QUEUE_BYTES) and not self._paused:
                 self._paused = True
                 self.transport.pause_reading()
 
@@ -104,15 +116,28 @@ class GatewayConnection(ClientConnection):
         super().connection_lost(exc)
         self._wake()
 
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """websockets' closing handshake, reading again first: a reader paused by a full
+        inbox would otherwise never see the server's close frame and wait out the timeout."""
+        self._resume()
+        await super().close(code, reason)
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     # -- the reader's side ---------------------------------------------------------------------
-    async def recv_batch(self) -> list[bytes]:
-        """Every message received and not yet taken, at least one, in order (bytes; a text
-        message too). Waits for one; raises ``ConnectionClosed`` once the connection is closed
-        and every message before the close was taken."""
+    async def recv_batch(self) -> list[bytes | str]:
+        """Every message received and not yet taken, at least one, in order (``bytes`` for a
+        binary message, ``str`` for a text one). Waits for one; raises ``ConnectionClosed``
+        once the connection is closed and every message before the close was taken."""
+        if not self._inbox:
+            self._resume()  # the last batch is handled: read again
         while not self._inbox:
             if self.connection_lost_waiter.done():
                 raise self.close_exc
@@ -125,7 +150,5 @@ class GatewayConnection(ClientConnection):
                 self._waiter = None
         batch = self._inbox
         self._inbox = []
-        if self._paused:
-            self._paused = False
-            self.transport.resume_reading()
+        self._inbox_bytes = 0
         return batch

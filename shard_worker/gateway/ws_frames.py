@@ -5,9 +5,9 @@ assembler: about 3 µs per frame, the largest cost of a gateway event after the 
 (docs/BENCHMARKS.md). This reader does only what a client needs of RFC 6455 section 5 for the
 frames a server sends, in a plain loop over a buffer, at under 1 µs a frame:
 
-- **data frames** (text, binary, continuation) are assembled into messages and returned as
-  ``bytes`` (a text message is checked as UTF-8 and still returned as bytes: the gateway's
-  JSON wants bytes);
+- **data frames** (text, binary, continuation) are assembled into messages: a binary message
+  is returned as ``bytes``, a text message as ``str`` (decoded, so checked as UTF-8), as
+  websockets' ``recv`` returns them: the shard machine inflates bytes and parses text as it is;
 - **control frames** (close, ping, pong) are returned whole, header included, as
   :class:`Control`: the connection hands their bytes to websockets' own protocol, which answers
   pings, acknowledges pongs and runs the closing handshake exactly as it always does;
@@ -18,8 +18,9 @@ frames a server sends, in a plain loop over a buffer, at under 1 µs a frame:
 
 The reader is for a client without extensions (``compression=None``: Discord compresses inside
 the payload), so any reserved bit set is an error. The size of a message is checked from the
-frame headers, before its payload is buffered, so a peer cannot make the reader hold more than
-``max_size`` bytes of one message.
+frame headers, before its payload is buffered, and a message has at most :data:`MAX_FRAGMENTS`
+fragments (websockets' own bound), so a peer cannot make the reader hold more than ``max_size``
+bytes of one message, nor an endless list of empty fragments.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 #: A control frame's payload is at most this long (RFC 6455 section 5.5).
 MAX_CONTROL_PAYLOAD = 125
 #: An incomplete frame longer than this is gathered as a list of chunks and joined once, so that
-#: a message of several MB arriving in 64 KB reads is copied O(n) times, not O(n²).
-GATHER_ABOVE = 64 * 1024
+#: a message of several MB arriving in 64 KB reads is copied once, not once per read (and a
+#: shorter one dribbling in byte by byte costs at most this many bytes copied per byte).
+GATHER_ABOVE = 4 * 1024
+#: Fragments of one message at most (websockets' ``MAX_FRAGMENTS``): past it, 1009.
+MAX_FRAGMENTS = 4096
 
 _FIN = 0x80
 _RSV = 0x70
@@ -72,9 +76,9 @@ class FrameReader:
         self._message_opcode = -1  # its opcode; -1 when none is in progress
         self._message_size = 0
 
-    def feed(self, data: bytes) -> list[bytes | Control]:
+    def feed(self, data: bytes) -> list[bytes | str | Control]:
         """Parse ``data`` (the next bytes of the stream); return what it completed, in order."""
-        out: list[bytes | Control] = []
+        out: list[bytes | str | Control] = []
         if self._done:
             return out
         if self._parts:
@@ -114,6 +118,8 @@ class FrameReader:
                     return self._fail(out, CLOSE_PROTOCOL_ERROR, "control frame too long or fragmented")
             elif opcode > OP_BINARY:
                 return self._fail(out, CLOSE_PROTOCOL_ERROR, f"invalid opcode: {opcode:#x}")
+            elif (opcode == OP_CONTINUATION) != (self._message_opcode >= 0):
+                return self._fail(out, CLOSE_PROTOCOL_ERROR, _sequence_fault(opcode))
             elif max_size is not None and self._message_size + length > max_size:
                 return self._fail(
                     out, CLOSE_MESSAGE_TOO_BIG, f"message over {max_size} bytes ({self._message_size + length} or more)"
@@ -141,16 +147,13 @@ class FrameReader:
         return out
 
     def _fragment(self, out: list, opcode: int, fin: int, payload: bytes) -> bool:
-        """A text frame, a fragment or a continuation; False when it broke the protocol."""
-        if opcode == OP_CONTINUATION:
-            if self._message_opcode < 0:
-                self._fail(out, CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")
-                return False
-        elif self._message_opcode >= 0:
-            self._fail(out, CLOSE_PROTOCOL_ERROR, f"expected a continuation frame, got opcode {opcode:#x}")
-            return False
-        else:
+        """A text frame, a fragment or a continuation (the header checked the order); False
+        when it broke the protocol."""
+        if opcode != OP_CONTINUATION:
             self._message_opcode = opcode
+        if len(self._message) >= MAX_FRAGMENTS:
+            self._fail(out, CLOSE_MESSAGE_TOO_BIG, f"over {MAX_FRAGMENTS} fragments")
+            return False
         self._message.append(payload)
         self._message_size += len(payload)
         if not fin:
@@ -160,11 +163,12 @@ class FrameReader:
         self._message, self._message_opcode, self._message_size = [], -1, 0
         if text:
             try:
-                message.decode("utf-8")
+                out.append(message.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 self._fail(out, CLOSE_INVALID_DATA, f"{exc.reason} at position {exc.start}")
                 return False
-        out.append(message)
+        else:
+            out.append(message)
         return True
 
     def _fail(self, out: list, code: int, reason: str) -> list:
@@ -172,6 +176,12 @@ class FrameReader:
         self._done = True
         self._rest, self._parts, self._message = b"", [], []
         return out
+
+
+def _sequence_fault(opcode: int) -> str:
+    if opcode == OP_CONTINUATION:
+        return "unexpected continuation frame"
+    return f"expected a continuation frame, got opcode {opcode:#x}"
 
 
 def _header_fault(b0: int, b1: int) -> str:

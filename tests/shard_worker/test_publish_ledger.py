@@ -188,6 +188,21 @@ def test_room_is_lost_at_the_bound_and_given_back_once_a_quarter_has_drained():
     assert h.room == [False, True] and h.ledger.room  # 6 of 8 = ROOM_AGAIN_AT
 
 
+def test_room_by_bytes_comes_back_at_three_quarters_and_a_single_big_message_still_drains():
+    h = Harness(max_buffered=1000, max_bytes=100)
+    h.event(1, b"x" * 60)
+    h.event(2, b"x" * 40)  # 100 bytes: full
+    assert h.room == [False]
+    h.ledger.confirm(1, False, False)
+    assert h.room == [False, True]  # 40 <= 75
+    h.event(3, b"y" * 90)  # one message near the bound: 130 bytes, full
+    assert h.room == [False, True, False]
+    h.ledger.confirm(2, False, False)
+    assert h.room == [False, True, False]  # 90 > 75: not yet
+    h.ledger.confirm(3, False, False)
+    assert h.room == [False, True, False, True] and h.ledger.empty
+
+
 @given(st.integers(1, 40), st.randoms(use_true_random=False), st.data())
 def test_any_confirm_order_settles_everything_and_seq_never_overtakes(n, rnd, data):
     h = Harness()

@@ -138,6 +138,21 @@ def test_a_message_that_is_no_payload_is_counted_and_skipped_without_a_resume(ru
     assert 0 in snap["ready"] and worker.alive
 
 
+def test_a_text_frame_on_a_compressed_connection_is_read_as_plain_json(running):
+    """Discord may send a text frame beside the zlib-stream binary ones: it is JSON as it is,
+    not a piece of the compressed stream (which would break the stream and cost a resume)."""
+    sim, worker = running
+    runner = worker.worker.runners[0]
+    before = sim.snapshot()
+    sim.call("send_raw", 0, '{"t":"TEXT_EVENT","s":900,"op":0,"d":{"k":"v"}}', compressed=False)  # a text frame
+    wait_for(lambda: runner.received_by_type.get("TEXT_EVENT") == 1, 10, what="the text dispatch")
+    sim.call("emit", 0, 5, "MESSAGE_CREATE")  # the compressed stream goes on unbroken
+    wait_for(lambda: runner.received_by_type.get("MESSAGE_CREATE", 0) >= 5, 10, what="events after it")
+    snap = sim.snapshot()
+    assert resumes_of(snap) == [] and len(snap["connections"]) == len(before["connections"])
+    assert runner.machine.bad_frames == 0 and runner.machine.seq >= 900
+
+
 def test_dropped_tcp_connection_resumes_with_replay(running, amqp_url, rabbit, group):
     sim, worker = running
     rabbit.bind(group, f"{group}:t:MESSAGE_CREATE", "MESSAGE_CREATE")

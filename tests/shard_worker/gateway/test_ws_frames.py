@@ -14,6 +14,7 @@ from shard_worker.gateway.ws_frames import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_PROTOCOL_ERROR,
     GATHER_ABOVE,
+    MAX_FRAGMENTS,
     OP_CLOSE,
     OP_PING,
     Control,
@@ -28,7 +29,7 @@ def wire(opcode: Opcode, payload: bytes, fin: bool = True) -> bytes:
 def test_literal_frames_of_each_length_encoding():
     reader = FrameReader()
     assert reader.feed(b"\x82\x03abc") == [b"abc"]
-    assert reader.feed(b"\x81\x05hello") == [b"hello"]  # text: bytes too
+    assert reader.feed(b"\x81\x05hello") == ["hello"]  # text: str, as websockets' recv gives it
     assert reader.feed(b"\x82\x7e\x00\x7e" + b"x" * 126) == [b"x" * 126]  # 16-bit length
     big = b"y" * 70000
     assert reader.feed(b"\x82\x7f" + len(big).to_bytes(8, "big") + big) == [big]  # 64-bit length
@@ -55,7 +56,7 @@ def test_fragments_are_joined_and_control_frames_in_between_come_first_whole():
     reader = FrameReader()
     ping = wire(Opcode.PING, b"p")
     data = wire(Opcode.TEXT, b"hel", fin=False) + ping + wire(Opcode.CONT, b"lo", fin=False) + wire(Opcode.CONT, b"!")
-    assert reader.feed(data) == [Control(OP_PING, ping), b"hello!"]
+    assert reader.feed(data) == [Control(OP_PING, ping), "hello!"]
 
 
 def test_nothing_is_read_after_a_close_frame():
@@ -87,6 +88,7 @@ def test_protocol_faults_fail_with_their_close_code_and_keep_what_came_before():
         (b"\x89\x7e\x00\x7e" + b"p" * 126, CLOSE_PROTOCOL_ERROR, "control"),  # ping over 125 bytes
         (b"\x80\x01x", CLOSE_PROTOCOL_ERROR, "continuation"),  # continuation with no message
         (b"\x01\x01a\x82\x01b", CLOSE_PROTOCOL_ERROR, "continuation"),  # a new message mid-fragment
+        (b"\x80\x7f" + (1 << 40).to_bytes(8, "big"), CLOSE_PROTOCOL_ERROR, "continuation"),  # order before size
         (b"\x82\x7f\x80" + b"\x00" * 7, CLOSE_PROTOCOL_ERROR, "2^63"),
         (b"\x81\x02\xc3\x28", CLOSE_INVALID_DATA, "invalid"),  # text that is not UTF-8
     ]
@@ -108,6 +110,14 @@ def test_an_oversized_message_fails_from_its_header_before_its_payload_arrives()
     assert reader.error is not None and reader.error[0] == CLOSE_MESSAGE_TOO_BIG
     # exactly max_size is fine
     assert FrameReader(max_size=1000).feed(wire(Opcode.BINARY, b"c" * 1000)) == [b"c" * 1000]
+
+
+def test_a_message_of_endless_empty_fragments_fails_at_the_fragment_bound():
+    reader = FrameReader(max_size=1000)
+    data = b"\x02\x00" + b"\x00\x00" * (MAX_FRAGMENTS + 10)  # 2 bytes each: the size never grows
+    assert reader.feed(data) == []
+    assert reader.error == (CLOSE_MESSAGE_TOO_BIG, f"over {MAX_FRAGMENTS} fragments")
+    assert len(reader._message) == 0  # nothing held after the fault
 
 
 def test_a_long_message_in_small_reads_is_gathered_not_copied_again_and_again():
@@ -144,7 +154,8 @@ def test_any_messages_split_at_any_bytes_come_out_as_websockets_wrote_them(messa
             last = i == len(fragments) - 1
             data += wire(opcode if i == 0 else Opcode.CONT, fragment, fin=last)
             if last:
-                expected.append(b"".join(fragments))
+                whole = b"".join(fragments)
+                expected.append(whole.decode() if opcode is Opcode.TEXT else whole)
             if i == 0 and ping is not None:
                 raw = wire(Opcode.PING, ping)
                 data += raw
