@@ -86,7 +86,8 @@ class GatewayConnection(ClientConnection):
             super().data_received(b"")  # writes the close frame and starts the close timeout
         if inbox:
             self._wake()
-            if (len(inbox) >= MAX_QUEUE or size >= MAX_QUEUE_BYTES) and not self._paused:
+            full = len(inbox) >= MAX_QUEUE or size >= MAX_QUEUE_BYTES
+            if full and not self._paused and self.protocol.state is State.OPEN:  # closing: read on
                 self._paused = True
                 self.transport.pause_reading()
 

@@ -211,7 +211,7 @@ async def test_reading_pauses_past_the_queue_limit_until_the_batch_is_taken():
     async def script(reader, writer, head):
         writer.write(head)
         for i in range(count):
-            writer.write(frame(Opcode.BINARY, str(i).encode() * 100))
+            writer.write(frame(Opcode.BINARY, str(i).encode() * 2000))  # more than one read holds
         await writer.drain()
         await asyncio.sleep(3)
 
@@ -228,7 +228,7 @@ async def test_reading_pauses_past_the_queue_limit_until_the_batch_is_taken():
             while len(got) < count:
                 got += await ws.recv_batch()  # asking again (nothing left) reads again
                 assert transport.is_reading() or len(got) < count
-            assert got == [str(i).encode() * 100 for i in range(count)]
+            assert got == [str(i).encode() * 2000 for i in range(count)]
 
 
 def test_websockets_is_bounded_to_the_releases_this_subclass_is_tested_with():
