@@ -9,19 +9,17 @@ remains for those who want to measure it on their own machine.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from .switches import env_choice
 
 T = TypeVar("T")
 CHOICES = ("auto", "uvloop", "asyncio")
 
 
 def choice() -> str:
-    value = os.environ.get("SPECTACLES_LOOP", "asyncio").strip().lower() or "asyncio"
-    if value not in CHOICES:
-        raise ValueError(f"SPECTACLES_LOOP must be one of {', '.join(CHOICES)}, not {value!r}")
-    return value
+    return env_choice("SPECTACLES_LOOP", CHOICES, "asyncio")
 
 
 def name() -> str:

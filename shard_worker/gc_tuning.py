@@ -23,7 +23,8 @@ Python's settings (to compare).
 from __future__ import annotations
 
 import gc
-import os
+
+from .switches import env_choice
 
 CHOICES = ("tuned", "default")
 #: Net container allocations between two young collections (Python's default: 700).
@@ -33,10 +34,7 @@ OLDER_THRESHOLDS = (20, 20)
 
 
 def choice() -> str:
-    value = os.environ.get("SPECTACLES_GC", "tuned").strip().lower() or "tuned"
-    if value not in CHOICES:
-        raise ValueError(f"SPECTACLES_GC must be one of {', '.join(CHOICES)}, not {value!r}")
-    return value
+    return env_choice("SPECTACLES_GC", CHOICES, "tuned")
 
 
 def tune() -> str:
