@@ -33,7 +33,6 @@ from ..reshard import Handover, Role, ShardCutover
 from .backoff import exponential_backoff
 from .protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S, RESUMABLE_CLOSE, identify_bucket
 from .send_window import SendWindow
-from .ws_connection import GatewayConnection
 from .state import (
     CloseConnection,
     Dispatch,
@@ -46,6 +45,7 @@ from .state import (
     ShardMachine,
     SkippedFrame,
 )
+from .ws_connection import GatewayConnection
 
 log = logging.getLogger("shard_worker.shard")
 
