@@ -106,6 +106,12 @@ class Histogram:
         return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum, "count": self.count}
 
 
+def _holds_back_seq(entry: Entry) -> bool:
+    """Whether ``entry`` keeps its session's resumable seq below its own: an event (not a
+    forwarded packet) with a seq that RabbitMQ has not taken yet."""
+    return (not entry.acked or entry.nacked) and entry.on_confirm is None and entry.seq is not None
+
+
 def _ignore(*args: object) -> None:
     return None
 
@@ -351,7 +357,7 @@ class PublishLedger:
         lowest: dict[tuple[int, str | None], int] = {}
         for queue in (self.inflight, self.backlog, self.retry):
             for entry in queue:
-                if (not entry.acked or entry.nacked) and entry.on_confirm is None and entry.seq is not None:
+                if _holds_back_seq(entry):
                     key = (entry.shard_id, entry.session_id)
                     seen = lowest.get(key)
                     if seen is None or entry.seq < seen:
@@ -369,11 +375,9 @@ class PublishLedger:
         for queue in (self.inflight, self.backlog, self.retry):
             for entry in queue:
                 if (
-                    (not entry.acked or entry.nacked)
-                    and entry.shard_id == shard_id
-                    and entry.on_confirm is None
+                    entry.shard_id == shard_id
                     and entry.session_id == session_id
-                    and entry.seq is not None
+                    and _holds_back_seq(entry)
                     and (lowest is None or entry.seq < lowest)
                 ):
                     lowest = entry.seq

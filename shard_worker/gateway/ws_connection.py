@@ -54,8 +54,7 @@ class GatewayConnection(ClientConnection):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        protocol = self.protocol  # websockets 15 renamed max_size to max_message_size
-        self.frames = FrameReader(getattr(protocol, "max_message_size", getattr(protocol, "max_size", None)))
+        self.frames = FrameReader(self.protocol.max_message_size)
         self._framing = False  # the handshake's HTTP head is through: frames are ours
         self._passthrough = False  # the handshake failed: websockets reads everything
         self._head_tail = b""  # the last bytes of the head so far, to find its end across reads
@@ -97,9 +96,10 @@ class GatewayConnection(ClientConnection):
             super().data_received(data)
             return b""
         tail = self._head_tail
-        end = (tail + data).find(_HEAD_END)
+        seen = tail + data
+        end = seen.find(_HEAD_END)
         if end < 0:
-            self._head_tail = (tail + data)[-(len(_HEAD_END) - 1) :]
+            self._head_tail = seen[-(len(_HEAD_END) - 1) :]
             super().data_received(data)
             return b""
         cut = end + len(_HEAD_END) - len(tail)  # where the head ends in ``data``
