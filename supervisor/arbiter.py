@@ -280,9 +280,10 @@ class Arbiter:
         assert self.shared is not None
         self.shared.identify_sent(bucket, self.gate.interval)
 
-    def _publish_budget(self, limit: Any) -> None:
-        """In the refresh thread: Discord's answer becomes the shared budget."""
-        self.coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)
+    def _publish_budget(self, limit: Any, asked_ago_s: float) -> None:
+        """In the refresh thread: Discord's answer, less the grants since it was asked, becomes
+        the shared budget."""
+        self.coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total, asked_ago_s=asked_ago_s)
 
     def _estimate_budget(self) -> int:
         """In the refresh thread, Discord not reachable: the budget from the shared grant log."""

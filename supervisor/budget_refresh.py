@@ -53,7 +53,8 @@ class Refresh:
 class BudgetRefresher:
     """Runs ``fetch()`` (returns a :class:`~supervisor.discord_api.GatewayBot`) in a thread.
 
-    ``publish(limit)`` runs in the thread after a successful fetch, ``fallback()`` (returns the
+    ``publish(limit, asked_ago_s)`` runs in the thread after a successful fetch (``asked_ago_s``:
+    how long ago Discord was asked, so its count can be aged), ``fallback()`` (returns the
     estimated budget) after a failed one or when there is no ``fetch``.
     """
 
@@ -61,7 +62,7 @@ class BudgetRefresher:
         self,
         fetch: Callable[[], Any] | None,
         *,
-        publish: Callable[[Any], Any] | None = None,
+        publish: Callable[[Any, float], Any] | None = None,
         fallback: Callable[[], int] | None = None,
         wake: Callable[[], None] = lambda: None,
         min_interval: float = REFRESH_INTERVAL_S,
@@ -122,7 +123,7 @@ class BudgetRefresher:
             error = RuntimeError("Discord is not asked (no API access configured)")
         if limit is not None and self.publish is not None:
             try:
-                self.publish(limit)
+                self.publish(limit, self.clock() - started)  # how old Discord's count is
             except Exception as exc:  # noqa: BLE001 - Redis errors
                 publish_error = exc
         elif limit is None and self.fallback is not None:

@@ -48,6 +48,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -328,6 +329,7 @@ def _start(settings: StartSettings) -> int:
         from .ratelimits import RedisRatelimiter
 
         ratelimiter = RedisRatelimiter(coordinator.redis, prefix=settings.redis_prefix)
+    asked_at = time.monotonic()
     gateway_bot = _gateway_bot(settings, ratelimiter)
     configs = build_worker_configs(settings, gateway_bot)
     shard_ids = [s for config in configs for s in config.shard_ids]
@@ -360,7 +362,7 @@ def _start(settings: StartSettings) -> int:
         cluster=_cluster_node(settings, coordinator, len(configs)) if settings.cluster else None,
     )
     if coordinator is not None and limit is not None:
-        coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total)
+        coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total, asked_ago_s=time.monotonic() - asked_at)
     set_title(f"master [{format_shard_ids(shard_ids)}]")
     log.info(
         "starting %d of %d shards in %d processes, group %r",

@@ -3,19 +3,17 @@ needs to answer: any host with the Redis URL can ask)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from shard_worker.shard_ranges import format_shard_ids
 
-from .cluster import group_count, group_shards
+from .cluster import NODE_TTL_S, group_count, group_shards
 from .cluster_store import ClusterStore
 
 
-def read(client: Any, prefix: str, now: float | None = None) -> dict[str, Any]:
+def read(client: Any, prefix: str) -> dict[str, Any]:
     """The cluster's state: ``shard_count``, ``per_group``, ``nodes`` and ``groups``."""
     store = ClusterStore(client, prefix, name="", token="")
-    now = time.time() if now is None else now
     meta = {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:cluster:meta").items()}
     if "shard_count" not in meta or "per_group" not in meta:
         return {"shard_count": None, "per_group": None, "nodes": [], "groups": []}
@@ -23,13 +21,13 @@ def read(client: Any, prefix: str, now: float | None = None) -> dict[str, Any]:
     groups = group_count(count, per)
     owners = store.owners(count, groups)
     nodes = []
-    for info in sorted(store.nodes(now), key=lambda n: n["name"]):
+    for info in sorted(store.nodes(), key=lambda n: n["name"]):
         held = sorted(g for g, owner in owners.items() if owner == info["name"])
         shards = [s for g in held for s in group_shards(g, count, per)]
         nodes.append({
             "name": info["name"], "host": info.get("host"), "pid": info.get("pid"),
             "capacity": info.get("capacity", 1), "groups": held, "shards": format_shard_ids(shards),
-            "last_heartbeat_s": round(max(0.0, now - float(info.get("heartbeat", now))), 1),
+            "last_heartbeat_s": round(max(0.0, float(info.get("ttl", NODE_TTL_S)) - info["expires_in_s"]), 1),
         })  # fmt: skip
     table = [
         {"group": g, "shards": format_shard_ids(group_shards(g, count, per)), "owner": owners.get(g)}

@@ -5,8 +5,8 @@ Keys (``<p>`` the ``--redis-prefix``, ``<n>`` the shard count):
 
 * ``<p>:cluster:meta``: hash ``shard_count``, ``per_group``: the first node sets it, a node
   started with other values is refused (every node must cut the same groups);
-* ``<p>:cluster:members``: sorted set, node name -> its heartbeat's expiry (epoch ms; hosts keep
-  their clocks within a second by NTP, far below :data:`~supervisor.cluster.NODE_TTL_S`);
+* ``<p>:cluster:members``: sorted set, node name -> its heartbeat's expiry (epoch ms by Redis'
+  own clock, ``TIME`` in the scripts: the hosts' clocks may disagree without effect);
   ``<p>:cluster:tokens`` and ``<p>:cluster:info``: hashes, node name -> the random token of the
   process that registered it / its JSON (capacity, host, pid, groups, heartbeat time);
 * ``<p>:cluster:lease:<n>:<g>``: ``<name>|<token>`` of group ``g``'s owner, with a PX TTL of
@@ -20,28 +20,34 @@ Keys (``<p>`` the ``--redis-prefix``, ``<n>`` the shard count):
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from typing import Any
 
 from shard_worker.config import SavedSession
 
 from .cluster import Node, View
-from .coordination import SESSION_TTL_S
+from .coordination import REDIS_NOW_MS, SESSION_TTL_S
 
 HANDOFF_MARK_S = 60
 
-_REGISTER = """
-local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+_REGISTER = REDIS_NOW_MS + """
+local ttl = tonumber(ARGV[3])
 local token = redis.call('HGET', KEYS[2], ARGV[1])
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if token and token ~= ARGV[2] and expiry and tonumber(expiry) > now then
   return tonumber(expiry) - now
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 return 0
+"""
+
+#: KEYS: members. Returns Redis' now (ms), then name, expiry pairs of the live nodes.
+_NODES = REDIS_NOW_MS + """
+local out = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
+table.insert(out, 1, tostring(now))
+return out
 """
 
 _RENEW = """
@@ -85,6 +91,7 @@ class ClusterStore:
         self.token = token
         self.owner = f"{name}|{token}"
         self._register = client.register_script(_REGISTER)
+        self._nodes = client.register_script(_NODES)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._drop = client.register_script(_DROP)
@@ -112,13 +119,12 @@ class ClusterStore:
             )
         return None
 
-    def heartbeat(self, info: dict[str, Any], ttl_s: float, now: float | None = None) -> float:
+    def heartbeat(self, info: dict[str, Any], ttl_s: float) -> float:
         """Register or refresh this node: 0.0, or the seconds another live process with this
-        name still has (the name is taken)."""
-        now_ms = int((time.time() if now is None else now) * 1000)
+        name still has (the name is taken). Its expiry is Redis' clock plus ``ttl_s``."""
         keys = [self._key("members"), self._key("tokens"), self._key("info")]
-        info = {**info, "name": self.name, "heartbeat": now_ms / 1000}
-        left = self._register(keys=keys, args=[self.name, self.token, now_ms, int(ttl_s * 1000), json.dumps(info)])
+        info = {**info, "name": self.name, "ttl": ttl_s}
+        left = self._register(keys=keys, args=[self.name, self.token, int(ttl_s * 1000), json.dumps(info)])
         return int(left) / 1000.0
 
     def leave(self) -> None:
@@ -130,10 +136,14 @@ class ClusterStore:
             pipe.hdel(self._key("info"), self.name)
             pipe.execute()
 
-    def nodes(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Every live node's info (its heartbeat not expired)."""
-        now_ms = int((time.time() if now is None else now) * 1000)
-        names = [n.decode() for n in self.redis.zrangebyscore(self._key("members"), now_ms, "+inf")]
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every live node's info (its heartbeat not expired by Redis' clock), with
+        ``expires_in_s``: how long its heartbeat still lives."""
+        reply = self._nodes(keys=[self._key("members")])
+        now_ms = float(reply[0])
+        pairs = reply[1:]
+        names = [n.decode() for n in pairs[0::2]]
+        expiries = {name: (float(score) - now_ms) / 1000 for name, score in zip(names, pairs[1::2])}
         if not names:
             return []
         infos = self.redis.hmget(self._key("info"), names)
@@ -143,11 +153,11 @@ class ClusterStore:
                 info = json.loads(raw) if raw else {}
             except ValueError:
                 info = {}
-            out.append({**info, "name": name})
+            out.append({**info, "name": name, "expires_in_s": expiries[name]})
         return out
 
-    def view(self, shard_count: int, groups: int, now: float | None = None) -> View:
-        nodes = tuple(Node(n["name"], float(n.get("capacity", 1.0))) for n in self.nodes(now))
+    def view(self, shard_count: int, groups: int) -> View:
+        nodes = tuple(Node(n["name"], float(n.get("capacity", 1.0))) for n in self.nodes())
         return View(nodes, self.owners(shard_count, groups), groups)
 
     def owners(self, shard_count: int, groups: int) -> dict[int, str]:

@@ -57,32 +57,71 @@ DEFAULT_TOTAL = 1000
 #: expired or was never set): nothing was granted; refresh the budget, then ask again.
 BUDGET_UNKNOWN = -1.0
 
-#: KEYS: bucket lock, remaining budget, grant log. ARGV: hold ms, reserve, now ms, member.
+#: Added to the age of Discord's budget figure (:meth:`RedisCoordinator.set_budget`).
+BUDGET_AGE_SLACK_MS = 1000
+
+#: Redis' own clock in epoch ms, as a Lua prelude: every time kept in Redis (the grant log's
+#: scores) is Redis' time, so the hosts' clocks may disagree without effect (issue 20, defect 9).
+REDIS_NOW_MS = "local _t = redis.call('TIME') local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)\n"
+
+#: KEYS: bucket lock, remaining budget, grant log. ARGV: hold ms, reserve, member.
 #: Returns 0 (granted), a positive wait in ms (the bucket is busy), -1 (budget held back) or -2
 #: (no budget known: the key expired at Discord's reset or was never set; nothing granted).
-_IDENTIFY_SCRIPT = """
+_IDENTIFY_SCRIPT = REDIS_NOW_MS + """
 local wait = redis.call('PTTL', KEYS[1])
 if wait > 0 then return wait end
 local remaining = redis.call('GET', KEYS[2])
 if not remaining then return -2 end
 if tonumber(remaining) <= tonumber(ARGV[2]) then return -1 end
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[1])
 redis.call('DECR', KEYS[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - %d)
+redis.call('ZADD', KEYS[3], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - %d)
 return 0
 """ % LOG_WINDOW_MS
 
-#: KEYS: remaining budget, total, grant log. ARGV: ttl ms, now ms, default total.
+#: KEYS: bucket lock. ARGV: the member that took it, interval ms.
+#: The IDENTIFY was written: the lock becomes "interval from now" if it is still ours (or gone).
+#: Another host's lock (ours expired before the report came) is never shortened, only
+#: lengthened to the interval: it must not open within an interval of this write either.
+#: Returns 1 when the lock was ours (or free), 0 otherwise.
+_SENT_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+#: KEYS: remaining budget, total, grant log. ARGV: Discord's remaining, ttl ms, how long ago
+#: Discord was asked (ms), total ('' when unknown). Discord's figure minus the grants logged
+#: since it was asked (Discord had not counted those): the other hosts' decrements survive.
+_SET_BUDGET_SCRIPT = REDIS_NOW_MS + """
+local used = 0
+if tonumber(ARGV[3]) > 0 then used = redis.call('ZCOUNT', KEYS[3], now - tonumber(ARGV[3]), '+inf') end
+local value = math.max(0, tonumber(ARGV[1]) - used)
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4]) end
+return value
+"""
+
+#: KEYS: remaining budget, total, grant log. ARGV: ttl ms, default total.
 #: Sets the budget (if still missing) to total minus the grants logged in the last 24 h.
-_ESTIMATE_SCRIPT = """
+_ESTIMATE_SCRIPT = REDIS_NOW_MS + """
 local known = redis.call('GET', KEYS[1])
 if known then return tonumber(known) end
-local total = tonumber(redis.call('GET', KEYS[2]) or ARGV[3])
-local used = redis.call('ZCOUNT', KEYS[3], tonumber(ARGV[2]) - %d, '+inf')
+local total = tonumber(redis.call('GET', KEYS[2]) or ARGV[2])
+local used = redis.call('ZCOUNT', KEYS[3], now - %d, '+inf')
 local remaining = math.max(0, total - used)
 redis.call('SET', KEYS[1], remaining, 'PX', ARGV[1], 'NX')
 return remaining
+""" % LOG_WINDOW_MS
+
+#: KEYS: grant log. The grants of the last 24 h by Redis' clock.
+_COUNT_SCRIPT = REDIS_NOW_MS + """
+return redis.call('ZCOUNT', KEYS[1], now - %d, '+inf')
 """ % LOG_WINDOW_MS
 
 
@@ -95,8 +134,13 @@ class RedisCoordinator:
         self.prefix = prefix or DEFAULT_PREFIX
         self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}"
         self._identify = client.register_script(_IDENTIFY_SCRIPT)
+        self._sent = client.register_script(_SENT_SCRIPT)
+        self._set_budget = client.register_script(_SET_BUDGET_SCRIPT)
         self._estimate = client.register_script(_ESTIMATE_SCRIPT)
+        self._count = client.register_script(_COUNT_SCRIPT)
         self._grants = 0
+        #: bucket -> the member (lock value) of this host's last grant on it
+        self._taken: dict[int, str] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str | None = DEFAULT_PREFIX) -> RedisCoordinator:
@@ -111,20 +155,20 @@ class RedisCoordinator:
         return ":".join([self.prefix, *map(str, parts)])
 
     # -- identify -----------------------------------------------------------------------------
-    def try_identify(self, bucket: int, hold_s: float, reserve: int, now: float | None = None) -> float:
+    def try_identify(self, bucket: int, hold_s: float, reserve: int) -> float:
         """Take bucket ``bucket`` for one IDENTIFY, for ``hold_s`` at most: 0.0 if granted, else
         seconds to wait (``float('inf')`` while the shared daily budget is held back), or
         :data:`BUDGET_UNKNOWN` when no budget is known (nothing granted: refresh it first)."""
-        now_ms = int((time.time() if now is None else now) * 1000)
         self._grants += 1
-        member = f"{self.host_id}:{now_ms}:{self._grants}"
+        member = f"{self.host_id}:{int(time.time() * 1000)}:{self._grants}"  # unique, not a time
         result = int(
             self._identify(
                 keys=[self._key("identify", "bucket", bucket), self._key("identify", "remaining"), self._key("identify", "log")],
-                args=[max(1, int(hold_s * 1000)), reserve, now_ms, member],
+                args=[max(1, int(hold_s * 1000)), reserve, member],
             )
         )
         if result == 0:
+            self._taken[bucket] = member
             return 0.0
         if result == -2:
             return BUDGET_UNKNOWN
@@ -132,26 +176,33 @@ class RedisCoordinator:
             return float("inf")
         return result / 1000.0
 
-    def identify_sent(self, bucket: int, interval_s: float) -> None:
-        """The IDENTIFY granted on ``bucket`` was written just now: free it ``interval_s`` later."""
-        self.redis.set(self._key("identify", "bucket", bucket), self.host_id, px=max(1, int(interval_s * 1000)))
+    def identify_sent(self, bucket: int, interval_s: float) -> bool:
+        """The IDENTIFY granted on ``bucket`` was written just now: free it ``interval_s`` later,
+        if the lock is still this host's grant's (or gone). A late report, after the lock
+        expired and another host took it, never shortens that host's lock (it may lengthen it
+        to ``interval_s``). Returns whether the lock was ours."""
+        member = self._taken.pop(bucket, self.host_id)
+        key = self._key("identify", "bucket", bucket)
+        return bool(int(self._sent(keys=[key], args=[member, max(1, int(interval_s * 1000))])))
 
-    def set_budget(self, remaining: int, reset_after_s: float, total: int | None = None) -> None:
-        """Publish Discord's ``session_start_limit`` (the latest answer wins): ``remaining`` until
-        ``reset_after_s`` from now, when Discord refills it to ``total``."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self._key("identify", "remaining"), remaining, px=max(1, int(reset_after_s * 1000)))
-        if total is not None:
-            pipe.set(self._key("identify", "total"), total)
-        pipe.execute()
+    def set_budget(self, remaining: int, reset_after_s: float, total: int | None = None, asked_ago_s: float = 0.0) -> int:
+        """Publish Discord's ``session_start_limit``: ``remaining`` (as Discord counted it
+        ``asked_ago_s`` ago) minus the grants logged since, until ``reset_after_s`` from now,
+        when Discord refills it to ``total``. Returns the budget written. Grants other hosts
+        took while the answer was on its way stay counted (an overwrite would erase them)."""
+        keys = [self._key("identify", "remaining"), self._key("identify", "total"), self._key("identify", "log")]
+        # The trip to Redis is not in ``asked_ago_s``: count a second more of grants (a grant
+        # Discord had counted already, counted twice, only lowers the budget: the safe side).
+        since_ms = int(asked_ago_s * 1000) + BUDGET_AGE_SLACK_MS if asked_ago_s > 0 else 0
+        args = [remaining, max(1, int(reset_after_s * 1000)), since_ms, "" if total is None else total]
+        return int(self._set_budget(keys=keys, args=args))
 
-    def estimate_budget(self, ttl_s: float, now: float | None = None, default_total: int = DEFAULT_TOTAL) -> int:
+    def estimate_budget(self, ttl_s: float, default_total: int = DEFAULT_TOTAL) -> int:
         """When Discord cannot be asked: set the missing budget for ``ttl_s`` to the known total
         (else ``default_total``) minus the grants logged in the last 24 h; return the budget
         (the one already there, if another host set it meanwhile)."""
-        now_ms = int((time.time() if now is None else now) * 1000)
         keys = [self._key("identify", "remaining"), self._key("identify", "total"), self._key("identify", "log")]
-        return int(self._estimate(keys=keys, args=[max(1, int(ttl_s * 1000)), now_ms, default_total]))
+        return int(self._estimate(keys=keys, args=[max(1, int(ttl_s * 1000)), default_total]))
 
     def budget(self) -> int | None:
         """The shared identifies left (None: unknown, the key is missing)."""
@@ -163,10 +214,9 @@ class RedisCoordinator:
         value = self.redis.get(self._key("identify", "total"))
         return int(value) if value is not None else None
 
-    def identifies_last_24h(self, now: float | None = None) -> int:
-        """Grants logged by every host in the last 24 h."""
-        now_ms = int((time.time() if now is None else now) * 1000)
-        return int(self.redis.zcount(self._key("identify", "log"), now_ms - LOG_WINDOW_MS, "+inf"))
+    def identifies_last_24h(self) -> int:
+        """Grants logged by every host in the last 24 h (by Redis' clock)."""
+        return int(self._count(keys=[self._key("identify", "log")]))
 
     # -- sessions -----------------------------------------------------------------------------
     def save_sessions(self, shard_count: int, sessions: dict[int, SavedSession]) -> None:

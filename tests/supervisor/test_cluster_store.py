@@ -71,3 +71,23 @@ def test_status_of_a_cluster(redis_url, prefix):
     assert state["groups"] == [{"group": 0, "shards": "0-1", "owner": "a"}, {"group": 1, "shards": "2-3", "owner": None}]
     text = format_cluster(state)
     assert text.splitlines()[0] == "4 shards in 2 groups of 2; 2 nodes" and "free groups: 1" in text
+
+
+def test_membership_expires_by_redis_clock_not_the_hosts(redis_url, prefix, monkeypatch):
+    # Issue 20, defect 9: a node's heartbeat expiry was its own time.time() + TTL and the others
+    # compared it with theirs: a node whose clock ran 30 s behind looked dead to everyone (its
+    # groups taken while it ran them), one 30 s ahead stayed "alive" 30 s after it died.
+    import time
+
+    _, (behind, ahead, honest) = stores(redis_url, prefix, "behind", "ahead", "honest")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 30)
+    assert behind.heartbeat({"capacity": 1}, ttl_s=10) == 0.0
+    monkeypatch.setattr(time, "time", lambda: real() + 30)
+    assert ahead.heartbeat({"capacity": 1}, ttl_s=0.5) == 0.0
+    monkeypatch.setattr(time, "time", real)
+    assert sorted(n["name"] for n in honest.nodes()) == ["ahead", "behind"]
+    time.sleep(0.8)
+    assert [n["name"] for n in honest.nodes()] == ["behind"]  # the dead one is gone on time
+    [node] = honest.nodes()
+    assert 9.0 < node["expires_in_s"] <= 10.0

@@ -124,3 +124,57 @@ def test_sessions_move_between_hosts(coordinator):
     assert b.load_sessions(48, [3]) == {}  # another shard count: other sessions
     ttl = a.redis.ttl(f"{a.prefix}:session:24:3")
     assert 0 < ttl <= 15 * 60
+
+
+def test_a_late_write_report_never_shortens_another_hosts_lock(coordinator):
+    # Issue 20, defect 10: identify_sent was an unconditional SET. A's hold ran out before its
+    # report came; B took the bucket for a long grant; A's late report then set the key to one
+    # interval, so C could take the bucket while B's IDENTIFY was still to be written.
+    a, b, c = coordinator("a"), coordinator("b"), coordinator("c")
+    assert a.try_identify(4, 0.3, reserve=0) == 0.0
+    time.sleep(0.45)  # A's hold expired: the report is late
+    assert b.try_identify(4, 30.0, reserve=0) == 0.0
+    assert a.identify_sent(4, 1.0) is False
+    assert c.try_identify(4, 30.0, reserve=0) > 25.0  # B's hold is intact
+    # B's own report frees the bucket one interval after B's write, as before.
+    assert b.identify_sent(4, 1.0) is True
+    assert 0.5 < c.try_identify(4, 30.0, reserve=0) <= 1.0
+
+
+def test_a_late_report_lengthens_a_shorter_foreign_lock_to_the_interval(coordinator):
+    a, b = coordinator("a"), coordinator("b")
+    assert a.try_identify(6, 0.2, reserve=0) == 0.0
+    time.sleep(0.3)
+    assert b.try_identify(6, 0.5, reserve=0) == 0.0  # a short hold (B's grant expires soon)
+    assert a.identify_sent(6, 3.0) is False  # A wrote just now: nobody within 3 s of it
+    assert a.redis.pttl(f"{a.prefix}:identify:bucket:6") > 2500
+
+
+def test_discords_budget_keeps_the_grants_made_while_it_was_asked(coordinator):
+    # Issue 20, defect 10: set_budget overwrote the shared budget with Discord's figure, which
+    # does not count the grants other hosts took while the answer was on its way.
+    a, b = coordinator("a"), coordinator("b")
+    a.set_budget(500, reset_after_s=60, total=1000)
+    asked = time.monotonic()  # host A asks Discord now...
+    assert b.try_identify(0, 0.05, reserve=0) == 0.0  # ... B grants two meanwhile ...
+    assert b.try_identify(1, 0.05, reserve=0) == 0.0
+    time.sleep(0.1)
+    # ... and Discord's answer (500, counted before B's grants) arrives.
+    assert a.set_budget(500, 60, 1000, asked_ago_s=time.monotonic() - asked) == 498
+    assert b.budget() == 498
+
+
+def test_the_grant_log_uses_redis_clock_not_the_hosts(coordinator, monkeypatch):
+    # Issue 20, defect 9: a host whose clock is a day behind logged its grants a day in the
+    # past: the others' 24 h count (and the estimate when Discord cannot be asked) missed them.
+    import supervisor.coordination as coordination
+
+    skewed, honest = coordinator("skewed"), coordinator("honest")
+    real = time.time
+    monkeypatch.setattr(coordination.time, "time", lambda: real() - 25 * 3600)
+    for bucket in range(3):
+        assert skewed.try_identify(bucket, 0.05, reserve=0) == 0.0
+    monkeypatch.setattr(coordination.time, "time", real)
+    assert honest.identifies_last_24h() == 3
+    honest.redis.delete(f"{honest.prefix}:identify:remaining")
+    assert honest.estimate_budget(ttl_s=1.0) == 1000 - 3  # the fixture published a total of 1000
