@@ -35,6 +35,11 @@ log = logging.getLogger("shard_worker.worker")
 
 #: How long a graceful stop waits for RabbitMQ to confirm what is still buffered.
 FLUSH_TIMEOUT_S = 5.0
+#: How long a stop that ends the sessions (an old set after a reshard's cut-over) waits for
+#: RabbitMQ first, its connections still open: once a session is ended, what was not confirmed
+#: can never be replayed. Past it the sessions are closed resumably instead (the supervisor
+#: gives such a stop :data:`END_FLUSH_TIMEOUT_S` plus a margin before it kills).
+END_FLUSH_TIMEOUT_S = 30.0
 
 
 class Worker:
@@ -280,6 +285,15 @@ class Worker:
 
     async def _shutdown(self, shard_tasks: dict, bridge_task: asyncio.Task, stop_task: asyncio.Task) -> None:
         end = self._end_sessions
+        if end and not await self.bridge.flush(END_FLUSH_TIMEOUT_S):
+            # Issue 20, defect 2: ending first lost for good whatever RabbitMQ had not confirmed.
+            log.error(
+                "%d messages still unconfirmed by RabbitMQ after %.0f s: closing the sessions "
+                "resumably instead of ending them",
+                self.bridge.buffered,
+                END_FLUSH_TIMEOUT_S,
+            )
+            end = False
         await asyncio.gather(*(r.stop(end) for r in self.runners.values()), return_exceptions=True)
         if shard_tasks:
             done, still = await asyncio.wait(shard_tasks, timeout=5.0)

@@ -13,7 +13,8 @@ orders are due) are ``supervisor.shard_sets``' (:func:`~supervisor.shard_sets.ad
    of both sets gets the ``cutover`` order (``docs/ipc.md``).
 3. **draining**: at ``T`` the new children get ``activate``; a moment later (:data:`DRAIN_S`, so
    the old set's last events before ``T`` are confirmed) the old children are stopped with their
-   sessions **ended** (1000), not kept: nothing will resume them.
+   sessions **ended** (1000), not kept: nothing will resume them. Each first waits for RabbitMQ
+   to confirm what it still holds, its connections open (an ended session cannot be replayed).
 4. **done**: once the old children have exited the arbiter adopts the new set (its groups, its
    sessions, the count in the state dir).
 
@@ -32,6 +33,7 @@ from typing import Any
 
 from shard_worker.config import SavedSession, WorkerConfig
 from shard_worker.ipc import Message
+from shard_worker.worker import END_FLUSH_TIMEOUT_S
 
 from .child import Child
 from .shard_sets import DEFAULT_DRAIN_S, Order, Reshard, advance, next_due
@@ -40,6 +42,9 @@ log = logging.getLogger("supervisor.reshard")
 
 #: After ``T``, the old set's children are stopped this much later (``shard_sets``).
 DRAIN_S = DEFAULT_DRAIN_S
+#: A child ending its sessions may take its flush and this much more before it is killed
+#: (closing its connections and the final reports).
+END_GRACE_MARGIN_S = 10.0
 
 
 def new_set_configs(template: WorkerConfig, new_count: int, per_process: int, old_count: int = 0) -> list[WorkerConfig]:
@@ -195,9 +200,12 @@ class ReshardRun:
 
 def end(child: Child, now: float) -> None:
     """Stop ``child`` gracefully with its sessions ended (1000): nothing resumes them. No
-    SIGTERM: the order carries the flag (the arbiter still kills it after its grace)."""
+    SIGTERM: the order carries the flag. The child first waits for RabbitMQ to confirm what it
+    still holds (up to ``END_FLUSH_TIMEOUT_S``, its connections open): the arbiter kills it only
+    after that and :data:`END_GRACE_MARGIN_S` more."""
     if child.stopping_since is None:
         child.stopping_since = now
+        child.grace = END_FLUSH_TIMEOUT_S + END_GRACE_MARGIN_S
         child.send("stop", {"end_sessions": True})
 
 

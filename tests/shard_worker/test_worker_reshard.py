@@ -148,3 +148,42 @@ def test_a_queue_of_an_id_gone_after_a_reshard_to_fewer_shards_is_drained_by_gui
             assert worker.call(lambda: worker.worker.bridge.counters()).get("shard_packet_rerouted") == 1
             assert sent_ops(sim, 3, 0) == [] and sent_ops(sim, 3, 1) == []
             assert rabbit.depth(gone) == 0
+
+
+def test_an_ending_set_flushes_before_it_ends_its_sessions(amqp_url, rabbit, group):
+    """Issue 20, defect 2: a worker told to end its sessions (the old set after the cut-over)
+    closed them with 1000 first and flushed after, for 5 s: with RabbitMQ out of reach a little
+    longer, what it still held was gone for good (nothing can replay an ended session). It now
+    waits for the confirms with the connection open, then ends the session."""
+    from urllib.parse import urlsplit
+
+    from supervisor.simulator.payloads import DISPATCH_TYPES
+    from tests.tcp_proxy import TcpProxy
+
+    parts = urlsplit(amqp_url)
+    with TcpProxy(parts.hostname, parts.port or 5672) as proxy, SimulatorThread(
+        token=TOKEN, shard_count=1, heartbeat_interval_ms=20000, events_per_shard=-1, rate=40
+    ) as sim:
+        queue = spectacles.queue_name(group, "all", "end")
+        for event in DISPATCH_TYPES:
+            rabbit.bind(group, queue, event)
+        proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+        with WorkerThread(worker_config(sim, proxied, group, [0])) as worker:
+            sim.wait_until(lambda s: len(s["dispatched"].get(0, [])) > 100, timeout=30)
+            proxy.cut()  # RabbitMQ out of reach: what the shard reads now stays unconfirmed
+            time.sleep(1.0)
+            worker.call(lambda: worker.worker.stop(end_sessions=True))
+            time.sleep(7.0)  # longer than the old 5 s flush
+            assert worker.alive, "the worker waits for RabbitMQ before it ends the session"
+            proxy.restore()
+            assert worker.wait_exit(45) == 0
+        final = sim.snapshot()
+    [conn] = [c for c in final["connections"] if c["shard"] == 0]
+    assert (conn["closed_by"], conn["close_code"]) == ("client", 1000)  # ended, after the flush
+    ids = {props.message_id for _, props, _ in rabbit.get_all(queue, expect=len(final["dispatched"][0]), timeout=30)}
+    expected = {spectacles.message_id(0, sid, seq) for sid, seq, _ in final["dispatched"][0]}
+    missing = expected - ids
+    # Everything Discord sent before the end is in RabbitMQ (the session's last few, sent while
+    # the close frame was on its way, may be unread: at most the rate for a fraction of a second).
+    assert len(missing) <= 5, f"{len(missing)} of {len(expected)} events lost"
+    assert len(expected) > 300
