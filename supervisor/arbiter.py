@@ -175,6 +175,8 @@ class Arbiter:
             shared_ask=self._shared_ask if self.coordinator is not None else None,
             shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
         )
+        if self.coordinator is None:
+            self._restore_bucket_writes(now)
         #: ``--auto-reshard``'s policy, and its own ``GET /gateway/bot`` thread (None: off).
         self.auto: AutoReshard | None = None
         self.recommender: BudgetRefresher | None = None
@@ -381,6 +383,19 @@ class Arbiter:
             log.warning("shard %d: identify written at a time %.1f s ahead; using now", shard, at - now)
             at = now
         self.gate.sent(shard, at)
+
+    def _restore_bucket_writes(self, now: float) -> None:
+        """The buckets a previous supervisor of this state dir granted lately (it may have been
+        killed a moment after an IDENTIFY): each counts as written at the latest its grant
+        allowed, so the first grant here keeps Discord's 5 s (Redis does this across hosts)."""
+        wall = time.time()
+        for bucket, written_by in self.store.bucket_writes(wall).items():
+            if bucket < self.gate.max_concurrency:
+                self.gate.written(bucket, now - (wall - written_by))
+                log.info(
+                    "identify bucket %d paced from the state dir (the last grant's write: by %+.1f s from now)",
+                    bucket, written_by - wall,
+                )  # fmt: skip
 
     def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
         """Discord's ``session_start_limit`` when known, else what the local log implies."""
@@ -1026,8 +1041,10 @@ class Arbiter:
     def _grant_identifies(self, now: float) -> None:
         was_exhausted = getattr(self, "_budget_logged", False)
         for grant in self.gate.due(now):
+            wall = time.time()
             try:
-                self.store.record_identify()
+                bucket = self.gate.bucket(grant.shard_id)
+                self.store.record_identify(wall, bucket=bucket, written_by=wall + grant.expires - now)
             except OSError as exc:
                 log.error("cannot record the identify in %s: %s", self.store.dir, exc)
             self._granted.add(grant.shard_id)

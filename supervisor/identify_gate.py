@@ -147,6 +147,11 @@ class IdentifyGate:
             self.shared_sent(bucket)
         return True
 
+    def written(self, bucket: int, at: float) -> None:
+        """An IDENTIFY of ``bucket`` was (or may have been) written at ``at`` by someone this
+        gate never granted: a supervisor that ran before a restart (its state dir says when)."""
+        self._last[bucket] = max(self._last.get(bucket, at), at)
+
     def _settle(self, bucket: int, written_at: float) -> None:
         del self._in_flight[bucket]
         self._last[bucket] = max(self._last.get(bucket, written_at), written_at)

@@ -24,6 +24,8 @@ log = logging.getLogger("supervisor.state")
 
 SESSIONS_FILE = "sessions.json"
 IDENTIFIES_FILE = "identifies.json"
+#: Buckets' last writes older than this are forgotten (far more than the 5 s that matter).
+BUCKET_HORIZON_S = 60.0
 #: Discord counts session starts per rolling day.
 IDENTIFY_WINDOW_S = 24 * 3600
 #: Sessions saved longer ago than this are not worth a RESUME attempt (Discord forgets them).
@@ -125,9 +127,29 @@ class StateStore:
         times = data.get("granted", []) if isinstance(data, dict) else []
         return sorted(t for t in times if isinstance(t, (int, float)) and now - IDENTIFY_WINDOW_S < t <= now + 60)
 
-    def record_identify(self, now: float | None = None) -> int:
-        """Add one granted identify; returns how many the last 24 h now hold."""
+    def record_identify(self, now: float | None = None, bucket: int | None = None, written_by: float | None = None) -> int:
+        """Add one granted identify; returns how many the last 24 h now hold. ``bucket`` and
+        ``written_by`` (wall clock: the latest the grant may be written, its expiry) keep the
+        bucket's pace across a restart (:meth:`bucket_writes`)."""
         now = time.time() if now is None else now
         times = self.identifies(now) + [now]
-        write_json_atomic(self.dir / IDENTIFIES_FILE, {"granted": times})
+        buckets = self.bucket_writes(now)
+        if bucket is not None:
+            buckets[bucket] = max(buckets.get(bucket, 0.0), now if written_by is None else written_by)
+        write_json_atomic(
+            self.dir / IDENTIFIES_FILE, {"granted": times, "buckets": {str(b): t for b, t in sorted(buckets.items())}}
+        )
         return len(times)
+
+    def bucket_writes(self, now: float | None = None, horizon_s: float = BUCKET_HORIZON_S) -> dict[int, float]:
+        """Bucket -> the latest wall-clock time its last granted IDENTIFY may have been written,
+        for the buckets granted in the last ``horizon_s`` (issue 20, defect 11: a supervisor
+        restarted after a crash must not grant a bucket within 5 s of its predecessor's write)."""
+        now = time.time() if now is None else now
+        data = read_json(self.dir / IDENTIFIES_FILE)
+        raw = data.get("buckets", {}) if isinstance(data, dict) else {}
+        out: dict[int, float] = {}
+        for key, value in raw.items() if isinstance(raw, dict) else ():
+            if str(key).isdigit() and isinstance(value, (int, float)) and now - horizon_s < value <= now + horizon_s:
+                out[int(key)] = float(value)
+        return out

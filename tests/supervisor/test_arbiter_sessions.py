@@ -61,3 +61,25 @@ def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_pat
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
+
+
+def test_a_restarted_supervisor_keeps_the_pace_of_its_predecessors_buckets(tmp_path):
+    # Issue 20, defect 11: without Redis, a supervisor killed just after a grant and started
+    # again forgot when the bucket last identified and granted it again at once (Discord: op 9,
+    # and an identify spent). The state dir keeps each bucket's last grant.
+    config = WorkerConfig([0, 1, 2], 3, "ws://127.0.0.1:1", token="t" * 20, max_concurrency=2)
+    options = ArbiterOptions(state_dir=str(tmp_path / "state"))
+    first = Arbiter([config], options)
+    first.gate.request(5, 0)
+    now = time.monotonic()
+    first._grant_identifies(now)
+    assert first.gate.in_flight == 1  # shard 0 (bucket 0) granted; then the supervisor is killed
+    again = Arbiter([config], options)
+    again.gate.request(6, 2)  # bucket 0 again
+    again.gate.request(6, 1)  # bucket 1: never granted, free
+    restart = time.monotonic()
+    assert [g.shard_id for g in again.gate.due(restart)] == [1]
+    # bucket 0 opens only an interval after the latest its grant could be written
+    opens = again.gate.free_at()[0]
+    assert opens >= now + again.gate.interval
+    assert [g.shard_id for g in again.gate.due(opens + 0.01)] == [2]
