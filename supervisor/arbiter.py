@@ -158,6 +158,13 @@ class Arbiter:
         self.member: ClusterMember | None = None
         if options.cluster is not None:
             self.member = ClusterMember(options.cluster, self)
+            if self.coordinator is not None:
+                node = options.cluster
+                # Sessions are written only under the group's lease (a stale save never
+                # overwrites the session of the node that took the group over).
+                self.coordinator.set_fence(
+                    lambda count, shard: node.store.lease_key(count, shard // node.per_group), node.store.owner
+                )
             self.sessions = {}
             self.all_shards, self._my_shards = [], frozenset()
         now = time.monotonic()
@@ -626,6 +633,8 @@ class Arbiter:
             self.reshard = plan = run.step(plan, old, now)
             if run.old_stopped:
                 self._retiring = True
+        if plan.phase is Phase.DRAINING:
+            self._sessions_dirty = True  # the new set's, saved under its count (_save_sessions)
         if plan.phase is Phase.DRAINING and self._retiring and not any(g.child for g in self.groups):
             self._adopt(run, now)
         elif plan.phase is Phase.ABORTED and not run.live():
@@ -1188,16 +1197,24 @@ class Arbiter:
             self._next_save = now + self.options.save_interval
 
     def _save_sessions(self) -> None:
+        store, sessions, count, mine_ids = self.store, self.sessions, self.shard_count, self._my_shards
+        run, plan = self._resharding, self.reshard
+        if run is not None and plan is not None and plan.phase is Phase.DRAINING:
+            # Past the cut-over point the new set serves and the old one's sessions are about
+            # to end: a supervisor killed now must come back with the new set's sessions, not
+            # identify everything (issue 20, defect 4).
+            count = plan.new.shard_count
+            store, sessions, mine_ids = StateStore(self.options.state_dir, count), run.sessions, frozenset(range(count))
         try:
-            self.store.save_sessions(self.sessions)
+            store.save_sessions(sessions)
             self._sessions_dirty = False
         except OSError as exc:
-            log.error("cannot save sessions to %s: %s", self.store.dir, exc)
+            log.error("cannot save sessions to %s: %s", store.dir, exc)
         if self.shared is not None:
             # Handed to the Redis thread: the latest snapshot wins, a failed save is retried.
-            mine = {s: v for s, v in self.sessions.items() if s in self._my_shards}
-            forget = (self._forgotten & self._my_shards) - set(self.sessions)  # never another node's
-            self.shared.save_sessions(self.shard_count, mine, sorted(forget))
+            mine = {s: v for s, v in sessions.items() if s in mine_ids}
+            forget = (self._forgotten & mine_ids) - set(sessions) if count == self.shard_count else set()
+            self.shared.save_sessions(count, mine, sorted(forget))  # never another node's
         self._forgotten.clear()
 
     def _budget_spent(self, now: float) -> bool:

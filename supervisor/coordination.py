@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -125,6 +126,23 @@ return redis.call('ZCOUNT', KEYS[1], now - %d, '+inf')
 """ % LOG_WINDOW_MS
 
 
+#: KEYS: (session key, lease key) pairs. ARGV: owner, ttl s, then one value per pair ('' deletes).
+#: Cluster mode: a node writes (or deletes) a shard's session only while it holds the shard's
+#: group lease, in the same atomic step: a save that was queued, failed or delayed while the
+#: node still ran the group can never overwrite the session of the node that took it over.
+_FENCED_WRITE = """
+local done = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('GET', KEYS[i + 1]) == ARGV[1] then
+    local value = ARGV[2 + (i + 1) / 2]
+    if value == '' then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], value, 'EX', ARGV[2]) end
+    done = done + 1
+  end
+end
+return done
+"""
+
+
 class RedisCoordinator:
     """The keys of one bot (``prefix``) in Redis, for one host (``host_id``). Every method is one
     blocking round trip: call them off the supervisor's loop (:mod:`supervisor.shared_state`)."""
@@ -141,6 +159,11 @@ class RedisCoordinator:
         self._grants = 0
         #: bucket -> the member (lock value) of this host's last grant on it
         self._taken: dict[int, str] = {}
+        self._fenced_write = client.register_script(_FENCED_WRITE)
+        #: Cluster mode (:meth:`set_fence`): (shard_count, shard) -> its group's lease key, and
+        #: the lease value that says this node holds it. None: sessions are written plainly.
+        self._lease_of: Callable[[int, int], str] | None = None
+        self._owner = ""
 
     @classmethod
     def from_url(cls, url: str, prefix: str | None = DEFAULT_PREFIX) -> RedisCoordinator:
@@ -219,9 +242,25 @@ class RedisCoordinator:
         return int(self._count(keys=[self._key("identify", "log")]))
 
     # -- sessions -----------------------------------------------------------------------------
+    def set_fence(self, lease_of: Callable[[int, int], str], owner: str) -> None:
+        """Cluster mode: from now on a session is written or deleted only while ``lease_of(
+        shard_count, shard)`` holds ``owner`` (issue 20, defect 8)."""
+        self._lease_of, self._owner = lease_of, owner
+
+    def _write_fenced(self, shard_count: int, values: dict[int, str]) -> int:
+        assert self._lease_of is not None
+        keys: list[str] = []
+        for shard in values:
+            keys += [self._key("session", shard_count, shard), self._lease_of(shard_count, shard)]
+        return int(self._fenced_write(keys=keys, args=[self._owner, SESSION_TTL_S, *values.values()]))
+
     def save_sessions(self, shard_count: int, sessions: dict[int, SavedSession]) -> None:
-        """Write ``sessions`` (one pipeline), each for :data:`SESSION_TTL_S`."""
+        """Write ``sessions`` (one pipeline), each for :data:`SESSION_TTL_S` (with a fence: only
+        those of groups this node still leases)."""
         if not sessions:
+            return
+        if self._lease_of is not None:
+            self._write_fenced(shard_count, {s: json.dumps(asdict(v)) for s, v in sessions.items()})
             return
         pipe = self.redis.pipeline(transaction=False)
         for shard, saved in sessions.items():
@@ -232,6 +271,8 @@ class RedisCoordinator:
         """Forget sessions Discord invalidated, so that no host tries to resume them."""
         if not shard_ids:
             return 0
+        if self._lease_of is not None:
+            return self._write_fenced(shard_count, dict.fromkeys(shard_ids, ""))
         return int(self.redis.delete(*(self._key("session", shard_count, s) for s in shard_ids)))
 
     def load_sessions(self, shard_count: int, shard_ids: list[int]) -> dict[int, SavedSession]:

@@ -3,6 +3,7 @@ leases by compare-and-set, the release that writes sessions only while the lease
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -91,3 +92,47 @@ def test_membership_expires_by_redis_clock_not_the_hosts(redis_url, prefix, monk
     assert [n["name"] for n in honest.nodes()] == ["behind"]  # the dead one is gone on time
     [node] = honest.nodes()
     assert 9.0 < node["expires_in_s"] <= 10.0
+
+
+def test_a_stale_session_save_never_overwrites_the_takers_session(redis_url, prefix):
+    """Issue 20, defect 8: node A's save of group 0's sessions failed (Redis out of reach) and
+    was kept for a retry; meanwhile A's lease expired and B took the group over by RESUME and
+    saved its session. A's retry, computed while A still held the group, overwrote B's (and a
+    queued deletion could delete it). Writes are fenced by the lease now, through the real
+    SharedState retry path: the retry writes nothing for a group A no longer holds."""
+    from supervisor.coordination import RedisCoordinator
+    from supervisor.shared_state import SESSION_RETRY_S, SharedState
+    from tests.redis_faults import FreezingProxy
+    from tests.helpers import wait_for
+
+    parts = redis_url.split("://", 1)[1].split("/", 1)[0].split(":")
+    client, (a, b) = stores(redis_url, prefix, "a", "b")
+    with FreezingProxy(parts[0], int(parts[1])) as proxy:
+        a_client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        a_coord = RedisCoordinator(a_client, prefix, host_id="a")
+        a_coord.set_fence(lambda count, shard: a.lease_key(count, shard // 2), a.owner)
+        b_coord = RedisCoordinator(client, prefix, host_id="b")
+        b_coord.set_fence(lambda count, shard: b.lease_key(count, shard // 2), b.owner)
+        assert a.acquire(4, 0, ttl_s=1.0)
+        shared = SharedState(a_coord)
+        try:
+            proxy.cut()  # A cannot reach Redis: its save fails and is kept for a retry
+            shared.save_sessions(4, {0: SavedSession("a-old", 5, "wss://r"), 1: SavedSession("a-old", 6, "wss://r")})
+            wait_for(lambda: any(x.error is not None for x in shared.answers()), 10, what="the failed save")
+            wait_for(lambda: b.acquire(4, 0, ttl_s=10), 5, what="A's lease expired, B takes the group")
+            b_coord.save_sessions(4, {0: SavedSession("b-new", 50, "wss://r"), 1: SavedSession("b-new", 60, "wss://r")})
+            proxy.restore()
+            time.sleep(SESSION_RETRY_S + 1.0)
+            assert shared.flush(10)
+            answers = shared.answers()
+            assert answers and answers[-1].error is None  # the retry ran, and wrote nothing
+            assert {s.session_id for s in b_coord.load_sessions(4, [0, 1]).values()} == {"b-new"}
+            a_coord.delete_sessions(4, [0, 1])  # nor does a deletion of A's
+            assert set(b_coord.load_sessions(4, [0, 1])) == {0, 1}
+            # a group A does hold is written as before
+            assert a.acquire(4, 1, ttl_s=10)
+            a_coord.save_sessions(4, {2: SavedSession("a-2", 7, "wss://r")})
+            assert b_coord.load_sessions(4, [2]) == {2: SavedSession("a-2", 7, "wss://r")}
+        finally:
+            shared.close()
+            a_client.close()

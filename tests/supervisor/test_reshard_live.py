@@ -274,3 +274,44 @@ def test_a_rolling_restart_after_a_reshard(amqp_url, group, tmp_path):
             assert sup.wait(20) == 0
         finally:
             sup.stop()
+
+
+def test_a_supervisor_killed_after_the_cut_over_comes_back_with_the_new_set(amqp_url, rabbit, group, tmp_path):
+    """Issue 20, defect 4: a supervisor killed with -9 between T and the adoption of the new
+    set (its children die with it) left only the old count's sessions on disk: the restart
+    (which takes the saved count) identified everything again. Past T the new set's sessions
+    are saved under its count: the restart, without --shard-count, resumes all 8."""
+    with SimulatorThread(
+        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
+        heartbeat_interval_ms=20000,
+    ) as sim:  # fmt: skip
+        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
+        state = tmp_path / "state"
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
+            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
+            old_children = sup.children()
+            command = reshard_command(state, 8)
+            wait_for(lambda: reshard_phase(sup) == "draining", 90, interval=0.02, what="past T")
+            for child in old_children:  # the old set takes its time to stop: the adoption waits
+                child.send_signal(signal.SIGSTOP)
+            time.sleep(2.0)  # save passes (every second) ran
+            assert reshard_phase(sup) == "draining"
+            sup.signal(signal.SIGKILL)  # its children die with it, the stopped ones too
+            sup.wait(10)
+            command.communicate(timeout=30)
+        finally:
+            sup.stop()
+        saved = json.loads((state / "sessions.json").read_text())
+        assert saved["shard_count"] == 8 and len(saved["sessions"]) == 8
+        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        try:
+            sim.wait_until(lambda s: s["ready_sets"].get(8) == list(range(8)), timeout=40)
+            snap = sim.snapshot()
+            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8  # none after the kill
+            assert len([r for r in snap["resumes"] if r["result"] == "ok"]) >= 8
+            again.signal(signal.SIGTERM)
+            assert again.wait(20) == 0
+        finally:
+            again.stop()
