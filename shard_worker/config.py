@@ -94,6 +94,11 @@ class WorkerConfig:
     #: this long without one (the supervisor stopped, frozen or gone) the worker stops its
     #: shards by itself, since the supervisor can no longer renew their lease. None: never.
     parent_timeout_s: float | None = None
+    #: Live reshard, an old set's worker started after its set was told the cut-over point (it
+    #: replaces one that crashed): the ``cutover`` order's data (``role`` included), applied
+    #: before any shard connects, so that it never publishes past ``T`` unmarked (issue 20,
+    #: defect 3). None: no cut-over.
+    cutover: dict | None = None
 
     def __post_init__(self) -> None:
         self.compress = compress_name(self.compress)

@@ -13,8 +13,17 @@ runs:
   :meth:`Handover.publishes` keeps, and every later one, with :meth:`Handover.headers`; once the
   receive time is past the overlap window it goes back to plain publishing (the runner drops the
   cut-over and the hot path has nothing to do again);
-* a shard of the **old** set told ``T`` publishes what it receives before ``T`` (marked inside
-  its window) and drops what comes at or after it.
+* a shard of the **old** set told ``T`` sends one extra heartbeat at ``T`` (a *probe*) and
+  publishes everything it reads until that heartbeat's ACK (marked from ``T - 2 overlap`` on),
+  then drops everything: it is **caught up**. A websocket is ordered and Discord answers a
+  heartbeat after everything it sent before it, so whatever Discord sent before ``T`` is read
+  before the ACK, however late this shard reads (issue 20, defect 1: the old rule compared
+  *read* times with ``T``, and an old shard reading 2.5 s late lost what Discord sent in
+  ``[T - 2.5, T - 1)``). A shard disconnected at ``T`` probes once it has resumed (the replay
+  comes before RESUMED);
+* once every old shard is caught up (the supervisor's ``old_caught_up`` order), a **new**
+  shard probes too and marks what it publishes until its own ACK: whatever the old set may
+  still have published, the new set's copy of it is marked (:meth:`ShardCutover.old_done`).
 
 Times are ``time.monotonic()`` values: one clock for every process of a host (as for the
 identify gate), so the supervisor's ``T`` means the same instant in every child.
@@ -26,6 +35,7 @@ the same reason: the broker applies it to every packet it consumes from a shard 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +57,12 @@ DEFAULT_OVERLAP_S = 1.0
 DEFAULT_HOLD_S = 10.0
 
 
+#: A new set's copies stay marked past its window while the old set is not known to be caught
+#: up, but no longer than this after ``T``: by then every old worker has stopped publishing
+#: (it waits at most 20 s for its catch-up and 30 s for RabbitMQ, and is killed 10 s later).
+MARK_LIMIT_S = 90.0
+
+
 class Role(str, enum.Enum):
     OLD = "old"
     NEW = "new"
@@ -62,42 +78,44 @@ class Handover:
     old_count: int
     new_count: int
 
-    @property
-    def window(self) -> tuple[float, float]:
-        """The overlap window ``[start, end)``: every duplicate was received inside it (by both
-        sets), and nothing received outside it is marked."""
-        return self.cut_at - 2 * self.overlap_s, self.cut_at + self.overlap_s
-
     def role_window(self, role: Role) -> tuple[float, float]:
-        """Where the copies published by ``role`` are marked: ``[T - 2 overlap, T)`` for the
-        old set (its part that the new one may also publish), ``[T - overlap, T + overlap)`` for
-        the new set."""
+        """Where the copies published by ``role`` are marked, by read time: from
+        ``T - 2 overlap`` on for the old set (until it is caught up: it publishes nothing
+        after), ``[T - overlap, T + overlap)`` for the new set (longer while the old set is not
+        known to be caught up, :meth:`ShardCutover.old_done`)."""
         if role is Role.OLD:
-            return self.cut_at - 2 * self.overlap_s, self.cut_at
+            return self.cut_at - 2 * self.overlap_s, math.inf
         return self.cut_at - self.overlap_s, self.cut_at + self.overlap_s
 
-    def publishes(self, role: Role, received_at: float) -> bool:
-        """Whether the set ``role`` publishes an event it received at ``received_at``."""
+    def publishes(self, role: Role, received_at: float, caught_up: bool = False) -> bool:
+        """Whether the set ``role`` publishes an event it read at ``received_at``: the old set
+        until it is ``caught_up`` (its probe at ``T`` answered), the new set from
+        ``T - overlap``."""
         if role is Role.OLD:
-            return received_at < self.cut_at
+            return not caught_up
         return received_at >= self.cut_at - self.overlap_s
 
-    def marked(self, role: Role, received_at: float) -> bool:
-        """Whether a copy ``role`` received at ``received_at`` (and publishes) is marked."""
+    def marked(self, role: Role, received_at: float, old_done: bool = True) -> bool:
+        """Whether a copy ``role`` read at ``received_at`` (and publishes) is marked; a new
+        set's copy stays marked past its window until the old set is known to be done."""
         start, end = self.role_window(role)
-        return start <= received_at < end
+        return start <= received_at and (
+            received_at < end or (not old_done and received_at < self.cut_at + MARK_LIMIT_S)
+        )
 
-    def headers(self, role: Role, received_at: float) -> dict[str, int]:
+    def headers(self, role: Role, received_at: float, old_done: bool = True) -> dict[str, int]:
         """The extra AMQP headers of a published copy: the overlap mark, or none."""
-        if not self.marked(role, received_at):
+        if not self.marked(role, received_at, old_done):
             return {}
         return {OVERLAP_HEADER: self.old_count if role is Role.OLD else self.new_count}
 
-    def settled(self, role: Role, received_at: float) -> bool:
+    def settled(self, role: Role, received_at: float, old_done: bool = True) -> bool:
         """From ``received_at`` on, the rule no longer changes anything for the new set: it
-        publishes everything, unmarked (past the end of its window). Never for the old set,
-        which drops everything after ``T``."""
-        return role is Role.NEW and received_at >= self.role_window(role)[1]
+        publishes everything, unmarked (past the end of its window, the old set done). Never
+        for the old set, which drops everything once caught up."""
+        if role is not Role.NEW:
+            return False
+        return received_at >= self.role_window(role)[1] and (old_done or received_at >= self.cut_at + MARK_LIMIT_S)
 
     def late(self, role: Role, told_at: float, hold_s: float = DEFAULT_HOLD_S) -> bool:
         """Whether a set told ``T`` at ``told_at`` was told too late for the rule to hold: the
@@ -130,7 +148,10 @@ class ShardCutover:
     old, or held longer than ``hold_s``), ``marked`` (published with the overlap header).
     """
 
-    __slots__ = ("role", "handover", "hold_s", "_publish", "_held", "dropped", "marked", "published", "orphaned")
+    __slots__ = (
+        "role", "handover", "hold_s", "_publish", "_held", "dropped", "marked", "published", "orphaned",
+        "caught_up", "old_done",
+    )  # fmt: skip
 
     def __init__(self, role: Role, publish: Publish, *, handover: Handover | None = None, hold_s: float = DEFAULT_HOLD_S) -> None:
         if role is Role.OLD and handover is None:
@@ -147,6 +168,12 @@ class ShardCutover:
         #: (Discord closed it with 4011), so the old set will never publish it: published at
         #: once, unmarked, whatever the rule says. None: no such shard.
         self.orphaned: Callable[[bytes], bool] | None = None
+        #: An old set's shard: its probe sent at ``T`` is answered; it publishes nothing more.
+        self.caught_up = False
+        #: A new set's shard: every old shard is caught up and this shard's own probe after
+        #: that is answered: nothing it reads from now on can have been published by the old
+        #: set, so past its window it publishes unmarked. Until then its copies stay marked.
+        self.old_done = False
 
     @property
     def held(self) -> int:
@@ -165,7 +192,7 @@ class ShardCutover:
         if orphaned is not None and self.role is Role.NEW and orphaned(body):
             self.published += 1
             self._publish(session_id, t, seq, body, {})
-            return handover is not None and handover.settled(self.role, received_at)
+            return handover is not None and handover.settled(self.role, received_at, self.old_done)
         if handover is None:
             held = self._held
             held.append((received_at, session_id, t, seq, body))
@@ -175,7 +202,7 @@ class ShardCutover:
                 self.dropped += 1
             return False
         self._apply(handover, received_at, session_id, t, seq, body)
-        return handover.settled(self.role, received_at)
+        return handover.settled(self.role, received_at, self.old_done)
 
     def cut(self, handover: Handover) -> None:
         """The cut-over point is known: apply the rule to what was held back."""
@@ -184,12 +211,17 @@ class ShardCutover:
         for item in held:
             self._apply(handover, *item)
 
+    def catch_up(self) -> None:
+        """An old set's shard: the probe it sent at ``T`` is answered; from now on it drops
+        everything (all Discord sent before ``T`` has been read, and published)."""
+        self.caught_up = True
+
     def _apply(self, handover: Handover, received_at: float, session_id: str | None, t: str, seq: int | None, body: bytes) -> None:
         role = self.role
-        if not handover.publishes(role, received_at):
+        if not handover.publishes(role, received_at, self.caught_up):
             self.dropped += 1
             return
-        headers = handover.headers(role, received_at)
+        headers = handover.headers(role, received_at, self.old_done)
         if headers:
             self.marked += 1
         self.published += 1

@@ -145,6 +145,7 @@ class ParentLink:
     def attach(self, worker: Any) -> None:
         """Start reading the parent's orders and sending heartbeats for ``worker``."""
         self.worker = worker
+        worker.on_probe_answered = lambda role, shard: self.send("probe_answered", {"role": role, "shard": shard})
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._read_orders(), name="ipc-read"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="ipc-heartbeat"))
@@ -281,6 +282,8 @@ class ParentLink:
             self.worker.stop(end_sessions=bool((message.data or {}).get("end_sessions")))
         elif message.event == "cutover":
             self._on_cutover(message.data)
+        elif message.event == "old_caught_up":
+            self.worker.old_caught_up()
         elif message.event == "cutover_cancel":
             self.send("cutover_cancelled", {"shards": self.worker.cancel_cutover()})
         elif message.event == "activate":

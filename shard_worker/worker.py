@@ -35,6 +35,10 @@ log = logging.getLogger("shard_worker.worker")
 
 #: How long a graceful stop waits for RabbitMQ to confirm what is still buffered.
 FLUSH_TIMEOUT_S = 5.0
+#: How long a stop that ends the sessions of an old set waits for every shard to be caught up
+#: (its probe at ``T`` answered: ``shard_worker/reshard.py``) before it flushes: a shard that
+#: reconnects at the cut-over needs its resume first. Past it the sessions are closed resumably.
+CATCH_UP_TIMEOUT_S = 20.0
 #: How long a stop that ends the sessions (an old set after a reshard's cut-over) waits for
 #: RabbitMQ first, its connections still open: once a session is ended, what was not confirmed
 #: can never be replayed. Past it the sessions are closed resumably instead (the supervisor
@@ -107,6 +111,11 @@ class Worker:
                 self.cutovers[shard_id] = runner.hold_events(config.hold_s)
         self._stop = asyncio.Event()
         self._end_sessions = False
+        #: Called with (role, shard) when a shard's cut-over probe is answered (the link
+        #: reports it to the supervisor).
+        self.on_probe_answered: Callable[[str, int], None] | None = None
+        for runner in self.runners.values():
+            runner.on_probe_answered = self._probe_answered
 
     # -- live reshard -------------------------------------------------------------------------
     def cutover(self, role: Role, handover: Handover) -> int:
@@ -124,12 +133,46 @@ class Worker:
         )  # fmt: skip
         return applied
 
+    def _probe_answered(self, runner: ShardRunner) -> None:
+        cutover = runner.cutover or self.cutovers.get(runner.shard_id)
+        role = cutover.role.value if cutover is not None else Role.NEW.value
+        if self.on_probe_answered is not None:
+            self.on_probe_answered(role, runner.shard_id)
+
+    def old_caught_up(self) -> int:
+        """Every old shard is caught up (the supervisor's ``old_caught_up`` order): a new set's
+        shard probes, and marks its copies until the ACK (``ShardCutover.old_done``). Returns
+        how many shards probe."""
+        probing = 0
+        for shard_id, runner in self.runners.items():
+            cutover = self.cutovers.get(shard_id)
+            if cutover is not None and cutover.role is Role.NEW and not cutover.old_done:
+                runner.probe()
+                probing += 1
+        return probing
+
+    async def _old_caught_up(self, timeout: float) -> bool:
+        """Wait until every shard of an old set's cut-over is caught up (True), at most
+        ``timeout``."""
+        waits = [
+            r.probe_answered.wait() for s, r in self.runners.items()
+            if (c := self.cutovers.get(s)) is not None and c.role is Role.OLD and not c.caught_up
+        ]  # fmt: skip
+        if not waits:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     def cancel_cutover(self) -> int:
         """The reshard was aborted before its cut-over point: an old set's shards go back to
         plain publishing (they would otherwise drop everything after ``T``). Returns how many."""
         cancelled = 0
         for runner in self.runners.values():
             if runner.cutover is not None and runner.cutover.role is Role.OLD:
+                runner.cancel_cut()
                 runner.cutover = None
                 cancelled += 1
         self.cutovers.clear()
@@ -242,6 +285,8 @@ class Worker:
             self.config.group,
             mask_url(self.config.amqp_url),
         )
+        if self.config.cutover is not None:  # restarted in the middle of a cut-over
+            self.cutover(Role(self.config.cutover["role"]), Handover.from_dict(self.config.cutover))
         bridge_task = asyncio.create_task(self.bridge.run(), name="amqp-bridge")
         stop_task = asyncio.create_task(self._stop.wait(), name="stop")
         connected = asyncio.create_task(self.bridge.connected.wait())
@@ -285,6 +330,17 @@ class Worker:
 
     async def _shutdown(self, shard_tasks: dict, bridge_task: asyncio.Task, stop_task: asyncio.Task) -> None:
         end = self._end_sessions
+        if end and not await self._old_caught_up(CATCH_UP_TIMEOUT_S):
+            # Issue 20, defect 1: its shards publish until caught up; ending before would drop
+            # what Discord sent before T and they have not read yet.
+            behind = [s for s, c in self.cutovers.items() if c.role is Role.OLD and not c.caught_up]
+            log.error(
+                "shards %s not caught up %.0f s after the cut-over was due: closing the sessions "
+                "resumably instead of ending them",
+                format_shard_ids(behind),
+                CATCH_UP_TIMEOUT_S,
+            )
+            end = False
         if end and not await self.bridge.flush(END_FLUSH_TIMEOUT_S):
             # Issue 20, defect 2: ending first lost for good whatever RabbitMQ had not confirmed.
             log.error(

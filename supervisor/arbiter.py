@@ -605,7 +605,10 @@ class Arbiter:
         template = self.groups[0].config
         configs = new_set_configs(template, target, len(template.shard_ids), self.shard_count)
         first = max(g.index for g in self.groups) + 1
-        self._resharding = ReshardRun(configs, log_format=self.options.log_format, first_group=first)
+        self._resharding = ReshardRun(
+            configs, log_format=self.options.log_format, first_group=first,
+            old_shards=[s for g in self.groups if self._runs(g) for s in g.config.shard_ids if s not in g.held],
+        )  # fmt: skip
         for child in self._resharding.spawn():
             self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
         self._tell_orphans()
@@ -829,6 +832,11 @@ class Arbiter:
             # An old child's answer to a reshard's cut-over order (the new set's go to the run).
             if data.get("late") and self._resharding is not None:
                 self._resharding.fail(f"{child.label} of the old set was told the cut-over point too late")
+        elif event == "probe_answered":
+            # An old shard is caught up at the cut-over (it publishes nothing more).
+            shard = data.get("shard")
+            if self._resharding is not None and shard in child.shard_set:
+                self._resharding.old_caught_up(shard)
         else:
             log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
 
@@ -1120,9 +1128,20 @@ class Arbiter:
             if group.child is None and group.config.shard_ids and self._runs(group) and now >= group.start_at:
                 self._spawn(group, now)
 
-    def _spawn(self, group: Group, now: float) -> None:
+    def _child_config(self, group: Group) -> WorkerConfig:
+        """What a (re)started child of ``group`` is given: its sessions, and during a reshard's
+        cut-over the cut-over point (a child replacing one that crashed after the old set was
+        told ``T`` must apply it from its start)."""
         sessions = {s: self.sessions[s] for s in group.config.shard_ids if s in self.sessions}
-        config = replace(group.config, sessions=sessions)
+        plan = self.reshard
+        cutover = None
+        if self._resharding is not None and plan is not None and plan.phase in (Phase.CUTOVER, Phase.DRAINING):
+            cutover = {"role": "old", **plan.handover().to_dict()}
+        return replace(group.config, sessions=sessions, cutover=cutover)
+
+    def _spawn(self, group: Group, now: float) -> None:
+        config = self._child_config(group)
+        sessions = config.sessions
         child = Child(group.index, config, log_format=self.options.log_format)
         group.child = child
         self.metrics.child_started(group.index, child.pid, child.started_at)

@@ -33,7 +33,7 @@ from typing import Any
 
 from shard_worker.config import SavedSession, WorkerConfig
 from shard_worker.ipc import Message
-from shard_worker.worker import END_FLUSH_TIMEOUT_S
+from shard_worker.worker import CATCH_UP_TIMEOUT_S, END_FLUSH_TIMEOUT_S
 
 from .child import Child
 from .shard_sets import DEFAULT_DRAIN_S, Order, Reshard, advance, next_due
@@ -71,8 +71,15 @@ def preparing(config: WorkerConfig) -> WorkerConfig:
 class ReshardRun:
     """The new set's children during one reshard (see the module docstring)."""
 
-    def __init__(self, configs: list[WorkerConfig], *, log_format: str | None = None, first_group: int = 0) -> None:
+    def __init__(
+        self, configs: list[WorkerConfig], *, log_format: str | None = None, first_group: int = 0,
+        old_shards: list[int] | None = None,
+    ) -> None:  # fmt: skip
         self.configs = configs
+        #: The old set's shards not caught up yet at the cut-over (their probe at ``T`` not
+        #: answered); once none is left the new set is told (``old_caught_up``).
+        self.behind: set[int] = set(old_shards or ())
+        self.old_done_told = False
         self.log_format = log_format
         self.first_group = first_group
         #: group index -> its child (None once it exited)
@@ -140,6 +147,8 @@ class ReshardRun:
                 for key, report in reports.items():
                     if isinstance(report, dict) and str(key).isdigit():
                         self._session(int(key), report.get("session"))
+        elif event == "probe_answered":
+            pass  # a new shard stopped marking (counted in its cut-over counters)
         elif event == "cutover_ack" and data.get("late"):
             self.fail(f"{child.label} was told the cut-over point too late")
         elif event == "stopped":
@@ -154,14 +163,27 @@ class ReshardRun:
             except (KeyError, TypeError):
                 pass
 
+    def old_caught_up(self, shard: int) -> None:
+        """An old shard's probe at ``T`` was answered: it has read (and published) everything
+        Discord sent it before ``T``, and publishes nothing more. Once every old shard is, the
+        new set is told: its shards probe too and stop marking their copies after the ACK
+        (``shard_worker/reshard.py``)."""
+        self.behind.discard(shard)
+        if not self.behind and not self.old_done_told:
+            self.old_done_told = True
+            for child in self.live():
+                child.send("old_caught_up")
+            log.info("reshard: every old shard is caught up at the cut-over; the new set stops marking")
+
     # -- the steps ----------------------------------------------------------------------------
     def step(self, plan: Reshard, old_children: list[Child], now: float) -> Reshard:
         """One pass of the arbiter's loop: ``shard_sets.advance`` says what is due; this only
         carries the orders out. Returns the plan's next value."""
         before = plan
         plan, orders = advance(
-            plan, now, new_ready=self.ready_count(), failure=self.failure, old_ended=self.old_stopped
-        )
+            plan, now, new_ready=self.ready_count(), failure=self.failure, old_ended=self.old_stopped,
+            old_caught_up=not self.behind,
+        )  # fmt: skip
         for order in orders:
             if order is Order.CUTOVER:
                 rule = plan.handover()
@@ -194,18 +216,19 @@ class ReshardRun:
 
     def timeout(self, plan: Reshard, now: float) -> float | None:
         """How long the loop may sleep before the next step is due (``shard_sets.next_due``)."""
-        due = next_due(plan, self.old_stopped)
+        due = next_due(plan, self.old_stopped, now=now)
         return None if due is None else max(0.0, due - now)
 
 
 def end(child: Child, now: float) -> None:
     """Stop ``child`` gracefully with its sessions ended (1000): nothing resumes them. No
-    SIGTERM: the order carries the flag. The child first waits for RabbitMQ to confirm what it
-    still holds (up to ``END_FLUSH_TIMEOUT_S``, its connections open): the arbiter kills it only
-    after that and :data:`END_GRACE_MARGIN_S` more."""
+    SIGTERM: the order carries the flag. The child first waits until its shards are caught up
+    at the cut-over (``CATCH_UP_TIMEOUT_S``) and RabbitMQ has confirmed what it still holds
+    (``END_FLUSH_TIMEOUT_S``), its connections open: the arbiter kills it only after both and
+    :data:`END_GRACE_MARGIN_S` more."""
     if child.stopping_since is None:
         child.stopping_since = now
-        child.grace = END_FLUSH_TIMEOUT_S + END_GRACE_MARGIN_S
+        child.grace = CATCH_UP_TIMEOUT_S + END_FLUSH_TIMEOUT_S + END_GRACE_MARGIN_S
         child.send("stop", {"end_sessions": True})
 
 

@@ -291,9 +291,13 @@ class Reshard:
 
 # -- what to do now ---------------------------------------------------------------------------
 
-#: After the cut-over point the old set is stopped this much later: what it received before ``T``
-#: has been published by then (its stop also waits for RabbitMQ's confirms).
+#: After the cut-over point the old set is stopped this much later, once every old shard is
+#: caught up (its probe at ``T`` answered: all Discord sent it before ``T`` read). Its stop also
+#: waits for the catch-up and for RabbitMQ's confirms.
 DEFAULT_DRAIN_S = 1.0
+#: ... but no later than this after ``T``: an old shard that cannot catch up (its process keeps
+#: crashing, its session is lost) does not hold the reshard forever.
+DEFAULT_CATCH_UP_S = 30.0
 
 
 class Order(str, enum.Enum):
@@ -312,7 +316,8 @@ class Order(str, enum.Enum):
 
 
 def advance(
-    plan: Reshard, now: float, *, new_ready: int, failure: str | None, old_ended: bool, drain_s: float = DEFAULT_DRAIN_S
+    plan: Reshard, now: float, *, new_ready: int, failure: str | None, old_ended: bool, drain_s: float = DEFAULT_DRAIN_S,
+    old_caught_up: bool = True, catch_up_s: float = DEFAULT_CATCH_UP_S,
 ) -> tuple[Reshard, list[Order]]:
     """The next value of ``plan`` at ``now`` and the orders due, given what the arbiter saw:
     ``new_ready`` new shards READY, the first ``failure`` of the new set (None: none), whether
@@ -323,7 +328,9 @@ def advance(
       after ``T`` a failure is not the reshard's to handle (there is no going back);
     * every new shard READY while preparing: choose ``T`` and tell both sets;
     * ``T`` reached: the new set serves (it consumes the outbound queues);
-    * ``drain_s`` after ``T``: end the old set (its sessions are not resumed)."""
+    * ``drain_s`` after ``T`` and every old shard ``old_caught_up`` (at the latest
+      ``catch_up_s`` after ``T``): end the old set (its sessions are not resumed). A crashed old
+      child restarted meanwhile resumes and catches up first (issue 20, defects 1 and 3)."""
     cut_at = plan.cut_at
     if plan.phase in (Phase.PREPARING, Phase.CUTOVER) and failure is not None and (cut_at is None or now < cut_at):
         return plan.abort(failure, now), ([Order.CANCEL] if cut_at is not None else []) + [Order.END_NEW]
@@ -332,19 +339,24 @@ def advance(
     if plan.phase is Phase.CUTOVER and cut_at is not None and now >= cut_at:
         return plan.cut_passed(now), [Order.ACTIVATE]
     if plan.phase is Phase.DRAINING and not old_ended and cut_at is not None and now >= cut_at + drain_s:
-        return plan, [Order.END_OLD]
+        if old_caught_up or now >= cut_at + catch_up_s:
+            return plan, [Order.END_OLD]
     return plan, []
 
 
-def next_due(plan: Reshard, old_ended: bool, drain_s: float = DEFAULT_DRAIN_S) -> float | None:
+def next_due(
+    plan: Reshard, old_ended: bool, drain_s: float = DEFAULT_DRAIN_S, now: float | None = None,
+    catch_up_s: float = DEFAULT_CATCH_UP_S,
+) -> float | None:  # fmt: skip
     """When :func:`advance` next has something to do by the clock alone (None: only an event,
-    a READY or a failure, can move the plan): the loop sleeps no longer than this."""
+    a READY, a catch-up or a failure, can move the plan): the loop sleeps no longer than this."""
     if plan.cut_at is None:
         return None
     if plan.phase is Phase.CUTOVER:
         return plan.cut_at
     if plan.phase is Phase.DRAINING and not old_ended:
-        return plan.cut_at + drain_s
+        drained = plan.cut_at + drain_s
+        return drained if now is None or now < drained else plan.cut_at + catch_up_s
     return None
 
 

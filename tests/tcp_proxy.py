@@ -2,7 +2,10 @@
 
 ``cut()`` aborts every proxied connection and refuses new ones (accept, then reset) until
 ``restore()``. ``hold()`` stops forwarding what the client sends (the server's bytes still
-flow) until ``cut()``, which drops what was held: a write that never reached the server. Runs on its own event loop in a daemon thread; only loopback addresses.
+flow) until ``cut()``, which drops what was held: a write that never reached the server.
+``lag_s`` delays every byte the server sends by that long, in order (a client that reads
+late: a loaded host, TCP retransmits, a paused reader); the client's bytes go at once. Runs on
+its own event loop in a daemon thread; only loopback addresses.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, lag_s: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.lag_s = lag_s
         self.port = 0
         self.refusing = False
         self.holding = False
@@ -65,7 +69,36 @@ class TcpProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        async def lagging(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            loop = asyncio.get_running_loop()
+            chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def feed() -> None:
+                try:
+                    while data := await src.read(65536):
+                        chunks.put_nowait((loop.time() + self.lag_s, data))
+                except (ConnectionError, OSError):
+                    pass
+                chunks.put_nowait((loop.time() + self.lag_s, b""))
+
+            feeder = asyncio.ensure_future(feed())
+            try:
+                while True:
+                    due, data = await chunks.get()
+                    if (wait := due - loop.time()) > 0:
+                        await asyncio.sleep(wait)
+                    if not data:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                feeder.cancel()
+                dst.transport.abort()
+
+        downstream = lagging(up_reader, writer) if self.lag_s > 0 else pipe(up_reader, writer, False)
+        await asyncio.gather(pipe(reader, up_writer, True), downstream)
         for w in (writer, up_writer):
             self._transports.discard(w.transport)
 

@@ -219,6 +219,12 @@ class ShardRunner:
         self.sent = 0
         #: A reshard's handover for this shard (``shard_worker.reshard``), else None.
         self.cutover: ShardCutover | None = None
+        #: The cut-over of a reshard waits for a probe's ACK (:meth:`probe`); set when it came.
+        self._probing = False
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self.probe_answered = asyncio.Event()
+        #: Called with this runner when its probe is answered (the worker reports it).
+        self.on_probe_answered: Callable[[ShardRunner], None] | None = None
 
     # -- live reshard -------------------------------------------------------------------------
     def hold_events(self, hold_s: float) -> ShardCutover:
@@ -228,8 +234,9 @@ class ShardRunner:
 
     def cut(self, role: Role, handover: Handover) -> ShardCutover | None:
         """The supervisor's cut-over order: a new set's shard publishes what it held back by
-        the rule; an old set's shard starts applying it (nothing after ``T``). Returns the
-        cut-over, or None for a new set's shard that was not holding (nothing to do)."""
+        the rule; an old set's shard starts applying it and probes at ``T`` (it publishes until
+        the probe's ACK). Returns the cut-over, or None for a new set's shard that was not
+        holding (nothing to do)."""
         cutover = self.cutover
         if role is Role.NEW:
             if cutover is None or not cutover.holding:
@@ -237,7 +244,46 @@ class ShardRunner:
             cutover.cut(handover)
             return cutover
         self.cutover = ShardCutover(Role.OLD, self._publish_cut, handover=handover)
+        self.probe_answered.clear()
+        self.cancel_cut()
+        delay = max(0.0, handover.cut_at - time.monotonic())
+        self._probe_timer = asyncio.get_running_loop().call_later(delay, self.probe)
         return self.cutover
+
+    def cancel_cut(self) -> None:
+        """The reshard was aborted before ``T``: no probe, plain publishing again."""
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        self._probing = False
+
+    def probe(self) -> None:
+        """Send a heartbeat whose ACK proves everything Discord sent before it has been read
+        (``ShardMachine.probe``); :attr:`probe_answered` is set once it came. Without a READY
+        connection now, the probe goes once the session is READY again (a resume's replay
+        comes before RESUMED)."""
+        if self.probe_answered.is_set():
+            return
+        self._probing = True
+        ws = self._ws
+        if ws is None:
+            return
+        for action in self.machine.probe(asyncio.get_running_loop().time()):
+            task = asyncio.ensure_future(self._send_control(ws, action))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _probe_done(self) -> None:
+        self._probing = False
+        cutover = self.cutover
+        if cutover is not None and cutover.role is Role.OLD:
+            cutover.catch_up()
+            log.info("shard %d: caught up at the cut-over (everything Discord sent before T read)", self.shard_id)
+        elif cutover is not None:
+            cutover.old_done = True
+        self.probe_answered.set()
+        if self.on_probe_answered is not None:
+            self.on_probe_answered(self)
 
     def _publish_cut(self, session_id: str | None, t: str, seq: int | None, body: bytes, headers: dict[str, int]) -> None:
         self.publisher.publish_marked(self.shard_id, session_id, t, seq, body, headers)
@@ -372,6 +418,8 @@ class ShardRunner:
             while True:
                 batch = await recv_batch()
                 for frame in batch:
+                    if self._probing and machine.probe_answered:  # the ACK was the last frame
+                        self._probe_done()
                     for action in machine.receive(frame, time()):
                         if type(action) is Dispatch:
                             t = action.t
@@ -404,6 +452,8 @@ class ShardRunner:
                                 return
                         else:
                             await self._act(ws, action, tasks)
+                if self._probing and machine.probe_answered:
+                    self._probe_done()
                 # Drop the last batch now: an idle shard's frame would keep its payload (a
                 # GUILD_CREATE of tens of KB) alive until the next dispatch.
                 batch = action = frame = None
@@ -482,6 +532,8 @@ class ShardRunner:
             self.ready.set()
             self.on_state(self, "ready")
             tasks.append(asyncio.create_task(self._sender(ws), name=f"shard-{self.shard_id}-sender"))
+            if self._probing:  # a probe lost with the last connection: ask again on this one
+                self.probe()
 
     async def _send_control(self, ws: ClientConnection, action: Send) -> None:
         # The redacting log filter replaces the token of IDENTIFY/RESUME in this line.

@@ -196,6 +196,11 @@ class ShardMachine:
         self._hello_deadline: float | None = None
         self._acked = True
         self._last_heartbeat_sent: float | None = None
+        #: Heartbeats written and ACKs read on this connection, and the count of ACKs that
+        #: proves the last :meth:`probe` answered (None: no probe on this connection).
+        self.heartbeats_sent = 0
+        self.acks = 0
+        self._probe: int | None = None
         self.latency: float | None = None
         self._inflater: Inflater | None = None
         self._pending_close: Reconnect | Fatal | None = None
@@ -239,6 +244,8 @@ class ShardMachine:
         self._hello_deadline = now + HELLO_TIMEOUT_S
         self._acked = True
         self._last_heartbeat_sent = None
+        self.heartbeats_sent = self.acks = 0
+        self._probe = None
         self._inflater = new_inflater(self.compress)  # a new stream context per connection
         self._pending_close = None
 
@@ -319,6 +326,7 @@ class ShardMachine:
     def _on_control(self, op: Any, d: Any, now: float) -> list:
         if op == Op.HEARTBEAT_ACK:
             self._acked = True
+            self.acks += 1
             if self._last_heartbeat_sent is not None:
                 self.latency = now - self._last_heartbeat_sent
             return []
@@ -391,6 +399,28 @@ class ShardMachine:
         self._next_heartbeat = now + self.heartbeat_interval  # type: ignore[operator]
         return [self._heartbeat(now)]
 
+    def probe(self, now: float) -> list:
+        """An extra heartbeat whose ACK proves that everything Discord sent on this connection
+        before it received the heartbeat has been read (a websocket is ordered, and Discord
+        answers heartbeats in order): :attr:`probe_answered` turns True with that ACK. Only on
+        a READY connection (else nothing is sent). Zombie detection is unchanged: it watches
+        the timer's heartbeats."""
+        if self.phase is not Phase.READY:
+            return []
+        send = self._heartbeat(now)
+        self._probe = self.heartbeats_sent
+        return [send]
+
+    @property
+    def probe_answered(self) -> bool:
+        """The last :meth:`probe` of this connection has its ACK."""
+        return self._probe is not None and self.acks >= self._probe
+
+    @property
+    def probing(self) -> bool:
+        """A probe was sent on this connection and is not answered yet."""
+        return self._probe is not None and self.acks < self._probe
+
     def on_close(self, code: int | None) -> Reconnect | Fatal:
         """The socket is closed (by us with a pending decision, or by the server with ``code``)."""
         self._next_heartbeat = None
@@ -432,6 +462,7 @@ class ShardMachine:
     # -- helpers ------------------------------------------------------------------------------
     def _heartbeat(self, now: float) -> Send:
         self._last_heartbeat_sent = now
+        self.heartbeats_sent += 1
         return self._encode(Op.HEARTBEAT, self.seq)
 
     def _encode(self, op: int, d: Any) -> Send:

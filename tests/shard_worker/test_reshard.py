@@ -3,7 +3,9 @@ dropped, published and marked, by the handover rule of ``supervisor/shard_sets.p
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -37,17 +39,24 @@ def test_new_set_holds_until_told_then_publishes_from_t_minus_overlap_marked_in_
     assert out == [(2, {OVERLAP_HEADER: 8}), (3, {OVERLAP_HEADER: 8})]
     assert cut.dropped == 2 and cut.held == 0 and cut.marked == 2
     assert cut.offer(100.5, "s", "T", 4, b"{}") is False  # still in the window: marked
-    assert cut.offer(101.0, "s", "T", 5, b"{}") is True  # settled: the runner publishes plainly now
-    assert out[-2:] == [(4, {OVERLAP_HEADER: 8}), (5, {})]
-    assert cut.counters() == {"held": 0, "dropped": 2, "marked": 3, "published": 4}
+    # past the window, but the old set is not known to be caught up: still marked
+    assert cut.offer(101.0, "s", "T", 5, b"{}") is False
+    cut.old_done = True  # every old shard caught up, and this shard's own probe answered
+    assert cut.offer(101.2, "s", "T", 6, b"{}") is True  # settled: the runner publishes plainly now
+    assert out[-3:] == [(4, {OVERLAP_HEADER: 8}), (5, {OVERLAP_HEADER: 8}), (6, {})]
+    assert cut.counters() == {"held": 0, "dropped": 2, "marked": 4, "published": 5}
 
 
-def test_old_set_publishes_before_t_marks_its_window_and_drops_after():
+def test_old_set_publishes_until_caught_up_marks_from_its_window_and_drops_after():
     out, publish = recorder()
     cut = ShardCutover(Role.OLD, publish, handover=RULE)
-    for seq, at in enumerate([97.9, 98.0, 99.99, 100.0, 130.0]):
-        assert cut.offer(at, "s", "T", seq, b"{}") is False  # never settled: it stops after T
-    assert out == [(0, {}), (1, {OVERLAP_HEADER: 4}), (2, {OVERLAP_HEADER: 4})]
+    # read late (after T) is not dropped: Discord may have sent it long before T
+    for seq, at in enumerate([97.9, 98.0, 99.99, 100.0, 103.0]):
+        assert cut.offer(at, "s", "T", seq, b"{}") is False  # never settled
+    cut.catch_up()  # the probe sent at T is answered: everything sent before T was read
+    for seq, at in enumerate([103.1, 130.0], start=5):
+        assert cut.offer(at, "s", "T", seq, b"{}") is False
+    assert out == [(0, {}), (1, {OVERLAP_HEADER: 4}), (2, {OVERLAP_HEADER: 4}), (3, {OVERLAP_HEADER: 4}), (4, {OVERLAP_HEADER: 4})]
     assert cut.dropped == 2
     with pytest.raises(ValueError):
         ShardCutover(Role.OLD, publish)
@@ -62,37 +71,47 @@ def test_held_dispatches_older_than_hold_s_are_dropped_while_holding():
 
 
 @given(
-    events=st.lists(st.tuples(st.floats(90, 110, allow_nan=False), st.floats(-0.99, 0.99, allow_nan=False)), max_size=60),
+    sent=st.lists(st.floats(90, 110, allow_nan=False), max_size=60),
+    old_lag=st.floats(0.0, 10.0),  # the old set reads late: any lag
+    new_lag=st.floats(0.0, 0.5),  # the new set within half the overlap
+    probe_latency=st.floats(0.0, 0.45),  # the old probe's way to Discord, written at T
+    new_probe_after=st.floats(0.0, 5.0),  # the new set's probe, after the old set caught up
     told=st.floats(90, 110, allow_nan=False),
 )
-def test_both_sets_together_lose_nothing_and_mark_every_duplicate(events, told):
-    """Each logical event reaches the old set at ``at`` and the new set within the overlap; the
-    old set is told T before its window opens, the new one at any time (it holds back)."""
+def test_both_sets_together_lose_nothing_and_mark_every_duplicate(sent, old_lag, new_lag, probe_latency, new_probe_after, told):
+    """Each logical event is sent to both sets at ``sent``; each connection reads in order
+    with its own lag. The old set probes at T and catches up at the ACK (read after all it
+    was sent before Discord got the probe); the new set, told at any time (it holds back),
+    probes once the old set is caught up and stops marking at its own ACK."""
     old_out, old_publish = recorder()
     new_out, new_publish = recorder()
-    old = None
+    old = ShardCutover(Role.OLD, old_publish, handover=RULE)
     new = ShardCutover(Role.NEW, new_publish, hold_s=1e9)
-    stream = sorted([(at, "old", i) for i, (at, _) in enumerate(events)] + [(at + skew, "new", i) for i, (at, skew) in enumerate(events)])
-    told_new = False
-    for at, who, i in stream:
-        if not told_new and at >= told:
+    old_mark = RULE.cut_at + probe_latency  # Discord's time of the old probe
+    old_ack = old_mark + old_lag  # read by the old set
+    new_ack = old_ack + new_probe_after + new_lag  # the new probe, sent after that, answered
+    stream = [(at + old_lag, 1, "old", i) for i, at in enumerate(sent) if at < old_mark]
+    stream += [(at + old_lag, 2, "old-late", i) for i, at in enumerate(sent) if at >= old_mark]
+    stream += [(at + new_lag, 1, "new", i) for i, at in enumerate(sent)]
+    stream += [(old_ack, 1.5, "old-ack", -1), (new_ack, 0, "new-ack", -1), (told, -1, "told", -1)]
+    for at, _, what, i in sorted(stream):
+        if what == "told":
             new.cut(RULE)
-            told_new = True
-        if who == "old":
-            if old is None and at >= RULE.cut_at - 2 * RULE.overlap_s - 0.5:
-                old = ShardCutover(Role.OLD, old_publish, handover=RULE)
-            if old is None:
-                old_publish(None, "T", i, b"", {})
-            else:
-                old.offer(at, None, "T", i, b"")
+        elif what == "old-ack":
+            old.catch_up()
+        elif what == "new-ack":
+            new.old_done = True
+        elif what.startswith("old"):
+            assert old.caught_up == (what == "old-late")  # a websocket is ordered
+            old.offer(at, None, "T", i, b"")
         else:
             new.offer(at, None, "T", i, b"")
-    if not told_new:
+    if new.holding:
         new.cut(RULE)
     copies: dict[int, list[dict]] = {}
     for seq, headers in old_out + new_out:
         copies.setdefault(seq, []).append(headers)
-    assert set(copies) == set(range(len(events)))  # 0 lost
+    assert set(copies) == set(range(len(sent)))  # 0 lost
     for headers in copies.values():
         assert len(headers) <= 2
         if len(headers) == 2:
@@ -121,11 +140,16 @@ def test_an_aborted_reshard_gives_the_old_set_plain_publishing_back():
     from shard_worker.config import WorkerConfig
     from shard_worker.worker import Worker
 
-    worker = Worker(WorkerConfig([0, 1], 2, "ws://x", token="t"))
-    assert worker.cutover(Role.OLD, Handover(100.0, 1.0, 2, 4)) == 2
-    assert all(r.cutover is not None for r in worker.runners.values())
-    assert worker.cancel_cutover() == 2
-    assert all(r.cutover is None for r in worker.runners.values()) and worker.reshard_counters() is None
+    async def main() -> None:  # the cut-over schedules the probe at T on the worker's loop
+        worker = Worker(WorkerConfig([0, 1], 2, "ws://x", token="t"))
+        assert worker.cutover(Role.OLD, Handover(time.monotonic() + 0.05, 1.0, 2, 4)) == 2
+        assert all(r.cutover is not None for r in worker.runners.values())
+        assert worker.cancel_cutover() == 2
+        assert all(r.cutover is None for r in worker.runners.values()) and worker.reshard_counters() is None
+        await asyncio.sleep(0.1)  # T passes: no probe for a cancelled cut-over
+        assert not any(r._probing for r in worker.runners.values())
+
+    asyncio.run(main())
 
 
 def test_a_new_set_worker_holds_from_the_start():

@@ -187,3 +187,65 @@ def test_an_ending_set_flushes_before_it_ends_its_sessions(amqp_url, rabbit, gro
     # the close frame was on its way, may be unread: at most the rate for a fraction of a second).
     assert len(missing) <= 5, f"{len(missing)} of {len(expected)} events lost"
     assert len(expected) > 300
+
+
+def test_an_old_shard_reading_late_at_the_cut_over_loses_nothing(amqp_url, rabbit, group):
+    """Issue 20, defect 1: the old set's rule was "publish what you *read* before T", the new
+    set's "from T - 1 s". An old shard that reads 2.5 s late (here: a proxy delays every byte
+    Discord sends it) reads after T what Discord sent in [T - 2.5, T - 1): the new set dropped
+    those as too early, the old set as too late. Now the old shard sends a heartbeat at T and
+    publishes until its ACK, which Discord sends after everything it sent before it: nothing
+    sent before T is dropped, whatever the lag."""
+    from urllib.parse import urlsplit
+
+    from tests.tcp_proxy import TcpProxy
+
+    lag = 2.5
+    with SimulatorThread(
+        token=TOKEN, shard_count=1, reshardable=True, guilds_per_shard=4, events_per_shard=-1, rate=40,
+        heartbeat_interval_ms=20000, identify_interval_s=0.0, max_concurrency=2, seed=9,
+    ) as sim:  # fmt: skip
+        sim_port = urlsplit(sim.url).port
+        queue = spectacles.queue_name(group, "MESSAGE_CREATE", "lag")
+        rabbit.bind(group, queue, "MESSAGE_CREATE")
+        rabbit.track(*(spectacles.shard_queue(group, i) for i in range(2)), spectacles.send_queue(group))
+        with TcpProxy("127.0.0.1", sim_port, lag_s=lag) as proxy:
+            old_config = dataclasses.replace(
+                worker_config(sim, amqp_url, group, [0]), gateway_url=f"ws://127.0.0.1:{proxy.port}"
+            )
+            new_config = dataclasses.replace(
+                worker_config(sim, amqp_url, group, [0, 1]), shard_count=2, hold_events=True, standby=True
+            )
+            with WorkerThread(old_config) as old:
+                # the old set serves first (as in a real reshard: the new set's events exist
+                # for the old set's session too only once that session exists)
+                wait_for(lambda: sim.call("ready_sets") == {1: [0]}, 40, what="the old set READY")
+                time.sleep(lag + 0.5)
+                with WorkerThread(new_config) as new:
+                    wait_for(lambda: sim.call("ready_sets") == {1: [0], 2: [0, 1]}, 40, what="both sets READY")
+                    time.sleep(1.0)
+                    rule = Handover(time.monotonic() + 4.0, OVERLAP_S, 1, 2)
+                    [ack] = Link(old).order("cutover", {"role": "old", **rule.to_dict()})
+                    assert ack.data["late"] is False
+                    new_link = Link(new)
+                    [ack] = new_link.order("cutover", {"role": "new", **rule.to_dict()})
+                    time.sleep(max(0.0, rule.cut_at - time.monotonic()))
+                    new_link.order("activate")
+                    time.sleep(1.0)  # the drain, as the supervisor waits
+                    old_session = sim.snapshot()["sets"][1][0]["session_id"]
+                    old_hist = [f for f in sim.call("history", old_session) if f["t"] == "MESSAGE_CREATE"]
+                    due = {f["d"]["id"] for f in old_hist}
+                    old.call(lambda: old.worker.stop(end_sessions=True))
+                    assert old.wait_exit(60) == 0
+                    time.sleep(1.0)
+                    for state in sim.snapshot()["sets"][2].values():
+                        hist = [f for f in sim.call("history", state["session_id"]) if f["t"] == "MESSAGE_CREATE"]
+                        due |= {f["d"]["id"] for f in hist}
+                    assert new.stop() == 0
+    copies: dict[str, list[dict]] = {}
+    for _, props, body in rabbit.get_all(queue):
+        copies.setdefault(json.loads(body)["id"], []).append(props.headers or {})
+    lost = due - set(copies)
+    assert len(due) > 200 and not lost, f"{len(lost)} of {len(due)} lost"
+    duplicates = [c for c in copies.values() if len(c) > 1]
+    assert all(len(c) == 2 and sorted(h.get(OVERLAP_HEADER) for h in c) == [1, 2] for c in duplicates)

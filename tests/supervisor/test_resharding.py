@@ -84,3 +84,18 @@ def test_after_t_there_is_no_abort():
     plan = run.step(run.step(plan, old, 11.0), old, 14.0)
     run.fail("too late")
     assert run.step(plan, old, 14.5).phase is Phase.DRAINING
+
+
+def test_the_new_set_is_told_once_every_old_shard_is_caught_up():
+    # Issue 20, defect 1: the new set marks its copies until the old set cannot publish any more
+    # (every old shard's probe at T answered), then probes itself and stops marking.
+    template = WorkerConfig([0, 1, 2, 3], 4, "ws://x", token="t")
+    run = ReshardRun(new_set_configs(template, 8, 4), first_group=1, old_shards=[0, 1, 2, 3])
+    new = [StandIn(1, [0, 1, 2, 3]), StandIn(2, [4, 5, 6, 7])]
+    run.children = {c.group: c for c in new}  # type: ignore[misc]
+    for shard in (0, 1, 3):
+        run.old_caught_up(shard)
+    assert all("old_caught_up" not in events(c) for c in new)  # shard 2 still reads
+    run.old_caught_up(2)
+    run.old_caught_up(2)  # a second report (after a reconnect) tells nobody twice
+    assert all(events(c) == ["old_caught_up"] for c in new)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shard_worker.gateway.protocol import shard_for_guild
+from shard_worker.reshard import MARK_LIMIT_S
 from supervisor import shard_sets
 from supervisor.shard_sets import (
     FINAL,
@@ -178,63 +179,71 @@ def test_queue_changes():
 # -- the handover -----------------------------------------------------------------------------
 
 
-def test_the_handover_window_and_headers():
+def test_the_handover_rule_and_headers():
     h = Handover(cut_at=100.0, overlap_s=1.0, old_count=4, new_count=8)
-    assert h.window == (98.0, 101.0)
-    assert h.publishes(Role.OLD, 99.99) and not h.publishes(Role.OLD, 100.0)
+    # the old set publishes until it is caught up (its probe at T answered), whatever it read when
+    assert h.publishes(Role.OLD, 99.99) and h.publishes(Role.OLD, 104.0)
+    assert not h.publishes(Role.OLD, 99.0, caught_up=True)
     assert not h.publishes(Role.NEW, 98.99) and h.publishes(Role.NEW, 99.0)
-    assert h.headers(Role.OLD, 98.0) == {OVERLAP_HEADER: 4}
+    assert h.headers(Role.OLD, 98.0) == {OVERLAP_HEADER: 4} and h.headers(Role.OLD, 103.5) == {OVERLAP_HEADER: 4}
     assert h.headers(Role.OLD, 97.99) == {}
     assert h.headers(Role.NEW, 99.0) == {OVERLAP_HEADER: 8}
     assert h.headers(Role.NEW, 100.99) == {OVERLAP_HEADER: 8} and h.headers(Role.NEW, 101.0) == {}
+    # while the old set is not known to be caught up, the new set's copies stay marked (for a bound)
+    assert h.headers(Role.NEW, 130.0, old_done=False) == {OVERLAP_HEADER: 8}
+    assert h.headers(Role.NEW, 100.0 + MARK_LIMIT_S, old_done=False) == {}
+    assert not h.settled(Role.NEW, 130.0, old_done=False) and h.settled(Role.NEW, 101.0, old_done=True)
+    assert h.settled(Role.NEW, 100.0 + MARK_LIMIT_S, old_done=False)
+    assert not h.settled(Role.OLD, 1e9)
 
 
 guild_ids = st.integers(min_value=0, max_value=(1 << 63) - 1)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     old_count=st.integers(1, 64),
     new_count=st.integers(1, 64),
     cut_at=st.floats(0, 1000, allow_nan=False),
     overlap=st.floats(0.05, 3.0),
+    probe_latency=st.floats(0.0, 0.45),  # share of the overlap: the old probe's way to Discord
+    new_probe_after=st.floats(0.0, 30.0),  # the new set's own probe, after the old one's
     events=st.lists(
         st.tuples(
             st.one_of(st.none(), guild_ids),  # the guild (None: a DM)
-            st.floats(-50, 1050, allow_nan=False),  # when the old set received it
-            st.floats(-0.999, 0.999),  # how much later the new set did, as a share of the overlap
+            st.floats(-50, 1050, allow_nan=False),  # when Discord sent it (to both sets)
+            st.floats(0.0, 60.0),  # how late the old set read it: any lag
+            st.floats(0.0, 0.5),  # how late the new set read it, as a share of the overlap
         ),
         max_size=60,
     ),
 )
-def test_every_event_is_published_at_least_once_and_twice_only_inside_the_window(
-    old_count, new_count, cut_at, overlap, events
+def test_every_event_is_published_at_least_once_and_every_duplicate_is_marked(
+    old_count, new_count, cut_at, overlap, probe_latency, new_probe_after, events
 ):
-    """Discord sends each event to the owner under each count; with the two copies received
-    within the overlap of each other, none is lost, and only copies both received inside the
-    window (both marked) are published twice. An unmarked copy is never a duplicate."""
+    """Discord sends each event to the owner under each count. The old set reads with any lag
+    (issue 20, defect 1); its probe, written at ``T``, reaches Discord a little later: what
+    Discord sent before that comes before the ACK (the old set publishes it), what it sent
+    after comes after (dropped). The new set reads within half the overlap and stops marking
+    only after its own probe, sent once the old set is caught up. None is lost; a duplicate
+    is marked on both copies; an unmarked copy is never a duplicate."""
     old_set, new_set = ShardSet.full(0, old_count), ShardSet.full(1, new_count)
     plan = Reshard.plan(old_set, new_count, overlap_s=overlap).start()
     plan = plan.new_set_ready(now=cut_at - shard_sets.DEFAULT_CUT_LEAD_S)
     rule = plan.handover()
-    start, end = rule.window
-    assert end - start == pytest.approx(3 * overlap)
-    for guild, old_at, skew in events:
-        new_at = old_at + skew * overlap
+    old_mark = cut_at + probe_latency * overlap  # Discord's time of the old probe
+    new_mark = old_mark + new_probe_after  # ... and of the new set's own probe
+    for guild, sent_at, old_lag, new_lag in events:
         copies = []
-        for role, shard_set, at in ((Role.OLD, old_set, old_at), (Role.NEW, new_set, new_at)):
-            # the copy reaches exactly one shard of each set: the guild's owner there
-            assert 0 <= shard_set.owner(guild) < shard_set.shard_count
-            if rule.publishes(role, at):
-                copies.append((role, at, rule.headers(role, at)))
-        assert copies, f"lost: guild {guild}, received at {old_at} (old) and {new_at} (new), cut {cut_at}"
-        if len(copies) == 2:  # a duplicate: both copies inside the window, both marked
-            assert all(start <= at < end for _, at, _ in copies)
-            assert all(OVERLAP_HEADER in headers for _, _, headers in copies)
-        for role, at, headers in copies:
-            assert not headers or start <= at < end  # nothing outside the window is marked
-            low, high = rule.role_window(role)
-            assert (OVERLAP_HEADER in headers) == (low <= at < high)
+        old_at, new_at = sent_at + old_lag, sent_at + new_lag * overlap
+        assert 0 <= old_set.owner(guild) < old_count and 0 <= new_set.owner(guild) < new_count
+        if rule.publishes(Role.OLD, old_at, caught_up=sent_at >= old_mark):
+            copies.append(rule.headers(Role.OLD, old_at))
+        if rule.publishes(Role.NEW, new_at):
+            copies.append(rule.headers(Role.NEW, new_at, old_done=sent_at >= new_mark))
+        assert copies, f"lost: sent at {sent_at}, read at {old_at} (old) and {new_at} (new), cut {cut_at}"
+        if len(copies) == 2:
+            assert all(OVERLAP_HEADER in headers for headers in copies), (sent_at, old_at, new_at)
 
 
 @settings(max_examples=100, deadline=None)

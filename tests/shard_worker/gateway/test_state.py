@@ -1014,3 +1014,40 @@ def test_resume_goes_to_the_main_gateway_once_the_resume_url_failed():
     assert m.connect_url(GATEWAY).startswith(GATEWAY)
     m.on_connect(1.0)
     assert only_send(m.receive(HELLO, 1.0))["op"] == 6  # still a RESUME, not an identify
+
+
+# -- the cut-over probe (issue 20, defect 1) ------------------------------------------------
+
+
+def test_a_probe_is_answered_by_the_ack_after_everything_sent_before_it():
+    m = ready_machine()
+    assert only_send(m.on_timer(20.625)) == {"op": 1, "d": 1}  # a regular heartbeat, not answered yet
+    assert only_send(m.probe(21.0)) == {"op": 1, "d": 1}  # the probe: a heartbeat like any other
+    assert m.probing and not m.probe_answered
+    assert m.receive(dispatch(2), 21.1)  # sent by Discord before it got the probe
+    assert m.receive('{"op":11}', 21.2) == []  # the regular heartbeat's ACK: not yet
+    assert m.probing and not m.probe_answered
+    assert m.receive(dispatch(3), 21.3)
+    assert m.receive('{"op":11}', 21.4) == []  # the probe's ACK: everything before it was read
+    assert m.probe_answered and not m.probing
+    assert m.heartbeats_sent == 2 and m.acks == 2
+
+
+def test_a_probe_needs_a_ready_connection_and_a_new_connection_forgets_it():
+    m = machine()
+    m.on_connect(0.0)
+    assert m.probe(0.1) == []  # no session yet: nothing sent, nothing awaited
+    assert not m.probing
+    m = ready_machine()
+    m.probe(1.0)
+    m.on_close(4000)
+    m.on_connect(2.0)
+    assert not m.probing and not m.probe_answered  # the runner probes again once RESUMED
+
+
+def test_a_server_requested_heartbeat_counts_before_the_probe():
+    m = ready_machine()
+    assert only_send(m.receive('{"op":1,"d":null}', 1.0))["op"] == 1  # Discord asked for one
+    m.probe(1.1)
+    assert m.receive('{"op":11}', 1.2) == [] and not m.probe_answered  # the ACK of the asked one
+    assert m.receive('{"op":11}', 1.3) == [] and m.probe_answered
