@@ -1264,6 +1264,11 @@ class Arbiter:
         self.sessions.update(sessions)
         self.group(group).start_at = time.monotonic()
 
+    def cluster_sessions_lost(self) -> None:
+        """Redis forgot everything: write every session this node holds again (its leases are
+        re-asserted in the same round, so the fenced writes go through)."""
+        self._sessions_dirty = True
+
     def group_sessions(self, group: int) -> dict[int, SavedSession]:
         return {s: self.sessions[s] for s in self.group(group).config.shard_ids if s in self.sessions}
 

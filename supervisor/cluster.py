@@ -59,6 +59,10 @@ FENCE_MARGIN_S = LEASE_TTL_S - FENCE_S - STOP_GRACE_S
 PARENT_TIMEOUT_S = 4.0
 #: A node acquires nothing before it has seen the membership this long.
 SETTLE_S = 3.0
+#: After Redis forgot the cluster (its meta's epoch changed: a restart without persistence, a
+#: flush, an eviction), a node acquires nothing for this long: every live node re-registers and
+#: re-asserts its leases in its next round, and a node not heard from for NODE_TTL_S is dead.
+AMNESIA_SETTLE_S = NODE_TTL_S + SETTLE_S
 ACQUIRE_PER_ROUND = 4
 
 
@@ -169,6 +173,6 @@ class Fence:
 
 
 __all__ = [
-    "ACQUIRE_PER_ROUND", "FENCE_MARGIN_S", "FENCE_S", "LEASE_TTL_S", "NODE_TTL_S", "ROUND_S", "SETTLE_S",
+    "ACQUIRE_PER_ROUND", "AMNESIA_SETTLE_S", "FENCE_MARGIN_S", "FENCE_S", "LEASE_TTL_S", "NODE_TTL_S", "ROUND_S", "SETTLE_S",
     "STOP_GRACE_S", "Fence", "Node", "Plan", "View", "fair_shares", "group_count", "group_shards", "plan",
 ]  # fmt: skip

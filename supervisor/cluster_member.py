@@ -16,7 +16,7 @@ from typing import Any
 
 from shard_worker import exit_codes
 
-from .cluster import PARENT_TIMEOUT_S, STOP_GRACE_S, Fence
+from .cluster import AMNESIA_SETTLE_S, PARENT_TIMEOUT_S, STOP_GRACE_S, Fence
 from .cluster_node import ClusterNode, Event
 
 log = logging.getLogger("supervisor.cluster")
@@ -133,6 +133,12 @@ class ClusterMember:
             else:
                 log.info("cluster: group %s handed over (sessions in Redis)", group)
             arbiter.cluster_groups_changed(now)
+        elif event.kind == "amnesia":
+            log.error(
+                "cluster: Redis lost the cluster's state (restarted empty, flushed or evicted): re-asserting "
+                "this node's leases and sessions; nothing is acquired for %.0f s", AMNESIA_SETTLE_S,
+            )  # fmt: skip
+            arbiter.cluster_sessions_lost()
         elif event.kind == "refused":
             log.critical("cluster: %s", event.reason)
             arbiter.begin_stop(now, exit_codes.USAGE)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import LEASE_TTL_S, NODE_TTL_S, ROUND_S, SETTLE_S, group_shards, plan
+from .cluster import AMNESIA_SETTLE_S, LEASE_TTL_S, NODE_TTL_S, ROUND_S, SETTLE_S, group_shards, plan
 
 log = logging.getLogger("supervisor.cluster")
 
@@ -76,6 +76,13 @@ class ClusterNode:
         #: is acquired before SETTLE_S of it, so that after an outage every holder re-asserts
         #: its leases before anyone takes a free group
         self._ok_since: float | None = None
+        #: how long the rounds must succeed before acquiring: SETTLE_S, or AMNESIA_SETTLE_S
+        #: after Redis forgot everything (until every live node has re-asserted its leases)
+        self._settle_s = SETTLE_S
+        #: the cluster's epoch as this node knows it (``ClusterStore.check_meta``)
+        self._epoch: str | None = None
+        #: times Redis was found to have forgotten the cluster (a restart empty, a flush)
+        self.amnesias = 0
         self._stop = threading.Event()
         #: the supervisor is stopping: no more acquisitions or handoffs, only renewals
         self._quiet = False
@@ -109,7 +116,7 @@ class ClusterNode:
     def settled(self) -> bool:
         """The rounds have succeeded for :data:`SETTLE_S` (what this node holds is its share)."""
         ok_since = self._ok_since
-        return ok_since is not None and self.clock() - ok_since >= SETTLE_S
+        return ok_since is not None and self.clock() - ok_since >= self._settle_s
 
     def quiesce(self) -> None:
         """The supervisor begins to stop: acquire and hand over nothing more (renew only)."""
@@ -142,7 +149,7 @@ class ClusterNode:
 
     def _run(self) -> None:
         try:
-            reason = self.store.check_meta(self.shard_count, self.per_group)
+            reason, self._epoch = self.store.check_meta(self.shard_count, self.per_group)
             if reason is None:
                 taken = self.store.heartbeat(self._info(), NODE_TTL_S)
                 if taken:
@@ -176,6 +183,19 @@ class ClusterNode:
         self._closed.set()
 
     def _round(self, now: float) -> None:
+        reason, epoch = self.store.check_meta(self.shard_count, self.per_group)
+        if reason is not None:  # Redis forgot the cluster and a node of another shape came first
+            self._emit(Event("refused", reason=reason))
+            self._quiet = True
+            return
+        if epoch != self._epoch:
+            # Issue 20, defect 5: Redis restarted empty (or was flushed, or evicted the keys).
+            # The other nodes are not gone: every live node re-asserts its own leases and
+            # sessions in its next round; nobody acquires before all have had the time.
+            self._epoch = epoch
+            self.amnesias += 1
+            self._ok_since, self._settle_s = now, AMNESIA_SETTLE_S
+            self._emit(Event("amnesia"))
         taken = self.store.heartbeat(self._info(), NODE_TTL_S)
         if taken:  # this node's heartbeat lapsed (frozen) and another process took the name
             self._emit(Event("refused", reason=f"another process registered as node {self.store.name!r} meanwhile"))
@@ -199,14 +219,14 @@ class ClusterNode:
         view = self.store.view(self.shard_count, self.groups)
         self.last_view = view
         if self._ok_since is None:
-            self._ok_since = now
+            self._ok_since, self._settle_s = now, SETTLE_S
         if self._quiet:
             return
         with self._lock:
             ready, releasing = set(self._ready), set(self._releasing)
         decided = plan(
             view, self.store.name, held=self.held, ready=ready & self.held, releasing=releasing,
-            settled=now - self._ok_since >= SETTLE_S,
+            settled=now - self._ok_since >= self._settle_s,
         )  # fmt: skip
         for group in decided.release:
             with self._lock:

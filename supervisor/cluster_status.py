@@ -14,7 +14,7 @@ from .cluster_store import ClusterStore
 def read(client: Any, prefix: str) -> dict[str, Any]:
     """The cluster's state: ``shard_count``, ``per_group``, ``nodes`` and ``groups``."""
     store = ClusterStore(client, prefix, name="", token="")
-    meta = {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:cluster:meta").items()}
+    meta = {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:cluster:meta").items() if k != b"epoch"}
     if "shard_count" not in meta or "per_group" not in meta:
         return {"shard_count": None, "per_group": None, "nodes": [], "groups": []}
     count, per = meta["shard_count"], meta["per_group"]

@@ -3,8 +3,9 @@ one blocking round trip: :mod:`supervisor.cluster_node` calls them from its own 
 
 Keys (``<p>`` the ``--redis-prefix``, ``<n>`` the shard count):
 
-* ``<p>:cluster:meta``: hash ``shard_count``, ``per_group``: the first node sets it, a node
-  started with other values is refused (every node must cut the same groups);
+* ``<p>:cluster:meta``: hash ``shard_count``, ``per_group``, ``epoch``: the first node sets it, a
+  node started with other values is refused (every node must cut the same groups); every round
+  checks it again, and a new ``epoch`` means Redis forgot everything (``cluster_node``);
 * ``<p>:cluster:members``: sorted set, node name -> its heartbeat's expiry (epoch ms by Redis'
   own clock, ``TIME`` in the scripts: the hosts' clocks may disagree without effect);
   ``<p>:cluster:tokens`` and ``<p>:cluster:info``: hashes, node name -> the random token of the
@@ -20,6 +21,7 @@ Keys (``<p>`` the ``--redis-prefix``, ``<n>`` the shard count):
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -103,21 +105,26 @@ class ClusterStore:
         return self._key("lease", shard_count, group)
 
     # -- membership ---------------------------------------------------------------------------
-    def check_meta(self, shard_count: int, per_group: int) -> str | None:
-        """Set the cluster's shape if unset; the reason a node of another shape is refused."""
+    def check_meta(self, shard_count: int, per_group: int) -> tuple[str | None, str]:
+        """Set the cluster's shape and epoch if unset (one transaction: a reader sees all or
+        none). Returns the reason a node of another shape is refused (else None) and the
+        cluster's **epoch**: a token written once with the shape. A node that sees the epoch
+        change (or the meta gone and written anew) knows Redis lost its memory (a restart
+        without persistence, a flush, an eviction), not that the other nodes died."""
         meta = self._key("meta")
-        pipe = self.redis.pipeline(transaction=True)  # both fields at once: a reader sees none or both
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hsetnx(meta, "shard_count", shard_count)
         pipe.hsetnx(meta, "per_group", per_group)
-        pipe.execute()
-        have = self.redis.hgetall(meta)
-        count, per = int(have[b"shard_count"]), int(have[b"per_group"])
+        pipe.hsetnx(meta, "epoch", uuid.uuid4().hex)
+        pipe.hgetall(meta)
+        have = pipe.execute()[-1]
+        count, per, epoch = int(have[b"shard_count"]), int(have[b"per_group"]), have[b"epoch"].decode()
         if (count, per) != (shard_count, per_group):
             return (
                 f"the cluster in Redis runs {count} shards in groups of {per}; this node was started with "
                 f"{shard_count} and {per} (every node needs the same --shard-count and --shards-per-process)"
-            )
-        return None
+            ), epoch
+        return None, epoch
 
     def heartbeat(self, info: dict[str, Any], ttl_s: float) -> float:
         """Register or refresh this node: 0.0, or the seconds another live process with this

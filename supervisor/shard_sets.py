@@ -32,19 +32,39 @@ guild under the old count and to the new shard that owns it under the new count.
 point** ``T`` is chosen (a ``time.monotonic()`` value, one clock for every process of the host,
 as for the identify gate) far enough ahead that every child knows it before it comes. Then:
 
-* the **old** set publishes what it received before ``T``, and nothing after;
+* the **old** set sends one extra heartbeat at ``T`` (a *probe*) on each shard and publishes
+  everything it reads until that heartbeat's ACK, then nothing: it is **caught up**. Discord
+  answers a heartbeat after everything it sent on that connection before it received it, and a
+  websocket is ordered, so every event Discord sent the old session before ``T`` is read (and
+  published) before the ACK, **however late the old shard reads**: an op 7 whose resume replay
+  comes after ``T``, a paused reader, retransmits, a loaded host. A shard not connected at ``T``
+  probes once it has resumed (the replay comes before RESUMED). The old set's copies read from
+  ``T - 2 overlap`` on are marked. The supervisor ends the old set only once every old shard is
+  caught up (at most :data:`DEFAULT_CATCH_UP_S` after ``T``), and each old worker waits for its
+  catch-up and RabbitMQ's confirms before it ends its sessions;
 * the **new** set holds back what it receives until ``T`` is known, drops what it received before
-  ``T - overlap`` and publishes everything from ``T - overlap`` on.
+  ``T - overlap`` and publishes everything from ``T - overlap`` on. Its copies read in
+  ``[T - overlap, T + overlap)`` are marked, and **all** of them stay marked until every old
+  shard is caught up and the new shard's own probe, sent after that, is answered (then nothing
+  it reads can have been published by the old set); at most ``MARK_LIMIT_S`` after ``T``.
 
-Given that the two sets receive one event within ``overlap`` of each other (the skew the rule
-tolerates), every event is published at least once: a copy the old set received at or after ``T``
-has its twin received at or after ``T - overlap`` by the new set, which publishes it. An event is
-published twice when the old copy came before ``T`` and the new one at or after ``T - overlap``;
-with the skew bound the old copy then came in ``[T - 2 overlap, T)`` and the new one in
-``[T - overlap, T + overlap)``. Exactly the copies published from inside their set's window carry
-the AMQP header :data:`OVERLAP_HEADER`, whose value is the shard count of the set that published
-it (an int). So both copies of a duplicate are marked, and **an event without the header is never
-published twice**; the duplicates are at most ``3 overlap`` seconds of traffic (3 s by default).
+Every event is published at least once: one Discord sent before the old probe arrived is
+published by the old set (whatever its read lag); one sent after it is read by the new set after
+``T`` (the probe is written at ``T``) and published. An event published by both sets was sent
+before the old probe arrived and read by the new set from ``T - overlap`` on: the new copy is
+marked (the new set marks until after the old set is caught up), and the old copy too as long as
+the new set reads within ``overlap`` of Discord's send (the skew the rule tolerates: then the old
+copy, read no earlier than it was sent, was read after ``T - 2 overlap``). Exactly the copies
+inside their set's marking carry the AMQP header :data:`OVERLAP_HEADER`, whose value is the shard
+count of the set that published it (an int). So both copies of a duplicate are marked, and **an
+event without the header is never published twice by the two sets** (a crash still re-publishes
+unconfirmed messages with their own message id, as always). The duplicates are the traffic from
+``T - overlap`` to the old probe's arrival, about ``overlap`` plus a round trip.
+
+Limits, stated: the new set must read within ``overlap`` (1 s) of Discord's send, or an old copy
+read before ``T - 2 overlap`` may go unmarked beside a marked new one; an old shard that is not
+caught up :data:`DEFAULT_CATCH_UP_S` after ``T`` (its process crashing in a loop, its session
+lost) is ended anyway, and events Discord sent it before ``T`` that it has not read are lost.
 
 **What is identical between two copies of one event**: the routing key (Discord's ``t``) and the
 body (the ``d`` Discord sent; the simulator sends byte-identical bodies, and Discord sends the
@@ -63,9 +83,9 @@ follow the same rule.)
 events reach only the new set, so the new set publishes them at once, unmarked (the IPC order
 ``orphans``, ``ShardCutover.orphaned``); the rule applies to every other guild.
 
-The rule needs the two sets to receive one event within ``overlap`` of each other; Discord
-fans an event out to both sessions at once, so the skew is network jitter, far below the
-default :data:`DEFAULT_OVERLAP_S`.
+The old set's read lag needs no bound (issue 20, defect 1: the rule used to compare read times
+with ``T`` on both sides, and an old shard reading 2.5 s late lost what Discord sent in
+``[T - 2.5, T - 1)``).
 """
 
 from __future__ import annotations

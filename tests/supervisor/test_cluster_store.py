@@ -56,8 +56,10 @@ def test_leases_renew_and_release_only_for_their_owner(redis_url, prefix):
 
 def test_the_shape_is_the_first_nodes(redis_url, prefix):
     _, (a, b) = stores(redis_url, prefix, "a", "b")
-    assert a.check_meta(12, 2) is None and b.check_meta(12, 2) is None
-    assert "runs 12 shards in groups of 2" in b.check_meta(16, 2)
+    (ok_a, epoch), (ok_b, same) = a.check_meta(12, 2), b.check_meta(12, 2)
+    assert ok_a is None and ok_b is None and epoch == same and len(epoch) == 32
+    reason, _ = b.check_meta(16, 2)
+    assert "runs 12 shards in groups of 2" in reason
 
 
 def test_status_of_a_cluster(redis_url, prefix):
@@ -136,3 +138,43 @@ def test_a_stale_session_save_never_overwrites_the_takers_session(redis_url, pre
         finally:
             shared.close()
             a_client.close()
+
+
+def test_a_redis_that_forgot_everything_moves_no_group(redis_url, prefix):
+    """Issue 20, defect 5: Redis restarted empty (or flushed) between two rounds. The first node
+    to run a round saw itself alone, re-registered, and took the other node's groups (free, and
+    without sessions: it would identify them) while that node still ran them. Now the cluster's
+    epoch changes with its meta: each node re-asserts its own leases and acquires nothing until
+    every live node had time to do the same. Rounds are driven by hand, with a fake clock."""
+    from supervisor.cluster import AMNESIA_SETTLE_S, NODE_TTL_S
+    from supervisor.cluster_node import ClusterNode
+    from supervisor.coordination import RedisCoordinator
+
+    client, (sa, sb) = stores(redis_url, prefix, "a", "b")
+    now = [0.0]
+    nodes = []
+    for store in (sa, sb):
+        node = ClusterNode(store, RedisCoordinator(client, prefix), shard_count=8, per_group=2, groups=4, clock=lambda: now[0])
+        reason, node._epoch = store.check_meta(8, 2)  # what the thread does before its first round
+        assert reason is None and store.heartbeat(node._info(), NODE_TTL_S) == 0.0
+        nodes.append(node)
+    a, b = nodes
+    for t in range(8):
+        now[0] = float(t)
+        a._round(now[0])
+        b._round(now[0])
+    held_a, held_b = set(a.held), set(b.held)
+    assert len(held_a) == len(held_b) == 2 and held_a | held_b == {0, 1, 2, 3}
+    a.events(), b.events()
+
+    for key in client.scan_iter(f"{prefix}:*"):  # Redis comes back empty
+        client.delete(key)
+    for t in range(8, 8 + int(AMNESIA_SETTLE_S) + 3):
+        now[0] = float(t)
+        a._round(now[0])
+        assert a.held == held_a, "a took b's groups"
+        b._round(now[0])
+        assert b.held == held_b
+    assert a.amnesias == b.amnesias == 1
+    assert any(e.kind == "amnesia" for e in a.events()) and any(e.kind == "amnesia" for e in b.events())
+    assert sa.owners(8, 4) == {g: "a" for g in held_a} | {g: "b" for g in held_b}  # re-asserted
