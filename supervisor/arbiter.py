@@ -55,6 +55,7 @@ from .shard_sets import Phase, Refusal, Reshard, ShardSet
 from .shared_state import Answer, SharedState
 from shard_worker.shard_ranges import format_shard_ids
 from .state_store import IDENTIFY_WINDOW_S, StateStore
+from .state_writer import StateWriter
 
 log = logging.getLogger("supervisor.arbiter")
 
@@ -140,6 +141,8 @@ class Arbiter:
         self._wake_r = self._wake_w = -1
         #: what -> when it may be logged again (see :meth:`_log_every`)
         self._logged_at: dict[str, float] = {}
+        #: The state dir's writes, off the loop (:mod:`supervisor.state_writer`).
+        self.writer = StateWriter()
         self.sessions: dict[int, SavedSession] = self.store.load_sessions()
         if self.sessions:
             log.info("resuming %d saved sessions from %s", len(self.sessions), self.store.dir)
@@ -516,6 +519,8 @@ class Arbiter:
                 self._wait(self._timeout(now))
         finally:
             self._save_sessions()
+            if not self.writer.close(SHUTDOWN_FLUSH_S):
+                log.error("the state dir did not take the last sessions in %.0f s", SHUTDOWN_FLUSH_S)
             if self.member is not None:
                 self.member.close()  # every group handed over at once, with its sessions
             if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
@@ -1058,12 +1063,9 @@ class Arbiter:
     def _grant_identifies(self, now: float) -> None:
         was_exhausted = getattr(self, "_budget_logged", False)
         for grant in self.gate.due(now):
-            wall = time.time()
-            try:
-                bucket = self.gate.bucket(grant.shard_id)
-                self.store.record_identify(wall, bucket=bucket, written_by=wall + grant.expires - now)
-            except OSError as exc:
-                log.error("cannot record the identify in %s: %s", self.store.dir, exc)
+            wall = time.time()  # written off the loop (a stalled disk must not stop it)
+            bucket = self.gate.bucket(grant.shard_id)
+            self.writer.record_identify(self.store, wall, bucket, wall + grant.expires - now)
             self._granted.add(grant.shard_id)
             children = [g.child for g in self.groups] + (self._resharding.live() if self._resharding is not None else [])
             for child in children:
@@ -1224,11 +1226,8 @@ class Arbiter:
             # identify everything (issue 20, defect 4).
             count = plan.new.shard_count
             store, sessions, mine_ids = StateStore(self.options.state_dir, count), run.sessions, frozenset(range(count))
-        try:
-            store.save_sessions(sessions)
-            self._sessions_dirty = False
-        except OSError as exc:
-            log.error("cannot save sessions to %s: %s", store.dir, exc)
+        self.writer.save_sessions(store, sessions)  # off the loop; a failed write is retried there
+        self._sessions_dirty = False
         if self.shared is not None:
             # Handed to the Redis thread: the latest snapshot wins, a failed save is retried.
             mine = {s: v for s, v in sessions.items() if s in mine_ids}

@@ -53,10 +53,24 @@ FENCE_S = 6.0
 #: The stop of a fenced group gets this long before its process is killed.
 STOP_GRACE_S = 2.5
 FENCE_MARGIN_S = LEASE_TTL_S - FENCE_S - STOP_GRACE_S
+#: A guarded group (its lease not renewed for FENCE_S) that still cannot renew this long after
+#: its last renewal is stopped (parked, sessions kept): a node that took it over without a
+#: session to resume must IDENTIFY, which Discord does not answer by closing this node's
+#: connections, so two sessions would publish at once (issue 20, defect 6). A Redis outage for
+#: everyone longer than this parks every group; each resumes once its lease renews.
+GUARD_LIMIT_S = 30.0
+#: A node that takes over a group another node ran and finds no session for it waits this long
+#: before it identifies: by then that node has parked the group (its last renewal was at least
+#: LEASE_TTL_S before the takeover) and its process is killed (STOP_GRACE_S), with a margin.
+TAKEOVER_WAIT_S = GUARD_LIMIT_S - LEASE_TTL_S + STOP_GRACE_S + 2.0
 #: A worker whose supervisor sent nothing for this long stops its shards by itself (the
 #: supervisor pings every second in cluster mode): a stopped or frozen supervisor renews no
 #: lease, and its workers must not hold on to shards another node is about to resume.
 PARENT_TIMEOUT_S = 4.0
+#: A node whose supervisor loop has not run for this long (a blocking call, a stalled disk)
+#: renews nothing: its workers stop after PARENT_TIMEOUT_S without a ping, and its leases must
+#: lapse so that another node takes the groups over.
+LOOP_STALE_S = 3.0
 #: A node acquires nothing before it has seen the membership this long.
 SETTLE_S = 3.0
 #: After Redis forgot the cluster (its meta's epoch changed: a restart without persistence, a
@@ -168,11 +182,15 @@ class Fence:
         """Groups not renewed for ``fence_s``: stop them now."""
         return sorted(g for g, t in self.renewed.items() if now - t >= self.fence_s)
 
+    def must_park(self, now: float, limit_s: float = GUARD_LIMIT_S) -> list[int]:
+        """Groups not renewed for ``limit_s``: stopped even while guarded."""
+        return sorted(g for g, t in self.renewed.items() if now - t >= limit_s)
+
     def holds(self, group: int) -> bool:
         return group in self.renewed
 
 
 __all__ = [
-    "ACQUIRE_PER_ROUND", "AMNESIA_SETTLE_S", "FENCE_MARGIN_S", "FENCE_S", "LEASE_TTL_S", "NODE_TTL_S", "ROUND_S", "SETTLE_S",
-    "STOP_GRACE_S", "Fence", "Node", "Plan", "View", "fair_shares", "group_count", "group_shards", "plan",
+    "ACQUIRE_PER_ROUND", "AMNESIA_SETTLE_S", "FENCE_MARGIN_S", "FENCE_S", "GUARD_LIMIT_S", "LEASE_TTL_S", "LOOP_STALE_S",
+    "NODE_TTL_S", "ROUND_S", "SETTLE_S", "STOP_GRACE_S", "TAKEOVER_WAIT_S", "Fence", "Node", "Plan", "View", "fair_shares", "group_count", "group_shards", "plan",
 ]  # fmt: skip

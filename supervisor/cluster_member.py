@@ -16,7 +16,7 @@ from typing import Any
 
 from shard_worker import exit_codes
 
-from .cluster import AMNESIA_SETTLE_S, PARENT_TIMEOUT_S, STOP_GRACE_S, Fence
+from .cluster import AMNESIA_SETTLE_S, GUARD_LIMIT_S, PARENT_TIMEOUT_S, STOP_GRACE_S, TAKEOVER_WAIT_S, Fence
 from .cluster_node import ClusterNode, Event
 
 log = logging.getLogger("supervisor.cluster")
@@ -73,6 +73,10 @@ class ClusterMember:
                     child.send("guard")  # the workers reopen no lost connection meanwhile
                     if not set(child.ready) >= set(child.shard_ids):
                         self._park(group, now, "a shard was not READY when its lease went unconfirmed")
+        for group in self.fence.must_park(now):
+            if group in self.guarded and group not in self.parked:
+                self._park(group, now, f"its lease could not be renewed for {GUARD_LIMIT_S:.0f} s (another node may "
+                           "take it over and identify)")  # fmt: skip
         groups = {g.index: g for g in self.arbiter.groups}
         ready = {
             g for g in self.leased
@@ -94,8 +98,18 @@ class ClusterMember:
             self.fence.acquired(group, event.sent_at)
             self.acquired[event.how] += 1
             arbiter.cluster_sessions(group, event.sessions)
-            how = {"handoff": f"handed over by {event.reason}", "failover": "its owner is gone"}.get(event.how, "free")
-            log.info("cluster: acquired group %d (%s): %d sessions to resume", group, how, len(event.sessions))
+            if event.how == "takeover":
+                # Issue 20, defect 6: its last node may still run it, guarded, until it parks the
+                # group (GUARD_LIMIT_S after its last renewal); an IDENTIFY now would make a second
+                # session that publishes beside the first.
+                self._group(group).start_at = now + TAKEOVER_WAIT_S
+                log.warning(
+                    "cluster: acquired group %d, run by another node before, with no session to resume: "
+                    "identifying in %.0f s, once that node has certainly stopped it", group, TAKEOVER_WAIT_S,
+                )  # fmt: skip
+            else:
+                how = {"handoff": f"handed over by {event.reason}", "failover": "its owner is gone"}.get(event.how, "free")
+                log.info("cluster: acquired group %d (%s): %d sessions to resume", group, how, len(event.sessions))
             arbiter.cluster_groups_changed(now)
         elif event.kind == "renewed":
             for group in event.renewed:

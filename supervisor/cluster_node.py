@@ -23,7 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import AMNESIA_SETTLE_S, LEASE_TTL_S, NODE_TTL_S, ROUND_S, SETTLE_S, group_shards, plan
+from .cluster import (
+    AMNESIA_SETTLE_S,
+    LEASE_TTL_S,
+    LOOP_STALE_S,
+    NODE_TTL_S,
+    ROUND_S,
+    SETTLE_S,
+    group_shards,
+    plan,
+)
 
 log = logging.getLogger("supervisor.cluster")
 
@@ -70,6 +79,12 @@ class ClusterNode:
         #: groups this thread holds a lease on (renewed every round)
         self.held: set[int] = set()
         self._ready: set[int] = set()
+        #: when the supervisor's loop last told the facts (every pass): a loop stuck for
+        #: LOOP_STALE_S (a blocking call, a stalled disk) cannot ping its workers, which stop
+        #: themselves after PARENT_TIMEOUT_S; the leases must then lapse too, so that another
+        #: node takes the groups over (issue 20, defect 7)
+        self._loop_seen = clock()
+        self.stale_rounds = 0
         self._releasing: set[int] = set()
         self._to_release: dict[int, dict[int, Any]] = {}
         #: since when the rounds succeed without a break (None: the last one failed); nothing
@@ -103,9 +118,11 @@ class ClusterNode:
         return taken
 
     def facts(self, ready: set[int]) -> None:
-        """The held groups whose shards are all READY (only those may be handed over)."""
+        """The held groups whose shards are all READY (only those may be handed over). Told at
+        every pass of the loop: it is also the loop's sign of life."""
         with self._lock:
             self._ready = set(ready)
+            self._loop_seen = self.clock()
 
     def release(self, group: int, sessions: dict[int, Any]) -> None:
         """The group's process has exited: write its sessions and drop its lease (next round)."""
@@ -183,6 +200,18 @@ class ClusterNode:
         self._closed.set()
 
     def _round(self, now: float) -> None:
+        with self._lock:
+            silent = now - self._loop_seen
+        if silent >= LOOP_STALE_S and not self._quiet:
+            # Renewing for a stuck loop would keep the groups here while its workers stop for
+            # lack of pings: no heartbeat, no renewal, so the leases lapse and another node
+            # resumes the groups. The first round after the loop is back re-asserts them.
+            self.stale_rounds += 1
+            if self.stale_rounds == 1 or self.stale_rounds % 60 == 0:
+                log.error("cluster: the supervisor's loop has not run for %.1f s: not renewing its leases", silent)
+            self._ok_since = None
+            return
+        self.stale_rounds = 0
         reason, epoch = self.store.check_meta(self.shard_count, self.per_group)
         if reason is not None:  # Redis forgot the cluster and a node of another shape came first
             self._emit(Event("refused", reason=reason))
@@ -234,7 +263,8 @@ class ClusterNode:
             self._emit(Event("release", group=group))
         for group in decided.acquire:
             sent = self.clock()
-            if not self.store.acquire(self.shard_count, group, LEASE_TTL_S):
+            before = self.store.take(self.shard_count, group, LEASE_TTL_S)
+            if before is None:
                 continue
             shards = group_shards(group, self.shard_count, self.per_group)
             try:  # its sessions first: a lease is only held with what it needs to run
@@ -244,7 +274,14 @@ class ClusterNode:
                 self.store.drop(self.shard_count, group)
                 raise
             self.held.add(group)
-            how = "handoff" if by else "failover" if sessions else "start"
+            if by:
+                how = "handoff"
+            elif sessions:
+                how = "failover"
+            elif (before and before != self.store.name) or self.amnesias:
+                how = "takeover"  # run elsewhere before, and nothing to resume: wait, then identify
+            else:
+                how = "start"
             self._emit(Event("acquired", group=group, sessions=sessions, how=how, sent_at=sent, reason=by or ""))
 
     def _releases(self) -> None:

@@ -15,7 +15,10 @@ Keys (``<p>`` the ``--redis-prefix``, ``<n>`` the shard count):
   pexpire, released by compare-and-delete in the script that also writes the group's sessions
   (``<p>:session:<n>:<shard>``, as elsewhere) and a handoff mark ``<p>:cluster:handoff:<n>:<g>``
   (the name of the node that handed it over, for a minute: the taker counts a handoff, not a
-  failover).
+  failover);
+* ``<p>:cluster:ran:<n>:<g>``: the name of the node that took group ``g`` last (no TTL): a node
+  that takes a group another node ran, and finds no session for it, waits before identifying
+  (:data:`~supervisor.cluster.TAKEOVER_WAIT_S`: that node may still run it, guarded).
 """
 
 from __future__ import annotations
@@ -76,6 +79,17 @@ return 1
 """ % HANDOFF_MARK_S
 
 
+#: KEYS: lease, ran mark. ARGV: owner, ttl ms, node name. Takes a free lease and marks the
+#: group as run by this node (no TTL: one small key per group); returns false when the lease is
+#: taken, else the name of the node that ran the group before ('' when none did).
+_TAKE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local before = redis.call('GET', KEYS[2]) or ''
+redis.call('SET', KEYS[2], ARGV[3])
+return before
+"""
+
+
 _DROP = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -97,6 +111,7 @@ class ClusterStore:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._drop = client.register_script(_DROP)
+        self._take = client.register_script(_TAKE)
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, "cluster", *map(str, parts)])
@@ -174,7 +189,16 @@ class ClusterStore:
 
     # -- leases -------------------------------------------------------------------------------
     def acquire(self, shard_count: int, group: int, ttl_s: float) -> bool:
-        return bool(self.redis.set(self.lease_key(shard_count, group), self.owner, nx=True, px=int(ttl_s * 1000)))
+        """Take ``group``'s lease if it is free."""
+        return self.take(shard_count, group, ttl_s) is not None
+
+    def take(self, shard_count: int, group: int, ttl_s: float) -> str | None:
+        """Take ``group``'s lease if it is free, and mark the group as run by this node.
+        Returns None when the lease is taken, else who ran the group before ('' for nobody
+        since Redis remembers: a new cluster, or one whose Redis forgot everything)."""
+        keys = [self.lease_key(shard_count, group), self._key("ran", shard_count, group)]
+        before = self._take(keys=keys, args=[self.owner, int(ttl_s * 1000), self.name])
+        return None if before is None else before.decode()
 
     def renew(self, shard_count: int, groups: list[int], ttl_s: float) -> dict[int, bool]:
         if not groups:

@@ -131,11 +131,16 @@ class StateStore:
         """Add one granted identify; returns how many the last 24 h now hold. ``bucket`` and
         ``written_by`` (wall clock: the latest the grant may be written, its expiry) keep the
         bucket's pace across a restart (:meth:`bucket_writes`)."""
-        now = time.time() if now is None else now
-        times = self.identifies(now) + [now]
+        return self.record_identifies([(time.time() if now is None else now, bucket, written_by)])
+
+    def record_identifies(self, records: list[tuple[float, int | None, float | None]]) -> int:
+        """Add several granted identifies ``(wall time, bucket, written_by)`` in one write."""
+        now = max(r[0] for r in records)
+        times = self.identifies(now) + [r[0] for r in records]
         buckets = self.bucket_writes(now)
-        if bucket is not None:
-            buckets[bucket] = max(buckets.get(bucket, 0.0), now if written_by is None else written_by)
+        for at, bucket, written_by in records:
+            if bucket is not None:
+                buckets[bucket] = max(buckets.get(bucket, 0.0), at if written_by is None else written_by)
         write_json_atomic(
             self.dir / IDENTIFIES_FILE, {"granted": times, "buckets": {str(b): t for b, t in sorted(buckets.items())}}
         )

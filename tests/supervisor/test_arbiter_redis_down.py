@@ -41,6 +41,7 @@ def test_redis_down_holds_identifies_keeps_sessions_local_and_logs(tmp_path, cap
     # sessions still go to the state dir
     arbiter.sessions = {0: SavedSession("s", 5, "ws://r")}
     arbiter._save_sessions()
+    assert arbiter.writer.flush(10)  # the state dir is written off the loop
     assert (tmp_path / "state" / "sessions.json").exists()
     status = arbiter.status()
     assert status["identify_budget_remaining"] is None

@@ -43,6 +43,7 @@ def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_pat
         b = {"session_id": "b" * 32, "seq": 9, "resume_gateway_url": "ws://r"}
         arbiter._on_message(child, Message("shards", {"shards": {"0": report(a), "1": report(b)}}))
         arbiter._save_sessions()
+        assert arbiter.writer.flush(10)  # the state dir is written off the loop
         assert arbiter.shared.flush(10)  # Redis is written off the loop
         saved = json.loads((tmp_path / "state" / "sessions.json").read_text())["sessions"]
         assert set(saved) == {"0", "1"}
@@ -51,6 +52,7 @@ def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_pat
         # op 9 (not resumable): the child reports shard 0 without a session while it identifies anew
         arbiter._on_message(child, Message("shards", {"shards": {"0": report(None)}}))
         arbiter._save_sessions()
+        assert arbiter.writer.flush(10)  # the state dir is written off the loop
         assert arbiter.shared.flush(10)  # Redis is written off the loop
         saved = json.loads((tmp_path / "state" / "sessions.json").read_text())["sessions"]
         assert set(saved) == {"1"}
@@ -74,6 +76,7 @@ def test_a_restarted_supervisor_keeps_the_pace_of_its_predecessors_buckets(tmp_p
     now = time.monotonic()
     first._grant_identifies(now)
     assert first.gate.in_flight == 1  # shard 0 (bucket 0) granted; then the supervisor is killed
+    assert first.writer.flush(10)  # recorded off the loop
     again = Arbiter([config], options)
     again.gate.request(6, 2)  # bucket 0 again
     again.gate.request(6, 1)  # bucket 1: never granted, free

@@ -9,6 +9,7 @@ from supervisor.cluster import (
     FENCE_MARGIN_S,
     FENCE_S,
     LEASE_TTL_S,
+    STOP_GRACE_S,
     Fence,
     Node,
     View,
@@ -86,3 +87,17 @@ def test_the_fence_stops_what_was_not_renewed_in_time():
     assert not fence.holds(2)
     fence.released(1)
     assert fence.must_stop(200.0) == []
+
+
+def test_a_guarded_group_is_parked_at_the_guard_limit_before_a_takeover_may_identify():
+    # Issue 20, defect 6: a guarded group ran on for as long as Redis was out of reach, while
+    # another node could take it over by IDENTIFY (no session to resume): two sessions.
+    from supervisor.cluster import GUARD_LIMIT_S, TAKEOVER_WAIT_S
+
+    fence = Fence()
+    fence.acquired(3, sent_at=100.0)
+    assert fence.must_stop(106.0) == [3] and fence.must_park(106.0) == []  # guarded, runs on
+    assert fence.must_park(100.0 + GUARD_LIMIT_S) == [3]  # parked: it cannot renew
+    # the earliest a taker can hold the lease is LEASE_TTL_S after the last renewal; it waits
+    # until the owner has parked the group and its process is killed
+    assert LEASE_TTL_S + TAKEOVER_WAIT_S >= GUARD_LIMIT_S + STOP_GRACE_S + 1.0

@@ -208,3 +208,45 @@ def test_a_stopped_supervisors_workers_let_go_and_the_other_node_resumes(amqp_ur
             other.stop()
             for key in client.scan_iter(f"{prefix}:*"):
                 client.delete(key)
+
+
+def test_a_takeover_without_a_session_waits_until_the_guarded_owner_has_stopped(amqp_url, rabbit, redis_url, group, tmp_path):
+    """Issue 20, defect 6: node-a is cut off from Redis and its sessions are gone from Redis
+    (lost). node-b takes node-a's groups when the leases expire, but has nothing to resume: an
+    IDENTIFY at once would open a second session beside node-a's (guarded, still running: only
+    a lost connection stops it), and both would publish. node-a parks its groups 30 s after its
+    last renewal; node-b identifies only after that: never two connections for one shard."""
+    from supervisor.cluster import GUARD_LIMIT_S, TAKEOVER_WAIT_S
+
+    prefix, client, queue = streamed_cluster(rabbit, redis_url, group)
+    with redis_proxy(client) as proxy, stream(SHARDS) as sim:
+        cut_off = SupervisorProcess(sim, amqp_url, group, tmp_path / "a", *cluster_args(f"redis://127.0.0.1:{proxy.port}/0", prefix, "node-a"))
+        other = SupervisorProcess(sim, amqp_url, group, tmp_path / "b", *cluster_args(redis_url, prefix, "node-b"))
+        sampler = None
+        try:
+            wait_for(lambda: sorted(map(len, held(client, prefix).values())) == [2, 2], 60, what="2 groups each")
+            sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=60)
+            fenced = held(client, prefix)["node-a"]
+            sampler = ConnectionSampler(sim)
+            cut_at = time.time()
+            proxy.cut()
+            for shard in fenced:  # lost in Redis (node-a cannot write them again)
+                client.delete(f"{prefix}:session:{SHARDS}:{shard}")
+            wait_for(lambda: "no session to resume" in other.output(), 30, what="node-b's takeover")
+            wait_for(lambda: f"could not be renewed for {GUARD_LIMIT_S:.0f} s" in cut_off.output(), 40, what="node-a parks")
+            parked_at = time.time()
+            sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=60)
+            identified = [i for i in sim.snapshot()["identifies"] if i["accepted"] and i["time"] > cut_at]
+            assert sorted(i["shard"] for i in identified) == sorted(fenced)
+            assert all(i["time"] > parked_at - 1.0 for i in identified)  # only once node-a stopped
+            doubled = sampler.stop()
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            cut_off.stop()
+            other.stop()
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)
+    assert doubled <= 1.0, f"a shard had two live connections for {doubled} s"
+    print(f"\ntakeover without session: node-a parked {parked_at - cut_at:.1f} s after the cut, node-b identified "
+          f"after it (wait {TAKEOVER_WAIT_S:.1f} s); doubled {doubled:.2f} s")  # fmt: skip

@@ -178,3 +178,55 @@ def test_a_redis_that_forgot_everything_moves_no_group(redis_url, prefix):
     assert a.amnesias == b.amnesias == 1
     assert any(e.kind == "amnesia" for e in a.events()) and any(e.kind == "amnesia" for e in b.events())
     assert sa.owners(8, 4) == {g: "a" for g in held_a} | {g: "b" for g in held_b}  # re-asserted
+
+
+def test_a_group_run_elsewhere_and_taken_without_a_session_is_a_takeover(redis_url, prefix):
+    """Issue 20, defect 6: a group that another node ran, taken over with no session in Redis
+    (lost), is acquired as a "takeover" (the arbiter waits before it identifies); a group
+    nobody ran is a plain start."""
+    from supervisor.cluster import NODE_TTL_S
+    from supervisor.cluster_node import ClusterNode
+    from supervisor.coordination import RedisCoordinator
+
+    client, (sa, sb) = stores(redis_url, prefix, "a", "b")
+    assert sa.take(4, 0, ttl_s=10) == "" and sb.take(4, 0, ttl_s=10) is None  # nobody ran it; taken
+    now = [0.0]
+    b = ClusterNode(sb, RedisCoordinator(client, prefix), shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+    reason, b._epoch = sb.check_meta(4, 2)
+    assert reason is None and sb.heartbeat(b._info(), NODE_TTL_S) == 0.0
+    client.delete(sa.lease_key(4, 0))  # a's lease expired (a partitioned, or dead)
+    for t in range(5):
+        now[0] = float(t)
+        b._round(now[0])
+    acquired = {e.group: e.how for e in b.events() if e.kind == "acquired"}
+    assert acquired == {0: "takeover", 1: "start"}
+
+
+def test_a_stuck_supervisor_loop_lets_its_leases_lapse(redis_url, prefix):
+    """Issue 20, defect 7: the cluster thread renewed the leases while the supervisor's loop was
+    stuck (a stalled disk under an fsync): its workers stopped for lack of pings, and no other
+    node could take the groups over. Now the thread renews only while the loop tells it the
+    facts (every pass); a round after LOOP_STALE_S of silence does nothing."""
+    from supervisor.cluster import LOOP_STALE_S, NODE_TTL_S
+    from supervisor.cluster_node import ClusterNode
+    from supervisor.coordination import RedisCoordinator
+
+    client, (sa,) = stores(redis_url, prefix, "a")
+    now = [0.0]
+    a = ClusterNode(sa, RedisCoordinator(client, prefix), shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+    reason, a._epoch = sa.check_meta(4, 2)
+    assert reason is None and sa.heartbeat(a._info(), NODE_TTL_S) == 0.0
+    for t in range(5):
+        now[0] = float(t)
+        a.facts(set())  # the loop runs
+        a._round(now[0])
+    assert a.held == {0, 1}
+    time.sleep(1.0)  # Redis' clock: the lease lost a second of its TTL
+    now[0] = 4.0 + LOOP_STALE_S  # the loop has been stuck since t=4
+    a._round(now[0])
+    assert a.stale_rounds == 1
+    assert client.pttl(sa.lease_key(4, 0)) < 9_500  # not renewed
+    now[0] += 1.0
+    a.facts(set())  # the loop is back: renewed at once
+    a._round(now[0])
+    assert a.stale_rounds == 0 and client.pttl(sa.lease_key(4, 0)) > 9_500
