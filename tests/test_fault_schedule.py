@@ -1,0 +1,250 @@
+"""A seeded random schedule of faults against a live cluster, with the invariants checked after
+each fault (issue 20): how distributed systems that people trust are tested.
+
+Three cluster nodes (real supervisor processes, one shard per worker process) run 6 shards of a
+simulator's live stream, each node behind its own proxies to Redis and to RabbitMQ. A schedule
+drawn from the seed applies faults one after the other:
+
+- ``kill``: a node killed with -9 (its workers die with it), started again once its name is free;
+- ``stop_node``: a node's supervisor SIGSTOPped for 5-12 s (its workers run on), then SIGCONT;
+- ``stop_worker``: one worker process SIGSTOPped for 3-10 s, then SIGCONT;
+- ``freeze_redis``: one node's Redis link frozen for 4-14 s (its calls hang), then restored;
+- ``flush_redis``: every key of the cluster deleted (Redis restarted empty);
+- ``cut_rabbit``: one node's RabbitMQ link cut for 2-8 s, then restored.
+
+After each fault, once every shard is READY again (at most :data:`LIVE_BOUND_S`):
+
+- no simulator violation (bucket rule, send limits) and every IDENTIFY accepted;
+- no shard had two open connections for more than 3 s (two sessions publishing);
+- no IDENTIFY, except after ``flush_redis`` (which can lose sessions: counted and reported);
+- at the end, 0 logical events lost: every MESSAGE_CREATE any session that was not replaced by
+  an IDENTIFY received is in RabbitMQ.
+
+``SPECTACLES_FAULT_SEEDS`` picks the seeds (``7`` or ``1-20``; CI runs the default, one seed);
+the seed is in the test id and printed with every fault, so a failing seed becomes a
+regression test by adding it to :data:`REGRESSION_SEEDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+import redis
+
+from shard_worker import spectacles
+from supervisor.cluster_status import read
+from supervisor.simulator import SimulatorThread
+from tests.helpers import TOKEN, wait_for
+from tests.redis_faults import FreezingProxy
+from tests.supervisor.reshard_watch import ids_in
+from tests.supervisor.supervisor_process import SupervisorProcess
+from tests.supervisor.test_cluster_live import ConnectionSampler
+from tests.tcp_proxy import TcpProxy
+
+SHARDS = 6
+NODES = ("node-a", "node-b", "node-c")
+FAULTS_PER_SEED = 5
+KINDS = ("kill", "stop_node", "stop_worker", "freeze_redis", "flush_redis", "cut_rabbit")
+#: every shard is READY again this long after a fault ends, at the latest (a takeover without
+#: a session waits 24.5 s before it identifies; a node killed -9 needs its leases to expire)
+LIVE_BOUND_S = 90.0
+#: seeds that once failed (each a regression test)
+REGRESSION_SEEDS: tuple[int, ...] = ()
+DEFAULT_SEEDS = (20261207,)
+
+
+def seeds() -> list[int]:
+    spec = os.environ.get("SPECTACLES_FAULT_SEEDS", "")
+    if not spec:
+        return [*DEFAULT_SEEDS, *REGRESSION_SEEDS]
+    if "-" in spec:
+        low, high = (int(x) for x in spec.split("-", 1))
+        return list(range(low, high + 1))
+    return [int(x) for x in spec.split(",")]
+
+
+class SessionIds:
+    """Every 0.2 s, the MESSAGE_CREATE ids each shard's current session was sent (a session's
+    history is forgotten once it ends), by session id."""
+
+    def __init__(self, sim) -> None:
+        self.sim = sim
+        self.ids: dict[str, set[str]] = {}
+        self._on = threading.Event()
+        self._on.set()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while self._on.is_set():
+            for state in self.sim.call("shard_states").values():
+                sid = state.get("session_id")
+                if sid:
+                    self.ids.setdefault(sid, set()).update(ids_in(self.sim, sid))
+            time.sleep(0.2)
+
+    def stop(self) -> dict[str, set[str]]:
+        self._on.clear()
+        self._thread.join(5)
+        return self.ids
+
+
+def cluster_args(redis_url: str, prefix: str, name: str) -> tuple[str, ...]:
+    return ("--cluster", "--redis-url", redis_url, "--redis-prefix", prefix, "--shard-count", str(SHARDS),
+            "--shards-per-process", "1", "--node-name", name)  # fmt: skip
+
+
+class Node:
+    """One cluster node and its two proxies."""
+
+    def __init__(self, name: str, sim, amqp_url: str, redis_host: str, redis_port: int, group: str, prefix: str, tmp) -> None:
+        parts = urlsplit(amqp_url)
+        self.name = name
+        self.redis = FreezingProxy(redis_host, redis_port).__enter__()
+        self.amqp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).__enter__()
+        self.args = (sim, f"amqp://guest:guest@127.0.0.1:{self.amqp.port}/%2F", group, tmp / name,
+                     *cluster_args(f"redis://127.0.0.1:{self.redis.port}/0", prefix, name))  # fmt: skip
+        self.proc = SupervisorProcess(*self.args)
+        self.logs: list[str] = []
+
+    def restart(self) -> None:
+        self.logs.append(self.proc.output())
+        self.proc = SupervisorProcess(*self.args)
+
+    def output(self) -> str:
+        return "".join(self.logs) + self.proc.output()
+
+    def close(self) -> None:
+        self.proc.stop()
+        for proxy in (self.redis, self.amqp):
+            proxy.__exit__(None, None, None)
+
+
+def apply(fault: str, rng: random.Random, nodes: list[Node], client: redis.Redis, prefix: str, say) -> None:
+    """Apply one fault and undo it (a kill is undone by a restart); returns when it is over."""
+    node = rng.choice(nodes)
+    if fault == "kill":
+        say(f"kill -9 {node.name}")
+        node.proc.proc.send_signal(signal.SIGKILL)
+        node.proc.wait(10)
+        time.sleep(11.0)  # its name is free once its heartbeat expired (10 s)
+        node.restart()
+    elif fault == "stop_node":
+        held_for = rng.uniform(5, 12)
+        say(f"SIGSTOP {node.name} for {held_for:.1f} s")
+        node.proc.signal(signal.SIGSTOP)
+        time.sleep(held_for)
+        node.proc.signal(signal.SIGCONT)
+    elif fault == "stop_worker":
+        workers = [c for n in nodes for c in n.proc.children() if c.is_running()]
+        if not workers:
+            say("no worker to stop")
+            return
+        worker = rng.choice(workers)
+        held_for = rng.uniform(3, 10)
+        say(f"SIGSTOP worker {worker.pid} for {held_for:.1f} s")
+        try:
+            worker.send_signal(signal.SIGSTOP)
+            time.sleep(held_for)
+            worker.send_signal(signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            pass  # replaced meanwhile
+    elif fault == "freeze_redis":
+        held_for = rng.uniform(4, 14)
+        say(f"freeze {node.name}'s Redis link for {held_for:.1f} s")
+        node.redis.freeze()
+        time.sleep(held_for)
+        node.redis.restore()
+    elif fault == "flush_redis":
+        say("Redis forgets everything (every key of the cluster deleted)")
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+    elif fault == "cut_rabbit":
+        held_for = rng.uniform(2, 8)
+        say(f"cut {node.name}'s RabbitMQ link for {held_for:.1f} s")
+        node.amqp.cut()
+        time.sleep(held_for)
+        node.amqp.restore()
+    else:
+        raise ValueError(fault)
+
+
+@pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
+def test_a_random_schedule_of_faults_keeps_the_invariants(amqp_url, rabbit, redis_url, group, tmp_path, seed):
+    rng = random.Random(seed)
+    schedule = [rng.choice(KINDS) for _ in range(FAULTS_PER_SEED)]
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"[seed {seed} +{time.monotonic() - started:.0f}s] {line}", flush=True)
+
+    say(f"schedule: {', '.join(schedule)}")
+    client = redis.Redis.from_url(redis_url)
+    kwargs = client.connection_pool.connection_kwargs
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "faults")
+    rabbit.bind(group, queue, "MESSAGE_CREATE")
+    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(SHARDS)), spectacles.send_queue(group))
+    nodes: list[Node] = []
+    published: set[str] = set()
+    identified_after: dict[str, int] = {}
+    try:
+        with SimulatorThread(
+            token=TOKEN, shard_count=SHARDS, max_concurrency=SHARDS, events_per_shard=-1, rate=5,
+            heartbeat_interval_ms=20000, seed=seed,
+        ) as sim:  # fmt: skip
+            for name in NODES:
+                nodes.append(Node(name, sim, amqp_url, kwargs["host"], kwargs["port"], group, prefix, tmp_path))
+            sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=90)
+            wait_for(lambda: sorted(len(n["groups"]) for n in read(client, prefix)["nodes"]) == [2, 2, 2], 60,
+                     what="2 groups per node")  # fmt: skip
+            watcher = SessionIds(sim)
+            for number, fault in enumerate(schedule, 1):
+                identifies = len(sim.snapshot()["identifies"])
+                sampler = ConnectionSampler(sim)
+                apply(fault, rng, nodes, client, prefix, say)
+                ended = time.monotonic()
+                sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=LIVE_BOUND_S)
+                live_after = time.monotonic() - ended
+                time.sleep(2.0)
+                doubled = sampler.stop()
+                snap = sim.snapshot()
+                new = snap["identifies"][identifies:]
+                say(f"fault {number} ({fault}): all live {live_after:.1f} s after it ended; doubled {doubled:.2f} s; "
+                    f"{len(new)} identifies")  # fmt: skip
+                assert snap["violations"] == [], f"seed {seed}: {snap['violations']}"
+                assert all(i["accepted"] for i in new), f"seed {seed}: an IDENTIFY refused: {new}"
+                assert doubled <= 3.0, f"seed {seed}, fault {number} ({fault}): a shard doubled for {doubled} s"
+                if new:
+                    assert fault == "flush_redis", f"seed {seed}, fault {number} ({fault}): {len(new)} identifies"
+                    identified_after[f"{number}:{fault}"] = len(new)
+                published |= {json.loads(body)["id"] for _, _, body in rabbit.get_all(queue)}
+            time.sleep(2.0)
+            by_session = watcher.stop()
+            # a session replaced by an IDENTIFY after the start was lost (only a flush may do
+            # that, checked above): what it received and nobody published is not owed
+            sessions_of: dict[int, list[str]] = {}
+            for record in sim.snapshot()["identifies"]:
+                if record["accepted"]:
+                    sessions_of.setdefault(record["shard"], []).append(record["session_id"])
+            replaced = {sid for sids in sessions_of.values() for sid in sids[:-1]}
+            due = set().union(*(ids for sid, ids in by_session.items() if sid not in replaced))
+    finally:
+        for node in nodes:
+            node.close()
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+    published |= {json.loads(body)["id"] for _, _, body in rabbit.get_all(queue)}
+    lost = due - published
+    say(f"done in {time.monotonic() - started:.0f} s: {len(due)} events owed, {len(lost)} lost; "
+        f"identifies after faults {identified_after or 'none'}; sessions replaced {len(replaced)}")  # fmt: skip
+    assert len(due) > 100 and not lost, f"seed {seed}: {len(lost)} of {len(due)} events lost"
