@@ -1294,7 +1294,11 @@ class Arbiter:
             view = gate_view(self.gate, now)
             eta = estimate(ready or 0, self.reshard.new.shard_count, queued=view.queued, free_at=view.free_at,
                            interval=self.gate.interval, now=now, hold_until=view.hold_until, settle=1.0).eta  # fmt: skip
-        return {**self.reshard.describe(), "new_ready": ready, "eta_s": None if eta is None else round(max(0.0, eta), 1)}
+        behind = sorted(run.behind) if run is not None and self.reshard.phase is Phase.DRAINING else []
+        return {
+            **self.reshard.describe(), "new_ready": ready, "eta_s": None if eta is None else round(max(0.0, eta), 1),
+            "old_behind": behind,  # old shards not caught up at the cut-over yet (draining)
+        }  # fmt: skip
 
     def _count_reshard_end(self) -> dict[str, int]:
         """Reshards ended so far, by outcome (each counted once, when first seen ended)."""

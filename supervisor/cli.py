@@ -526,6 +526,8 @@ def reshard_line(status: dict[str, Any]) -> str | None:
         line += f", {reshard['new_ready']}/{reshard.get('new_count')} new shards READY"
         if isinstance(reshard.get("eta_s"), (int, float)):
             line += f", ETA {reshard['eta_s']:.0f} s"
+    if reshard.get("phase") == "draining" and reshard.get("old_behind"):
+        line += f", old shards not caught up yet: {format_shard_ids(reshard['old_behind'])}"
     if reshard.get("reason"):
         line += f" ({reshard['reason']})"
     return line

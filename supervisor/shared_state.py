@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .offloop import wait_until
+
 log = logging.getLogger("supervisor.shared_state")
 
 #: A save that failed is tried again this long after (unless a newer snapshot replaced it).
@@ -262,14 +264,8 @@ class SharedState:
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` until nothing is pending or running; False if time ran out.
         Blocks: for the end of a run and for tests, never the running loop."""
-        deadline = self.clock() + timeout
         with self._cond:
-            while not (self._mailbox.idle and not self._busy):
-                left = deadline - self.clock()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
+            return wait_until(self._cond, lambda: self._mailbox.idle and not self._busy, timeout, self.clock)
 
     def close(self, timeout: float = 0.0) -> bool:
         """Let pending work finish for up to ``timeout`` seconds, then stop the thread (a call

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .offloop import wait_until
+
 log = logging.getLogger("supervisor.state")
 
 #: A failed write is tried again this long after.
@@ -74,14 +76,8 @@ class StateWriter:
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` until everything handed over is written; False if time ran
         out. Blocks: for the end of a run and for tests, never the running loop."""
-        deadline = self.clock() + timeout
         with self._cond:
-            while self._sessions or self._grants or self._busy:
-                left = deadline - self.clock()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
-        return True
+            return wait_until(self._cond, lambda: not (self._sessions or self._grants or self._busy), timeout, self.clock)
 
     def close(self, timeout: float) -> bool:
         """Write what is pending (up to ``timeout``), then stop the thread."""

@@ -31,6 +31,8 @@ class SessionWatcher:
         self.counts = counts
         #: MESSAGE_CREATE id -> its guild_id
         self.guilds: dict[str, int | None] = {}
+        #: session id -> the MESSAGE_CREATE ids it was sent
+        self.by_session: dict[str, set[str]] = {}
         self._on = threading.Event()
         self._on.set()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -41,8 +43,10 @@ class SessionWatcher:
             for count, states in self.sim.call("set_states").items():
                 if self.counts is None or count in self.counts:
                     for state in states.values():
-                        if state.get("session_id"):
-                            self.guilds.update(guilds_in(self.sim, state["session_id"]))
+                        if sid := state.get("session_id"):
+                            seen = guilds_in(self.sim, sid)
+                            self.guilds.update(seen)
+                            self.by_session.setdefault(sid, set()).update(seen)
             time.sleep(0.2)
 
     def stop(self) -> set[str]:

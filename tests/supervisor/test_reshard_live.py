@@ -13,11 +13,13 @@ set serving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -171,79 +173,81 @@ def test_a_fatal_close_of_a_new_shard_aborts_and_the_old_set_keeps_serving(amqp_
         assert saved["shard_count"] == 4 and len(saved["sessions"]) == 4
 
 
-def test_a_sigterm_after_the_cut_over_keeps_the_new_set(amqp_url, rabbit, group, tmp_path):
-    """SIGTERM while the old set drains (past T): the new set is the one saved, and the next
-    ``start --shard-count 8`` resumes all 8 new sessions (no identify)."""
-    with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
-        heartbeat_interval_ms=20000,
-    ) as sim:  # fmt: skip
+@contextlib.contextmanager
+def serving_four(amqp_url, rabbit, group, tmp_path, per_process: int = 4, **sim_kw) -> Iterator[tuple]:
+    """A reshardable simulator of 4 shards and a supervisor serving them, READY and answering
+    ``status``: yields ``(sim, sup, state_dir)``; the supervisor is stopped at the end (a test
+    may stop it earlier and go on with the simulator)."""
+    options = dict(token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
+                   heartbeat_interval_ms=20000) | sim_kw  # fmt: skip
+    with SimulatorThread(**options) as sim:
         rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
         state = tmp_path / "state"
-        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
+        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", str(per_process))
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
             wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            command = reshard_command(state, 8)
-
-            wait_for(lambda: reshard_phase(sup) in ("cutover", "draining"), 60, interval=0.02, what="the cut-over")
-            wait_for(lambda: reshard_phase(sup) == "draining", 10, interval=0.02, what="past T")
-            sup.signal(signal.SIGTERM)
-            assert sup.wait(30) == 0
-            command.communicate(timeout=30)
+            yield sim, sup, state
         finally:
             sup.stop()
-        saved = json.loads((state / "sessions.json").read_text())
-        assert saved["shard_count"] == 8 and len(saved["sessions"]) == 8
-        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", "--shard-count", "8")
-        try:
-            sim.wait_until(lambda s: s["ready_sets"].get(8) == list(range(8)), timeout=40)
-            snap = sim.snapshot()
-            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8
-            assert "reshard 4 -> 8 done" in sup.log_path.read_text()  # adopted while stopping
-            again.signal(signal.SIGTERM)
-            assert again.wait(20) == 0
-        finally:
-            again.stop()
+
+
+def restart_resumes(sim, amqp_url, group, state, count: int, *args: str) -> dict:
+    """Start a supervisor again on ``state`` (with ``args``), wait until the ``count`` shards of
+    that count are READY, stop it; the simulator's snapshot then."""
+    again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", *args)
+    try:
+        sim.wait_until(lambda s: s["ready_sets"].get(count) == list(range(count)), timeout=40)
+        snap = sim.snapshot()
+        again.signal(signal.SIGTERM)
+        assert again.wait(20) == 0
+        return snap
+    finally:
+        again.stop()
+
+
+def saved_sessions(state) -> tuple[int, int]:
+    """The shard count and the number of sessions in the state dir."""
+    saved = json.loads((state / "sessions.json").read_text())
+    return saved["shard_count"], len(saved["sessions"])
+
+
+def accepted(snap) -> int:
+    return len([i for i in snap["identifies"] if i["accepted"]])
+
+
+def test_a_sigterm_after_the_cut_over_keeps_the_new_set(amqp_url, rabbit, group, tmp_path):
+    """SIGTERM while the old set drains (past T): the new set is the one saved, and the next
+    ``start --shard-count 8`` resumes all 8 new sessions (no identify)."""
+    with serving_four(amqp_url, rabbit, group, tmp_path) as (sim, sup, state):
+        command = reshard_command(state, 8)
+        wait_for(lambda: reshard_phase(sup) in ("cutover", "draining"), 60, interval=0.02, what="the cut-over")
+        wait_for(lambda: reshard_phase(sup) == "draining", 10, interval=0.02, what="past T")
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
+        command.communicate(timeout=30)
+        assert saved_sessions(state) == (8, 8)
+        snap = restart_resumes(sim, amqp_url, group, state, 8, "--shard-count", "8")
+        assert accepted(snap) == 4 + 8
+        assert "reshard 4 -> 8 done" in sup.log_path.read_text()  # adopted while stopping
 
 
 def test_a_sigterm_during_the_cut_over_keeps_the_old_set(amqp_url, rabbit, group, tmp_path):
     """SIGTERM while the cut-over point is being told (before T): the cut-over is taken back,
     the new sessions end, the old set's 4 sessions are the ones saved, and the next
     ``start --shard-count 4`` resumes all of them (no identify)."""
-    with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
-        heartbeat_interval_ms=20000,
-    ) as sim:  # fmt: skip
-        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
-        state = tmp_path / "state"
-        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
-        try:
-            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
-            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            command = reshard_command(state, 8)
-
-            # T is chosen 3 s ahead: the cutover phase lasts that long
-            wait_for(lambda: reshard_phase(sup) == "cutover", 60, interval=0.02, what="the cut-over phase")
-            sup.signal(signal.SIGTERM)
-            assert sup.wait(30) == 0
-            command.communicate(timeout=30)
-        finally:
-            sup.stop()
-        log = sup.log_path.read_text()
-        assert "reshard 4 -> 8 done" not in log
-        saved = json.loads((state / "sessions.json").read_text())
-        assert saved["shard_count"] == 4 and len(saved["sessions"]) == 4
-        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4", "--shard-count", "4")
-        try:
-            sim.wait_until(lambda s: s["ready_sets"].get(4) == [0, 1, 2, 3], timeout=40)
-            snap = sim.snapshot()
-            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8  # the 4 resumed
-            assert not snap["ready_sets"].get(8)  # the new sessions ended
-            again.signal(signal.SIGTERM)
-            assert again.wait(20) == 0
-        finally:
-            again.stop()
+    with serving_four(amqp_url, rabbit, group, tmp_path) as (sim, sup, state):
+        command = reshard_command(state, 8)
+        # T is chosen 3 s ahead: the cutover phase lasts that long
+        wait_for(lambda: reshard_phase(sup) == "cutover", 60, interval=0.02, what="the cut-over phase")
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
+        command.communicate(timeout=30)
+        assert "reshard 4 -> 8 done" not in sup.log_path.read_text()
+        assert saved_sessions(state) == (4, 4)
+        snap = restart_resumes(sim, amqp_url, group, state, 4, "--shard-count", "4")
+        assert accepted(snap) == 4 + 8  # the 4 resumed
+        assert not snap["ready_sets"].get(8)  # the new sessions ended
 
 
 def test_a_rolling_restart_after_a_reshard(amqp_url, group, tmp_path):
@@ -281,40 +285,21 @@ def test_a_supervisor_killed_after_the_cut_over_comes_back_with_the_new_set(amqp
     set (its children die with it) left only the old count's sessions on disk: the restart
     (which takes the saved count) identified everything again. Past T the new set's sessions
     are saved under its count: the restart, without --shard-count, resumes all 8."""
-    with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, events_per_shard=-1, rate=5,
-        heartbeat_interval_ms=20000,
-    ) as sim:  # fmt: skip
-        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
-        state = tmp_path / "state"
-        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
-        try:
-            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
-            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            old_children = sup.children()
-            command = reshard_command(state, 8)
-            wait_for(lambda: reshard_phase(sup) == "draining", 90, interval=0.02, what="past T")
-            for child in old_children:  # the old set takes its time to stop: the adoption waits
-                child.send_signal(signal.SIGSTOP)
-            time.sleep(2.0)  # save passes (every second) ran
-            assert reshard_phase(sup) == "draining"
-            sup.signal(signal.SIGKILL)  # its children die with it, the stopped ones too
-            sup.wait(10)
-            command.communicate(timeout=30)
-        finally:
-            sup.stop()
-        saved = json.loads((state / "sessions.json").read_text())
-        assert saved["shard_count"] == 8 and len(saved["sessions"]) == 8
-        again = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "4")
-        try:
-            sim.wait_until(lambda s: s["ready_sets"].get(8) == list(range(8)), timeout=40)
-            snap = sim.snapshot()
-            assert len([i for i in snap["identifies"] if i["accepted"]]) == 4 + 8  # none after the kill
-            assert len([r for r in snap["resumes"] if r["result"] == "ok"]) >= 8
-            again.signal(signal.SIGTERM)
-            assert again.wait(20) == 0
-        finally:
-            again.stop()
+    with serving_four(amqp_url, rabbit, group, tmp_path) as (sim, sup, state):
+        old_children = sup.children()
+        command = reshard_command(state, 8)
+        wait_for(lambda: reshard_phase(sup) == "draining", 90, interval=0.02, what="past T")
+        for child in old_children:  # the old set takes its time to stop: the adoption waits
+            child.send_signal(signal.SIGSTOP)
+        time.sleep(2.0)  # save passes (every second) ran
+        assert reshard_phase(sup) == "draining"
+        sup.signal(signal.SIGKILL)  # its children die with it, the stopped ones too
+        sup.wait(10)
+        command.communicate(timeout=30)
+        assert saved_sessions(state) == (8, 8)
+        snap = restart_resumes(sim, amqp_url, group, state, 8)
+        assert accepted(snap) == 4 + 8  # none after the kill
+        assert len([r for r in snap["resumes"] if r["result"] == "ok"]) >= 8
 
 
 def test_an_old_child_killed_at_the_cut_over_restarts_with_it(amqp_url, rabbit, group, tmp_path):
@@ -322,37 +307,25 @@ def test_an_old_child_killed_at_the_cut_over_restarts_with_it(amqp_url, rabbit, 
     was restarted without it, and published past T unmarked (duplicates consumers cannot
     drop). The restarted child is given the cut-over in its config: it resumes, catches up,
     publishes nothing after; 0 lost, every duplicate marked on both copies."""
-    with SimulatorThread(
-        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, guilds_per_shard=4,
-        events_per_shard=-1, rate=20, heartbeat_interval_ms=20000, seed=21,
-    ) as sim:  # fmt: skip
-        queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
-        rabbit.bind(group, queue, "MESSAGE_CREATE")
-        rabbit.track(spectacles.send_queue(group), *(spectacles.shard_queue(group, i) for i in range(8)))
-        state = tmp_path / "state"
-        sup = SupervisorProcess(sim, amqp_url, group, state, "--shards-per-process", "2")
-        try:
-            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)
-            wait_for(lambda: sup.cli("status", "--json").returncode == 0, 10)
-            old_children = sup.children()
-            assert len(old_children) == 2
-            watcher = SessionWatcher(sim, (4,))
-            command = reshard_command(state, 8)
-            wait_for(lambda: reshard_phase(sup) == "cutover", 90, interval=0.02, what="the cut-over phase")
-            old_children[0].send_signal(signal.SIGKILL)
-            out, err = command.communicate(timeout=120)
-            old_ids = watcher.stop()
-            assert command.returncode == 0, out + err + sup.output()[-3000:]
-            snap = sim.snapshot()
-            new_ids: set[str] = set()
-            for state_ in snap["sets"][8].values():
-                new_ids |= ids_in(sim, state_["session_id"])
-            time.sleep(1.0)
-            log = sup.output()
-            sup.signal(signal.SIGTERM)
-            assert sup.wait(30) == 0
-        finally:
-            sup.stop()
+    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "test")
+    rabbit.bind(group, queue, "MESSAGE_CREATE")
+    with serving_four(amqp_url, rabbit, group, tmp_path, 2, guilds_per_shard=4, rate=20, seed=21) as (sim, sup, state):
+        old_children = sup.children()
+        assert len(old_children) == 2
+        watcher = SessionWatcher(sim, (4,))
+        command = reshard_command(state, 8)
+        wait_for(lambda: reshard_phase(sup) == "cutover", 90, interval=0.02, what="the cut-over phase")
+        old_children[0].send_signal(signal.SIGKILL)
+        out, err = command.communicate(timeout=120)
+        old_ids = watcher.stop()
+        assert command.returncode == 0, out + err + sup.output()[-3000:]
+        new_ids: set[str] = set()
+        for state_ in sim.snapshot()["sets"][8].values():
+            new_ids |= ids_in(sim, state_["session_id"])
+        time.sleep(1.0)
+        log = sup.output()
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
     assert "caught up" in log or "every old shard is caught up" in log
     # A crash re-publishes what was not confirmed with the same message id (consumers drop
     # those by id, as after any crash); the reshard's duplicates come from two sessions, with

@@ -37,3 +37,10 @@ def test_a_running_and_an_aborted_reshard():
     assert reshard_line({**STATUS, "reshard": aborted.describe()}) == (
         "reshard: 4 -> 8, aborted (shard 2 of the new set: Discord closed with 4013)"
     )
+
+
+def test_draining_shows_the_old_shards_not_caught_up():
+    plan = Reshard.plan(ShardSet.full(0, 4), 8).start().new_set_ready(0.0).cut_passed(3.0)
+    behind = {**STATUS, "reshard": {**plan.describe(), "old_behind": [1, 2]}}
+    assert reshard_line(behind) == "reshard: 4 -> 8, draining, old shards not caught up yet: 1-2"
+    assert reshard_line({**STATUS, "reshard": {**plan.describe(), "old_behind": []}}) == "reshard: 4 -> 8, draining"
