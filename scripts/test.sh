@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI: venv + install + servers + the whole test suite.
+#
+# The suite mostly waits (simulators, RabbitMQ, Redis, real processes), so it runs on
+# SPECTACLES_TEST_WORKERS pytest-xdist workers (default 4) at once; the tests marked
+# `exclusive` change the shared RabbitMQ node (stop_app, a memory alarm, a message size limit)
+# and run afterwards, alone. Extra arguments go to both parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/services.sh
-exec .venv/bin/python -m pytest "$@"
+workers=${SPECTACLES_TEST_WORKERS:-4}
+status=0
+.venv/bin/python -m pytest -n "$workers" -m "not exclusive" "$@" || status=$?
+if [[ $status -eq 5 ]]; then status=0; fi  # nothing selected here (a file of exclusive tests)
+alone=0
+.venv/bin/python -m pytest -m exclusive "$@" || alone=$?
+if [[ $alone -eq 5 ]]; then alone=0; fi  # no exclusive test among those asked for
+if [[ $status -ne 0 ]]; then exit "$status"; fi
+exit "$alone"

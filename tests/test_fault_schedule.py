@@ -32,6 +32,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -229,4 +231,164 @@ def test_a_random_schedule_of_faults_keeps_the_invariants(amqp_url, rabbit, redi
     lost = due - published
     say(f"done in {time.monotonic() - started:.0f} s: {len(due)} events owed, {len(lost)} lost; "
         f"identifies after faults {identified_after or 'none'}; sessions replaced {len(replaced)}")  # fmt: skip
+    assert len(due) > 100 and not lost, f"seed {seed}: {len(lost)} of {len(due)} events lost"
+
+
+# -- one supervisor, with live reshards -----------------------------------------------------------
+#: a reshard is refused in cluster mode: this schedule runs one supervisor (with Redis) and
+#: starts reshards, each with another fault while it runs
+SINGLE_KINDS = ("reshard", "kill_worker", "stop_worker", "kill_supervisor", "cut_rabbit", "freeze_redis", "flush_redis")
+DURING_RESHARD = ("kill_worker", "stop_worker", "kill_supervisor", "cut_rabbit", "freeze_redis")
+
+
+def serving_count(sup) -> int | None:
+    done = sup.cli("status", "--json")
+    return json.loads(done.stdout)["shard_count"] if done.returncode == 0 else None
+
+
+def saved_shards(state) -> set[tuple[int, int]]:
+    """``(shard, count)`` of the sessions in the state dir."""
+    try:
+        saved = json.loads((state / "sessions.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {(int(s), saved["shard_count"]) for s in saved.get("sessions", {})}
+
+
+@pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
+def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, rabbit, redis_url, group, tmp_path, seed):
+    """One supervisor (``--redis-url``), 4 shards of a reshardable simulator in processes of 2,
+    proxies to Redis and RabbitMQ. Faults: kill -9 of a worker or of the supervisor (started
+    again on its state dir), SIGSTOP of a worker, RabbitMQ cut, Redis frozen or emptied, and live
+    reshards (to 6, 8, 10...: a count is never used twice), each with another fault while it
+    runs. After each: the serving count's shards READY, no violation, no shard doubled for more
+    than 3 s, identifies only for a reshard's new set or a session not saved yet; at the end,
+    0 events lost."""
+    rng = random.Random(seed)
+    schedule = [rng.choice(SINGLE_KINDS) for _ in range(FAULTS_PER_SEED)]
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"[single seed {seed} +{time.monotonic() - started:.0f}s] {line}", flush=True)
+
+    say(f"schedule: {', '.join(schedule)}")
+    client = redis.Redis.from_url(redis_url)
+    kwargs = client.connection_pool.connection_kwargs
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "faults")
+    rabbit.bind(group, queue, "MESSAGE_CREATE")
+    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(4 + 2 * FAULTS_PER_SEED)), spectacles.send_queue(group))
+    parts = urlsplit(amqp_url)
+    state = tmp_path / "state"
+    published: set[str] = set()
+    next_count = 6
+    with FreezingProxy(kwargs["host"], kwargs["port"]) as redis_link, TcpProxy(parts.hostname, parts.port or 5672) as amqp_link, SimulatorThread(
+        token=TOKEN, shard_count=4, reshardable=True, max_concurrency=4, guilds_per_shard=4, events_per_shard=-1, rate=5,
+        heartbeat_interval_ms=20000, seed=seed,
+    ) as sim:  # fmt: skip
+        args = (sim, f"amqp://guest:guest@127.0.0.1:{amqp_link.port}/%2F", group, state, "--shards-per-process", "2",
+                "--redis-url", f"redis://127.0.0.1:{redis_link.port}/0", "--redis-prefix", prefix)  # fmt: skip
+        sup = SupervisorProcess(*args)
+        watcher = SessionWatcher(sim)
+        try:
+            sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=60)
+            wait_for(lambda: serving_count(sup) == 4, 20, what="status")
+
+            def one(kind: str) -> None:
+                nonlocal sup
+                if kind == "kill_worker" or kind == "stop_worker":
+                    workers = sup.children()
+                    if not workers:
+                        say(f"{kind}: no worker")
+                        return
+                    worker = rng.choice(workers)
+                    if kind == "kill_worker":
+                        say(f"kill -9 worker {worker.pid}")
+                        worker.send_signal(signal.SIGKILL)
+                    else:
+                        held_for = rng.uniform(3, 10)
+                        say(f"SIGSTOP worker {worker.pid} for {held_for:.1f} s")
+                        try:
+                            worker.send_signal(signal.SIGSTOP)
+                            time.sleep(held_for)
+                            worker.send_signal(signal.SIGCONT)
+                        except psutil.NoSuchProcess:
+                            pass
+                elif kind == "kill_supervisor":
+                    say("kill -9 the supervisor (its workers die with it); started again on its state dir")
+                    sup.proc.send_signal(signal.SIGKILL)
+                    sup.wait(10)
+                    time.sleep(1.0)
+                    sup = SupervisorProcess(*args)
+                elif kind == "cut_rabbit":
+                    held_for = rng.uniform(2, 8)
+                    say(f"cut RabbitMQ for {held_for:.1f} s")
+                    amqp_link.cut()
+                    time.sleep(held_for)
+                    amqp_link.restore()
+                elif kind == "freeze_redis":
+                    held_for = rng.uniform(4, 14)
+                    say(f"freeze Redis for {held_for:.1f} s")
+                    redis_link.freeze()
+                    time.sleep(held_for)
+                    redis_link.restore()
+                elif kind == "flush_redis":
+                    say("Redis forgets everything")
+                    for key in client.scan_iter(f"{prefix}:*"):
+                        client.delete(key)
+                else:
+                    raise ValueError(kind)
+
+            for number, fault in enumerate(schedule, 1):
+                snap = sim.snapshot()
+                identifies = len(snap["identifies"])
+                count = serving_count(sup) or 4
+                unsaved = {s for s in range(count)} - {s for s, c in saved_shards(state) if c == count}
+                sampler = ConnectionSampler(sim)
+                resharding_to = None
+                if fault == "reshard":
+                    resharding_to, next_count = next_count, next_count + 2
+                    say(f"reshard {count} -> {resharding_to}")
+                    command = subprocess.Popen(
+                        [sys.executable, "-m", "supervisor", "reshard", "--shard-count", str(resharding_to), "--state-dir", str(state)],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    )  # fmt: skip
+                    time.sleep(rng.uniform(0, 12))
+                    one(rng.choice(DURING_RESHARD))
+                    out, _ = command.communicate(timeout=180)
+                    say(f"reshard command: {out.strip().splitlines()[-1] if out.strip() else '(nothing)'}")
+                else:
+                    one(fault)
+                ended = time.monotonic()
+                wait_for(lambda: serving_count(sup) is not None, 60, what="the supervisor answers")
+                serving = serving_count(sup)
+                sim.wait_until(lambda s: s["ready_sets"].get(serving) == list(range(serving)), timeout=LIVE_BOUND_S)
+                time.sleep(2.0)
+                doubled = sampler.stop()
+                snap = sim.snapshot()
+                new = [i for i in snap["identifies"][identifies:] if i["accepted"]]
+                say(f"fault {number} ({fault}): {serving} shards live {time.monotonic() - ended:.1f} s after it ended; "
+                    f"doubled {doubled:.2f} s; {len(new)} identifies")  # fmt: skip
+                assert snap["violations"] == [], f"seed {seed}: {snap['violations']}"
+                assert all(i["accepted"] for i in snap["identifies"][identifies:]), f"seed {seed}: an IDENTIFY refused"
+                assert doubled <= 3.0, f"seed {seed}, fault {number} ({fault}): a shard doubled for {doubled} s"
+                unexpected = [i for i in new if i["shard_count"] != resharding_to and i["shard"] not in unsaved]
+                assert not unexpected, f"seed {seed}, fault {number} ({fault}): identifies {unexpected}, unsaved {unsaved}"
+                published |= {json.loads(body)["id"] for _, _, body in rabbit.get_all(queue)}
+            time.sleep(2.0)
+            watcher.stop()
+            sessions_of: dict[tuple[int, int], list[str]] = {}
+            for record in sim.snapshot()["identifies"]:
+                if record["accepted"]:
+                    sessions_of.setdefault((record["shard"], record["shard_count"]), []).append(record["session_id"])
+            replaced = {sid for sids in sessions_of.values() for sid in sids[:-1]}
+            due = set().union(*(ids for sid, ids in watcher.by_session.items() if sid not in replaced))
+        finally:
+            watcher.stop()
+            sup.stop()
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)
+    published |= {json.loads(body)["id"] for _, _, body in rabbit.get_all(queue)}
+    lost = due - published
+    say(f"done in {time.monotonic() - started:.0f} s: {len(due)} events owed, {len(lost)} lost; sessions replaced {len(replaced)}")
     assert len(due) > 100 and not lost, f"seed {seed}: {len(lost)} of {len(due)} events lost"

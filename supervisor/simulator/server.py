@@ -645,7 +645,7 @@ class Simulator:
 
         * ``sent``: every payload a client sent: ``{time, shard, conn, op, d}`` (``d["token"]``
           replaced by ``"<redacted>"``; ``shard`` None until the connection identified/resumed);
-        * ``identifies``: ``{time, shard, bucket, conn, accepted, session_id}`` for every
+        * ``identifies``: ``{time, shard, shard_count, bucket, conn, accepted, session_id}`` for every
           identify that passed validation (``accepted`` False: bucket rule or no starts left);
         * ``resumes``: ``{time, shard, session_id, seq, path, conn, result, replayed}``,
           ``result`` one of ``ok``, ``invalid_session``, ``invalid_seq``, ``too_old``;
@@ -1040,7 +1040,7 @@ class Simulator:
         self._session_start_limit()  # refresh the daily budget
         bucket = protocol.identify_bucket(shard_id, opts.max_concurrency)
         arrived = time.time() - max(0.0, self._loop.time() - now)  # type: ignore[union-attr]
-        entry = {"time": arrived, "shard": shard_id, "bucket": bucket, "conn": conn.id,
+        entry = {"time": arrived, "shard": shard_id, "shard_count": count, "bucket": bucket, "conn": conn.id,
                  "accepted": False, "session_id": None}
         if self._remaining <= 0:
             self.identifies.append(entry)
@@ -1133,6 +1133,8 @@ class Simulator:
             conn.shard = session.shard
             conn.count = session.count
             conn.record["shard"] = session.shard
+            if session.count != self.options.shard_count:
+                conn.record["shard_count"] = session.count
         if session is None or not self._resumable(session):
             entry["result"] = "invalid_session"
             await self._invalid_session(conn, False)

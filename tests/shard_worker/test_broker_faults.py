@@ -13,12 +13,16 @@ import threading
 import time
 
 import pika
+import pytest
 
 from shard_worker import spectacles
 from supervisor.simulator import SimulatorThread
 from supervisor.simulator.payloads import DISPATCH_TYPES
 from tests import rabbitmq_admin
 from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
+
+#: Changes the shared RabbitMQ node: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.exclusive
 
 #: Everything the simulator dispatches: every event is counted.
 TYPES = frozenset(DISPATCH_TYPES) | {"READY", "GUILD_CREATE", "RESUMED"}

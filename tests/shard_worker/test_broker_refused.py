@@ -11,10 +11,15 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
+import pytest
+
 from shard_worker import spectacles
 from shard_worker.broker import AmqpBridge
 from tests import rabbitmq_admin
 from tests.tcp_proxy import TcpProxy
+
+#: Changes the shared RabbitMQ node: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.exclusive
 
 LIMIT = 64 * 1024
 

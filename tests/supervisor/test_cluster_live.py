@@ -33,8 +33,8 @@ SHARDS = 12
 
 
 class ConnectionSampler:
-    """Every 0.25 s: the open gateway connections of each shard; the longest run of samples in
-    which some shard had two or more."""
+    """Every 0.25 s: the open gateway connections of each shard (of each shard count); the
+    longest run of samples in which some shard had two or more."""
 
     def __init__(self, sim) -> None:
         self.sim = sim
@@ -47,10 +47,11 @@ class ConnectionSampler:
 
     def _sample(self) -> None:
         while self._on:
-            open_by_shard: dict[int, int] = {}
+            open_by_shard: dict[tuple[int, int | None], int] = {}
             for record in self.sim.snapshot()["connections"]:
                 if record["closed"] is None and record.get("shard") is not None:
-                    open_by_shard[record["shard"]] = open_by_shard.get(record["shard"], 0) + 1
+                    key = (record["shard"], record.get("shard_count"))  # a reshard's two sets differ
+                    open_by_shard[key] = open_by_shard.get(key, 0) + 1
             self.samples += 1
             self._run = self._run + 1 if any(n > 1 for n in open_by_shard.values()) else 0
             self.longest = max(self.longest, self._run)
