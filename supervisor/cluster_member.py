@@ -224,6 +224,7 @@ class ClusterMember:
             "handed_over": self.handed_over,
             "fenced": self.fenced,
             "redis_answering": not self.node.failing,
+            "amnesias": self.node.amnesias,
         }
 
 

@@ -524,15 +524,20 @@ def _cluster_families(cluster: Any) -> Iterator[Metric]:
                             value=float(cluster.get("nodes") or 0))  # fmt: skip
     acquired = CounterMetricFamily(
         "spectacles_cluster_groups_acquired_total",
-        "Groups this node acquired: at start (free), by handoff, by failover (their owner died).", labels=["how"],
+        "Groups this node acquired: at start (free), by handoff, by failover (their owner died, its sessions "
+        "resumed), by takeover (run elsewhere before, no session: identified once its owner had certainly stopped).",
+        labels=["how"],
     )
-    for how in ("start", "handoff", "failover"):
+    for how in ("start", "handoff", "failover", "takeover"):
         acquired.add_metric([how], float((cluster.get("acquired") or {}).get(how, 0)))
     yield acquired
     yield CounterMetricFamily("spectacles_cluster_handoffs_total", "Groups this node handed over to another.",
                               value=float(cluster.get("handed_over") or 0))  # fmt: skip
     yield CounterMetricFamily("spectacles_cluster_fenced_total", "Groups this node stopped because it could not renew their lease.",
                               value=float(cluster.get("fenced") or 0))  # fmt: skip
+    yield CounterMetricFamily("spectacles_cluster_redis_amnesias_total",
+                              "Times this node found that Redis had forgotten the cluster (restarted empty, flushed).",
+                              value=float(cluster.get("amnesias") or 0))  # fmt: skip
 
 
 class SpectaclesCollector:

@@ -362,7 +362,7 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
                 ended = time.monotonic()
                 wait_for(lambda: serving_count(sup) is not None, 60, what="the supervisor answers")
                 serving = serving_count(sup)
-                sim.wait_until(lambda s: s["ready_sets"].get(serving) == list(range(serving)), timeout=LIVE_BOUND_S)
+                sim.wait_until(lambda s, n=serving: s["ready_sets"].get(n) == list(range(n)), timeout=LIVE_BOUND_S)
                 time.sleep(2.0)
                 doubled = sampler.stop()
                 snap = sim.snapshot()

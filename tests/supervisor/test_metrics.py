@@ -589,8 +589,8 @@ def test_reshard_gauges_follow_the_status_and_count_each_ended_reshard():
 def test_cluster_metrics_only_in_cluster_mode():
     state = MetricsState({0: [0]})
     assert not any(name.startswith("spectacles_cluster_") for name, _ in scrape_state(state))
-    state.set_supervisor(cluster={"groups": [1, 4], "nodes": 3, "acquired": {"start": 1, "failover": 1},
-                                  "handed_over": 2, "fenced": 1})  # fmt: skip
+    state.set_supervisor(cluster={"groups": [1, 4], "nodes": 3, "acquired": {"start": 1, "failover": 1, "takeover": 1},
+                                  "handed_over": 2, "fenced": 1, "amnesias": 1})  # fmt: skip
     samples = scrape_state(state)
     assert value(samples, "spectacles_cluster_groups_held") == 2
     assert value(samples, "spectacles_cluster_nodes") == 3
@@ -598,3 +598,5 @@ def test_cluster_metrics_only_in_cluster_mode():
     assert value(samples, "spectacles_cluster_groups_acquired_total", how="handoff") == 0
     assert value(samples, "spectacles_cluster_handoffs_total") == 2
     assert value(samples, "spectacles_cluster_fenced_total") == 1
+    assert value(samples, "spectacles_cluster_groups_acquired_total", how="takeover") == 1
+    assert value(samples, "spectacles_cluster_redis_amnesias_total") == 1
