@@ -89,6 +89,21 @@ class Ack:
             self._channel.basic_nack(self._tag, requeue=True)
 
 
+class JointAck:
+    """The ack of a delivery split in ``parts`` forwarded packets: acks it once every part is
+    confirmed (a redelivery, after a lost connection, forwards every part again)."""
+
+    __slots__ = ("_ack", "_left")
+
+    def __init__(self, ack: Ack, parts: int) -> None:
+        self._ack, self._left = ack, parts
+
+    def __call__(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._ack()
+
+
 class AmqpBridge:
     def __init__(
         self,
@@ -283,11 +298,9 @@ class AmqpBridge:
         source = self._queue_of_consumer[method.consumer_tag]
         try:
             if source is None:  # the SEND queue
-                routed = outbound.parse_send(body, self.shard_count)
-                shard_id, packet = routed.shard_id, routed.packet
+                parts = outbound.parse_send(body, self.shard_count)
             else:
-                routed = outbound.parse_shard_packet_routed(body, source, self.shard_count)
-                shard_id, packet = routed.shard_id, routed.packet
+                parts = outbound.parse_shard_packet_routed(body, source, self.shard_count)
         except outbound.Rejected as exc:
             self.rejected[exc.reason] += 1
             log.warning("rejected outbound message from %s: %s", self._queue_label(source), exc)
@@ -299,6 +312,15 @@ class AmqpBridge:
             channel.basic_reject(tag, requeue=False)
             return
         ack = self._acker(channel, tag, source is None)
+        if len(parts) > 1:
+            # A command for guilds of several shards (d.guild_ids): each part goes to its
+            # shard's queue, and the delivery is acked once RabbitMQ confirmed every part.
+            self.stats["split_parts"] += len(parts)
+            joint = JointAck(ack, len(parts))
+            for part in parts:
+                self._forward(part.shard_id, part.packet, joint, None)
+            return
+        shard_id, packet = parts[0].shard_id, parts[0].packet
         if source is not None and shard_id != source:
             # Its guild belongs to another shard under our count (a packet queued for an old
             # id during a reshard, or a misaddressed one): to that shard's queue, like SEND.
@@ -324,7 +346,7 @@ class AmqpBridge:
             ack.requeue()
             self.pause_shard(shard_id)
 
-    def _forward(self, shard_id: int, packet: outbound.Packet, ack: Ack, message_id: str | None) -> None:
+    def _forward(self, shard_id: int, packet: outbound.Packet, ack: Callable[[], None], message_id: str | None) -> None:
         """Publish ``packet`` to ``<group>:<shard>``; its delivery is acked once RabbitMQ confirmed."""
         message_id = message_id or f"send:{uuid.uuid4().hex}"
         self._add(Entry(shard_id, None, None, spectacles.shard_routing_key(shard_id), packet.text.encode(), message_id, ack))

@@ -5,6 +5,11 @@ A shard queue carries a full gateway packet ``{"op": .., "d": ..}``; the SEND qu
 counted; only ops a bot may send on its own are let through (1, 2 and 6 would break or hijack the
 connection's session), and the packet is re-encoded to exactly ``{op, d}`` so nothing else rides
 along.
+
+**Commands that span guilds** (issue 22): a packet whose ``d`` carries ``guild_ids`` (op 31
+Request Soundboard Sounds; its guilds may live on different shards) is split by shard under the
+current count: each owning shard gets one packet with exactly its own guild ids, in their
+order (``guild_id`` is optional in such a SEND). Every parse returns the list of its parts.
 """
 
 from __future__ import annotations
@@ -77,16 +82,40 @@ def parse_shard_packet(body: bytes) -> Packet:
     return check_packet(_decode(body))
 
 
-def parse_shard_packet_routed(body: bytes, addressed_to: int, shard_count: int) -> Routed:
-    """A message from the ``<group>:<addressed_to>`` queue and the shard it goes to under
-    ``shard_count``: its guild's owner when its ``d`` has a ``guild_id``, else ``addressed_to``
-    (``reshard.shard_of_packet``); refused when that id does not exist under the count."""
+def split_by_guilds(obj: dict, shard_count: int) -> list[Routed] | None:
+    """A checked packet whose ``d`` carries ``guild_ids``: one part per owning shard (in the
+    order of their first guild) with exactly its guild ids, in their order. None: no
+    ``guild_ids``. Refused when it is not a non-empty list of snowflakes."""
+    d = obj.get("d")
+    if not isinstance(d, dict) or "guild_ids" not in d:
+        return None
+    ids = d["guild_ids"]
+    if not isinstance(ids, list) or not ids:
+        raise Rejected("bad_guild_ids", "guild_ids must be a non-empty array of snowflakes")
+    by_shard: dict[int, list] = {}
+    for guild in ids:
+        try:
+            snowflake = parse_snowflake(guild)
+        except Rejected:
+            raise Rejected("bad_guild_ids", "guild_ids must be a non-empty array of snowflakes") from None
+        by_shard.setdefault(shard_for_guild(snowflake, shard_count), []).append(guild)
+    return [Routed(shard, check_packet({**obj, "d": {**d, "guild_ids": own}})) for shard, own in by_shard.items()]
+
+
+def parse_shard_packet_routed(body: bytes, addressed_to: int, shard_count: int) -> list[Routed]:
+    """A message from the ``<group>:<addressed_to>`` queue and the shards it goes to under
+    ``shard_count``: split by ``d.guild_ids`` when it has them, else to its guild's owner when
+    its ``d`` has a ``guild_id``, else to ``addressed_to`` (``reshard.shard_of_packet``);
+    refused when that id does not exist under the count."""
     obj = _decode(body)
     packet = check_packet(obj)
+    parts = split_by_guilds(obj, shard_count)  # type: ignore[arg-type]
+    if parts is not None:
+        return parts
     target = shard_of_packet(obj, addressed_to, shard_count)
     if target is None:
         raise Rejected("no_such_shard", f"shard {addressed_to} does not exist under {shard_count} shards")
-    return Routed(target, packet)
+    return [Routed(target, packet)]
 
 
 def parse_snowflake(value: object) -> int:
@@ -101,11 +130,17 @@ def parse_snowflake(value: object) -> int:
     return n
 
 
-def parse_send(body: bytes, shard_count: int) -> Routed:
-    """A message from the ``<group>:SEND`` queue, routed to its guild's shard."""
+def parse_send(body: bytes, shard_count: int) -> list[Routed]:
+    """A message from the ``<group>:SEND`` queue, routed to its guild's shard (split by shard
+    when its packet's ``d`` has ``guild_ids``; ``guild_id`` may then be left out)."""
     obj = _decode(body)
     if not isinstance(obj, dict):
         raise Rejected("not_an_object")
-    guild_id = parse_snowflake(obj.get("guild_id"))
-    packet = check_packet(obj.get("packet"))
-    return Routed(shard_for_guild(guild_id, shard_count), packet)
+    packet_obj = obj.get("packet")
+    packet = check_packet(packet_obj)
+    parts = split_by_guilds(packet_obj, shard_count)  # type: ignore[arg-type]
+    if parts is None or "guild_id" in obj:  # needed without guild_ids; checked whenever given
+        guild_id = parse_snowflake(obj.get("guild_id"))
+    if parts is not None:
+        return parts
+    return [Routed(shard_for_guild(guild_id, shard_count), packet)]

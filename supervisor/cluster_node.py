@@ -36,6 +36,10 @@ from .cluster import (
 
 log = logging.getLogger("supervisor.cluster")
 
+#: How long a node keeps the sessions of a group it handed over (the taker reads them within a
+#: round or two of the release).
+HANDED_KEPT_S = 60.0
+
 
 @dataclass(frozen=True)
 class Event:
@@ -98,6 +102,9 @@ class ClusterNode:
         self._epoch: str | None = None
         #: times Redis was found to have forgotten the cluster (a restart empty, a flush)
         self.amnesias = 0
+        #: group -> (the sessions it was handed over with, when): kept HANDED_KEPT_S, to write
+        #: them back if Redis forgets everything before the taker has read them
+        self._handed: dict[int, tuple[dict[int, Any], float]] = {}
         self._stop = threading.Event()
         #: the supervisor is stopping: no more acquisitions or handoffs, only renewals
         self._quiet = False
@@ -224,6 +231,16 @@ class ClusterNode:
             self._epoch = epoch
             self.amnesias += 1
             self._ok_since, self._settle_s = now, AMNESIA_SETTLE_S
+            # The sessions of groups handed over a moment ago lived only in Redis (the taker
+            # may not have read them yet): put them back. Nobody acquires before every live
+            # node has had AMNESIA_SETTLE_S to do so.
+            recent = {}
+            for group, (sessions, at) in list(self._handed.items()):
+                if now - at <= HANDED_KEPT_S:
+                    recent.update(sessions)
+                else:
+                    del self._handed[group]
+            self.store.restore_sessions(self.shard_count, recent)
             self._emit(Event("amnesia"))
         taken = self.store.heartbeat(self._info(), NODE_TTL_S)
         if taken:  # this node's heartbeat lapsed (frozen) and another process took the name
@@ -274,6 +291,7 @@ class ClusterNode:
                 self.store.drop(self.shard_count, group)
                 raise
             self.held.add(group)
+            self._handed.pop(group, None)
             if by:
                 how = "handoff"
             elif sessions:
@@ -289,6 +307,8 @@ class ClusterNode:
             pending = dict(self._to_release)
         for group, sessions in pending.items():
             ok = self.store.release(self.shard_count, group, sessions)
+            if ok:
+                self._handed[group] = (dict(sessions), self.clock())
             self.held.discard(group)
             with self._lock:
                 self._to_release.pop(group, None)

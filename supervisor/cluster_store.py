@@ -216,6 +216,18 @@ class ClusterStore:
         keys.append(self._key("handoff", shard_count, group))
         return bool(int(self._release(keys=keys, args=[self.owner, SESSION_TTL_S, self.name, *values])))
 
+    def restore_sessions(self, shard_count: int, sessions: dict[int, SavedSession]) -> None:
+        """Write ``sessions`` back where none is (``SET NX``): the sessions of groups this node
+        handed over a moment before Redis forgot everything. A session written since (the
+        taker's) is never replaced."""
+        if not sessions:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, saved in sorted(sessions.items()):
+            key = ":".join([self.prefix, "session", str(shard_count), str(shard)])
+            pipe.set(key, json.dumps(asdict(saved)), ex=SESSION_TTL_S, nx=True)
+        pipe.execute()
+
     def drop(self, shard_count: int, group: int) -> bool:
         """Delete the lease if it is still ours, writing nothing (an acquisition given up)."""
         return bool(int(self._drop(keys=[self.lease_key(shard_count, group)], args=[self.owner])))

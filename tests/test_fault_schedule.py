@@ -184,11 +184,13 @@ def test_a_random_schedule_of_faults_keeps_the_invariants(amqp_url, rabbit, redi
             wait_for(lambda: sorted(len(n["groups"]) for n in read(client, prefix)["nodes"]) == [2, 2, 2], 60,
                      what="2 groups per node")  # fmt: skip
             watcher = SessionWatcher(sim)
+            unsaved: set[int] = set()
             for number, fault in enumerate(schedule, 1):
                 identifies = len(sim.snapshot()["identifies"])
                 # a session that has not reached Redis yet (a shard READY a moment ago) is lost
-                # with a node that dies or stops now: its taker must identify it
-                unsaved = {shard for shard in range(SHARDS) if not client.exists(f"{prefix}:session:{SHARDS}:{shard}")}
+                # with a node that dies or stops now: its taker identifies it, perhaps only after
+                # the takeover wait (24.5 s), so during a later fault
+                unsaved |= {shard for shard in range(SHARDS) if not client.exists(f"{prefix}:session:{SHARDS}:{shard}")}
                 sampler = ConnectionSampler(sim)
                 apply(fault, rng, nodes, client, prefix, say)
                 ended = time.monotonic()
@@ -206,7 +208,7 @@ def test_a_random_schedule_of_faults_keeps_the_invariants(amqp_url, rabbit, redi
                 identified = {i["shard"] for i in new}
                 assert identified <= unsaved, (
                     f"seed {seed}, fault {number} ({fault}): identified {sorted(identified)}, "
-                    f"but only {sorted(unsaved)} had no session in Redis"
+                    f"but only {sorted(unsaved)} had no session in Redis at a fault"
                 )
                 if new:
                     identified_after[f"{number}:{fault}"] = len(new)
@@ -293,6 +295,7 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=60)
             wait_for(lambda: serving_count(sup) == 4, 20, what="status")
+            unsaved: set[tuple[int, int]] = set()
 
             def one(kind: str) -> None:
                 nonlocal sup
@@ -343,7 +346,7 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
                 snap = sim.snapshot()
                 identifies = len(snap["identifies"])
                 count = serving_count(sup) or 4
-                unsaved = {s for s in range(count)} - {s for s, c in saved_shards(state) if c == count}
+                unsaved |= {(s, count) for s in range(count)} - saved_shards(state)
                 sampler = ConnectionSampler(sim)
                 resharding_to = None
                 if fault == "reshard":
@@ -372,7 +375,7 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
                 assert snap["violations"] == [], f"seed {seed}: {snap['violations']}"
                 assert all(i["accepted"] for i in snap["identifies"][identifies:]), f"seed {seed}: an IDENTIFY refused"
                 assert doubled <= 3.0, f"seed {seed}, fault {number} ({fault}): a shard doubled for {doubled} s"
-                unexpected = [i for i in new if i["shard_count"] != resharding_to and i["shard"] not in unsaved]
+                unexpected = [i for i in new if i["shard_count"] != resharding_to and (i["shard"], i["shard_count"]) not in unsaved]
                 assert not unexpected, f"seed {seed}, fault {number} ({fault}): identifies {unexpected}, unsaved {unsaved}"
                 published |= {json.loads(body)["id"] for _, _, body in rabbit.get_all(queue)}
             time.sleep(2.0)

@@ -199,3 +199,29 @@ def test_what_a_shard_held_when_it_left_ready_goes_back_by_origin():
     assert channel.nacked == [(1, True)]  # its queue keeps it
     assert [rk for rk, _, _ in published] == ["0"]  # the SEND one is parked in the queue
     assert channel.cancelled == ["c-shard"] and channel.consumed == ["g:0"]
+
+
+def test_a_send_for_guilds_of_several_shards_is_split_and_acked_once_every_part_is_confirmed():
+    # Issue 22: op 31's d.guild_ids may name guilds of several shards; each shard's queue gets
+    # its own part, and the SEND delivery is acked once RabbitMQ confirmed all of them.
+    import pika
+
+    def scenario():
+        bridge, channel, sent = make()
+        published = []
+        bridge._pub = SimpleNamespace(publish=lambda rk, body, props, mid: published.append((rk, body, mid)))
+        bridge.ledger.open(bridge._send)
+        on = {s: next(g for g in range(1 << 22, 1 << 40, 1 << 22) if (g >> 22) % 2 == s) for s in (0, 1)}
+        ids = [str(on[1]), str(on[0]), str(on[1] + (2 << 22))]
+        deliver(bridge, channel, "c-send", 9, json.dumps({"packet": {"op": 31, "d": {"guild_ids": ids}}}).encode())
+        assert sent == [] and channel.acked == []  # both parts go through their shard queues
+        assert [(rk, json.loads(body)["d"]["guild_ids"]) for rk, body, _ in published] == [
+            ("1", [ids[0], ids[2]]), ("0", [ids[1]])
+        ]
+        bridge._on_confirm(SimpleNamespace(method=pika.spec.Basic.Ack(delivery_tag=1, multiple=False)))
+        assert channel.acked == []  # one part confirmed of two
+        bridge._on_confirm(SimpleNamespace(method=pika.spec.Basic.Ack(delivery_tag=2, multiple=False)))
+        assert bridge.counters()["split_parts"] == 2
+        return channel
+
+    assert run(scenario).acked == [9]

@@ -66,7 +66,7 @@ def test_size_counts_utf8_bytes_not_characters():
 @pytest.mark.parametrize("count", [1, 2, 16, 1000])
 def test_send_routes_by_guild(guild_id, count):
     body = json.dumps({"guild_id": guild_id, "packet": {"op": 8, "d": {"guild_id": str(GUILD)}}}).encode()
-    routed = outbound.parse_send(body, count)
+    [routed] = outbound.parse_send(body, count)
     assert routed.shard_id == (GUILD >> 22) % count
     assert json.loads(routed.packet.text)["op"] == 8
 
@@ -117,10 +117,10 @@ def test_arbitrary_json_objects_never_raise_anything_but_rejected(obj):
             result = parse(body)
         except outbound.Rejected:
             continue
-        packet = getattr(result, "packet", result)
-        decoded = json.loads(packet.text)
-        assert set(decoded) == {"op", "d"} and decoded["op"] in (3, 4, 8, 31, 43)
-        assert len(packet.text.encode()) <= MAX_PAYLOAD_BYTES
+        for packet in [r.packet for r in result] if isinstance(result, list) else [result]:
+            decoded = json.loads(packet.text)
+            assert set(decoded) == {"op", "d"} and decoded["op"] in (3, 4, 8, 31, 43)
+            assert len(packet.text.encode()) <= MAX_PAYLOAD_BYTES
 
 
 def test_shard_formula_matches_discord_example():
@@ -147,3 +147,57 @@ def test_non_strict_json_never_reaches_discord(body):
     import importlib
 
     importlib.reload(jsonlib)
+
+
+# -- commands that span guilds (issue 22) -----------------------------------------------------
+
+
+def guild_on(shard: int, count: int, n: int = 0) -> int:
+    """A guild id owned by ``shard`` under ``count`` (the ``n``-th such)."""
+    return ((n * count + shard) << 22) | 12345
+
+
+def test_a_send_with_guild_ids_is_split_by_shard_in_order():
+    # tried before: guilds on shards 0, 3, 1, 3 all went to shard 0 with the whole array
+    ids = [str(guild_on(0, 4)), str(guild_on(3, 4)), str(guild_on(1, 4)), str(guild_on(3, 4, 1))]
+    body = json.dumps({"packet": {"op": 31, "d": {"guild_ids": ids}}}).encode()  # no guild_id needed
+    parts = outbound.parse_send(body, 4)
+    assert [(p.shard_id, json.loads(p.packet.text)) for p in parts] == [
+        (0, {"op": 31, "d": {"guild_ids": [ids[0]]}}),
+        (3, {"op": 31, "d": {"guild_ids": [ids[1], ids[3]]}}),
+        (1, {"op": 31, "d": {"guild_ids": [ids[2]]}}),
+    ]
+    # the same on a shard queue, whatever queue it was put in; other fields of d kept
+    packet = json.dumps({"op": 31, "d": {"guild_ids": ids, "x": 1}}).encode()
+    parts = outbound.parse_shard_packet_routed(packet, 2, 4)
+    assert [p.shard_id for p in parts] == [0, 3, 1]
+    assert all(json.loads(p.packet.text)["d"]["x"] == 1 for p in parts)
+    # under another count the split follows the count
+    assert [p.shard_id for p in outbound.parse_send(body, 1)] == [0]
+
+
+@pytest.mark.parametrize("guild_ids", [[], "1", [None], ["abc"], [0], [1, "x"], {"a": 1}])
+def test_bad_guild_ids_are_rejected(guild_ids):
+    body = json.dumps({"packet": {"op": 31, "d": {"guild_ids": guild_ids}}}).encode()
+    with pytest.raises(outbound.Rejected) as info:
+        outbound.parse_send(body, 4)
+    assert info.value.reason == "bad_guild_ids"
+
+
+def test_a_given_guild_id_is_still_checked_beside_guild_ids():
+    body = json.dumps({"guild_id": "abc", "packet": {"op": 31, "d": {"guild_ids": [str(guild_on(1, 2))]}}}).encode()
+    with pytest.raises(outbound.Rejected) as info:
+        outbound.parse_send(body, 2)
+    assert info.value.reason == "bad_guild_id"
+
+
+@given(st.lists(st.integers(1, (1 << 63) - 1), min_size=1, max_size=40), st.integers(1, 64))
+def test_the_parts_hold_every_guild_once_on_its_owner(guilds, count):
+    body = json.dumps({"packet": {"op": 31, "d": {"guild_ids": [str(g) for g in guilds]}}}).encode()
+    parts = outbound.parse_send(body, count)
+    got = []
+    for part in parts:
+        own = [int(g) for g in json.loads(part.packet.text)["d"]["guild_ids"]]
+        assert all((g >> 22) % count == part.shard_id for g in own)
+        got += own
+    assert sorted(got) == sorted(guilds) and len({p.shard_id for p in parts}) == len(parts)

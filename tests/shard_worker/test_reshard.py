@@ -127,10 +127,10 @@ def test_late_orders():
 def test_shard_packets_are_routed_by_guild_id_under_the_count():
     guild = 5 << 22  # shard 5 of 8, shard 1 of 4
     body = json.dumps({"op": 8, "d": {"guild_id": str(guild), "query": "", "limit": 0}}).encode()
-    assert outbound.parse_shard_packet_routed(body, 0, 8).shard_id == 5
-    assert outbound.parse_shard_packet_routed(body, 0, 4).shard_id == 1
+    assert [r.shard_id for r in outbound.parse_shard_packet_routed(body, 0, 8)] == [5]
+    assert [r.shard_id for r in outbound.parse_shard_packet_routed(body, 0, 4)] == [1]
     presence = json.dumps({"op": 3, "d": {"since": None, "activities": [], "status": "idle", "afk": False}}).encode()
-    assert outbound.parse_shard_packet_routed(presence, 3, 4).shard_id == 3
+    assert [r.shard_id for r in outbound.parse_shard_packet_routed(presence, 3, 4)] == [3]
     with pytest.raises(outbound.Rejected) as refused:
         outbound.parse_shard_packet_routed(presence, 6, 4)  # a queue of an id that no longer exists
     assert refused.value.reason == "no_such_shard"

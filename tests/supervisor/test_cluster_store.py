@@ -161,8 +161,9 @@ def test_a_redis_that_forgot_everything_moves_no_group(redis_url, prefix):
     a, b = nodes
     for t in range(8):
         now[0] = float(t)
-        a._round(now[0])
-        b._round(now[0])
+        for n in (a, b):
+            n.facts(set())  # the supervisor's loop runs
+            n._round(now[0])
     held_a, held_b = set(a.held), set(b.held)
     assert len(held_a) == len(held_b) == 2 and held_a | held_b == {0, 1, 2, 3}
     a.events(), b.events()
@@ -171,8 +172,10 @@ def test_a_redis_that_forgot_everything_moves_no_group(redis_url, prefix):
         client.delete(key)
     for t in range(8, 8 + int(AMNESIA_SETTLE_S) + 3):
         now[0] = float(t)
+        a.facts(set())
         a._round(now[0])
         assert a.held == held_a, "a took b's groups"
+        b.facts(set())
         b._round(now[0])
         assert b.held == held_b
     assert a.amnesias == b.amnesias == 1
@@ -197,6 +200,7 @@ def test_a_group_run_elsewhere_and_taken_without_a_session_is_a_takeover(redis_u
     client.delete(sa.lease_key(4, 0))  # a's lease expired (a partitioned, or dead)
     for t in range(5):
         now[0] = float(t)
+        b.facts(set())
         b._round(now[0])
     acquired = {e.group: e.how for e in b.events() if e.kind == "acquired"}
     assert acquired == {0: "takeover", 1: "start"}
@@ -230,3 +234,50 @@ def test_a_stuck_supervisor_loop_lets_its_leases_lapse(redis_url, prefix):
     a.facts(set())  # the loop is back: renewed at once
     a._round(now[0])
     assert a.stale_rounds == 0 and client.pttl(sa.lease_key(4, 0)) > 9_500
+
+
+def test_sessions_handed_over_just_before_redis_forgot_are_written_back(redis_url, prefix):
+    """Found by the fault schedule (seed 9): Redis forgot everything a second after node a
+    handed a group over; the handed sessions lived only in Redis, so the taker found none and
+    identified. The node that handed them over keeps them for a minute and writes them back
+    (only where no session is) when it sees Redis forget."""
+    from supervisor.cluster import AMNESIA_SETTLE_S, NODE_TTL_S
+    from supervisor.cluster_node import ClusterNode
+    from supervisor.coordination import RedisCoordinator
+
+    client, (sa, sb) = stores(redis_url, prefix, "a", "b")
+    now = [0.0]
+
+    def node(store):
+        n = ClusterNode(store, RedisCoordinator(client, prefix), shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+        reason, n._epoch = store.check_meta(4, 2)
+        assert reason is None and store.heartbeat(n._info(), NODE_TTL_S) == 0.0
+        return n
+
+    a = node(sa)
+    for t in range(5):
+        now[0] = float(t)
+        a.facts({0, 1})
+        a._round(now[0])
+    assert a.held == {0, 1}
+    b = node(sb)
+    now[0] = 5.0
+    a.facts({0, 1})
+    a._round(now[0])
+    [release] = [e for e in a.events() if e.kind == "release"]
+    handed = {s: SavedSession(f"s{s}", 40 + s, "wss://r") for s in (2 * release.group, 2 * release.group + 1)}
+    a.release(release.group, handed)  # its process exited: the arbiter hands the sessions in
+    now[0] = 6.0
+    a._round(now[0])
+    assert release.group not in a.held
+    for key in client.scan_iter(f"{prefix}:*"):  # Redis forgets before b read them
+        client.delete(key)
+    for t in range(7, 7 + int(AMNESIA_SETTLE_S) + 4):
+        now[0] = float(t)
+        a.facts(set(a.held))
+        a._round(now[0])
+        b.facts(set(b.held))
+        b._round(now[0])
+    acquired = [e for e in b.events() if e.kind == "acquired"]
+    assert [e.group for e in acquired] == [release.group]
+    assert acquired[0].sessions == handed and acquired[0].how == "failover"  # resumed, not identified
