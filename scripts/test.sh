@@ -4,7 +4,8 @@
 # The suite mostly waits (simulators, RabbitMQ, Redis, real processes), so it runs on
 # SPECTACLES_TEST_WORKERS pytest-xdist workers (default 4) at once; the tests marked
 # `exclusive` change the shared RabbitMQ node (stop_app, a memory alarm, a message size limit)
-# and run afterwards, alone. Extra arguments go to both parts.
+# or need the machine to themselves (2000 shards), and run afterwards, alone. Extra arguments
+# go to both parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh

@@ -16,12 +16,17 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shard_worker import spectacles
 from supervisor.simulator.process import SimulatorProcess
 from tests.helpers import TOKEN, free_port, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
+
+#: 2000 shards on two cores: the simulator's own loop lags when other tests share the CPU, and
+#: the pacing it measures (5 s per bucket, at the server) with it. Runs alone.
+pytestmark = pytest.mark.exclusive
 
 SHARDS = 2000
 PER_PROCESS = 1000
