@@ -59,6 +59,7 @@ class Rabbit:
     """A blocking pika connection for tests: declare queues, read what arrived, clean up."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.connection = pika.BlockingConnection(pika.URLParameters(url))
         self.channel = self.connection.channel()
         self.queues: list[str] = []
@@ -99,13 +100,25 @@ class Rabbit:
 
     def close(self) -> None:
         try:
-            for queue in set(self.queues):
-                self.channel.queue_delete(queue)
-            for exchange in set(self.exchanges):
-                self.channel.exchange_delete(exchange)
             self.connection.close()
         except pika.exceptions.AMQPError:
             pass
+        delete_all(self.url, self.queues, self.exchanges)
+
+
+def delete_all(url: str, queues: list[str], exchanges: list[str]) -> None:
+    """Delete ``queues`` and ``exchanges`` (missing ones are fine) on a fresh connection: the
+    test's own may be gone (a channel closed by an error, a broker restarted by the test)."""
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        channel = connection.channel()
+        for queue in dict.fromkeys(queues):
+            channel.queue_delete(queue)
+        for exchange in dict.fromkeys(exchanges):
+            channel.exchange_delete(exchange)
+        connection.close()
+    except (pika.exceptions.AMQPError, OSError):
+        pass
 
 
 @pytest.fixture
@@ -115,7 +128,18 @@ def rabbit(amqp_url: str) -> Iterator[Rabbit]:
     r.close()
 
 
+#: The shard queues a test's workers may declare without the test naming them (every test of
+#: this suite runs fewer shards; the 2000-shard test tracks its own).
+GROUP_SHARD_QUEUES = 64
+
+
 @pytest.fixture
-def group() -> str:
-    """A fresh exchange name per test, so tests never see each other's messages."""
-    return f"test-{uuid.uuid4().hex[:10]}"
+def group() -> Iterator[str]:
+    """A fresh exchange name per test, so tests never see each other's messages. Afterwards the
+    queues its workers declared by themselves (``SEND`` and shard queues) are deleted, even when
+    the test failed: durable queues would otherwise stay in the shared RabbitMQ."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    if _reachable(AMQP_URL, 5672):
+        queues = [f"{name}:SEND", *(f"{name}:{shard}" for shard in range(GROUP_SHARD_QUEUES))]
+        delete_all(AMQP_URL, queues, [name])
