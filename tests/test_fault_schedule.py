@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import psutil
@@ -72,6 +73,29 @@ def seeds() -> list[int]:
         low, high = (int(x) for x in spec.split("-", 1))
         return list(range(low, high + 1))
     return [int(x) for x in spec.split(",")]
+
+
+def begin(label: str, seed: int, kinds: tuple[str, ...]) -> tuple[random.Random, list[str], Callable[[str], None], float]:
+    """The seed's random source, its schedule, a ``say`` that prints with the seed (and prints
+    the schedule), and the start time."""
+    rng = random.Random(seed)
+    schedule = [rng.choice(kinds) for _ in range(FAULTS_PER_SEED)]
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"[{label} +{time.monotonic() - started:.0f}s] {line}", flush=True)
+
+    say(f"schedule: {', '.join(schedule)}")
+    return rng, schedule, say, started
+
+
+def servers(rabbit, redis_url: str, group: str, shard_queues: int) -> tuple[redis.Redis, str, str]:
+    """A Redis client and a fresh key prefix; the MESSAGE_CREATE queue bound, the shard and
+    SEND queues the supervisors will declare tracked for deletion."""
+    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "faults")
+    rabbit.bind(group, queue, "MESSAGE_CREATE")
+    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(shard_queues)), spectacles.send_queue(group))
+    return redis.Redis.from_url(redis_url), f"test-{uuid.uuid4().hex[:8]}", queue
 
 
 def cluster_args(redis_url: str, prefix: str, name: str) -> tuple[str, ...]:
@@ -156,20 +180,9 @@ def apply(fault: str, rng: random.Random, nodes: list[Node], client: redis.Redis
 
 @pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
 def test_a_random_schedule_of_faults_keeps_the_invariants(amqp_url, rabbit, redis_url, group, tmp_path, seed):
-    rng = random.Random(seed)
-    schedule = [rng.choice(KINDS) for _ in range(FAULTS_PER_SEED)]
-    started = time.monotonic()
-
-    def say(line: str) -> None:
-        print(f"[seed {seed} +{time.monotonic() - started:.0f}s] {line}", flush=True)
-
-    say(f"schedule: {', '.join(schedule)}")
-    client = redis.Redis.from_url(redis_url)
+    rng, schedule, say, started = begin(f"seed {seed}", seed, KINDS)
+    client, prefix, queue = servers(rabbit, redis_url, group, SHARDS)
     kwargs = client.connection_pool.connection_kwargs
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "faults")
-    rabbit.bind(group, queue, "MESSAGE_CREATE")
-    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(SHARDS)), spectacles.send_queue(group))
     nodes: list[Node] = []
     published: set[str] = set()
     identified_after: dict[str, int] = {}
@@ -266,20 +279,9 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
     runs. After each: the serving count's shards READY, no violation, no shard doubled for more
     than 3 s, identifies only for a reshard's new set or a session not saved yet; at the end,
     0 events lost."""
-    rng = random.Random(seed)
-    schedule = [rng.choice(SINGLE_KINDS) for _ in range(FAULTS_PER_SEED)]
-    started = time.monotonic()
-
-    def say(line: str) -> None:
-        print(f"[single seed {seed} +{time.monotonic() - started:.0f}s] {line}", flush=True)
-
-    say(f"schedule: {', '.join(schedule)}")
-    client = redis.Redis.from_url(redis_url)
+    rng, schedule, say, started = begin(f"single seed {seed}", seed, SINGLE_KINDS)
+    client, prefix, queue = servers(rabbit, redis_url, group, 4 + 2 * FAULTS_PER_SEED)
     kwargs = client.connection_pool.connection_kwargs
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    queue = spectacles.queue_name(group, "MESSAGE_CREATE", "faults")
-    rabbit.bind(group, queue, "MESSAGE_CREATE")
-    rabbit.track(*(spectacles.shard_queue(group, s) for s in range(4 + 2 * FAULTS_PER_SEED)), spectacles.send_queue(group))
     parts = urlsplit(amqp_url)
     state = tmp_path / "state"
     published: set[str] = set()
