@@ -1,4 +1,6 @@
-"""What the threads that work off the supervisor's loop share (Redis, the state dir)."""
+"""What the threads that work off the supervisor's loop share (Redis, the state dir): a daemon
+thread around one condition, whose owner hands it work under the lock and never waits for it;
+``flush`` (for the end of a run and for tests) waits until the work is done, ``close`` stops it."""
 
 from __future__ import annotations
 
@@ -16,3 +18,36 @@ def wait_until(cond: threading.Condition, done: Callable[[], bool], timeout: flo
             return False
         cond.wait(min(left, 0.1))
     return True
+
+
+class OffLoopThread:
+    """One daemon thread running ``self._run`` around ``self._cond``; subclasses say when they
+    are idle (:meth:`_idle`, called with the lock held)."""
+
+    def __init__(self, name: str, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:  # pragma: no cover - the subclasses'
+        raise NotImplementedError
+
+    def _idle(self) -> bool:  # pragma: no cover - the subclasses'
+        raise NotImplementedError
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` until nothing is pending or running; False if time ran out.
+        Blocks: for the end of a run and for tests, never the running loop."""
+        with self._cond:
+            return wait_until(self._cond, self._idle, timeout, self.clock)
+
+    def close(self, timeout: float = 0.0) -> bool:
+        """Let pending work finish for up to ``timeout`` seconds, then stop the thread (a call
+        still running is abandoned: the thread is a daemon)."""
+        flushed = self.flush(timeout) if timeout > 0 else False
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(0.5)
+        return flushed

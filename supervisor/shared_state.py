@@ -30,14 +30,13 @@ about a second behind). RESUMEs need nothing from Redis: the arbiter has every s
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .offloop import wait_until
+from .offloop import OffLoopThread
 
 log = logging.getLogger("supervisor.shared_state")
 
@@ -192,7 +191,7 @@ class Mailbox:
         return None
 
 
-class SharedState:
+class SharedState(OffLoopThread):
     """Runs a :class:`~supervisor.coordination.RedisCoordinator`'s calls on one daemon thread.
 
     ``wake()`` is called (from the thread) after each answer; it must not block.
@@ -204,17 +203,14 @@ class SharedState:
         wake: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("redis", clock)
         self.coordinator = coordinator
         self.wake = wake
-        self.clock = clock
         self._mailbox = Mailbox()
-        self._cond = threading.Condition()
         self._answers: deque[Answer] = deque()
-        self._closed = False
         self._busy = False
         #: the last call failed (Redis unreachable or not answering)
         self.failing = False
-        self._thread = threading.Thread(target=self._run, name="redis", daemon=True)
         self._thread.start()
 
     # -- the loop's side (never blocks) ---------------------------------------------------------
@@ -261,21 +257,8 @@ class SharedState:
         with self._cond:
             return len(self._mailbox)
 
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` until nothing is pending or running; False if time ran out.
-        Blocks: for the end of a run and for tests, never the running loop."""
-        with self._cond:
-            return wait_until(self._cond, lambda: self._mailbox.idle and not self._busy, timeout, self.clock)
-
-    def close(self, timeout: float = 0.0) -> bool:
-        """Let pending work finish for up to ``timeout`` seconds, then stop the thread (a call
-        still running is abandoned to its socket timeout: the thread is a daemon)."""
-        flushed = self.flush(timeout) if timeout > 0 else False
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(0.5)
-        return flushed
+    def _idle(self) -> bool:
+        return self._mailbox.idle and not self._busy
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:

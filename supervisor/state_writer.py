@@ -22,12 +22,11 @@ grants by what the gate grants while the disk stalls (one per bucket per 5 s).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .offloop import wait_until
+from .offloop import OffLoopThread
 
 log = logging.getLogger("supervisor.state")
 
@@ -37,24 +36,21 @@ RETRY_S = 1.0
 LOG_EVERY_S = 60.0
 
 
-class StateWriter:
+class StateWriter(OffLoopThread):
     """Writes sessions snapshots and identify grants on its own thread (module docstring)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._cond = threading.Condition()
+        super().__init__("state-writer", clock)
         #: state file -> (store, sessions): the latest snapshot of each
         self._sessions: dict[Any, tuple[Any, dict]] = {}
         #: (store, wall time, bucket, written_by) of each grant not written yet
         self._grants: list[tuple[Any, float, int | None, float | None]] = []
         self._busy = False
-        self._closed = False
         self._not_before = 0.0
         self._logged_at = float("-inf")
         #: writes that failed (an OSError), and those done
         self.failures = 0
         self.writes = 0
-        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         self._thread.start()
 
     # -- the loop's side (never blocks for more than the lock) ---------------------------------
@@ -73,20 +69,8 @@ class StateWriter:
         with self._cond:
             return len(self._sessions) + len(self._grants)
 
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` until everything handed over is written; False if time ran
-        out. Blocks: for the end of a run and for tests, never the running loop."""
-        with self._cond:
-            return wait_until(self._cond, lambda: not (self._sessions or self._grants or self._busy), timeout, self.clock)
-
-    def close(self, timeout: float) -> bool:
-        """Write what is pending (up to ``timeout``), then stop the thread."""
-        flushed = self.flush(timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(0.5)
-        return flushed
+    def _idle(self) -> bool:
+        return not (self._sessions or self._grants or self._busy)
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:

@@ -129,6 +129,35 @@ class Node:
             proxy.__exit__(None, None, None)
 
 
+def for_a_while(rng: random.Random, low: float, high: float, say, what: str, begin, end) -> None:
+    """``begin()``, then ``end()`` a random ``low``-``high`` seconds later."""
+    held_for = rng.uniform(low, high)
+    say(f"{what} for {held_for:.1f} s")
+    begin()
+    time.sleep(held_for)
+    end()
+
+
+def stop_a_worker(rng: random.Random, workers: list, say) -> None:
+    """SIGSTOP one of ``workers`` for 3-10 s, then SIGCONT."""
+    if not workers:
+        say("no worker to stop")
+        return
+    worker = rng.choice(workers)
+    try:
+        for_a_while(rng, 3, 10, say, f"SIGSTOP worker {worker.pid}",
+                    lambda: worker.send_signal(signal.SIGSTOP), lambda: worker.send_signal(signal.SIGCONT))  # fmt: skip
+    except psutil.NoSuchProcess:
+        pass  # replaced meanwhile
+
+
+def forget_everything(client: redis.Redis, prefix: str, say) -> None:
+    """Redis restarted empty, for this cluster: every key of the prefix deleted."""
+    say("Redis forgets everything (every key deleted)")
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
 def apply(fault: str, rng: random.Random, nodes: list[Node], client: redis.Redis, prefix: str, say) -> None:
     """Apply one fault and undo it (a kill is undone by a restart); returns when it is over."""
     node = rng.choice(nodes)
@@ -139,41 +168,16 @@ def apply(fault: str, rng: random.Random, nodes: list[Node], client: redis.Redis
         time.sleep(11.0)  # its name is free once its heartbeat expired (10 s)
         node.restart()
     elif fault == "stop_node":
-        held_for = rng.uniform(5, 12)
-        say(f"SIGSTOP {node.name} for {held_for:.1f} s")
-        node.proc.signal(signal.SIGSTOP)
-        time.sleep(held_for)
-        node.proc.signal(signal.SIGCONT)
+        for_a_while(rng, 5, 12, say, f"SIGSTOP {node.name}",
+                    lambda: node.proc.signal(signal.SIGSTOP), lambda: node.proc.signal(signal.SIGCONT))  # fmt: skip
     elif fault == "stop_worker":
-        workers = [c for n in nodes for c in n.proc.children() if c.is_running()]
-        if not workers:
-            say("no worker to stop")
-            return
-        worker = rng.choice(workers)
-        held_for = rng.uniform(3, 10)
-        say(f"SIGSTOP worker {worker.pid} for {held_for:.1f} s")
-        try:
-            worker.send_signal(signal.SIGSTOP)
-            time.sleep(held_for)
-            worker.send_signal(signal.SIGCONT)
-        except psutil.NoSuchProcess:
-            pass  # replaced meanwhile
+        stop_a_worker(rng, [c for n in nodes for c in n.proc.children() if c.is_running()], say)
     elif fault == "freeze_redis":
-        held_for = rng.uniform(4, 14)
-        say(f"freeze {node.name}'s Redis link for {held_for:.1f} s")
-        node.redis.freeze()
-        time.sleep(held_for)
-        node.redis.restore()
+        for_a_while(rng, 4, 14, say, f"freeze {node.name}'s Redis link", node.redis.freeze, node.redis.restore)
     elif fault == "flush_redis":
-        say("Redis forgets everything (every key of the cluster deleted)")
-        for key in client.scan_iter(f"{prefix}:*"):
-            client.delete(key)
+        forget_everything(client, prefix, say)
     elif fault == "cut_rabbit":
-        held_for = rng.uniform(2, 8)
-        say(f"cut {node.name}'s RabbitMQ link for {held_for:.1f} s")
-        node.amqp.cut()
-        time.sleep(held_for)
-        node.amqp.restore()
+        for_a_while(rng, 2, 8, say, f"cut {node.name}'s RabbitMQ link", node.amqp.cut, node.amqp.restore)
     else:
         raise ValueError(fault)
 
@@ -301,24 +305,14 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
 
             def one(kind: str) -> None:
                 nonlocal sup
-                if kind == "kill_worker" or kind == "stop_worker":
+                if kind == "kill_worker":
                     workers = sup.children()
-                    if not workers:
-                        say(f"{kind}: no worker")
-                        return
-                    worker = rng.choice(workers)
-                    if kind == "kill_worker":
+                    if workers:
+                        worker = rng.choice(workers)
                         say(f"kill -9 worker {worker.pid}")
                         worker.send_signal(signal.SIGKILL)
-                    else:
-                        held_for = rng.uniform(3, 10)
-                        say(f"SIGSTOP worker {worker.pid} for {held_for:.1f} s")
-                        try:
-                            worker.send_signal(signal.SIGSTOP)
-                            time.sleep(held_for)
-                            worker.send_signal(signal.SIGCONT)
-                        except psutil.NoSuchProcess:
-                            pass
+                elif kind == "stop_worker":
+                    stop_a_worker(rng, sup.children(), say)
                 elif kind == "kill_supervisor":
                     say("kill -9 the supervisor (its workers die with it); started again on its state dir")
                     sup.proc.send_signal(signal.SIGKILL)
@@ -326,21 +320,11 @@ def test_a_random_schedule_of_faults_and_reshards_on_one_supervisor(amqp_url, ra
                     time.sleep(1.0)
                     sup = SupervisorProcess(*args)
                 elif kind == "cut_rabbit":
-                    held_for = rng.uniform(2, 8)
-                    say(f"cut RabbitMQ for {held_for:.1f} s")
-                    amqp_link.cut()
-                    time.sleep(held_for)
-                    amqp_link.restore()
+                    for_a_while(rng, 2, 8, say, "cut RabbitMQ", amqp_link.cut, amqp_link.restore)
                 elif kind == "freeze_redis":
-                    held_for = rng.uniform(4, 14)
-                    say(f"freeze Redis for {held_for:.1f} s")
-                    redis_link.freeze()
-                    time.sleep(held_for)
-                    redis_link.restore()
+                    for_a_while(rng, 4, 14, say, "freeze Redis", redis_link.freeze, redis_link.restore)
                 elif kind == "flush_redis":
-                    say("Redis forgets everything")
-                    for key in client.scan_iter(f"{prefix}:*"):
-                        client.delete(key)
+                    forget_everything(client, prefix, say)
                 else:
                     raise ValueError(kind)
 
