@@ -538,7 +538,7 @@ class ShardRunner:
     async def _send_control(self, ws: ClientConnection, action: Send) -> None:
         # The redacting log filter replaces the token of IDENTIFY/RESUME in this line.
         log.log(TRACE, "shard %d -> %s", self.shard_id, action.text)
-        self._window.record(asyncio.get_running_loop().time())
+        self._window.record(asyncio.get_running_loop().time(), control=True)
         try:
             await ws.send(action.text)
         except websockets.exceptions.ConnectionClosed:
@@ -599,6 +599,7 @@ class ShardRunner:
             packet, ack = item
             if getattr(ack, "stale", False):
                 continue  # its channel closed: RabbitMQ delivers it again, sending it would double it
+            self._window.heartbeat_interval = self.machine.heartbeat_interval
             delay = self._window.delay(loop.time())
             if delay > 0:
                 self.outbox.put_back(item)

@@ -181,3 +181,80 @@ def test_control_is_never_starved_by_commands():
         win.record(now)
         assert win.delay(now, control=True) == 0.0
         now += 0.01
+
+
+# -- the reserve follows the heartbeat interval (issue 22) -------------------------------------
+
+
+def test_the_reserve_follows_the_hellos_interval():
+    win = SendWindow()
+    assert win.reserve(0.0) == 5  # before HELLO: the floor
+    win.heartbeat_interval = 41.25
+    assert win.reserve(0.0) == 2 + 1 + 4  # ceil(60 / 41.25) + 1 heartbeats, and the margin
+    win.heartbeat_interval = 5.0
+    assert win.reserve(0.0) == 12 + 1 + 4
+    win.heartbeat_interval = 0.25  # absurd: one command per window still goes
+    assert win.reserve(0.0) == 119
+
+
+def test_heartbeats_discord_asks_for_grow_the_reserve():
+    win = SendWindow()
+    win.heartbeat_interval = 41.25
+    for t in range(20):  # Discord asked for 20 heartbeats in the last minute
+        win.record(float(t), control=True)
+    assert win.reserve(20.0) == 20 + 4
+    assert win.reserve(79.5) == 2 + 1 + 4  # they left the window
+
+
+def test_a_burst_of_150_with_a_5_s_interval_never_exceeds_120():
+    # Tried before the fix: a 5 s interval and 150 packets for one shard: Discord closed with 4008.
+    sent = connection(interval=5.0, first=2.5, requested=[], commands=150, until=200.0)
+    assert max_in_any_window(sent) <= 120
+    assert sum(1 for _, control in sent if not control) == 150  # every packet went, in time
+
+
+def connection(interval: float, first: float, requested: list[float], commands: int, until: float) -> list[tuple[float, bool]]:
+    """A connection's sends in 1/64 s steps: the timer's heartbeats (first at ``first``, then
+    every ``interval``), heartbeats Discord asks for at ``requested``, and ``commands`` queued
+    at t=0, each sent as soon as ``delay`` allows (as the shard's sender does)."""
+    win = SendWindow()
+    win.heartbeat_interval = interval
+    sent: list[tuple[float, bool]] = []
+    beats = [first + k * interval for k in range(int((until - first) / interval) + 1)]
+    controls = sorted(beats + requested)
+    queued = commands
+    step = 1 / 64
+    t = 0.0
+    while t < until:
+        while controls and controls[0] <= t:  # never delayed
+            controls.pop(0)
+            win.record(t, control=True)
+            sent.append((t, True))
+        while queued and win.delay(t) == 0.0:
+            win.record(t)
+            sent.append((t, False))
+            queued -= 1
+        t += step
+    return sent
+
+
+def max_in_any_window(sent: list[tuple[float, bool]], window: float = 60.0) -> int:
+    times = [t for t, _ in sent]
+    return max((sum(1 for u in times[i:] if u < start + window) for i, start in enumerate(times)), default=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    interval=st.sampled_from([1.0, 2.5, 5.0, 10.0, 20.0, 41.25]),
+    jitter=st.floats(0.0, 1.0),
+    offset=st.integers(0, 64 * 30).map(lambda n: n / 64),
+    gaps=st.lists(st.integers(64 * 30, 64 * 60).map(lambda n: n / 64), max_size=5),
+    commands=st.integers(0, 300),
+)
+def test_no_window_ever_holds_more_than_120(interval, jitter, offset, gaps, commands):
+    """Whatever the interval and the burst, with Discord asking for heartbeats at least 30 s
+    apart (two in any 60 s: the margin), Discord never sees more than 120 payloads in 60 s (it
+    would close with 4008)."""
+    requested = [offset + sum(gaps[:i]) for i in range(len(gaps))]
+    sent = connection(interval, jitter * interval, requested, commands, until=150.0)
+    assert max_in_any_window(sent) <= 120
