@@ -59,6 +59,9 @@ CONNECT_TIMEOUT_S = 15.0
 #: full stream it waits for room many times a second, for milliseconds each.
 STALL_REPORT_AFTER_S = 1.0
 CLOSE_TIMEOUT_S = 3.0
+#: Reconnects Discord asks for (op 7) in a row, without a READY or RESUMED between them, that
+#: are made at once; past them the backoff applies (a gateway that keeps asking is failing).
+ASKED_RECONNECTS_FREE = 3
 #: After this many failed connections to ``resume_gateway_url``, resume via the main gateway URL.
 RESUME_URL_ATTEMPTS = 3
 #: Distinct event types counted by name in one process; later ones count as :data:`OTHER_TYPE`.
@@ -198,6 +201,8 @@ class ShardRunner:
         self._window = SendWindow()
         self._stopping = False
         self._backoff = exponential_backoff()
+        #: reconnects Discord asked for (op 7) since the last READY/RESUMED
+        self._asked_in_a_row = 0
         self._wake = asyncio.Event()
         self._closing: set[asyncio.Task] = set()
         #: An identify permit taken before connecting (see ``run``).
@@ -356,7 +361,13 @@ class ShardRunner:
                 log.warning("shard %d: waiting for RabbitMQ to take messages before resuming", self.shard_id)
                 self.on_state(self, "stalled")
                 await self._room_or_stop(None)
-            delay = max(decision.delay, next(self._backoff))
+            if decision.asked and self._asked_in_a_row < ASKED_RECONNECTS_FREE:
+                # Discord asked (op 7): not a failure; the backoff grows only past a few in a
+                # row without a READY (a gateway that keeps asking is one that fails).
+                self._asked_in_a_row += 1
+                delay = decision.delay
+            else:
+                delay = max(decision.delay, next(self._backoff))
             log.info(
                 "shard %d: %s; %s in %.1f s",
                 self.shard_id,
@@ -526,6 +537,7 @@ class ShardRunner:
             )
         elif type(action) is SessionReady:
             self._backoff = exponential_backoff()
+            self._asked_in_a_row = 0
             if action.resumed:
                 self.resumes += 1
             log.info("shard %d: %s (session %s)", self.shard_id, "resumed" if action.resumed else "ready", action.session_id)

@@ -129,11 +129,14 @@ class SkippedFrame:
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
-    """Open a new connection after ``delay`` s; ``resume`` tells whether the session survives."""
+    """Open a new connection after ``delay`` s; ``resume`` tells whether the session survives;
+    ``asked``: Discord asked for it (op 7, at any time, even before or instead of HELLO): not a
+    failure of the connection, so the driver's backoff does not grow."""
 
     resume: bool
     delay: float
     reason: str
+    asked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +338,7 @@ class ShardMachine:
         if op == Op.HELLO:
             return self._on_hello(d, now)
         if op == Op.RECONNECT:
-            return self._close(RESUMABLE_CLOSE, "server asked to reconnect (op 7)", resume=True)
+            return self._close(RESUMABLE_CLOSE, "server asked to reconnect (op 7)", resume=True, asked=True)
         if op == Op.INVALID_SESSION:
             if d is True and self.resumable:
                 return self._close(RESUMABLE_CLOSE, "invalid session (resumable)", resume=True)
@@ -443,7 +446,7 @@ class ShardMachine:
         else:
             self.phase = Phase.DISCONNECTED
             if decision.resume and not self.resumable:
-                decision = Reconnect(False, decision.delay, decision.reason)
+                decision = Reconnect(False, decision.delay, decision.reason, decision.asked)
         return decision
 
     def stop(self, reason: str = "shutting down (session kept)") -> list:
@@ -476,9 +479,9 @@ class ShardMachine:
         self.resume_url = None
         self.seq = None
 
-    def _close(self, code: int, reason: str, *, resume: bool, delay: float = 0.0) -> list:
+    def _close(self, code: int, reason: str, *, resume: bool, delay: float = 0.0, asked: bool = False) -> list:
         self.phase = Phase.CLOSING
         self._next_heartbeat = None
         self._hello_deadline = None
-        self._pending_close = Reconnect(resume, delay, reason)
+        self._pending_close = Reconnect(resume, delay, reason, asked)
         return [CloseConnection(code, reason)]

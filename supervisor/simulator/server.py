@@ -438,6 +438,8 @@ class Simulator:
         self._bg: set[asyncio.Task] = set()
         self._conn_ids = itertools.count(1)
         self._conns: dict[int, _Conn] = {}
+        #: connections still to get op 7 instead of HELLO (:meth:`reconnect_before_hello`)
+        self._op7_before_hello = 0
         self._sessions: dict[str, _Session] = {}
         #: shard count -> shard -> its current session / connection. The base count's dicts
         #: are also ``_current`` and ``_shard_conn`` (the only ones without ``reshardable``).
@@ -759,6 +761,8 @@ class Simulator:
                 snap = self.snapshot()
                 snap["ready"] = sorted(snap["ready"])
                 return _json_response(200, snap)
+            if command == "reconnect_before_hello":
+                return _json_response(200, {"ok": True, "result": self.reconnect_before_hello(int(q.get("n", "1")))})
             if command == "set_recommended":
                 if "shards" not in q:
                     return _json_response(400, {"error": "missing query parameter 'shards'"})
@@ -840,7 +844,14 @@ class Simulator:
                 conn.fragment = self.options.fragment
             conn.last_heartbeat = self._loop.time()
             conn.hb_timeout = self.options.effective_heartbeat_timeout_s
-            await conn.send(self._hello)
+            if self._op7_before_hello > 0:
+                # Discord may send op 7 at any time, even before or instead of HELLO
+                self._op7_before_hello -= 1
+                record["op7_before_hello"] = True
+                await conn.send(b'{"t":null,"s":null,"op":7,"d":null}')
+                conn.reconnect_deadline = self._loop.time() + self.options.reconnect_grace_s
+            else:
+                await conn.send(self._hello)
             async for message in ws:
                 if conn.closing:
                     continue
@@ -1418,6 +1429,13 @@ class Simulator:
         """Close the shard's connection with 4011 (sharding required), as Discord does when a
         shard holds too many guilds; the session is forgotten (a fatal code)."""
         return await self.close(shard, Close.SHARDING_REQUIRED, "Sharding required.", count=count)
+
+    def reconnect_before_hello(self, n: int = 1) -> dict:
+        """The next ``n`` connections get op 7 RECONNECT instead of HELLO (documented since
+        2024: op 7 can come at any time); closed (4000) after ``reconnect_grace_s`` if the
+        client has not."""
+        self._op7_before_hello = max(0, n)
+        return {"pending": self._op7_before_hello}
 
     async def reconnect(self, shard: int) -> dict:
         """Send op 7 RECONNECT; close (4000) after ``reconnect_grace_s`` if the client has not."""

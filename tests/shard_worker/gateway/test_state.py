@@ -415,7 +415,7 @@ def test_op7_reconnect_closes_and_resumes():
     m = ready_machine(0.0)
     m.receive(dispatch(5), 1.0)
     close = assert_resumable_close(m.receive(RECONNECT, 2.0))
-    assert m.on_close(close.code) == Reconnect(True, 0.0, close.reason)
+    assert m.on_close(close.code) == Reconnect(True, 0.0, close.reason, asked=True)
     assert (m.session_id, m.seq) == (SESSION_ID, 5)
 
 
@@ -1051,3 +1051,18 @@ def test_a_server_requested_heartbeat_counts_before_the_probe():
     m.probe(1.1)
     assert m.receive('{"op":11}', 1.2) == [] and not m.probe_answered  # the ACK of the asked one
     assert m.receive('{"op":11}', 1.3) == [] and m.probe_answered
+
+
+# -- op 7 at any time (issue 22, item 3) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["before HELLO", "after HELLO, before READY", "READY"])
+def test_op_7_at_any_time_closes_resumably_and_is_not_a_failure(phase):
+    m = resumed_machine() if phase != "READY" else ready_machine()
+    if phase == "before HELLO":
+        m = machine(session=SavedSession(SESSION_ID, 42, RESUME_URL))
+        m.on_connect(0.0)  # Discord sends op 7 instead of HELLO
+    close = assert_resumable_close(m.receive('{"op":7,"d":null}', 1.0))
+    decision = m.on_close(close.code)
+    assert decision == Reconnect(True, 0.0, close.reason, asked=True)
+    assert m.saved_session() is not None and m.saved_session().session_id == SESSION_ID
