@@ -197,6 +197,7 @@ class ParentLink:
             "bad_frames": sum(runner.machine.bad_frames for runner in worker.runners.values()),
             "received_by_type": dict(worker.received_by_type),
             "published_by_type": dict(worker.published_by_type),
+            "rate_limited_by_opcode": dict(worker.rate_limited_by_opcode),
             "reshard": worker.reshard_counters(),
         }
 

@@ -81,6 +81,8 @@ class Worker:
         #: Dispatches by event type for the whole process (see ``count_type`` for the bound).
         self.received_by_type: dict[str, int] = {}
         self.published_by_type: dict[str, int] = {}
+        #: RATE_LIMITED dispatches by the opcode refused, for the whole process.
+        self.rate_limited_by_opcode: dict[str, int] = {}
         for shard_id in config.shard_ids:
             machine = ShardMachine(
                 shard_id,
@@ -102,6 +104,7 @@ class Worker:
                 stall_timeout=config.stall_timeout,
                 received_by_type=self.received_by_type,
                 published_by_type=self.published_by_type,
+                rate_limited_by_opcode=self.rate_limited_by_opcode,
             )
         #: Every shard's cut-over of the reshard running (kept for its counters after the runner
         #: has gone back to plain publishing).

@@ -70,7 +70,13 @@ GROUP_COUNTERS: dict[str, tuple[str, str]] = {
 TYPED_COUNTERS: dict[str, tuple[str, str]] = {
     "received_by_type": ("spectacles_events_received_total", "Dispatches received from Discord, by type."),
     "published_by_type": ("spectacles_events_published_total", "Dispatches published to RabbitMQ, by type."),
+    "rate_limited_by_opcode": (
+        "spectacles_rate_limited_total",
+        "RATE_LIMITED dispatches: commands Discord refused (op 8 asked too often), by their opcode.",
+    ),
 }
+#: The label of each typed counter's key.
+TYPED_LABELS = {"received_by_type": "type", "published_by_type": "type", "rate_limited_by_opcode": "opcode"}
 
 
 # -- the carried-over bases (copy on write: a snapshot shares them) --------------------------
@@ -325,8 +331,7 @@ def _number(value: Any) -> float | None:
 def families(snapshot: Snapshot) -> list[Metric]:
     """Every metric family of ``docs/METRICS.md`` for ``snapshot``."""
     sl = ["shard", "group"]
-    received = CounterMetricFamily(*TYPED_COUNTERS["received_by_type"], labels=["group", "type"])
-    published = CounterMetricFamily(*TYPED_COUNTERS["published_by_type"], labels=["group", "type"])
+    typed = {key: CounterMetricFamily(*spec, labels=["group", TYPED_LABELS[key]]) for key, spec in TYPED_COUNTERS.items()}
     counters = {
         key: CounterMetricFamily(*spec, labels=sl) for key, spec in SHARD_COUNTERS.items()
     }
@@ -409,7 +414,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
                 outbox.add_metric(labels, value)
 
         gbase = snapshot.group_base.get(group) or GroupBase()
-        for key, family in (("received_by_type", received), ("published_by_type", published)):
+        for key, family in typed.items():
             for event_type, value in sorted(_add_counts(gbase.by_type.get(key, {}), report.get(key)).items()):
                 family.add_metric([g, event_type], value)
         for key, family in group_counters.items():
@@ -443,7 +448,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
                 cpu.add_metric([g], child.cpu_percent)
 
     out: list[Metric] = [
-        received, published, *counters.values(), latency, seq, outbox, state,
+        *typed.values(), *counters.values(), latency, seq, outbox, state,
         rejected, broker, confirm, *group_counters.values(), buffered, buffered_bytes, connected,
         up, rss, cpu, restarts, uptime,
     ]  # fmt: skip

@@ -179,6 +179,7 @@ class ShardRunner:
         stall_timeout: float = 30.0,
         received_by_type: dict[str, int] | None = None,
         published_by_type: dict[str, int] | None = None,
+        rate_limited_by_opcode: dict[str, int] | None = None,
     ) -> None:
         """``events``: the types to publish (None: every one), or an ``EventFilter`` (usually one
         shared by every shard of the process: ``--events auto`` learns per process).
@@ -217,6 +218,8 @@ class ShardRunner:
         #: dispatches received and published, by event type (``t``)
         self.received_by_type: dict[str, int] = {} if received_by_type is None else received_by_type
         self.published_by_type: dict[str, int] = {} if published_by_type is None else published_by_type
+        #: RATE_LIMITED dispatches by the opcode Discord refused (shared like the counters above)
+        self.rate_limited_by_opcode: dict[str, int] = {} if rate_limited_by_opcode is None else rate_limited_by_opcode
         self.filtered = 0
         self.reconnects = 0
         self.identifies = 0
@@ -448,6 +451,8 @@ class ShardRunner:
                             if body is None:
                                 self._bad_dispatch(action)
                                 continue
+                            if t == "RATE_LIMITED":  # rare: Discord refused a command
+                                self._rate_limited(body)
                             if reencode:
                                 body = jsonlib.dumps_bytes(jsonlib.loads(body))
                             if self.cutover is None:  # the one test a dispatch pays when no reshard runs
@@ -470,6 +475,17 @@ class ShardRunner:
                 batch = action = frame = None
         except websockets.exceptions.ConnectionClosed:
             pass
+
+    def _rate_limited(self, body: bytes) -> None:
+        """RATE_LIMITED (published like any dispatch): counted by the opcode refused, and said
+        once per occurrence (a bot asking for all members of a guild too often)."""
+        try:
+            d = jsonlib.loads(body)
+            opcode = str(int(d["opcode"]))
+        except (ValueError, TypeError, KeyError, OverflowError):
+            opcode = "unknown"
+        count_type(self.rate_limited_by_opcode, opcode)
+        log.warning("shard %d: Discord refused an op %s command (RATE_LIMITED)", self.shard_id, opcode)
 
     def _bad_dispatch(self, action: Dispatch) -> None:
         """A dispatch whose ``d`` is not one whole JSON value: counted and skipped like any bad

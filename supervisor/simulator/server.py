@@ -438,6 +438,8 @@ class Simulator:
         self._bg: set[asyncio.Task] = set()
         self._conn_ids = itertools.count(1)
         self._conns: dict[int, _Conn] = {}
+        #: guild -> when all its members were last asked for (op 8, query "" and limit 0)
+        self._all_members_at: dict[int, float] = {}
         #: connections still to get op 7 instead of HELLO (:meth:`reconnect_before_hello`)
         self._op7_before_hello = 0
         self._sessions: dict[str, _Session] = {}
@@ -481,6 +483,8 @@ class Simulator:
             "violations": 0,
             # guild events sent to a session of another count than the one that made them
             "copies": 0,
+            # op 8 for every member of a guild asked again within 30 s: answered RATE_LIMITED
+            "rate_limited": 0,
         }
         interval = opts.heartbeat_interval_ms
         self._hello = ujson.dumps(
@@ -1190,6 +1194,18 @@ class Simulator:
         except (TypeError, ValueError):
             return
         nonce = d.get("nonce") if isinstance(d.get("nonce"), str) else None
+        if d.get("query") == "" and d.get("limit") == 0:
+            # every member of a guild: at most once per 30 s per guild, else RATE_LIMITED (2025)
+            assert self._loop is not None
+            now = self._loop.time()
+            last = self._all_members_at.get(gid)
+            if last is not None and now - last < MEMBERS_ALL_INTERVAL_S:
+                limited = {"opcode": int(Op.REQUEST_GUILD_MEMBERS), "retry_after": round(last + MEMBERS_ALL_INTERVAL_S - now, 3),
+                           "meta": {"guild_id": str(gid), "nonce": nonce}}  # fmt: skip
+                self.counters["rate_limited"] += 1
+                await conn.send(self._dispatch(session, "RATE_LIMITED", ujson.dumps(limited).encode()))
+                return
+            self._all_members_at[gid] = now
         chunk = session.factory.members_chunk(gid, nonce)
         if chunk is not None:
             frame = self._dispatch(session, "GUILD_MEMBERS_CHUNK", ujson.dumps(chunk).encode())
@@ -1541,6 +1557,10 @@ class Simulator:
         session.wake.set()
         return {"session_id": session.id, "seq": session.seq, "queued": session.emit_pending}
 
+
+#: Discord answers an op 8 for every member of a guild (query "", limit 0) at most once per
+#: this long per guild; sooner, with a RATE_LIMITED dispatch.
+MEMBERS_ALL_INTERVAL_S = 30.0
 
 _CONTROL_COMMANDS = frozenset(
     {

@@ -600,3 +600,17 @@ def test_cluster_metrics_only_in_cluster_mode():
     assert value(samples, "spectacles_cluster_fenced_total") == 1
     assert value(samples, "spectacles_cluster_groups_acquired_total", how="takeover") == 1
     assert value(samples, "spectacles_cluster_redis_amnesias_total") == 1
+
+
+def test_rate_limited_dispatches_are_counted_by_opcode_and_carried_over():
+    # Issue 22: RATE_LIMITED (Discord refusing an op 8 asked too often), per process, by opcode.
+    clock = Clock()
+    state = MetricsState({0: [0]}, clock=clock)
+    state.child_started(0, 100, clock.now)
+    process, reports = report({0: shard(received={"RATE_LIMITED": 2})})
+    push(state, 0, 100, ({**process, "rate_limited_by_opcode": {"8": 2}}, reports))
+    assert value(scrape_state(state), "spectacles_rate_limited_total", group=0, opcode="8") == 2
+    state.child_exited(0, 100)  # replaced: the count carries over
+    state.child_started(0, 101, clock.now)
+    push(state, 0, 101, ({**process, "rate_limited_by_opcode": {"8": 1}}, reports))
+    assert value(scrape_state(state), "spectacles_rate_limited_total", group=0, opcode="8") == 3
