@@ -42,7 +42,7 @@ CATCH_UP_TIMEOUT_S = 20.0
 #: How long a stop that ends the sessions (an old set after a reshard's cut-over) waits for
 #: RabbitMQ first, its connections still open: once a session is ended, what was not confirmed
 #: can never be replayed. Past it the sessions are closed resumably instead (the supervisor
-#: gives such a stop :data:`END_FLUSH_TIMEOUT_S` plus a margin before it kills).
+#: gives such a stop :data:`CATCH_UP_TIMEOUT_S` plus this plus a margin before it kills).
 END_FLUSH_TIMEOUT_S = 30.0
 
 
