@@ -56,6 +56,8 @@ class WorkerConfig:
     max_concurrency: int = 1
     large_threshold: int | None = None
     presence: dict | None = None
+    #: Further IDENTIFY fields (``--identify-extra``), e.g. ``{"capabilities": 16381}``.
+    identify_extra: dict | None = None
     #: Unacknowledged outbound messages the worker takes from RabbitMQ at once.
     prefetch: int = 100
     log_level: str = "INFO"

@@ -92,6 +92,7 @@ class Worker:
                 compress=config.compress,
                 large_threshold=config.large_threshold,
                 presence=config.presence,
+                identify_extra=config.identify_extra,
                 session=config.sessions.get(shard_id),
             )
             self.runners[shard_id] = ShardRunner(

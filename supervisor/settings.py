@@ -33,6 +33,9 @@ child_timeout       --child-timeout       SPECTACLES_CHILD_TIMEOUT       supervi
 buffer_events       --buffer-events       SPECTACLES_BUFFER_EVENTS       supervisor.buffer_events
 buffer_mb           --buffer-mb           SPECTACLES_BUFFER_MB           supervisor.buffer_mb
 stall_timeout       --stall-timeout       SPECTACLES_STALL_TIMEOUT       supervisor.stall_timeout
+large_threshold     --large-threshold     DISCORD_LARGE_THRESHOLD        supervisor.large_threshold
+presence            --presence            DISCORD_PRESENCE               supervisor.presence
+identify_extra      --identify-extra      SPECTACLES_IDENTIFY_EXTRA      supervisor.identify_extra
 metrics_addr        --metrics-addr        SPECTACLES_METRICS_ADDR        supervisor.metrics_addr
 log_format          --log-format          SPECTACLES_LOG_FORMAT          supervisor.log_format
 ==================  ====================  =============================  ========================
@@ -534,6 +537,59 @@ def _from_str(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     return parse_file
 
 
+#: Discord's presence statuses, and the fields of a presence (IDENTIFY's ``presence``).
+PRESENCE_STATUSES = ("online", "dnd", "idle", "invisible", "offline")
+_PRESENCE_FIELDS = {"since", "activities", "status", "afk"}
+#: IDENTIFY fields this project sets itself: ``identify_extra`` may not name them.
+_IDENTIFY_OWN = {"token", "properties", "intents", "shard", "compress", "large_threshold", "presence"}
+
+
+def _json_object(value: Any, what: str) -> dict:
+    """A TOML table, or a JSON object as text (a flag, an environment variable)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"expected a JSON object for {what}, got {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object (or a table) for {what}, got {_type_name(value)}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be plain JSON") from None
+    return value
+
+
+def _presence(value: Any) -> dict:
+    """IDENTIFY's initial presence: ``status`` (online, dnd, idle, invisible, offline),
+    ``activities`` (objects with a ``name`` and an integer ``type``), ``afk``, ``since``;
+    missing fields get Discord's defaults."""
+    given = _json_object(value, "the presence")
+    unknown = sorted(set(given) - _PRESENCE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown presence field {unknown[0]!r} (known: {', '.join(sorted(_PRESENCE_FIELDS))})")
+    presence = {"since": None, "activities": [], "status": "online", "afk": False, **given}
+    if presence["status"] not in PRESENCE_STATUSES:
+        raise ValueError(f"presence status must be one of {', '.join(PRESENCE_STATUSES)}, got {presence['status']!r}")
+    activities = presence["activities"]
+    if not isinstance(activities, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("name"), str) and type(a.get("type")) is int for a in activities
+    ):
+        raise ValueError("presence activities must be objects with a string 'name' and an integer 'type'")
+    if type(presence["afk"]) is not bool or not (presence["since"] is None or type(presence["since"]) is int):
+        raise ValueError("presence afk must be true or false, and since null or an integer (ms)")
+    return presence
+
+
+def _identify_extra(value: Any) -> dict:
+    """Further IDENTIFY fields Discord adds (a ``capabilities`` bit field...), sent as given."""
+    extra = _json_object(value, "identify_extra")
+    own = sorted(set(extra) & _IDENTIFY_OWN)
+    if own:
+        raise ValueError(f"identify_extra may not set {own[0]!r} (this project sets it)")
+    return extra
+
+
 # -- the table of settings --------------------------------------------------------------------
 
 
@@ -678,6 +734,18 @@ SETTINGS: tuple[Setting, ...] = (
             _int_text(1, 3600), _int_file(1, 3600), "SECONDS",
             "A shard that cannot publish this long closes resumably and resumes when RabbitMQ "
             f"is back (default: {DEFAULT_STALL_TIMEOUT})."),
+    Setting("large_threshold", "--large-threshold", ("DISCORD_LARGE_THRESHOLD",),
+            ("supervisor", "large_threshold"), None, _int_text(50, 250), _int_file(50, 250), "N",
+            "IDENTIFY's large_threshold: members above which a guild's offline members are not "
+            "sent (50-250; default: Discord's, 50)."),
+    Setting("presence", "--presence", ("DISCORD_PRESENCE",), ("supervisor", "presence"), None,
+            _presence, _presence, "JSON",
+            "IDENTIFY's initial presence as a JSON object (a table in the config file): status, "
+            "activities, afk, since (default: none)."),
+    Setting("identify_extra", "--identify-extra", ("SPECTACLES_IDENTIFY_EXTRA",),
+            ("supervisor", "identify_extra"), None, _identify_extra, _identify_extra, "JSON",
+            "Further IDENTIFY fields as a JSON object, sent as given, e.g. {\"capabilities\": "
+            "16381} (default: none)."),
     Setting("metrics_addr", "--metrics-addr", ("SPECTACLES_METRICS_ADDR",),
             ("supervisor", "metrics_addr"), None,
             _metrics_addr_text, _from_str(_metrics_addr_text), "HOST:PORT",
@@ -904,6 +972,9 @@ class StartSettings:
     stall_timeout: int = DEFAULT_STALL_TIMEOUT
     metrics_addr: tuple[str, int] | None = None
     log_format: str = DEFAULT_LOG_FORMAT
+    large_threshold: int | None = None
+    presence: dict | None = None
+    identify_extra: dict | None = None
     queue_type: str = amqp_params.DEFAULT_QUEUE_TYPE
     amqp_ca_file: Path | None = None
     amqp_cert_file: Path | None = None
@@ -976,6 +1047,9 @@ class StartSettings:
             "buffer_events": str(self.buffer_events),
             "buffer_mb": f"{self.buffer_mb} MB",
             "stall_timeout": f"{self.stall_timeout} s",
+            "large_threshold": str(self.large_threshold) if self.large_threshold is not None else "(Discord's: 50)",
+            "presence": json.dumps(self.presence, separators=(",", ":")) if self.presence else "(none)",
+            "identify_extra": json.dumps(self.identify_extra, separators=(",", ":")) if self.identify_extra else "(none)",
             "metrics_addr": format_metrics_addr(self.metrics_addr),
             "log_format": self.log_format,
             "redis_url": mask_url(self.redis_url) if self.redis_url else "(none: everything local)",
@@ -1126,7 +1200,25 @@ def resolve_start_settings(
             str(sources["shard_count"]),
         )
     _check_amqp_tls(settings)
+    _check_identify_size(settings)
     return settings
+
+
+def _check_identify_size(settings: StartSettings) -> None:
+    """The IDENTIFY with this presence and these extra fields fits Discord's 4096 bytes, for a
+    token of the usual length (or the one given) and the largest shard numbers."""
+    if settings.presence is None and not settings.identify_extra:
+        return
+    from shard_worker.gateway.state import ShardMachine
+
+    count = MAX_SHARD_COUNT  # the longest shard numbers: the bound holds for any count
+    token = settings.token or "x" * 72
+    try:
+        ShardMachine(count - 1, count, token, intents=settings.intents, large_threshold=settings.large_threshold,
+                     presence=settings.presence, identify_extra=settings.identify_extra)  # fmt: skip
+    except ValueError:
+        where = [_label(settings, name) for name in ("presence", "identify_extra") if getattr(settings, name)]
+        raise SettingsError(f"{' and '.join(where)}: the IDENTIFY would be over Discord's 4096 bytes") from None
 
 
 TLS_SETTINGS = ("amqp_ca_file", "amqp_cert_file", "amqp_key_file")
@@ -1212,6 +1304,9 @@ def build_worker_config(settings: StartSettings, gateway_bot: GatewayBot | None)
         amqp_ca_file=tls_files(settings).ca_file,
         amqp_cert_file=tls_files(settings).cert_file,
         amqp_key_file=tls_files(settings).key_file,
+        large_threshold=settings.large_threshold,
+        presence=settings.presence,
+        identify_extra=settings.identify_extra,
     )
 
 

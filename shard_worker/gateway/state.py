@@ -172,6 +172,7 @@ class ShardMachine:
         compress: bool | str = True,
         large_threshold: int | None = None,
         presence: dict | None = None,
+        identify_extra: dict | None = None,
         session: SavedSession | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -183,6 +184,9 @@ class ShardMachine:
         self.compress = compress_name(compress)
         self.large_threshold = large_threshold
         self.presence = presence
+        #: Further IDENTIFY fields Discord may add (a ``capabilities`` bit field...): sent as
+        #: given, never in place of the fields this machine owns.
+        self.identify_extra = dict(identify_extra or {})
         self._rng = rng
 
         # Session state: survives reconnects while resumable.
@@ -212,8 +216,8 @@ class ShardMachine:
         self.reading_paused = False
         #: Set by the driver when ``resume_gateway_url`` kept failing to connect.
         self.resume_via_gateway = False
-        if presence is not None:
-            self._encode(Op.IDENTIFY, self._identify_payload())  # a presence too big fails here
+        if presence is not None or self.identify_extra:
+            self._encode(Op.IDENTIFY, self._identify_payload())  # an IDENTIFY too big fails here
 
     # -- queries ------------------------------------------------------------------------------
     @property
@@ -379,6 +383,7 @@ class ShardMachine:
 
     def _identify_payload(self) -> dict[str, Any]:
         d: dict[str, Any] = {
+            **self.identify_extra,
             "token": self._token,
             "properties": IDENTIFY_PROPERTIES,
             "intents": self.intents,

@@ -758,3 +758,48 @@ def test_cluster_settings_resolve_and_node_flags_need_cluster():
         resolve_start_settings({"node_name": "vm-1"}, {})
     with pytest.raises(SettingsError, match=r"--node-name: .* is not a node name"):
         resolve_start_settings({"cluster": "true", "node_name": "bad name"}, {})
+
+
+# -- identify options a large bot sets (issue 22, item 5) -------------------------------------
+
+
+def test_identify_options_from_flags_env_and_the_config_file(tmp_path):
+    config = write(tmp_path, """
+[supervisor]
+large_threshold = 120
+identify_extra = '{"capabilities": 16381}'
+  [supervisor.presence]
+  status = "idle"
+  activities = [{ name = "the shards", type = 3 }]
+""")
+    settings = resolve_start_settings({"config": config}, {"DISCORD_TOKEN": "t" * 70})
+    assert settings.large_threshold == 120 and settings.identify_extra == {"capabilities": 16381}
+    assert settings.presence == {"since": None, "activities": [{"name": "the shards", "type": 3}], "status": "idle", "afk": False}
+    worker = build_worker_config(settings, gateway_bot())
+    assert (worker.large_threshold, worker.presence, worker.identify_extra) == (120, settings.presence, {"capabilities": 16381})
+    shown = {row[0]: (row[1], row[2]) for row in settings.describe()}
+    assert shown["presence"][0].startswith('{"since":null') and "presence" in shown["presence"][1]
+    env = resolve_start_settings({}, {"DISCORD_PRESENCE": '{"status": "dnd"}', "DISCORD_LARGE_THRESHOLD": "250"})
+    assert env.presence["status"] == "dnd" and env.large_threshold == 250
+    assert str(env.sources["presence"]) == "env DISCORD_PRESENCE"
+    flags = resolve_start_settings({"presence": '{"afk": true}'}, {"DISCORD_PRESENCE": '{"status": "dnd"}'})
+    assert flags.presence["afk"] is True and flags.presence["status"] == "online"  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"large_threshold": "49"}, "--large-threshold"),
+        ({"presence": "online"}, "--presence: expected a JSON object"),
+        ({"presence": '{"status": "busy"}'}, "presence status must be one of"),
+        ({"presence": '{"mood": 1}'}, "unknown presence field 'mood'"),
+        ({"presence": '{"activities": [{"name": 1}]}'}, "activities must be objects"),
+        ({"identify_extra": '{"token": "x"}'}, "may not set 'token'"),
+        ({"identify_extra": "[1]"}, "expected a JSON object"),
+        ({"identify_extra": '{"capabilities": 1, "padding": "' + "x" * 4000 + '"}'}, "over Discord's 4096 bytes"),
+    ],
+)
+def test_bad_identify_options_are_one_line_naming_their_flag(flags, message):
+    with pytest.raises(SettingsError, match=message) as error:
+        resolve_start_settings(flags, {})
+    assert "\n" not in str(error.value)

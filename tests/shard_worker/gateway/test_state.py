@@ -1066,3 +1066,19 @@ def test_op_7_at_any_time_closes_resumably_and_is_not_a_failure(phase):
     decision = m.on_close(close.code)
     assert decision == Reconnect(True, 0.0, close.reason, asked=True)
     assert m.saved_session() is not None and m.saved_session().session_id == SESSION_ID
+
+
+def test_identify_options_a_large_bot_sets():
+    # Issue 22, item 5: presence, large_threshold and further fields Discord adds.
+    presence = {"since": None, "activities": [{"name": "shards", "type": 3}], "status": "idle", "afk": False}
+    m = machine(large_threshold=100, presence=presence, identify_extra={"capabilities": 16381, "shard": [9, 9]})
+    m.on_connect(0.0)
+    m.receive(HELLO, 0.0)
+    d = only_send(m.identify_granted(0.0))["d"]
+    assert d["large_threshold"] == 100 and d["presence"] == presence and d["capabilities"] == 16381
+    assert d["shard"] == [0, 1]  # the machine's own fields are never replaced
+
+
+def test_an_identify_over_4096_bytes_is_refused_at_construction():
+    with pytest.raises(ValueError):
+        machine(identify_extra={"padding": "x" * 4096})
