@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
+
 PY = sys.executable
 TOKEN = "bench-token-0123456789abcdef"
 EXCHANGE = "bench"
@@ -296,7 +297,7 @@ def main() -> int:
     runs: list[dict] = []
     try:
         for shards in args.shards:
-            for i in range(args.repeat):
+            for _ in range(args.repeat):
                 for kind in ("project",) if args.project_only else KINDS:
                     result = measure_stream(kind, shards, rabbit, args.amqp_url, args.warmup, args.window)
                     runs.append(result)

@@ -46,8 +46,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import OUT, PY, ROOT, TOKEN, cpu_seconds, free_port, tree  # noqa: E402
-from supervisor.control import request  # noqa: E402
+
 from shard_worker import spectacles  # noqa: E402
+from supervisor.control import request  # noqa: E402
 from supervisor.simulator.process import SimulatorProcess  # noqa: E402
 
 MAX_CONCURRENCY = 256

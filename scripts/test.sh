@@ -5,11 +5,13 @@
 # SPECTACLES_TEST_WORKERS pytest-xdist workers (default 4) at once; the tests marked
 # `exclusive` change the shared RabbitMQ node (stop_app, a memory alarm, a message size limit)
 # or need the machine to themselves (2000 shards), and run afterwards, alone. Extra arguments
-# go to both parts.
+# go to both parts. ruff checks the code before any test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/services.sh
+# Lint first (pyproject.toml's [tool.ruff.lint]: pyflakes, import order, bugbear, pyupgrade).
+.venv/bin/ruff check --quiet supervisor shard_worker tests scripts
 workers=${SPECTACLES_TEST_WORKERS:-4}
 status=0
 .venv/bin/python -m pytest -n "$workers" -m "not exclusive" "$@" || status=$?

@@ -36,9 +36,9 @@ import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from . import amqp_params, outbound, spectacles
-from .hand_over import Route, route
 from .amqp_frames import BatchedPublisher, properties_prefix
 from .event_selection import PROBE_INTERVAL_S, EventSelection
+from .hand_over import Route, route
 from .logs import mask_url
 from .publish_ledger import Entry, PublishLedger
 from .reshard import OVERLAP_HEADER
@@ -569,7 +569,10 @@ class AmqpBridge:
                 except BrokerError as exc:
                     # PRECONDITION_FAILED (the queue exists as another type): no reconnect can
                     # help, so a configuration error ends the bridge (the worker exits 2).
-                    raise amqp_params.declare_error(queue, self.queue_type, str(exc)) or exc
+                    error = amqp_params.declare_error(queue, self.queue_type, str(exc))
+                    if error is None:
+                        raise
+                    raise error from exc
                 await rpc(channel.queue_bind, queue=queue, exchange=self.group, routing_key=key)
             if channel.is_open:
                 channel.close()

@@ -16,8 +16,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
 from .event_selection import AUTO
+from .gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
 from .logs import mask_url
 from .reshard import DEFAULT_HOLD_S
 

@@ -15,9 +15,8 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import event_loop, exit_codes, gc_tuning, jsonlib, outbound
+from . import amqp_params, event_loop, exit_codes, gc_tuning, jsonlib, outbound
 from .amqp_frames import check_pika
-from . import amqp_params
 from .amqp_params import BrokerConfigError, TlsFiles
 from .broker import AmqpBridge
 from .config import SavedSession, WorkerConfig

@@ -37,23 +37,23 @@ from shard_worker import exit_codes
 from shard_worker.config import SavedSession, WorkerConfig
 from shard_worker.gateway.protocol import Close, describe_close, identify_bucket
 from shard_worker.ipc import Message
+from shard_worker.shard_ranges import format_shard_ids
 
+from . import shard_sets
+from .auto_reshard import MIN_INTERVAL_S, AutoReshard
 from .budget_refresh import BudgetRefresher, Refresh
 from .child import Child
+from .cluster_member import ClusterMember
 from .control import ControlServer
 from .coordination import BUDGET_UNKNOWN
 from .identify_gate import DAILY_TOTAL, IdentifyGate
 from .metrics import MetricsServer, MetricsState
 from .progress import LiveLine, Progress, estimate, format_elapsed, format_progress, gate_view
+from .resharding import ReshardRun, new_set_configs
 from .restart_policy import RestartPolicy
 from .sd_notify import Notifier, ServiceNotes
-from . import shard_sets
-from .auto_reshard import MIN_INTERVAL_S, AutoReshard
-from .cluster_member import ClusterMember
-from .resharding import ReshardRun, new_set_configs
 from .shard_sets import Phase, Refusal, Reshard, ShardSet
 from .shared_state import Answer, SharedState
-from shard_worker.shard_ranges import format_shard_ids
 from .state_store import IDENTIFY_WINDOW_S, StateStore
 from .state_writer import StateWriter
 

@@ -13,9 +13,9 @@ from typing import Any
 import psutil
 
 from shard_worker import ipc
-from shard_worker.shard_ranges import format_shard_ids
 from shard_worker.config import CONFIG_ENV, TOKEN_ENV, SavedSession, WorkerConfig
 from shard_worker.logs import LOG_FORMAT_ENV, LOG_GROUP_ENV
+from shard_worker.shard_ranges import format_shard_ids
 from shard_worker.supervised import IPC_FD_ENV
 
 from .sd_notify import ENV_VARS as NOTIFY_ENV

@@ -57,9 +57,10 @@ import click
 from shard_worker import exit_codes
 from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
+from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
 
 from .discord_api import DiscordAPIError, GatewayBot, get_gateway_bot
-from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
+from .progress import format_elapsed
 from .settings import (
     CONFIG_FLAG,
     SETTINGS,
@@ -71,7 +72,6 @@ from .settings import (
     format_duration,
     resolve_start_settings,
 )
-from .progress import format_elapsed
 
 PROG = "spectacles-supervisor"
 

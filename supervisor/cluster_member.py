@@ -16,7 +16,14 @@ from typing import Any
 
 from shard_worker import exit_codes
 
-from .cluster import AMNESIA_SETTLE_S, GUARD_LIMIT_S, PARENT_TIMEOUT_S, STOP_GRACE_S, TAKEOVER_WAIT_S, Fence
+from .cluster import (
+    AMNESIA_SETTLE_S,
+    GUARD_LIMIT_S,
+    PARENT_TIMEOUT_S,
+    STOP_GRACE_S,
+    TAKEOVER_WAIT_S,
+    Fence,
+)
 from .cluster_node import ClusterNode, Event
 
 log = logging.getLogger("supervisor.cluster")

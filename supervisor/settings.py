@@ -125,7 +125,6 @@ from urllib.parse import urlsplit
 from shard_worker import amqp_params
 from shard_worker.config import DEFAULT_AMQP_URL, DEFAULT_GROUP, WorkerConfig
 from shard_worker.event_selection import AUTO
-from shard_worker.logs import mask_url
 from shard_worker.gateway.inflate import zstd_unavailable
 from shard_worker.gateway.intents import DEFAULT_INTENTS, format_intents, parse_intents
 from shard_worker.gateway.protocol import (
@@ -134,11 +133,7 @@ from shard_worker.gateway.protocol import (
     COMPRESS_ZSTD_STREAM,
     compress_name,
 )
-
-from .auto_reshard import DEFAULT_INTERVAL_S as AUTO_RESHARD_INTERVAL_S
-from .auto_reshard import MAX_INTERVAL_S as AUTO_RESHARD_MAX_S
-from .auto_reshard import MIN_INTERVAL_S as AUTO_RESHARD_MIN_S
-from .discord_api import DEFAULT_API_URL, GatewayBot
+from shard_worker.logs import mask_url
 from shard_worker.shard_ranges import (
     MAX_SHARD_COUNT,
     default_shards_per_process,
@@ -146,6 +141,11 @@ from shard_worker.shard_ranges import (
     parse_shard_ids,
     split_groups,
 )
+
+from .auto_reshard import DEFAULT_INTERVAL_S as AUTO_RESHARD_INTERVAL_S
+from .auto_reshard import MAX_INTERVAL_S as AUTO_RESHARD_MAX_S
+from .auto_reshard import MIN_INTERVAL_S as AUTO_RESHARD_MIN_S
+from .discord_api import DEFAULT_API_URL, GatewayBot
 
 if sys.version_info >= (3, 11):
     import tomllib

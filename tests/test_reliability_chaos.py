@@ -142,7 +142,7 @@ def test_kill_9_children_mid_stream_loses_no_event(amqp_url, rabbit, group, tmp_
                 killed_per_shard[shard] += 1
                 # Wait for the replacement child and its RESUME (timeouts in minutes: 2 busy cores).
                 resumed = sim.wait_until(
-                    lambda s: any(
+                    lambda s, shard=shard, killed_at=killed_at: any(
                         r["shard"] == shard and r["time"] > killed_at and r["result"] == "ok" for r in s["resumes"]
                     )
                     and shard in s["ready"],
@@ -152,7 +152,7 @@ def test_kill_9_children_mid_stream_loses_no_event(amqp_url, rabbit, group, tmp_
                     r for r in resumed["resumes"] if r["shard"] == shard and r["time"] > killed_at and r["result"] == "ok"
                 )
                 replacement = wait_for(
-                    lambda: (c := children_by_shard(sup).get(shard)) and c.pid != victim.pid and c, 60,
+                    lambda shard=shard, victim=victim: (c := children_by_shard(sup).get(shard)) and c.pid != victim.pid and c, 60,
                     what=f"the replacement child of shard {shard}",
                 )
                 kills.append(

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from .. import jsonlib
 from ..config import SavedSession
 from . import frames
-from .inflate import Inflater, InflateError, new_inflater
+from .inflate import InflateError, Inflater, new_inflater
 from .protocol import (
     INVALID_SESSION_WAIT_S,
     MAX_PAYLOAD_BYTES,

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shard_worker.shard_ranges import (
-    MAX_SHARD_COUNT,
     MAX_DEFAULT_SHARDS_PER_PROCESS,
+    MAX_SHARD_COUNT,
     default_shards_per_process,
     format_shard_ids,
     parse_shard_ids,

@@ -79,7 +79,7 @@ def test_outbound_shard_and_send_packets_reach_the_right_shard(amqp_url, rabbit,
     with SimulatorThread(token=TOKEN, shard_count=4, heartbeat_interval_ms=2000, max_concurrency=4) as sim:
         rabbit.bind(group, spectacles.shard_queue(group, 3), "3")  # another process's shard 3
         config = worker_config(sim, amqp_url, group, [0, 1])
-        with WorkerThread(config) as worker:
+        with WorkerThread(config):
             sim.wait_until(lambda s: {0, 1} <= s["ready"], timeout=30)
             rabbit.track(spectacles.shard_queue(group, 0), spectacles.shard_queue(group, 1), spectacles.send_queue(group))
             # a guild shard 1 owns (a shard packet goes to its guild's owner: see test_worker_reshard)

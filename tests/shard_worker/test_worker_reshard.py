@@ -91,7 +91,7 @@ def test_old_2_to_new_4_loses_nothing_marks_duplicates_and_keeps_queues_until_ac
             assert old.stop() == 0
             snap = sim.snapshot()
             old_ids: set[str] = set()
-            for shard, state in snap["sets"][2].items():
+            for state in snap["sets"][2].values():
                 for frame in sim.call("history", state["session_id"]):
                     if frame["t"] == "MESSAGE_CREATE":
                         old_ids.add(frame["d"]["id"])

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from shard_worker.config import SavedSession
-from supervisor.cluster_store import ClusterStore
 from supervisor.cluster_status import format_cluster, read
+from supervisor.cluster_store import ClusterStore
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def test_a_stale_session_save_never_overwrites_the_takers_session(redis_url, pre
     SharedState retry path: the retry writes nothing for a group A no longer holds."""
     from supervisor.coordination import RedisCoordinator
     from supervisor.shared_state import SESSION_RETRY_S, SharedState
-    from tests.redis_faults import FreezingProxy
     from tests.helpers import wait_for
+    from tests.redis_faults import FreezingProxy
 
     parts = redis_url.split("://", 1)[1].split("/", 1)[0].split(":")
     client, (a, b) = stores(redis_url, prefix, "a", "b")

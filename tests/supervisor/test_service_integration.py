@@ -40,7 +40,7 @@ class NotifySocket:
         while self._on:
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(size))
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

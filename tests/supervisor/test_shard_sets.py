@@ -25,7 +25,6 @@ from supervisor.shard_sets import (
     Step,
 )
 
-
 # -- generations and the plan -----------------------------------------------------------------
 
 

@@ -11,7 +11,15 @@ import redis
 
 from shard_worker.config import SavedSession
 from supervisor.coordination import RedisCoordinator
-from supervisor.shared_state import BUDGET, IDENTIFY, SENT, SESSION_RETRY_S, SESSIONS, Mailbox, SharedState
+from supervisor.shared_state import (
+    BUDGET,
+    IDENTIFY,
+    SENT,
+    SESSION_RETRY_S,
+    SESSIONS,
+    Mailbox,
+    SharedState,
+)
 from tests.helpers import wait_for
 from tests.redis_faults import HungServer
 

@@ -155,7 +155,7 @@ async def test_a_protocol_fault_fails_the_connection_with_1002_after_the_good_me
 async def test_closing_while_paused_reads_the_servers_close_instead_of_waiting_it_out():
     async def script(reader, writer, head):
         writer.write(head)
-        for i in range(MAX_QUEUE * 8):  # fills the inbox: the client pauses reading
+        for _ in range(MAX_QUEUE * 8):  # fills the inbox: the client pauses reading
             writer.write(frame(Opcode.BINARY, b"m" * 200))
         await writer.drain()
         while True:  # the client's close frame comes after the pings we never get
