@@ -21,7 +21,7 @@ from supervisor.simulator.payloads import DISPATCH_TYPES
 from tests import rabbitmq_admin
 from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
 
-#: Changes the shared RabbitMQ node: runs alone, after the parallel part of the suite.
+#: Changes the shared RabbitMQ node: runs alone, before the parallel part of the suite.
 pytestmark = pytest.mark.exclusive
 
 #: Everything the simulator dispatches: every event is counted.

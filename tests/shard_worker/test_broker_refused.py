@@ -18,7 +18,7 @@ from shard_worker.broker import AmqpBridge
 from tests import rabbitmq_admin
 from tests.tcp_proxy import TcpProxy
 
-#: Changes the shared RabbitMQ node: runs alone, after the parallel part of the suite.
+#: Changes the shared RabbitMQ node: runs alone, before the parallel part of the suite.
 pytestmark = pytest.mark.exclusive
 
 LIMIT = 64 * 1024
