@@ -18,12 +18,14 @@ def test_op_7_before_and_instead_of_hello_resumes_at_once(amqp_url, rabbit, grou
         with WorkerThread(worker_config(sim, amqp_url, group, [0])) as worker:
             sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
             session = sim.snapshot()["shards"][0]["session_id"]
+            wait_for(lambda: len(sim.call("history", session)) > 20, 10, what="the stream flowing")
             sim.call("reconnect_before_hello", 2)
             sim.call("reconnect", 0)  # op 7 on the live connection, then op 7 instead of HELLO twice
             snap = wait_for(
                 lambda: (s := sim.snapshot()) and len(s["connections"]) == 4 and 0 in s["ready"] and s, 20,
                 what="resumed on the fourth connection",
             )
+            wait_for(lambda: len(sim.call("history", session)) > len(snap["resumes"]) + 40, 10, what="the stream again")
             history = [f["d"]["id"] for f in sim.call("history", session) if f["t"] == "MESSAGE_CREATE"]
             wait_for(lambda: worker.call(lambda: worker.worker.bridge.buffered) == 0, 10)
         conns = snap["connections"]

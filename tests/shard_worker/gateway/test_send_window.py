@@ -18,7 +18,8 @@ def fill(win: SendWindow, now: float, n: int) -> None:
 
 def test_defaults_match_discord():
     win = SendWindow()
-    assert (win.limit, win.window, win.reserved) == (120, 60.0, 5)
+    # Discord's 120 per 60 s, counted over 62 s: arrivals may come closer than the writes
+    assert (win.limit, win.window, win.reserved) == (120, 62.0, 5)
 
 
 @pytest.mark.parametrize(("limit", "reserved"), [(10, 10), (10, 11), (10, -1), (0, 0)])
@@ -37,7 +38,7 @@ def test_zero_reserve_allowed():
 
 
 def test_commands_stop_at_limit_minus_reserved():
-    win = SendWindow()  # 120 / 60 s, 5 reserved
+    win = SendWindow(window=60.0)  # 120 / 60 s, 5 reserved
     for i in range(115):
         assert win.delay(float(i) * 0.1) == 0.0, i
         win.record(float(i) * 0.1)
@@ -187,7 +188,7 @@ def test_control_is_never_starved_by_commands():
 
 
 def test_the_reserve_follows_the_hellos_interval():
-    win = SendWindow()
+    win = SendWindow(window=60.0)
     assert win.reserve(0.0) == 5  # before HELLO: the floor
     win.heartbeat_interval = 41.25
     assert win.reserve(0.0) == 2 + 1 + 4  # ceil(60 / 41.25) + 1 heartbeats, and the margin
@@ -198,7 +199,7 @@ def test_the_reserve_follows_the_hellos_interval():
 
 
 def test_heartbeats_discord_asks_for_grow_the_reserve():
-    win = SendWindow()
+    win = SendWindow(window=60.0)
     win.heartbeat_interval = 41.25
     for t in range(20):  # Discord asked for 20 heartbeats in the last minute
         win.record(float(t), control=True)
