@@ -95,6 +95,27 @@ class Rabbit:
     def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
         self.channel.basic_publish(exchange, routing_key, body)
 
+    def wait_consumed(self, *queues: str, timeout: float = 60.0) -> None:
+        """Wait until each of ``queues`` exists with a consumer. A worker's bridge is
+        ``connected`` (it publishes) before it has declared and bound the queues it consumes:
+        a packet published to the exchange before that is routed nowhere and dropped."""
+        deadline = time.monotonic() + timeout
+        waiting = list(queues)
+        while waiting:
+            channel = self.connection.channel()  # a passive declare of a missing queue closes it
+            try:
+                if channel.queue_declare(waiting[0], durable=True, passive=True).method.consumer_count > 0:
+                    waiting.pop(0)
+                    continue
+            except pika.exceptions.ChannelClosedByBroker:
+                pass
+            finally:
+                if channel.is_open:
+                    channel.close()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for a consumer on {waiting}")
+            self.connection.sleep(0.1)
+
     def depth(self, queue: str) -> int:
         return self.channel.queue_declare(queue, durable=True, passive=True).method.message_count
 

@@ -20,7 +20,7 @@ def test_a_send_for_guilds_of_four_shards_reaches_each_with_its_own_guilds(amqp_
         ids = [on[0][0], on[3][0], on[1][0], on[3][1]]
         with WorkerThread(worker_config(sim, amqp_url, group, [0, 1])) as low, WorkerThread(worker_config(sim, amqp_url, group, [2, 3])) as high:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=30)
-            wait_for(lambda: all(w.call(lambda w=w: w.worker.bridge.connected.is_set()) for w in (low, high)), 10)
+            rabbit.wait_consumed(spectacles.send_queue(group), *(spectacles.shard_queue(group, s) for s in range(4)))
             packet = {"op": 31, "d": {"guild_ids": ids}}
             rabbit.publish(group, "SEND", json.dumps({"packet": packet}).encode())
             # and one put in shard 2's queue: split all the same

@@ -195,7 +195,7 @@ def test_random_bytes_and_json_on_the_outbound_queues(amqp_url, rabbit, group, c
         with WorkerThread(worker_config(sim, amqp_url, group, [0])) as worker:
             sim.wait_until(lambda s: 0 in s["ready"], timeout=60)
             rabbit.track(shard_queue, send_queue)
-            wait_for(lambda: worker.worker.bridge.connected.is_set(), 60, what="the worker's AMQP bridge")
+            rabbit.wait_consumed(shard_queue, send_queue)
 
             def rejected_total() -> int:
                 return worker.call(lambda: sum(worker.worker.bridge.rejected.values()))

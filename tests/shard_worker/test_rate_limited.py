@@ -10,7 +10,7 @@ import json
 from shard_worker import spectacles
 from supervisor.simulator import SimulatorThread
 from supervisor.simulator.payloads import guild_ids_for_shard
-from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
+from tests.helpers import TOKEN, WorkerThread, worker_config
 
 
 def test_an_all_members_request_asked_twice_is_answered_rate_limited_and_published(amqp_url, rabbit, group):
@@ -23,7 +23,7 @@ def test_an_all_members_request_asked_twice_is_answered_rate_limited_and_publish
         guild = str(guild_ids_for_shard(0, 1, 1)[0])
         with WorkerThread(worker_config(sim, amqp_url, group, [0])) as worker:
             sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
-            wait_for(lambda: worker.call(lambda: worker.worker.bridge.connected.is_set()), 10)
+            rabbit.wait_consumed(spectacles.shard_queue(group, 0), spectacles.send_queue(group))
             for nonce in ("first", "second"):
                 request = {"guild_id": guild, "packet": {"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0, "nonce": nonce}}}
                 rabbit.publish(group, "SEND", json.dumps(request).encode())

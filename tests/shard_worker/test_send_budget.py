@@ -19,9 +19,9 @@ PACKETS = 130
 def test_a_burst_with_a_5_s_heartbeat_never_costs_a_4008(amqp_url, rabbit, group):
     with SimulatorThread(token=TOKEN, shard_count=1, heartbeat_interval_ms=5000) as sim:
         rabbit.track(spectacles.shard_queue(group, 0), spectacles.send_queue(group))
-        with WorkerThread(worker_config(sim, amqp_url, group, [0])) as worker:
+        with WorkerThread(worker_config(sim, amqp_url, group, [0])):
             sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
-            wait_for(lambda: worker.call(lambda: worker.worker.bridge.connected.is_set()), 10)
+            rabbit.wait_consumed(spectacles.shard_queue(group, 0), spectacles.send_queue(group))
             for n in range(PACKETS):
                 presence = {"op": 3, "d": {"since": None, "activities": [], "status": "online", "afk": bool(n % 2)}}
                 rabbit.publish(group, "0", json.dumps(presence).encode())
