@@ -43,6 +43,12 @@ class TcpProxy:
         self._started.set()
         self._loop.run_forever()
         server.close()
+        # The pipes still open end here, on this loop, rather than when collected after it closed.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
