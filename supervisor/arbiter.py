@@ -41,6 +41,7 @@ from shard_worker.shard_ranges import format_shard_ids
 
 from . import shard_sets
 from .auto_reshard import MIN_INTERVAL_S, AutoReshard
+from .budget_hold import BudgetHold, default_reserve
 from .budget_refresh import BudgetRefresher, Refresh
 from .child import Child
 from .cluster_member import ClusterMember
@@ -109,6 +110,9 @@ class ArbiterOptions:
     #: Cluster mode (``start --cluster``): the node's rounds (a
     #: :class:`~supervisor.cluster_node.ClusterNode`); the groups run are those it leases.
     cluster: Any = None
+    #: Identifies never spent on our own (``--identify-reserve``); None: one full restart of
+    #: the shards configured here (:func:`supervisor.budget_hold.default_reserve`).
+    identify_reserve: int | None = None
 
 
 @dataclass
@@ -184,7 +188,14 @@ class Arbiter:
             total=options.session_start_total or DAILY_TOTAL,
             shared_ask=self._shared_ask if self.coordinator is not None else None,
             shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
+            reserve=options.identify_reserve
+            if options.identify_reserve is not None
+            else default_reserve(sum(len(g.shard_ids) for g in groups)),
         )
+        #: Identifies held at the budget's reserve (status, /metrics, /readyz, one loud line).
+        self.hold = BudgetHold(self.gate.reserve)
+        #: The shared budget (Redis) answered "down to the reserve" to the last identify asked.
+        self._shared_held = False
         if self.coordinator is None:
             self._restore_bucket_writes(now)
         #: ``--auto-reshard``'s policy, and its own ``GET /gateway/bot`` thread (None: off).
@@ -336,12 +347,8 @@ class Arbiter:
                 )
                 self._refresh_wanted = True
                 wait = BUDGET_UNKNOWN_RETRY_S
-            elif wait == float("inf"):
-                self._log_every(
-                    "budget-held",
-                    logging.ERROR,
-                    "the shared identify budget (Redis) is down to its reserve: holding identifies",
-                )
+            if answer.error is None:  # Redis down says nothing of the budget
+                self._shared_held = wait == float("inf")  # worded by _note_budget_hold
             self.gate.shared_answer(answer.key, wait, now, started_at=answer.started)
         elif answer.kind == "budget" and answer.error is None:
             self._budget_cache = answer.value
@@ -1061,7 +1068,6 @@ class Arbiter:
                     child.stop(now)
 
     def _grant_identifies(self, now: float) -> None:
-        was_exhausted = getattr(self, "_budget_logged", False)
         for grant in self.gate.due(now):
             wall = time.time()  # written off the loop (a stalled disk must not stop it)
             bucket = self.gate.bucket(grant.shard_id)
@@ -1074,19 +1080,14 @@ class Arbiter:
                         "identify_grant",
                         {"shard": grant.shard_id, "not_before": grant.not_before, "expires": grant.expires},
                     )
-        exhausted = self.gate.waiting and self.gate.budget_exhausted(now)
-        if exhausted and not was_exhausted:
-            log.error(
-                "identify budget down to %s; holding identifies until Discord resets it in %.0f s",
-                self.gate.remaining,
-                (self.gate.reset_at or now) - now,
-            )
-        self._budget_logged = bool(exhausted)
+        self._note_budget_hold(now)
         if self.shared is not None and now >= self._next_budget_read:
             self._next_budget_read = now + BUDGET_READ_S
             self.shared.read_budget()
         self.metrics.set_supervisor(
             identify_budget_remaining=self._budget_remaining(),
+            identify_budget_reserve=self.gate.reserve,
+            identify_held=self.hold.held,
             identifies_granted=self.gate.total_granted,
             identify_waiting=self.gate.waiting,
             shards_ready=self._ready_count(),
@@ -1235,6 +1236,16 @@ class Arbiter:
             self.shared.save_sessions(count, mine, sorted(forget))  # never another node's
         self._forgotten.clear()
 
+    def _note_budget_hold(self, now: float) -> None:
+        """Whether identifies are held at the reserve now; one loud line when that begins."""
+        reset_in = None if self.coordinator is not None or self.gate.reset_at is None else self.gate.reset_at - now
+        change = self.hold.update(
+            self.gate.waiting, self._budget_remaining(), self._budget_spent(now) or self._shared_held, now, reset_in
+        )
+        if change is not None:
+            line, loud = change
+            log.log(logging.ERROR if loud else logging.INFO, "%s", line)
+
     def _budget_spent(self, now: float) -> bool:
         """Whether the identify budget is down to its reserve: the gate's, or the shared one as
         last read (another host may have spent it)."""
@@ -1352,6 +1363,7 @@ class Arbiter:
                 if self._runs(g)
             ],
             "identify_budget_remaining": self._budget_remaining(),
+            "identify_hold": self.hold.describe(self._budget_remaining()),
             "identifies_granted": self.gate.total_granted,
             # With --redis-url: whether its last call succeeded, and the requests waiting for it.
             "redis": None

@@ -59,6 +59,7 @@ from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
 from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
 
+from .budget_hold import default_reserve
 from .discord_api import DiscordAPIError, GatewayBot, get_gateway_bot
 from .progress import format_elapsed
 from .settings import (
@@ -264,8 +265,9 @@ def _configure_logging(settings: StartSettings) -> None:
     setup_logging(settings.log_level, fmt=settings.log_format)
 
 
-def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
-    """Refuse to start with no identify left (going over the limit resets the token)."""
+def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int, reserve: int) -> None:
+    """Refuse to start with no identify left (going over the limit resets the token); say so
+    when the budget above the ``reserve`` cannot identify every shard."""
     if gateway_bot is None:
         return
     limit = gateway_bot.session_start_limit
@@ -275,13 +277,14 @@ def _check_identify_budget(gateway_bot: GatewayBot | None, shards: int) -> None:
             f"the session start limit is used up (0 of {limit.total} identifies left); "
             f"it resets in {reset_in}"
         )
-    if limit.remaining < shards:
+    if limit.remaining - reserve < shards:
         log.warning(
-            "only %d of %d identifies left for %d shards (resets in %s): some shards will have "
-            "to resume or wait",
+            "only %d of %d identifies left for %d shards, %d of them kept in reserve "
+            "(--identify-reserve; resets in %s): shards without a session to resume will wait",
             limit.remaining,
             limit.total,
             shards,
+            reserve,
             reset_in,
         )
 
@@ -333,7 +336,8 @@ def _start(settings: StartSettings) -> int:
     gateway_bot = _gateway_bot(settings, ratelimiter)
     configs = build_worker_configs(settings, gateway_bot)
     shard_ids = [s for config in configs for s in config.shard_ids]
-    _check_identify_budget(gateway_bot, len(shard_ids))
+    reserve = settings.identify_reserve if settings.identify_reserve is not None else default_reserve(len(shard_ids))
+    _check_identify_budget(gateway_bot, len(shard_ids), reserve)
     privileged = privileged_names(configs[0].intents)
     if privileged:
         log.info(
@@ -358,6 +362,7 @@ def _start(settings: StartSettings) -> int:
         log_format=settings.log_format,
         coordinator=coordinator,
         shard_count_multiple=settings.shard_count_multiple,
+        identify_reserve=reserve,
         auto_reshard_interval=settings.auto_reshard_interval if settings.auto_reshard else None,
         cluster=_cluster_node(settings, coordinator, len(configs)) if settings.cluster else None,
     )
@@ -509,11 +514,17 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _final_line(status: dict[str, Any]) -> str:
     budget = status.get("identify_budget_remaining")
-    return (
+    hold = status.get("identify_hold") if isinstance(status.get("identify_hold"), dict) else {}
+    line = (
         f"{len(status['shards'])} shards of {status['shard_count']} in {len(status['groups'])} "
         f"processes; up {status['uptime']:.0f} s; identify budget left: "
         f"{'unknown' if budget is None else budget}"
     )
+    if hold.get("reserve") is not None:
+        line += f" (reserve {hold['reserve']})"
+    if hold.get("held"):
+        line += "; IDENTIFIES HELD at the reserve"
+    return line
 
 
 def reshard_line(status: dict[str, Any]) -> str | None:

@@ -9,7 +9,9 @@ only what the arbiter already shares with the metrics (:class:`~supervisor.metri
 * ``GET /readyz``: 200 when every shard this supervisor runs is READY, else 503. The body is
   short JSON whatever the shard count: ``{"ready": 61, "total": 64, "not_ready": "3,17-18",
   "states": {"ready": 61, "resuming": 2, "down": 1}}`` (``not_ready`` as a range string, so
-  5000 shards stay a few hundred bytes).
+  5000 shards stay a few hundred bytes). While identifies are held at the daily budget's
+  reserve the body also says ``"identify_held": {"remaining": 5, "reserve": 16}``: the shards
+  waiting for an IDENTIFY wait for Discord's reset, or for a human.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def readiness(snapshot: Snapshot) -> tuple[int, dict[str, Any]]:
         "not_ready": format_shard_ids(sorted(not_ready)) if not_ready else "",
         "states": dict(sorted(states.items())),
     }
+    if snapshot.supervisor.get("identify_held"):
+        # Not ready, and not coming back by itself: the shards waiting for an IDENTIFY wait for
+        # Discord's reset (or a human), since the budget is down to its reserve.
+        body["identify_held"] = {
+            "remaining": snapshot.supervisor.get("identify_budget_remaining"),
+            "reserve": snapshot.supervisor.get("identify_budget_reserve"),
+        }
     return (200 if total and not not_ready else 503), body
 
 

@@ -464,6 +464,18 @@ def _supervisor_families(values: Mapping[str, Any]) -> Iterator[Metric]:
             "Identifies left in Discord's daily session start limit.",
             value=remaining,
         )
+    reserve = _number(values.get("identify_budget_reserve"))
+    if reserve is not None:
+        yield GaugeMetricFamily(
+            "spectacles_identify_budget_reserve",
+            "Identifies never spent on our own (--identify-reserve): a token reset is the price of the last.",
+            value=reserve,
+        )
+    yield GaugeMetricFamily(
+        "spectacles_identify_held",
+        "1 while identifies are held because the daily budget is down to its reserve.",
+        value=1.0 if values.get("identify_held") else 0.0,
+    )
     yield CounterMetricFamily(
         "spectacles_identifies_granted_total",
         "Identifies the supervisor's gate granted (since it started).",

@@ -36,6 +36,7 @@ stall_timeout       --stall-timeout       SPECTACLES_STALL_TIMEOUT       supervi
 large_threshold     --large-threshold     DISCORD_LARGE_THRESHOLD        supervisor.large_threshold
 presence            --presence            DISCORD_PRESENCE               supervisor.presence
 identify_extra      --identify-extra      SPECTACLES_IDENTIFY_EXTRA      supervisor.identify_extra
+identify_reserve    --identify-reserve    SPECTACLES_IDENTIFY_RESERVE    supervisor.identify_reserve
 metrics_addr        --metrics-addr        SPECTACLES_METRICS_ADDR        supervisor.metrics_addr
 log_format          --log-format          SPECTACLES_LOG_FORMAT          supervisor.log_format
 ==================  ====================  =============================  ========================
@@ -746,6 +747,11 @@ SETTINGS: tuple[Setting, ...] = (
             ("supervisor", "identify_extra"), None, _identify_extra, _identify_extra, "JSON",
             "Further IDENTIFY fields as a JSON object, sent as given, e.g. {\"capabilities\": "
             "16381} (default: none)."),
+    Setting("identify_reserve", "--identify-reserve", ("SPECTACLES_IDENTIFY_RESERVE",),
+            ("supervisor", "identify_reserve"), None, _int_text(0, 1_000_000), _int_file(0, 1_000_000), "N",
+            "Identifies of the daily budget never spent on our own: identifies are held (status, "
+            "/metrics, /readyz say so) once only this many are left (default: one full restart of "
+            "the shards run here, one per shard)."),
     Setting("metrics_addr", "--metrics-addr", ("SPECTACLES_METRICS_ADDR",),
             ("supervisor", "metrics_addr"), None,
             _metrics_addr_text, _from_str(_metrics_addr_text), "HOST:PORT",
@@ -975,6 +981,7 @@ class StartSettings:
     large_threshold: int | None = None
     presence: dict | None = None
     identify_extra: dict | None = None
+    identify_reserve: int | None = None
     queue_type: str = amqp_params.DEFAULT_QUEUE_TYPE
     amqp_ca_file: Path | None = None
     amqp_cert_file: Path | None = None
@@ -1050,6 +1057,9 @@ class StartSettings:
             "large_threshold": str(self.large_threshold) if self.large_threshold is not None else "(Discord's: 50)",
             "presence": json.dumps(self.presence, separators=(",", ":")) if self.presence else "(none)",
             "identify_extra": json.dumps(self.identify_extra, separators=(",", ":")) if self.identify_extra else "(none)",
+            "identify_reserve": str(self.identify_reserve)
+            if self.identify_reserve is not None
+            else "(one per shard run here)",
             "metrics_addr": format_metrics_addr(self.metrics_addr),
             "log_format": self.log_format,
             "redis_url": mask_url(self.redis_url) if self.redis_url else "(none: everything local)",

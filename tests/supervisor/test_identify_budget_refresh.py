@@ -38,7 +38,7 @@ def test_an_expired_shared_budget_is_refreshed_from_discord_and_still_holds_at_t
     ) as sim:  # fmt: skip
         sup = SupervisorProcess(
             sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "2",
-            "--redis-url", redis_url, "--redis-prefix", prefix,
+            "--redis-url", redis_url, "--redis-prefix", prefix, "--identify-reserve", "5",
         )  # fmt: skip
         try:
             sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=60)
@@ -63,9 +63,10 @@ def test_an_expired_shared_budget_is_refreshed_from_discord_and_still_holds_at_t
             snap = sim.snapshot()
             assert len(accepted(snap, 1)) == 1 and 1 not in snap["ready"]
             assert int(client.get(remaining_key)) == 5
-            assert "down to its reserve: holding identifies" in sup.output()
+            assert "IDENTIFIES HELD" in sup.output()
             status = json.loads(sup.cli("status", "--json").stdout)
             assert status["identify_budget_remaining"] == 5
+            assert status["identify_hold"] == {"held": True, "reserve": 5, "remaining": 5}
         finally:
             sup.stop()
             for key in client.scan_iter(f"{prefix}:*"):

@@ -32,7 +32,8 @@ def test_reshard_refusals_come_from_the_running_supervisor(amqp_url, rabbit, gro
         session_start_remaining=14,
     ) as sim:
         sup = SupervisorProcess(
-            sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "4", "--shard-count-multiple", "2"
+            sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "4", "--shard-count-multiple", "2",
+            "--identify-reserve", "5",
         )
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=40)

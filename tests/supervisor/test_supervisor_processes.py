@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 
 import psutil
 import pytest
 
 from shard_worker import exit_codes, spectacles
 from supervisor.simulator import SimulatorThread
-from tests.helpers import TOKEN, wait_for
+from tests.helpers import TOKEN, free_port, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
+from tests.supervisor.test_health import get as get_json
 
 
 def identifies(snap, shards=None):
@@ -225,19 +227,46 @@ def test_children_exit_when_the_supervisor_is_killed(amqp_url, group, tmp_path):
 
 
 def test_identify_budget_nearly_spent_holds_identifies_and_says_so(amqp_url, group, tmp_path):
-    # Discord says 7 identifies are left; 5 are kept in reserve: only 2 of 4 shards may identify.
+    # Discord says 7 identifies are left; the default reserve is one full restart of the 4
+    # shards run here: only 3 of 4 shards may identify, and every channel says the 4th waits.
+    port = free_port()
     with SimulatorThread(token=TOKEN, shard_count=4, max_concurrency=4, heartbeat_interval_ms=2000, session_start_remaining=7) as sim:
-        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "2")
+        sup = SupervisorProcess(
+            sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "2", "--metrics-addr", f"127.0.0.1:{port}"
+        )
         try:
-            sim.wait_until(lambda s: len(s["ready"]) == 2, timeout=30)
-            wait_for(lambda: "holding identifies" in sup.output(), 15, what="the budget warning")
+            sim.wait_until(lambda s: len(s["ready"]) == 3, timeout=30)
+            wait_for(lambda: "IDENTIFIES HELD" in sup.output(), 15, what="the budget's loud line")
             time.sleep(2.0)
             snap = sim.snapshot()
-            assert len(identifies(snap)) == 2 and len(snap["ready"]) == 2
+            assert len(identifies(snap)) == 3 and len(snap["ready"]) == 3
             log = json.loads((tmp_path / "state" / "identifies.json").read_text())
-            assert len(log["granted"]) == 2
+            assert len(log["granted"]) == 3
             status = json.loads(sup.cli("status", "--json").stdout)
-            assert status["identify_budget_remaining"] == 5
+            assert status["identify_budget_remaining"] == 4
+            assert status["identify_hold"] == {"held": True, "reserve": 4, "remaining": 4}
+            assert "IDENTIFIES HELD at the reserve" in sup.cli("status").stdout
+            code, body = get_json(f"http://127.0.0.1:{port}/readyz")
+            assert code == 503 and body["identify_held"] == {"remaining": 4, "reserve": 4}
+            metrics = get_text(f"http://127.0.0.1:{port}/metrics")
+            assert "spectacles_identify_held 1.0" in metrics
+            assert "spectacles_identify_budget_reserve 4.0" in metrics
+            # one loud line, not one per pass
+            lines = [line for line in sup.output().splitlines() if "IDENTIFIES HELD" in line]
+            assert len(lines) == 1 and "4 left, reserve 4" in lines[0] and "ERROR" in lines[0]
+        finally:
+            sup.stop()
+
+
+def test_the_identify_reserve_is_an_option(amqp_url, group, tmp_path):
+    with SimulatorThread(token=TOKEN, shard_count=4, max_concurrency=4, heartbeat_interval_ms=2000, session_start_remaining=7) as sim:
+        sup = SupervisorProcess(sim, amqp_url, group, tmp_path / "state", "--shards-per-process", "4", "--identify-reserve", "6")
+        try:
+            sim.wait_until(lambda s: len(s["ready"]) == 1, timeout=30)
+            wait_for(lambda: "IDENTIFIES HELD" in sup.output(), 15, what="the budget's loud line")
+            time.sleep(2.0)
+            assert len(identifies(sim.snapshot())) == 1
+            assert json.loads(sup.cli("status", "--json").stdout)["identify_hold"] == {"held": True, "reserve": 6, "remaining": 6}
         finally:
             sup.stop()
 
@@ -262,3 +291,8 @@ def test_token_never_reaches_logs_even_at_trace_nor_ps(amqp_url, group, tmp_path
                 assert TOKEN not in path.read_text()
         finally:
             sup.stop()
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
