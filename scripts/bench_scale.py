@@ -238,6 +238,9 @@ def measure(n: int, args: argparse.Namespace, group: str, base_rss: int | None) 
         row["min_bucket_gap_s"] = min_bucket_gap(snap["identifies"])
         row["identifies"] = sum(1 for e in snap["identifies"] if e["accepted"])
         row["violations"] = len(snap.get("violations", []))
+        # The simulator's own lateness: gaps short only by its arrival window, and its widest pass.
+        row["pacing_doubts"] = snap["counters"].get("pacing_doubts", 0)
+        row["widest_pass_s"] = snap.get("widest_pass_s")
         accepted = sorted(e["time"] for e in snap["identifies"] if e["accepted"])
         if accepted:  # where the start-up time went: before the first IDENTIFY, between, after
             row["first_identify_s"] = round(accepted[0] - run.started_wall, 2)

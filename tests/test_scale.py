@@ -77,8 +77,16 @@ def test_2000_shards_ready_paced_resumed_after_kill_and_metrics_bounded(amqp_url
             assert len(accepted) == SHARDS and {e["shard"] for e in accepted} == set(range(SHARDS))
             gaps = bucket_gaps(snap["identifies"])
             assert len(gaps) == SHARDS - MAX_CONCURRENCY
-            assert min(gaps) >= 5.0, f"two identifies of a bucket {min(gaps):.3f} s apart"
-            print(f"\n2000 shards READY in {startup:.1f} s; smallest bucket gap {min(gaps):.3f} s")
+            # No gap short at both ends of the simulator's arrival window (violations would list
+            # it); one short only by the simulator's own lateness is recorded as its doubt.
+            doubts = [e["doubt"] for e in snap["identifies"] if "doubt" in e]
+            assert len(doubts) == snap["counters"]["pacing_doubts"]
+            assert all(longest >= 5.0 for _, longest in doubts)
+            assert sum(1 for g in gaps if g < 5.0) <= len(doubts)  # every short stamp explained
+            print(
+                f"\n2000 shards READY in {startup:.1f} s; smallest bucket gap {min(gaps):.3f} s by the "
+                f"simulator's stamps, {len(doubts)} short only by its loop (widest pass {snap['widest_pass_s']} s)"
+            )
 
             # more event types than the stream mixes, on shards of both children (one event per
             # shard: a shard's stream goes at the simulator's rate, emitted events included)

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from supervisor.simulator.poll_clock import new_loop
 from supervisor.simulator.server import Simulator, SimulatorOptions
 
 
@@ -115,7 +116,8 @@ def simulate_command(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        summary = asyncio.run(_serve(options))
+        with asyncio.Runner(loop_factory=new_loop) as runner:  # arrivals stamped by its polls
+            summary = runner.run(_serve(options))
     except OSError as exc:
         click.echo(f"spectacles-supervisor: error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
         raise click.exceptions.Exit(1) from None

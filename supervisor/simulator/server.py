@@ -82,6 +82,7 @@ from shard_worker.gateway.protocol import (
     Op,
 )
 from supervisor.simulator import payloads
+from supervisor.simulator.poll_clock import poll_clock
 
 log = logging.getLogger("supervisor.simulator")
 
@@ -210,14 +211,25 @@ class SimulatorOptions:
         return 2 * self.heartbeat_interval_ms / 1000 + 1.0
 
 
+#: The longest idle wait between two polls of the simulator's loop (see ``_tick``).
+POLL_TICK_S = 0.05
+
+
 class _StampedConnection(ServerConnection):
-    """Records the loop time at which bytes last arrived, before any handler runs: under a burst
-    of identifies the handlers run one after another, and their own clock would lag arrival."""
+    """Records when bytes last arrived, before any handler runs: under a burst of identifies the
+    handlers run one after another, and their own clock would lag arrival. On a
+    :class:`~supervisor.simulator.poll_clock.PollClock` loop the arrival is the window
+    ``[received_earliest, received_at]`` between the loop's last two polls."""
 
     received_at: float | None = None
+    received_earliest: float | None = None
 
     def data_received(self, data: bytes) -> None:
-        self.received_at = self.loop.time()
+        clock = poll_clock(self.loop)
+        if clock is None:
+            self.received_earliest = self.received_at = self.loop.time()
+        else:
+            self.received_earliest, self.received_at = clock.window()
         super().data_received(data)
 
 
@@ -456,7 +468,8 @@ class Simulator:
         self._foreign_flakes = payloads.SnowflakeFactory(worker=31, process=31)
         self._population: list[int] | None = None
         self._recommended = opts.recommended_shards
-        self._bucket_last: dict[int, float] = {}
+        #: bucket -> (earliest, latest) loop time its last accepted IDENTIFY arrived
+        self._bucket_last: dict[int, tuple[float, float]] = {}
         self._remaining = (
             opts.session_start_total
             if opts.session_start_remaining is None
@@ -481,6 +494,9 @@ class Simulator:
             "dispatched": 0,
             "replayed": 0,
             "violations": 0,
+            # identifies whose bucket gap is under the interval only by the loop's lateness
+            # (the arrival window of poll_clock): accepted, recorded with ``doubt``
+            "pacing_doubts": 0,
             # guild events sent to a session of another count than the one that made them
             "copies": 0,
             # op 8 for every member of a guild asked again within 30 s: answered RATE_LIMITED
@@ -520,6 +536,10 @@ class Simulator:
             create_connection=_StampedConnection,
         )
         self._sweeper = asyncio.create_task(self._sweep())
+        if poll_clock(self._loop) is not None:
+            # A quiet loop polls at least this often: an arrival window is then as wide as the
+            # loop's busy pass, not as its idle wait (which would let a short gap pass as a doubt).
+            self._bg.add(asyncio.create_task(self._tick()))
         log.info("simulator listening on %s (api %s)", self.url, self.api_url)
 
     async def stop(self) -> None:
@@ -651,8 +671,12 @@ class Simulator:
 
         * ``sent``: every payload a client sent: ``{time, shard, conn, op, d}`` (``d["token"]``
           replaced by ``"<redacted>"``; ``shard`` None until the connection identified/resumed);
-        * ``identifies``: ``{time, shard, shard_count, bucket, conn, accepted, session_id}`` for every
-          identify that passed validation (``accepted`` False: bucket rule or no starts left);
+        * ``identifies``: ``{time, earliest, handled, shard, shard_count, bucket, conn, accepted,
+          session_id}`` for every identify that passed validation (``accepted`` False: bucket rule
+          or no starts left). ``time`` is when the loop's poll saw the bytes, ``earliest`` when the
+          poll before returned (they arrived in between), ``handled`` when the handler ran; an
+          entry whose bucket gap was short only by that window has ``doubt``: ``(shortest,
+          longest)`` gap, and counts in ``counters["pacing_doubts"]``;
         * ``resumes``: ``{time, shard, session_id, seq, path, conn, result, replayed}``,
           ``result`` one of ``ok``, ``invalid_session``, ``invalid_seq``, ``too_old``;
         * ``connections``: ``{id, path, query, remote, compress, compression, shard, opened,
@@ -667,6 +691,8 @@ class Simulator:
           shard's current (not forgotten) session;
         * ``counters``: ``connections, identifies, resumes, dispatched, replayed, violations,
           copies`` (guild events also sent to a session of another shard count);
+        * ``widest_pass_s``: the loop's longest pass between two polls (the widest arrival
+          window; None when the loop has no poll clock);
         * ``session_start_limit``: as ``/gateway/bot`` returns it;
         * ``sets``: ``{count: {shard: {...}}}`` as ``shards``, for every shard count in use;
         * ``ready_sets``: ``{count: [ready shards]}``;
@@ -683,6 +709,7 @@ class Simulator:
             "ready": self.ready_shards(),
             "shards": self.shard_states(),
             "counters": dict(self.counters),
+            "widest_pass_s": None if (clock := poll_clock(self._loop)) is None else round(clock.widest, 3),
             "session_start_limit": self._session_start_limit(),
             "sets": self.set_states(),
             "ready_sets": self.ready_sets(),
@@ -1050,13 +1077,16 @@ class Simulator:
         if count != opts.shard_count:
             conn.record["shard_count"] = count
         # The bucket rule counts arrivals, as Discord does: when the bytes came in, not when this
-        # handler got its turn behind a burst of others.
-        now = getattr(conn.ws, "received_at", None) or self._loop.time()  # type: ignore[union-attr]
+        # handler got its turn behind a burst of others. The loop knows the arrival to within its
+        # last pass: [earliest, now] (poll_clock).
+        handled = self._loop.time()  # type: ignore[union-attr]
+        now = getattr(conn.ws, "received_at", None) or handled
+        earliest = min(now, getattr(conn.ws, "received_earliest", None) or now)
         self._session_start_limit()  # refresh the daily budget
         bucket = protocol.identify_bucket(shard_id, opts.max_concurrency)
-        arrived = time.time() - max(0.0, self._loop.time() - now)  # type: ignore[union-attr]
-        entry = {"time": arrived, "shard": shard_id, "shard_count": count, "bucket": bucket, "conn": conn.id,
-                 "accepted": False, "session_id": None}
+        wall = time.time() - handled  # loop time -> wall time
+        entry = {"time": now + wall, "earliest": earliest + wall, "handled": handled + wall, "shard": shard_id,
+                 "shard_count": count, "bucket": bucket, "conn": conn.id, "accepted": False, "session_id": None}
         if self._remaining <= 0:
             self.identifies.append(entry)
             self._violation(
@@ -1066,15 +1096,23 @@ class Simulator:
             await self._close(conn, Close.AUTHENTICATION_FAILED, "Authentication failed.")
             return
         last = self._bucket_last.get(bucket)
-        if last is not None and now - last < opts.identify_interval_s:
-            self.identifies.append(entry)
-            self._violation(
-                f"shard {shard_id} identified {now - last:.3f} s after the previous identify of "
-                f"bucket {bucket} (at most one per {opts.identify_interval_s:g} s): op 9"
-            )
-            await self._invalid_session(conn, False)
-            return
-        self._bucket_last[bucket] = now
+        if last is not None:
+            # The gap lies in [shortest, longest]: short at both ends, the client wrote too early;
+            # short only by the loop's lateness, it is the simulator's doubt, not the client's.
+            longest, shortest = now - last[0], earliest - last[1]
+            if longest < opts.identify_interval_s:
+                self.identifies.append(entry)
+                self._violation(
+                    f"shard {shard_id} identified {now - last[1]:.3f} s after the previous identify of "
+                    f"bucket {bucket} (at most one per {opts.identify_interval_s:g} s; at most "
+                    f"{longest:.3f} s by the simulator's polls): op 9"
+                )
+                await self._invalid_session(conn, False)
+                return
+            if shortest < opts.identify_interval_s:
+                self.counters["pacing_doubts"] += 1
+                entry["doubt"] = round(shortest, 3), round(longest, 3)
+        self._bucket_last[bucket] = (earliest, now)
         self._remaining -= 1
         old = self._sets.get(count, {}).get(shard_id)
         if old is not None and old.conn is not None and not old.conn.closing:
@@ -1386,6 +1424,10 @@ class Simulator:
                     await asyncio.sleep(0)
         except ConnectionClosed:
             return
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_TICK_S)
 
     async def _sweep(self) -> None:
         """Heartbeat timeouts, op 7 grace periods and session expiry, checked periodically."""

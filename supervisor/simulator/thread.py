@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from supervisor.simulator.poll_clock import new_loop
 from supervisor.simulator.server import Simulator, SimulatorOptions
 
 
@@ -47,7 +48,7 @@ class SimulatorThread:
         return self
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_loop()  # arrivals stamped by its polls (poll_clock)
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
