@@ -8,7 +8,9 @@ One port serves:
   ``invalidate_session``, ``close``, ``zombie``, ``request_heartbeat``, ``drop``, ``send_raw``,
   ``emit``, ``sharding_required``), each mapping to the :class:`Simulator` method of that name
   (``close``, ``emit`` and ``sharding_required`` take ``&count=M`` for a shard of another set),
-  and ``/_sim/set_recommended?shards=N`` (``shards`` in ``/gateway/bot`` from then on);
+  ``/_sim/set_recommended?shards=N`` (``shards`` in ``/gateway/bot`` from then on),
+  ``/_sim/outage?down_s=&invalidate=&cut=&op7=&seed=`` (a whole-gateway outage, see
+  :meth:`Simulator.outage`) and ``/_sim/history?session_id=`` (what a session retains);
 * the websocket gateway on every other path (``/`` and ``/resume`` in practice: READY's
   ``resume_gateway_url`` is ``ws://host:port/resume``; the path each connection used is recorded).
 
@@ -448,6 +450,8 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
+        #: loop time until which the gateway refuses connections (:meth:`outage`)
+        self._down_until = float("-inf")
         self._conn_ids = itertools.count(1)
         self._conns: dict[int, _Conn] = {}
         #: guild -> when all its members were last asked for (op 8, query "" and limit 0)
@@ -497,6 +501,9 @@ class Simulator:
             # identifies whose bucket gap is under the interval only by the loop's lateness
             # (the arrival window of poll_clock): accepted, recorded with ``doubt``
             "pacing_doubts": 0,
+            # whole-gateway outages (:meth:`outage`) and the connections refused while down
+            "outages": 0,
+            "refused_down": 0,
             # guild events sent to a session of another count than the one that made them
             "copies": 0,
             # op 8 for every member of a guild asked again within 30 s: answered RATE_LIMITED
@@ -763,6 +770,9 @@ class Simulator:
             return self._api(path, request)
         if path.startswith("/_sim/"):
             return await self._control_http(path[len("/_sim/"):], dict(parse_qsl(parts.query)))
+        if self._loop is not None and self._loop.time() < self._down_until:
+            self.counters["refused_down"] += 1
+            return _json_response(503, {"message": "gateway outage", "code": 0})  # (outage)
         return None  # the websocket gateway
 
     def _api(self, path: str, request: Request) -> Response:
@@ -792,6 +802,14 @@ class Simulator:
                 snap = self.snapshot()
                 snap["ready"] = sorted(snap["ready"])
                 return _json_response(200, snap)
+            if command == "outage":
+                result = await self.outage(
+                    float(q.get("down_s", "5")), float(q.get("invalidate", "0.25")), float(q.get("cut", "0.5")),
+                    int(q.get("op7", "0")), int(q.get("seed", "0")),
+                )
+                return _json_response(200, {"ok": True, "result": result})
+            if command == "history":
+                return _json_response(200, {"ok": True, "result": self.history(q.get("session_id", ""))})
             if command == "reconnect_before_hello":
                 return _json_response(200, {"ok": True, "result": self.reconnect_before_hello(int(q.get("n", "1")))})
             if command == "set_recommended":
@@ -1557,12 +1575,49 @@ class Simulator:
     async def drop(self, shard: int) -> dict:
         """Abort the TCP connection without a close frame (the session stays resumable)."""
         conn = self._conn_for(shard)
+        self._abort(conn)
+        return {"connection": conn.id}
+
+    def _abort(self, conn: _Conn) -> None:
         conn.dropped = True
         conn.closing = True
         self._stop_stream(conn.session)
-        transport = conn.ws.transport
-        transport.abort()
-        return {"connection": conn.id}
+        conn.ws.transport.abort()
+
+    async def outage(self, down_s: float = 5.0, invalidate: float = 0.25, cut: float = 0.5,
+                     op7: int = 0, seed: int = 0) -> dict:
+        """A whole-gateway outage, as Discord has them: every connection ends at once (a ``cut``
+        fraction without a close frame, the others closed 4000 "Unknown error", resumable), an
+        ``invalidate`` fraction of the sessions is forgotten (their RESUME meets op 9), new
+        connections are refused (HTTP 503) for ``down_s`` seconds, and the first ``op7``
+        connections after that get op 7 instead of HELLO. Returns the shards of each kind."""
+        if not (0.0 <= invalidate <= 1.0 and 0.0 <= cut <= 1.0 and down_s >= 0 and op7 >= 0):
+            raise ValueError("outage: fractions in 0..1, down_s and op7 >= 0")
+        assert self._loop is not None
+        rng = random.Random(seed)
+        self._down_until = self._loop.time() + down_s
+        invalidated: list[int] = []
+        for sessions in self._sets.values():
+            for shard, session in sorted(sessions.items()):
+                if rng.random() < invalidate:
+                    invalidated.append(shard)
+                    self._forget(session)
+        dropped: list[int] = []
+        closed: list[int] = []
+        for conn in list(self._conns.values()):
+            if conn.closing:
+                continue
+            if rng.random() < cut:
+                dropped.append(conn.shard if conn.shard is not None else -1)
+                self._abort(conn)
+            else:
+                closed.append(conn.shard if conn.shard is not None else -1)
+                self._close_soon(conn, Close.UNKNOWN_ERROR, "gateway outage")
+        self._op7_before_hello = int(op7)
+        self.counters["outages"] += 1
+        log.warning("simulated gateway outage: %d cut, %d closed, %d sessions invalidated, down %.1f s",
+                    len(dropped), len(closed), len(invalidated), down_s)
+        return {"invalidated": sorted(invalidated), "dropped": sorted(dropped), "closed": sorted(closed)}
 
     async def send_raw(self, shard: int, data: bytes | str, compressed: bool = True) -> dict:
         """Send an arbitrary frame. On a compressed connection with ``compressed`` the data goes
