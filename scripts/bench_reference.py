@@ -132,7 +132,7 @@ async def main() -> None:
         # project's features cost from what its faster publishing saves.
         # Same wire format as the project too (shard header, message id shard:session:seq), so the
         # broker does the same work per message and only the project's own overhead differs.
-        from shard_worker.amqp_frames import BatchedPublisher, properties_prefix
+        from shard_worker.amqp.frames import BatchedPublisher, properties_prefix
 
         batched = BatchedPublisher(channel.connection, channel, args.exchange)
         prefix = properties_prefix(pika.BasicProperties(content_type="application/json", delivery_mode=2, headers={"shard_id": 0}))

@@ -11,7 +11,7 @@ Per shard count N (max_concurrency 256, one guild per shard, no event stream):
   ``--window`` seconds idle window;
 - ``/metrics``: median and max of 5 scrapes (to the last byte), body size, number of series;
 - ``status``: median of 3 runs of ``spectacles-supervisor status --json`` (a new interpreter each)
-  and of 5 bare control requests (``supervisor.control.request``) in this process;
+  and of 5 bare control requests (``supervisor.core.control.request``) in this process;
 - the time from SIGTERM to the supervisor's exit.
 
     .venv/bin/python scripts/bench.py --scale                       # 100 500 1000 2500 5000 shards
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import OUT, PY, ROOT, TOKEN, cpu_seconds, free_port, tree  # noqa: E402
 
 from shard_worker import spectacles  # noqa: E402
-from supervisor.control import request  # noqa: E402
+from supervisor.core.control import request  # noqa: E402
 from supervisor.simulator.process import SimulatorProcess  # noqa: E402
 
 MAX_CONCURRENCY = 256

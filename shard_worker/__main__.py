@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
-from .config import WorkerConfig
-from .proctitle import set_title
-from .shard_ranges import format_shard_ids
-from .supervised import IPC_FD_ENV, ParentLink, read_config
-from .worker import run_group
+from shard_worker.config import WorkerConfig
+from shard_worker.proctitle import set_title
+from shard_worker.shard_ranges import format_shard_ids
+from shard_worker.supervised import IPC_FD_ENV, ParentLink, read_config
+from shard_worker.worker import run_group
 
 
 def main() -> int:

@@ -16,10 +16,10 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .event_selection import AUTO
-from .gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
-from .logs import mask_url
-from .reshard import DEFAULT_HOLD_S
+from shard_worker.event_selection import AUTO
+from shard_worker.gateway.protocol import COMPRESS_ZLIB_STREAM, compress_name
+from shard_worker.logs import mask_url
+from shard_worker.reshard import DEFAULT_HOLD_S
 
 CONFIG_ENV = "SPECTACLES_WORKER_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .switches import env_choice
+from shard_worker.switches import env_choice
 
 T = TypeVar("T")
 CHOICES = ("auto", "uvloop", "asyncio")

@@ -15,7 +15,7 @@ restart such a process automatically (it would burn identifies and get the token
 
 from __future__ import annotations
 
-from .gateway.protocol import FATAL_CLOSE_CODES, describe_close
+from shard_worker.gateway.protocol import FATAL_CLOSE_CODES, describe_close
 
 OK = 0
 ERROR = 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gc
 
-from .switches import env_choice
+from shard_worker.switches import env_choice
 
 CHOICES = ("tuned", "default")
 #: Net container allocations between two young collections (Python's default: 700).

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from . import jsonlib
+from shard_worker import jsonlib
 
 log = logging.getLogger("shard_worker.ipc")
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import jsonlib
-from .gateway.protocol import MAX_PAYLOAD_BYTES, USER_SENDABLE_OPS, Op, shard_for_guild
-from .reshard import shard_of_packet
+from shard_worker import jsonlib
+from shard_worker.gateway.protocol import MAX_PAYLOAD_BYTES, USER_SENDABLE_OPS, Op, shard_for_guild
+from shard_worker.reshard import shard_of_packet
 
 MAX_SNOWFLAKE = (1 << 64) - 1
 CONNECTION_OPS = frozenset({Op.HEARTBEAT, Op.IDENTIFY, Op.RESUME})

@@ -1,7 +1,7 @@
 """The worker's part of a live reshard: the handover rule and one shard's cut-over.
 
 The rule itself (which set publishes an event received at a given time, and which copies carry
-:data:`OVERLAP_HEADER`) is :class:`Handover`; ``supervisor/shard_sets.py`` explains it and
+:data:`OVERLAP_HEADER`) is :class:`Handover`; ``supervisor/reshard/shard_sets.py`` explains it and
 re-exports it with the rest of the reshard plan. It lives here, in the worker package, because
 the workers apply it and a worker never imports the supervisor.
 
@@ -41,14 +41,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .gateway.protocol import shard_for_guild
+from shard_worker.gateway.protocol import shard_for_guild
 
 #: The AMQP header on every event published inside the overlap window (value: the publishing
 #: set's shard count). Two copies of one event both carry it.
 OVERLAP_HEADER = "x-spectacles-overlap"
 #: The overlap: the new set publishes from this long before the cut-over point, and this is also
 #: the largest skew tolerated between the two sessions' copies of one event. Duplicates are at most
-#: three times this much traffic (see ``supervisor/shard_sets.py``).
+#: three times this much traffic (see ``supervisor/reshard/shard_sets.py``).
 DEFAULT_OVERLAP_S = 1.0
 #: How long a new set's shard keeps a dispatch it holds back. The supervisor chooses ``T`` at
 #: least ``DEFAULT_CUT_LEAD_S`` (2 s) ahead and the new set publishes from ``T - overlap``: an
@@ -70,7 +70,7 @@ class Role(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Handover:
-    """Which set publishes an event it received at a given time (``supervisor/shard_sets.py``
+    """Which set publishes an event it received at a given time (``supervisor/reshard/shard_sets.py``
     has the rule and why it loses nothing)."""
 
     cut_at: float

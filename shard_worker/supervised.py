@@ -20,11 +20,11 @@ import signal
 import time
 from typing import Any
 
-from . import ipc
-from .config import TOKEN_ENV, WorkerConfig
-from .gateway.connection import Permit, ShardRunner
-from .reshard import Handover, Role
-from .shard_ranges import format_shard_ids
+from shard_worker import ipc
+from shard_worker.config import TOKEN_ENV, WorkerConfig
+from shard_worker.gateway.connection import Permit, ShardRunner
+from shard_worker.reshard import Handover, Role
+from shard_worker.shard_ranges import format_shard_ids
 
 log = logging.getLogger("shard_worker.supervised")
 

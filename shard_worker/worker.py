@@ -15,20 +15,21 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import amqp_params, event_loop, exit_codes, gc_tuning, jsonlib, outbound
-from .amqp_frames import check_pika
-from .amqp_params import BrokerConfigError, TlsFiles
-from .broker import AmqpBridge
-from .config import SavedSession, WorkerConfig
-from .event_selection import AUTO, as_filter
-from .gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
-from .gateway.inflate import zstd_unavailable
-from .gateway.protocol import COMPRESS_ZSTD_STREAM
-from .gateway.state import Fatal, ShardMachine
-from .logs import add_secret, mask_url, setup_logging
-from .reshard import Handover, Role, ShardCutover, shard_of_guild
-from .shard_ranges import format_shard_ids
-from .supervised import ParentLink, die_with_parent
+from shard_worker import event_loop, exit_codes, gc_tuning, jsonlib, outbound
+from shard_worker.amqp import params as amqp_params
+from shard_worker.amqp.broker import AmqpBridge
+from shard_worker.amqp.frames import check_pika
+from shard_worker.amqp.params import BrokerConfigError, TlsFiles
+from shard_worker.config import SavedSession, WorkerConfig
+from shard_worker.event_selection import AUTO, as_filter
+from shard_worker.gateway.connection import IdentifyGate, LocalIdentifyGate, ShardRunner
+from shard_worker.gateway.inflate import zstd_unavailable
+from shard_worker.gateway.protocol import COMPRESS_ZSTD_STREAM
+from shard_worker.gateway.state import Fatal, ShardMachine
+from shard_worker.logs import add_secret, mask_url, setup_logging
+from shard_worker.reshard import Handover, Role, ShardCutover, shard_of_guild
+from shard_worker.shard_ranges import format_shard_ids
+from shard_worker.supervised import ParentLink, die_with_parent
 
 log = logging.getLogger("shard_worker.worker")
 

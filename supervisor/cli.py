@@ -3,15 +3,15 @@
 Commands:
 
 - ``start``: resolve the settings (flag > environment > config file > default, see
-  :mod:`supervisor.settings`), ask ``GET /gateway/bot`` for the shard count and gateway URL if they
+  :mod:`supervisor.config.settings`), ask ``GET /gateway/bot`` for the shard count and gateway URL if they
   were not given, then run the shards with :func:`shard_worker.worker.run_group`.
 - ``config --show``: print every resolved ``start`` setting with its source (same options as
   ``start``; the token and the AMQP password are masked). Makes no network call.
 - ``simulate``: the local Discord gateway simulator (:mod:`supervisor.simulator.cli`), loaded
   only when asked for, so a problem there never stops ``start``.
 - ``status``, ``restart``, ``reshard``: ask the running supervisor over its control socket
-  (:mod:`supervisor.control`); they need no token. ``reshard --shard-count N`` is answered by
-  the supervisor's checks (:mod:`supervisor.shard_sets`): exit 2 for a bad N, 1 for any other
+  (:mod:`supervisor.core.control`); they need no token. ``reshard --shard-count N`` is answered by
+  the supervisor's checks (:mod:`supervisor.reshard.shard_sets`): exit 2 for a bad N, 1 for any other
   refusal, one line each (the live handover itself is not implemented yet, issue 13).
 
 Errors are reported as exactly one line on stderr, ``spectacles-supervisor: error: <reason>``,
@@ -58,11 +58,7 @@ from shard_worker import exit_codes
 from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
 from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
-
-from .budget_hold import default_reserve
-from .discord_api import DiscordAPIError, GatewayBot, get_gateway_bot
-from .progress import format_elapsed
-from .settings import (
+from supervisor.config.settings import (
     CONFIG_FLAG,
     SETTINGS,
     Origin,
@@ -73,6 +69,9 @@ from .settings import (
     format_duration,
     resolve_start_settings,
 )
+from supervisor.discord.api import DiscordAPIError, GatewayBot, get_gateway_bot
+from supervisor.identify.hold import default_reserve
+from supervisor.observe.progress import format_elapsed
 
 PROG = "spectacles-supervisor"
 
@@ -216,7 +215,7 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one option per ``start`` setting (and ``--config``) to ``command``.
 
     Every option is a plain string defaulting to ``None`` ("not given"), so that
-    :func:`supervisor.settings.resolve_start_settings` applies the precedence and the parsing in
+    :func:`supervisor.config.settings.resolve_start_settings` applies the precedence and the parsing in
     one place; environment variables are read there too, never by click.
     """
     for setting in reversed(SETTINGS):
@@ -296,7 +295,7 @@ def _check_saved_shard_count(settings: StartSettings) -> StartSettings:
     reshard (or a change of Discord's advice) a restart resumes the sessions it has instead of
     identifying every shard anew; resharding is ``reshard``'s job. An explicit count other than
     the saved one is refused (exit 2). No sessions worth resuming: nothing changes."""
-    from .state_store import saved_shard_count
+    from supervisor.core.state_store import saved_shard_count
 
     saved = saved_shard_count(settings.state_dir)
     if settings.shard_count is None:
@@ -319,7 +318,7 @@ def _check_saved_shard_count(settings: StartSettings) -> StartSettings:
 def _start(settings: StartSettings) -> int:
     settings.require_token()
     settings = _check_saved_shard_count(settings)
-    from shard_worker.amqp_frames import check_pika
+    from shard_worker.amqp.frames import check_pika
 
     try:
         check_pika()  # before anything starts: one line, not a crash loop of every child
@@ -329,7 +328,7 @@ def _start(settings: StartSettings) -> int:
     coordinator = _coordinator(settings)
     ratelimiter = None
     if coordinator is not None:
-        from .ratelimits import RedisRatelimiter
+        from supervisor.discord.ratelimits import RedisRatelimiter
 
         ratelimiter = RedisRatelimiter(coordinator.redis, prefix=settings.redis_prefix)
     asked_at = time.monotonic()
@@ -345,8 +344,7 @@ def _start(settings: StartSettings) -> int:
             ", ".join(privileged),
         )
     from shard_worker.proctitle import set_title
-
-    from .arbiter import Arbiter, ArbiterOptions
+    from supervisor.core.arbiter import Arbiter, ArbiterOptions
 
     limit = gateway_bot.session_start_limit if gateway_bot else None
     options = ArbiterOptions(
@@ -384,8 +382,8 @@ def _cluster_node(settings: StartSettings, coordinator: Any, groups: int) -> Any
     import socket
     import uuid
 
-    from .cluster_node import ClusterNode
-    from .cluster_store import ClusterStore
+    from supervisor.cluster.node import ClusterNode
+    from supervisor.cluster.store import ClusterStore
 
     name = settings.node_name or socket.gethostname()
     store = ClusterStore(coordinator.redis, settings.redis_prefix, name, uuid.uuid4().hex)
@@ -400,7 +398,7 @@ def _coordinator(settings: StartSettings) -> Any:
     """The Redis coordinator of a multi-host deployment, or None without ``--redis-url``."""
     if not settings.redis_url:
         return None
-    from .coordination import RedisCoordinator
+    from supervisor.coord.coordinator import RedisCoordinator
 
     try:
         return RedisCoordinator.from_url(settings.redis_url, settings.redis_prefix)
@@ -468,7 +466,7 @@ _state_dir_option = click.option(
 
 
 def _ask(state_dir: str, event: str, data: Any = None) -> Any:
-    from .control import ControlError, request
+    from supervisor.core.control import ControlError, request
 
     try:
         return request(state_dir, event) if data is None else request(state_dir, event, data=data)
@@ -707,8 +705,7 @@ def _cluster_status(redis_url: str | None, prefix: str, as_json: bool) -> int:
     import redis
 
     from shard_worker.logs import mask_url
-
-    from .cluster_status import format_cluster, read
+    from supervisor.cluster.status import format_cluster, read
 
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)

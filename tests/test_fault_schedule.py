@@ -44,13 +44,13 @@ import pytest
 import redis
 
 from shard_worker import spectacles
-from supervisor.cluster_status import read
+from supervisor.cluster.status import read
 from supervisor.simulator import SimulatorThread
 from tests.helpers import TOKEN, wait_for
 from tests.redis_faults import FreezingProxy
+from tests.supervisor.cluster.test_cluster_live import ConnectionSampler
 from tests.supervisor.reshard_watch import SessionWatcher
 from tests.supervisor.supervisor_process import SupervisorProcess
-from tests.supervisor.test_cluster_live import ConnectionSampler
 from tests.tcp_proxy import TcpProxy
 
 SHARDS = 6

@@ -25,15 +25,17 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from .. import jsonlib
-from ..event_selection import EventFilter, as_filter
-from ..logs import TRACE
-from ..outbound import Packet
-from ..reshard import Handover, Role, ShardCutover
-from .backoff import exponential_backoff
-from .protocol import IDENTIFY_INTERVAL_S, IDENTIFY_MARGIN_S, RESUMABLE_CLOSE, identify_bucket
-from .send_window import SendWindow
-from .state import (
+from shard_worker import jsonlib
+from shard_worker.event_selection import EventFilter, as_filter
+from shard_worker.gateway.backoff import exponential_backoff
+from shard_worker.gateway.protocol import (
+    IDENTIFY_INTERVAL_S,
+    IDENTIFY_MARGIN_S,
+    RESUMABLE_CLOSE,
+    identify_bucket,
+)
+from shard_worker.gateway.send_window import SendWindow
+from shard_worker.gateway.state import (
     CloseConnection,
     Dispatch,
     Fatal,
@@ -45,7 +47,10 @@ from .state import (
     ShardMachine,
     SkippedFrame,
 )
-from .ws_connection import GatewayConnection
+from shard_worker.gateway.ws_connection import GatewayConnection
+from shard_worker.logs import TRACE
+from shard_worker.outbound import Packet
+from shard_worker.reshard import Handover, Role, ShardCutover
 
 log = logging.getLogger("shard_worker.shard")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 
-from .. import jsonlib
+from shard_worker import jsonlib
 
 #: Discord's key order for a dispatch, up to the start of ``d``. ``t`` is an event name.
 FAST_PREFIX = re.compile(rb'\{"t":"([A-Z0-9_]{1,128})","s":([0-9]{1,19}),"op":0,"d":')

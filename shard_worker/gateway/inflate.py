@@ -18,7 +18,12 @@ from __future__ import annotations
 import zlib
 from typing import Any, Protocol
 
-from .protocol import COMPRESS_NONE, COMPRESS_ZLIB_STREAM, COMPRESS_ZSTD_STREAM, ZLIB_SUFFIX
+from shard_worker.gateway.protocol import (
+    COMPRESS_NONE,
+    COMPRESS_ZLIB_STREAM,
+    COMPRESS_ZSTD_STREAM,
+    ZLIB_SUFFIX,
+)
 
 try:  # Python 3.14+: zstd in the standard library (absent if CPython was built without libzstd)
     from compression import zstd as _zstd

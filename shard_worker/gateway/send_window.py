@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from .protocol import SEND_LIMIT, SEND_RESERVED_FOR_CONTROL, SEND_WINDOW_S
+from shard_worker.gateway.protocol import SEND_LIMIT, SEND_RESERVED_FOR_CONTROL, SEND_WINDOW_S
 
 #: The window this client counts is Discord's plus this: Discord counts arrivals, and two
 #: payloads written just over 60 s apart can arrive just under it (a loaded host, the network:

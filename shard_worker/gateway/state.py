@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import jsonlib
-from ..config import SavedSession
-from . import frames
-from .inflate import InflateError, Inflater, new_inflater
-from .protocol import (
+from shard_worker import jsonlib
+from shard_worker.config import SavedSession
+from shard_worker.gateway import frames
+from shard_worker.gateway.inflate import InflateError, Inflater, new_inflater
+from shard_worker.gateway.protocol import (
     INVALID_SESSION_WAIT_S,
     MAX_PAYLOAD_BYTES,
     RESUMABLE_CLOSE,

@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConcurrencyError
 from websockets.protocol import State
 
-from .ws_frames import Control, FrameReader
+from shard_worker.gateway.ws_frames import Control, FrameReader
 
 #: The websockets releases whose ClientConnection this subclass was written and tested against
 #: (setup.cfg holds the same bounds).

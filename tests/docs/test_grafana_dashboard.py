@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.metrics import SHARD_STATES, STATE_CODE, MetricsState, build_registry
+from supervisor.observe.metrics import SHARD_STATES, STATE_CODE, MetricsState, build_registry
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "spectacles-dashboard.json"
 READY = STATE_CODE["ready"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from supervisor.cli import cli
-from supervisor.health import PATHS
-from supervisor.settings import SETTINGS, resolve_start_settings
+from supervisor.config.settings import SETTINGS, resolve_start_settings
+from supervisor.observe.health import PATHS
 
 KUBE = Path(__file__).resolve().parents[2] / "docs" / "kubernetes"
 

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shard_worker.amqp.ledger import Entry, PublishLedger
 from shard_worker.event_selection import (
     MAX_TRACKED_TYPES,
     EventSelection,
     FixedEvents,
     as_filter,
 )
-from shard_worker.publish_ledger import Entry, PublishLedger
 
 INTERVAL = 5.0
 

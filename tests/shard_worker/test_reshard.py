@@ -1,5 +1,5 @@
 """One shard's cut-over in a live reshard (``shard_worker.reshard``), pure: what is held back,
-dropped, published and marked, by the handover rule of ``supervisor/shard_sets.py``."""
+dropped, published and marked, by the handover rule of ``supervisor/reshard/shard_sets.py``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from shard_worker import outbound
 from shard_worker.reshard import OVERLAP_HEADER, Handover, Role, ShardCutover
-from supervisor import shard_sets
+from supervisor.reshard import shard_sets
 
 RULE = Handover(cut_at=100.0, overlap_s=1.0, old_count=4, new_count=8)
 

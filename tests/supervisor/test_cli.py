@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from shard_worker.config import WorkerConfig
 from supervisor import cli as cli_module
 from supervisor.cli import EXIT_RUNTIME, EXIT_UNAUTHORIZED, EXIT_USAGE, cli, main
-from supervisor.discord_api import DiscordAPIError, GatewayBot, SessionStartLimit
-from supervisor.settings import SETTINGS
+from supervisor.config.settings import SETTINGS
+from supervisor.discord.api import DiscordAPIError, GatewayBot, SessionStartLimit
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GabCdE.secret-part-of-the-token_xyz"
 ERROR_PREFIX = "spectacles-supervisor: error: "
@@ -61,7 +61,7 @@ def no_network(monkeypatch):
 def fake_worker(monkeypatch):
     """A stand-in Arbiter that records the group configs it was given and returns 7."""
     import shard_worker.proctitle
-    import supervisor.arbiter
+    import supervisor.core.arbiter
 
     calls: list[WorkerConfig] = []
 
@@ -73,7 +73,7 @@ def fake_worker(monkeypatch):
         def run(self) -> int:
             return 7
 
-    monkeypatch.setattr(supervisor.arbiter, "Arbiter", FakeArbiter)
+    monkeypatch.setattr(supervisor.core.arbiter, "Arbiter", FakeArbiter)
     monkeypatch.setattr(shard_worker.proctitle, "set_title", lambda title: None)
     return calls
 

@@ -10,7 +10,7 @@ import pytest
 
 from shard_worker import exit_codes
 from shard_worker.gateway.protocol import FATAL_CLOSE_CODES
-from supervisor.settings import SETTINGS
+from supervisor.config.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "scripts" / "spectacles-supervisor.service"

@@ -1,4 +1,4 @@
-"""The handover rule of :mod:`supervisor.shard_sets` applied to what a reshardable simulator
+"""The handover rule of :mod:`supervisor.reshard.shard_sets` applied to what a reshardable simulator
 really delivers: an old set of 4 and a new set of 8 raw sessions, a live stream, a cut-over
 point. Each connection's receipt times decide what that set would publish; every logical event
 (a MESSAGE_CREATE, unique by its snowflake id) must be published at least once, and every
@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 
-from supervisor.shard_sets import OVERLAP_HEADER, Reshard, Role, ShardSet
+from supervisor.reshard.shard_sets import OVERLAP_HEADER, Reshard, Role, ShardSet
 from supervisor.simulator import Simulator
 from tests.supervisor.simulator._client import TOKEN, RawClient, hello_identify
 

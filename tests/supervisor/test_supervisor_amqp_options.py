@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from shard_worker import spectacles
 from supervisor.simulator import SimulatorThread
 from tests.helpers import TOKEN, wait_for
-from tests.shard_worker.test_broker_quorum import queue_type
+from tests.shard_worker.amqp.test_broker_quorum import queue_type
 from tests.supervisor.supervisor_process import SupervisorProcess
 from tests.tls_certs import make_tls_files
 from tests.tls_proxy import TlsProxy

@@ -1,0 +1,1 @@
+"""The worker's RabbitMQ side: the bridge (publish, confirm, consume), its ledger, connection parameters and frames."""

@@ -1,0 +1,1402 @@
+"""The supervisor's main loop, in the manner of gunicorn's arbiter.
+
+Signal handlers only enqueue the signal (and wake the loop through ``signal.set_wakeup_fd``).
+One loop waits on the children's pipes, the wake-up fd and the control socket, and on each pass:
+handles queued signals, reads IPC, reaps dead children, stops unresponsive or oversized ones,
+grants identifies, saves sessions and starts missing children when their restart time came.
+
+It also feeds :class:`supervisor.observe.metrics.MetricsState` (served on ``/metrics`` from a daemon thread
+when ``metrics_addr`` is set; the loop never waits on HTTP) and shows the shards' start: a live
+line on a terminal (:mod:`supervisor.observe.progress`), else one log line per shard READY and a summary.
+
+With ``--redis-url`` the loop never calls Redis itself (the sessions are read once, before the
+loop starts): :class:`supervisor.coord.shared_state.SharedState` runs the calls on one worker thread and
+the answers come back through the wake-up pipe, so a hung Redis delays identifies only. The
+identify budget is refreshed from ``GET /gateway/bot`` on a thread too
+(:mod:`supervisor.identify.refresh`): with Redis when the shared budget is missing, without it when
+Discord's reset time passed.
+
+Exit codes are a contract (see ``shard_worker.exit_codes``): a child that exits with a fatal
+Discord close code halts the whole supervisor with that code instead of restarting anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shard_worker import exit_codes
+from shard_worker.config import SavedSession, WorkerConfig
+from shard_worker.gateway.protocol import Close, describe_close, identify_bucket
+from shard_worker.ipc import Message
+from shard_worker.shard_ranges import format_shard_ids
+from supervisor.cluster.member import ClusterMember
+from supervisor.coord.coordinator import BUDGET_UNKNOWN
+from supervisor.coord.shared_state import Answer, SharedState
+from supervisor.core.child import Child
+from supervisor.core.control import ControlServer
+from supervisor.core.restart_policy import RestartPolicy
+from supervisor.core.state_store import IDENTIFY_WINDOW_S, StateStore
+from supervisor.core.state_writer import StateWriter
+from supervisor.identify.gate import DAILY_TOTAL, IdentifyGate
+from supervisor.identify.hold import BudgetHold, default_reserve
+from supervisor.identify.refresh import BudgetRefresher, Refresh
+from supervisor.observe.metrics import MetricsServer, MetricsState
+from supervisor.observe.progress import (
+    LiveLine,
+    Progress,
+    estimate,
+    format_elapsed,
+    format_progress,
+    gate_view,
+)
+from supervisor.observe.sd_notify import Notifier, ServiceNotes
+from supervisor.reshard import shard_sets
+from supervisor.reshard.auto import MIN_INTERVAL_S, AutoReshard
+from supervisor.reshard.run import ReshardRun, new_set_configs
+from supervisor.reshard.shard_sets import Phase, Refusal, Reshard, ShardSet
+
+log = logging.getLogger("supervisor.core.arbiter")
+
+#: A try of a bucket's shared lock that Redis did not answer is made again this much later.
+REDIS_RETRY_S = 1.0
+#: While the shared budget is unknown (being refreshed from Discord), a bucket asks again this
+#: often: identifies continue about this long after the refresh.
+BUDGET_UNKNOWN_RETRY_S = 2.0
+#: The shared budget shown by ``status`` and ``/metrics`` is read at most this often.
+BUDGET_READ_S = 2.0
+#: A budget estimated from the shared grant log (Discord not reachable) lasts this long in Redis.
+ESTIMATE_TTL_S = 60.0
+#: At the end of a run, the last sessions get this long to reach Redis.
+SHUTDOWN_FLUSH_S = 3.0
+#: A Redis error or a held budget is logged at most this often.
+LOG_EVERY_S = 60.0
+
+
+
+@dataclass
+class ArbiterOptions:
+    state_dir: str = "state"
+    #: A child that sends no IPC heartbeat for this long is stopped and replaced.
+    heartbeat_timeout: float = 30.0
+    #: A stopping child gets this long before SIGKILL.
+    stop_grace: float = 8.0
+    max_memory_mb: float | None = None
+    sample_interval: float = 5.0
+    save_interval: float = 1.0
+    session_start_remaining: int | None = None
+    session_start_reset_after: float | None = None  # seconds from start
+    #: Discord's ``session_start_limit.total`` (the budget after each reset); None: 1000.
+    session_start_total: int | None = None
+    #: ``GET /gateway/bot`` (returns a ``GatewayBot``), run off the loop to refresh the budget;
+    #: None: Discord is never asked again after the start.
+    fetch_gateway_bot: Any = None
+    restart_policy: dict[str, Any] = field(default_factory=dict)
+    #: ``(host, port)`` to serve Prometheus ``/metrics`` on; None: no HTTP server.
+    metrics_addr: tuple[str, int] | None = None
+    #: ``text`` or ``json``, for the children (``SPECTACLES_LOG_FORMAT``); None: inherited.
+    log_format: str | None = None
+    #: The live progress line on stderr; None: when stderr is a terminal and logs are text.
+    live_progress: bool | None = None
+    #: Shared identify buckets, budget and sessions across hosts (``--redis-url``); None: local.
+    coordinator: Any = None
+    #: A reshard's target must be a multiple of this (Discord's rule for large bots).
+    shard_count_multiple: int = 1
+    #: ``--auto-reshard``: seconds between two checks of Discord's recommended count, and a
+    #: 4011 starts a reshard instead of halting (:mod:`supervisor.reshard.auto`); None: off.
+    auto_reshard_interval: float | None = None
+    #: Cluster mode (``start --cluster``): the node's rounds (a
+    #: :class:`~supervisor.cluster.node.ClusterNode`); the groups run are those it leases.
+    cluster: Any = None
+    #: Identifies never spent on our own (``--identify-reserve``); None: one full restart of
+    #: the shards configured here (:func:`supervisor.identify.hold.default_reserve`).
+    identify_reserve: int | None = None
+
+
+@dataclass
+class Group:
+    index: int
+    config: WorkerConfig
+    policy: RestartPolicy
+    child: Child | None = None
+    start_at: float = 0.0  # monotonic time the next child may start
+    restarts: int = 0
+    #: Shards taken out of the group, with the fatal exit code of their close: a 4011 under
+    #: ``--auto-reshard`` (restarting it would only meet 4011 again); the reshard that
+    #: replaces the set brings them back. The group's other shards run on.
+    held: dict[int, int] = field(default_factory=dict)
+
+
+class Arbiter:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+    def __init__(self, groups: list[WorkerConfig], options: ArbiterOptions) -> None:
+        if not groups:
+            raise ValueError("no shard groups to run")
+        self.options = options
+        template = groups[0]
+        self.shard_count = template.shard_count
+        self.all_shards = [s for g in groups for s in g.shard_ids]
+        self._my_shards = frozenset(self.all_shards)
+        self.store = StateStore(options.state_dir, self.shard_count)
+        self.coordinator = options.coordinator
+        self._wake_r = self._wake_w = -1
+        #: what -> when it may be logged again (see :meth:`_log_every`)
+        self._logged_at: dict[str, float] = {}
+        #: The state dir's writes, off the loop (:mod:`supervisor.core.state_writer`).
+        self.writer = StateWriter()
+        self.sessions: dict[int, SavedSession] = self.store.load_sessions()
+        if self.sessions:
+            log.info("resuming %d saved sessions from %s", len(self.sessions), self.store.dir)
+        if self.coordinator is not None:
+            # Before the loop exists (nothing to stall yet): one read, at most the socket timeout.
+            shared = self._shared(self.coordinator.load_sessions, self.shard_count, self.all_shards) or {}
+            if shared:
+                # Redis is written with every save, by whichever host ran these shards last.
+                log.info("resuming %d sessions found in Redis", len(shared))
+                self.sessions.update(shared)
+        self.groups = [
+            Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
+        ]
+        #: Cluster mode: runs only the groups it leases (:mod:`supervisor.cluster.member`),
+        #: with the sessions Redis holds for them.
+        self.member: ClusterMember | None = None
+        if options.cluster is not None:
+            self.member = ClusterMember(options.cluster, self)
+            if self.coordinator is not None:
+                node = options.cluster
+                # Sessions are written only under the group's lease (a stale save never
+                # overwrites the session of the node that took the group over).
+                self.coordinator.set_fence(
+                    lambda count, shard: node.store.lease_key(count, shard // node.per_group), node.store.owner
+                )
+            self.sessions = {}
+            self.all_shards, self._my_shards = [], frozenset()
+        now = time.monotonic()
+        remaining, reset_after = self._identify_budget(options)
+        #: Redis off the loop (None without ``--redis-url``).
+        self.shared: SharedState | None = None
+        if self.coordinator is not None:
+            self.shared = SharedState(self.coordinator, wake=self._wake)
+        self.gate = IdentifyGate(
+            template.max_concurrency,
+            # With Redis the budget is the shared one, checked in the same atomic step as the bucket.
+            remaining=remaining if self.coordinator is None else None,
+            reset_at=now + reset_after if reset_after is not None and self.coordinator is None else None,
+            total=options.session_start_total or DAILY_TOTAL,
+            shared_ask=self._shared_ask if self.coordinator is not None else None,
+            shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
+            reserve=options.identify_reserve
+            if options.identify_reserve is not None
+            else default_reserve(sum(len(g.shard_ids) for g in groups)),
+        )
+        #: Identifies held at the budget's reserve (status, /metrics, /readyz, one loud line).
+        self.hold = BudgetHold(self.gate.reserve)
+        #: The shared budget (Redis) answered "down to the reserve" to the last identify asked.
+        self._shared_held = False
+        if self.coordinator is None:
+            self._restore_bucket_writes(now)
+        #: ``--auto-reshard``'s policy, and its own ``GET /gateway/bot`` thread (None: off).
+        self.auto: AutoReshard | None = None
+        self.recommender: BudgetRefresher | None = None
+        if options.auto_reshard_interval is not None and options.fetch_gateway_bot is not None:
+            self.auto = AutoReshard(options.auto_reshard_interval, options.shard_count_multiple)
+            self.recommender = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake, min_interval=MIN_INTERVAL_S)
+        self.refresher: BudgetRefresher | None = None
+        if self.coordinator is not None:
+            self.refresher = BudgetRefresher(
+                options.fetch_gateway_bot,
+                publish=self._publish_budget,
+                fallback=self._estimate_budget,
+                wake=self._wake,
+            )
+        elif options.fetch_gateway_bot is not None:
+            self.refresher = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake)
+        #: A budget refresh is wanted (started as soon as the refresher allows).
+        self._refresh_wanted = self.coordinator is None and remaining is None and self.refresher is not None
+        self._refills_seen = 0
+        #: ``gate.total_granted`` when the running refresh started (its answer is older than those).
+        self._granted_at_refresh = 0
+        #: The shared budget as last read from Redis, and when to read it again.
+        self._budget_cache: int | None = None
+        self._next_budget_read = 0.0
+        self.selector = selectors.DefaultSelector()
+        self.signal_queue: deque[int] = deque()
+        self.stopping = False
+        self.exit_code = exit_codes.OK
+        self.rolling: deque[int] = deque()
+        self.rolling_current: int | None = None
+        #: The running (or last) reshard, see :mod:`supervisor.reshard.shard_sets`; None: never asked.
+        self.reshard: Reshard | None = None
+        #: The new set's children while a reshard runs (:mod:`supervisor.reshard.run`).
+        self._resharding: ReshardRun | None = None
+        #: The old set is being stopped after a reshard's cut-over: its groups are not restarted.
+        self._retiring = False
+        #: Reshards ended, by outcome (``/metrics``), and the last one counted.
+        self._reshard_ends: dict[str, int] = {}
+        self._reshard_counted: Reshard | None = None
+        self.started_at = now
+        self._sessions_dirty = False
+        #: Shards whose session was invalidated since the last save (to delete in Redis too).
+        self._forgotten: set[int] = set()
+        self._next_save = 0.0
+        self._next_sample = 0.0
+        self.control: ControlServer | None = None
+        self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups if self._runs(g)})
+        self.metrics_server: MetricsServer | None = None
+        #: Shards granted an identify and not READY since (they need no other grant).
+        self._granted: set[int] = set()
+        #: Since when not every shard is READY (None: all are); the start counts from here.
+        self._progress_since: float | None = now
+        self._all_ready_once = False
+        self._next_draw = 0.0
+        live = options.live_progress
+        if live is None:
+            live = options.log_format != "json" and _isatty(sys.stderr)
+        self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
+        #: systemd's notify socket (a no-op without ``$NOTIFY_SOCKET``) and what to tell it.
+        self.notifier = Notifier()
+        self.notes = ServiceNotes(self.notifier.watchdog_s)
+
+    def _shared(self, method: Any, *args: Any) -> Any:
+        """Call Redis now (only before the loop runs); on failure log and return None."""
+        try:
+            result = method(*args)
+        except Exception as exc:  # noqa: BLE001 - redis errors, timeouts: never fatal here
+            self._redis_failed(exc)
+            return None
+        return result
+
+    def _log_every(self, what: str, level: int, message: str, *args: Any) -> None:
+        """Log ``message`` at most once per :data:`LOG_EVERY_S` for ``what``."""
+        now = time.monotonic()
+        if now >= self._logged_at.get(what, float("-inf")):
+            self._logged_at[what] = now + LOG_EVERY_S
+            log.log(level, message, *args)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._log_every(
+            "redis",
+            logging.ERROR,
+            "Redis unavailable (%s): identifies wait, sessions are saved locally",
+            str(exc) or type(exc).__name__,
+        )
+
+    def _wake(self) -> None:
+        """Wake the loop from another thread (an answer is ready); never blocks."""
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"\0")
+        except OSError:  # full (the loop wakes anyway) or closed at the end
+            pass
+
+    def _shared_ask(self, bucket: int, hold_s: float) -> bool:
+        assert self.shared is not None
+        return self.shared.ask_identify(bucket, hold_s, self.gate.reserve)
+
+    def _shared_identify_sent(self, bucket: int) -> None:
+        # If Redis does not answer, the bucket stays held until the grant's hold expires.
+        assert self.shared is not None
+        self.shared.identify_sent(bucket, self.gate.interval)
+
+    def _publish_budget(self, limit: Any, asked_ago_s: float) -> None:
+        """In the refresh thread: Discord's answer, less the grants since it was asked, becomes
+        the shared budget."""
+        self.coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total, asked_ago_s=asked_ago_s)
+
+    def _estimate_budget(self) -> int:
+        """In the refresh thread, Discord not reachable: the budget from the shared grant log."""
+        return self.coordinator.estimate_budget(ESTIMATE_TTL_S, default_total=self.gate.total)
+
+    # -- answers from the other threads -------------------------------------------------------
+    def _take_answers(self, now: float) -> None:
+        """Handle what Redis and Discord answered since the last pass (never waits)."""
+        if self.shared is not None:
+            for answer in self.shared.answers():
+                self._on_shared_answer(answer, now)
+        if self.refresher is not None:
+            for refresh in self.refresher.answers():
+                self._on_refresh(refresh, now)
+            if self.coordinator is None and self.gate.refills != self._refills_seen:
+                self._refills_seen = self.gate.refills
+                self._refresh_wanted = True  # Discord's reset passed: ask what is really left
+            if self._refresh_wanted and self.refresher.request(now):
+                self._refresh_wanted = False
+                self._granted_at_refresh = self.gate.total_granted
+
+    def _on_shared_answer(self, answer: Answer, now: float) -> None:
+        if answer.error is not None:
+            self._redis_failed(answer.error)
+        elif answer.recovered:
+            log.warning("Redis answers again: identifies continue; saving every session to it again")
+            # A restarted Redis may have lost them: write them all again.
+            self._sessions_dirty = True
+            self._logged_at.pop("redis", None)
+        if answer.kind == "identify":
+            wait = REDIS_RETRY_S if answer.error is not None else answer.value
+            if wait == BUDGET_UNKNOWN:
+                self._log_every(
+                    "budget-unknown",
+                    logging.WARNING,
+                    "the shared identify budget is unknown (expired at Discord's reset, or Redis lost it): "
+                    "holding identifies until GET /gateway/bot refreshes it",
+                )
+                self._refresh_wanted = True
+                wait = BUDGET_UNKNOWN_RETRY_S
+            if answer.error is None:  # Redis down says nothing of the budget
+                self._shared_held = wait == float("inf")  # worded by _note_budget_hold
+            self.gate.shared_answer(answer.key, wait, now, started_at=answer.started)
+        elif answer.kind == "budget" and answer.error is None:
+            self._budget_cache = answer.value
+            if answer.value is None:
+                self._refresh_wanted = True
+
+    def _on_refresh(self, refresh: Refresh, now: float) -> None:
+        limit = refresh.limit
+        if limit is not None:
+            if self.coordinator is None:
+                # Grants since the request are not in Discord's count yet (some may be: the
+                # lower figure is the safe one).
+                since = self.gate.total_granted - self._granted_at_refresh
+                remaining = max(0, limit.remaining - since)
+                self.gate.set_budget(remaining, refresh.finished + limit.reset_after / 1000, limit.total)
+            else:
+                remaining = limit.remaining
+                if refresh.publish_error is None:
+                    self._budget_cache = remaining
+            log.info(
+                "identify budget from Discord: %d of %d left, resets in %.0f s%s",
+                remaining,
+                limit.total,
+                limit.reset_after / 1000,
+                " (shared in Redis)" if self.coordinator is not None and refresh.publish_error is None else "",
+            )
+            if refresh.publish_error is not None:
+                self._redis_failed(refresh.publish_error)
+            return
+        if refresh.estimated is not None:
+            self._budget_cache = refresh.estimated
+            log.warning(
+                "cannot refresh the identify budget from Discord (%s): %d left by the shared grant log, "
+                "for %.0f s",
+                refresh.error,
+                refresh.estimated,
+                ESTIMATE_TTL_S,
+            )
+            return
+        if refresh.publish_error is not None:
+            self._redis_failed(refresh.publish_error)
+        if self.coordinator is None:
+            self._refresh_wanted = self.gate.remaining is None  # keep trying while unknown
+        log.warning("cannot refresh the identify budget from Discord: %s", refresh.error)
+
+    def _identify_sent(self, shard: int, at: float, now: float) -> None:
+        """A child wrote an IDENTIFY at ``at``: the bucket's next one is timed from there."""
+        if at > now + 1.0:  # one clock for the host: a report from the future is a bug
+            log.warning("shard %d: identify written at a time %.1f s ahead; using now", shard, at - now)
+            at = now
+        self.gate.sent(shard, at)
+
+    def _restore_bucket_writes(self, now: float) -> None:
+        """The buckets a previous supervisor of this state dir granted lately (it may have been
+        killed a moment after an IDENTIFY): each counts as written at the latest its grant
+        allowed, so the first grant here keeps Discord's 5 s (Redis does this across hosts)."""
+        wall = time.time()
+        for bucket, written_by in self.store.bucket_writes(wall).items():
+            if bucket < self.gate.max_concurrency:
+                self.gate.written(bucket, now - (wall - written_by))
+                log.info(
+                    "identify bucket %d paced from the state dir (the last grant's write: by %+.1f s from now)",
+                    bucket, written_by - wall,
+                )  # fmt: skip
+
+    def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
+        """Discord's ``session_start_limit`` when known, else what the local log implies."""
+        granted = self.store.identifies()
+        if options.session_start_remaining is not None:
+            log.info(
+                "identify budget: %d left (Discord), %d granted here in the last 24 h",
+                options.session_start_remaining,
+                len(granted),
+            )
+            return options.session_start_remaining, options.session_start_reset_after
+        if not granted:
+            return None, None
+        remaining = max(0, (options.session_start_total or DAILY_TOTAL) - len(granted))
+        reset_after = granted[0] + IDENTIFY_WINDOW_S - time.time()
+        log.info("identify budget: about %d left by the local log (Discord not asked)", remaining)
+        return remaining, max(0.0, reset_after)
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal_queue.append(signum)  # only enqueue: the loop does the work
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _handle_signals(self, now: float) -> None:
+        while self.signal_queue:
+            sig = self.signal_queue.popleft()
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
+                    log.info("%s: stopping every group (sessions kept)", signal.Signals(sig).name)
+                    self.begin_stop(now)
+            elif sig == signal.SIGHUP:
+                self.begin_rolling_restart()
+            # SIGCHLD: nothing to do here, the loop reaps on every pass
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.options.metrics_addr is not None:
+            host, port = self.options.metrics_addr
+            try:
+                self.metrics_server = MetricsServer(self.options.metrics_addr, self.metrics)
+            except OSError as exc:
+                log.critical("cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
+                return exit_codes.ERROR
+            bound, port = self.metrics_server.address
+            log.info("metrics: http://%s:%d/metrics", f"[{bound}]" if ":" in bound else bound, port)
+        wipe = self.live.log_filter() if self.live is not None else None
+        if wipe is not None:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(wipe)
+        try:
+            return self._run()
+        finally:
+            if self.live is not None:
+                self.live.clear()
+            if wipe is not None:
+                for handler in logging.getLogger().handlers:
+                    handler.removeFilter(wipe)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+
+    def _run(self) -> int:
+        self._install_signals()
+        self.control = ControlServer(self.store.dir, self)
+        self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        if self.member is not None:
+            self.member.node.wake = self._wake
+            self.member.node.start()
+        log.info(
+            "master: %d shards of %d in %d processes; state in %s",
+            len(self.all_shards),
+            self.shard_count,
+            len(self.groups),
+            self.store.dir,
+        )
+        try:
+            while True:
+                now = time.monotonic()
+                self._handle_signals(now)
+                self._take_answers(now)
+                if self.member is not None:
+                    self.member.step(now)
+                self._reap(now)
+                if self.stopping and not any(g.child for g in self.groups) and not (self._resharding and self._resharding.live()):
+                    self._advance_reshard(now)  # stopped past T: the new set's sessions are the ones saved
+                    break
+                self._check_children(now)
+                self._grant_identifies(now)
+                self._advance_rolling(now)
+                self._advance_reshard(now)
+                self._auto_reshard(now)
+                self._notify(now)
+                if not self.stopping:
+                    self._spawn_missing(now)
+                self._maybe_save(now)
+                self._progress(now)
+                self._wait(self._timeout(now))
+        finally:
+            self._save_sessions()
+            if not self.writer.close(SHUTDOWN_FLUSH_S):
+                log.error("the state dir did not take the last sessions in %.0f s", SHUTDOWN_FLUSH_S)
+            if self.member is not None:
+                self.member.close()  # every group handed over at once, with its sessions
+            if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
+                log.warning(
+                    "Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S
+                )
+            if self.control is not None:
+                self.control.close()
+            self.notifier.close()
+            signal.set_wakeup_fd(-1)
+        log.info("master: stopped (%s)", exit_codes.describe(self.exit_code))
+        return self.exit_code
+
+    def begin_stop(self, now: float, exit_code: int = exit_codes.OK) -> None:
+        self.stopping = True
+        self._notify(now)  # STOPPING=1 before anything else
+        if self.member is not None:
+            self.member.node.quiesce()  # nothing more acquired or handed over
+        if exit_code != exit_codes.OK and self.exit_code == exit_codes.OK:
+            self.exit_code = exit_code
+        run, plan = self._resharding, self.reshard
+        if run is not None and plan is not None and plan.phase is Phase.DRAINING:
+            # Past T the new set serves: it stops like any serving set (sessions kept), the old
+            # one is not restarted, and the new set is adopted once the old one has exited.
+            self._retiring = True
+            for child in run.live():
+                child.stop(now)
+        elif run is not None:
+            if plan is not None and plan.phase is Phase.CUTOVER:
+                for group in self.groups:  # told T: it must not drop what comes after it
+                    if group.child is not None:
+                        group.child.send("cutover_cancel")
+            run.fail("the supervisor is stopping")
+            run.stop_new(now)
+        for group in self.groups:
+            if group.child is not None:
+                group.child.stop(now)
+
+    def begin_rolling_restart(self) -> bool:
+        if self.stopping:
+            return False
+        if self.reshard is not None and self.reshard.running:
+            log.info("no rolling restart while a reshard runs")
+            return False
+        if self.rolling or self.rolling_current is not None:
+            log.info("rolling restart already in progress")
+            return False
+        run = [g.index for g in self.groups if self._runs(g)]
+        log.info("rolling restart of %d groups, one at a time", len(run))
+        self.rolling.extend(run)
+        return True
+
+    def begin_reshard(self, request: Any) -> dict[str, Any]:
+        """A ``reshard`` request of the control socket (``{"shard_count": N}``): the answer,
+        ``{"ok", "kind", "message"}``. The checks are :func:`supervisor.reshard.shard_sets.refusal`'s;
+        a request that passes them starts the reshard (:mod:`supervisor.reshard.run`) and is
+        answered ``started``; ``status`` then shows its phase."""
+        target = request.get("shard_count") if isinstance(request, dict) else None
+        if not isinstance(target, int) or isinstance(target, bool):
+            refused = Refusal("invalid", f"--shard-count must be an integer, not {target!r}")
+        elif self.stopping:
+            refused = Refusal("stopping", "the supervisor is stopping")
+        elif self.member is not None:
+            refused = Refusal(
+                "partial", "resharding a cluster is not supported yet: stop every node, then start them with the new --shard-count"
+            )
+        else:
+            refused = shard_sets.refusal(
+                target,
+                ShardSet(0, self.shard_count, tuple(self.all_shards)),
+                multiple=self.options.shard_count_multiple,
+                remaining=self._budget_remaining(),
+                reserve=self.gate.reserve,
+                running=self.reshard,
+            )
+            if refused is None and (self.rolling or self.rolling_current is not None):
+                refused = Refusal("running", "a rolling restart is running: try again once it is done")
+            if refused is None:
+                return self._start_reshard(target)
+        log.warning("reshard refused: %s", refused.line)
+        return {"ok": False, "kind": refused.kind, "message": refused.line}
+
+    def _start_reshard(self, target: int) -> dict[str, Any]:
+        """Start the new set beside the old one (the checks passed)."""
+        old = ShardSet(0, self.shard_count, tuple(self.all_shards))
+        self.reshard = Reshard.plan(old, target).start()
+        template = self.groups[0].config
+        configs = new_set_configs(template, target, len(template.shard_ids), self.shard_count)
+        first = max(g.index for g in self.groups) + 1
+        self._resharding = ReshardRun(
+            configs, log_format=self.options.log_format, first_group=first,
+            old_shards=[s for g in self.groups if self._runs(g) for s in g.config.shard_ids if s not in g.held],
+        )  # fmt: skip
+        for child in self._resharding.spawn():
+            self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        self._tell_orphans()
+        line = f"reshard {self.shard_count} -> {target} started: {len(configs)} new processes identify beside the old set"
+        log.info("%s", line)
+        return {"ok": True, "kind": "started", "message": line}
+
+    def _advance_reshard(self, now: float) -> None:
+        """One step of the running reshard: the run says what to do (see resharding)."""
+        run, plan = self._resharding, self.reshard
+        if run is None or plan is None:
+            return
+        if self.stopping and plan.phase is not Phase.DRAINING:
+            if plan.running:  # stopped before T: the old set's sessions are the ones kept
+                self.reshard = plan.abort(run.failure or "the supervisor is stopping")
+            if not run.live():
+                self._resharding = None
+            return
+        if plan.phase is Phase.PREPARING and self.gate.waiting and self._budget_spent(now):
+            # the new set cannot finish identifying before Discord's reset: give up now, while
+            # the old set serves, rather than wait hours with two sets connected
+            run.fail(f"the identify budget ran out ({self._budget_remaining()} left, the reserve)")
+        if plan.running:
+            old = [g.child for g in self.groups if g.child is not None]
+            self.reshard = plan = run.step(plan, old, now)
+            if run.old_stopped:
+                self._retiring = True
+        if plan.phase is Phase.DRAINING:
+            self._sessions_dirty = True  # the new set's, saved under its count (_save_sessions)
+        if plan.phase is Phase.DRAINING and self._retiring and not any(g.child for g in self.groups):
+            self._adopt(run, now)
+        elif plan.phase is Phase.ABORTED and not run.live():
+            self._resharding = None  # its children are gone
+
+    def _adopt(self, run: ReshardRun, now: float) -> None:
+        """The old set has exited: the new one is the supervisor's set from now on."""
+        assert self.reshard is not None
+        old_count, new_count = self.shard_count, self.reshard.new.shard_count
+        self.groups = []
+        self.metrics.set_groups({run.first_group + i: c.shard_ids for i, c in enumerate(run.configs)})
+        for i, config in enumerate(run.configs):
+            index = run.first_group + i
+            group = Group(index, config, RestartPolicy(**self.options.restart_policy), child=run.children.get(index))
+            if group.child is not None:
+                self.metrics.child_started(index, group.child.pid, group.child.started_at)
+            self.groups.append(group)
+        if self.shared is not None:  # the old sessions ended: no host may try to resume them
+            self.shared.forget_sessions(old_count, self.all_shards)
+        self.shard_count = new_count
+        self.all_shards = list(range(new_count))
+        self._my_shards = frozenset(self.all_shards)
+        self.store = StateStore(self.options.state_dir, new_count)
+        self.sessions = dict(run.sessions)
+        self._granted.clear()
+        self._retiring = False
+        self._resharding = None
+        self.reshard = self.reshard.old_drained()
+        self._save_sessions()
+        log.info("reshard %d -> %d done: only the new set runs; %d sessions saved", old_count, new_count, len(self.sessions))
+        _, drained = shard_sets.queue_changes(self.groups[0].config.group, old_count, new_count)
+        if drained:
+            log.warning(
+                "reshard: the queues %s belong to no shard now; %s drains them (packets re-routed by guild_id, "
+                "the others refused); delete them once empty",
+                ", ".join(drained), self.groups[0].child.label if self.groups[0].child else "the first group",
+            )  # fmt: skip
+
+    def _tell_orphans(self) -> None:
+        """The new set of a running reshard publishes at once the events of guilds whose old
+        shard is held (closed with 4011): the old set will never publish them."""
+        held = sorted(shard for g in self.groups for shard in g.held)
+        if held and self._resharding is not None:
+            for child in self._resharding.live():
+                child.send("orphans", {"old_count": self.shard_count, "shards": held})
+
+    def _auto_reshard(self, now: float) -> None:
+        """``--auto-reshard`` (:mod:`supervisor.reshard.auto`): ask Discord when due, reshard
+        on its answer; halt as without the flag when a group held for a 4011 has no reshard
+        coming to replace it."""
+        auto, asker = self.auto, self.recommender
+        if auto is None or asker is None or self.stopping:
+            return
+        if self._all_ready_once:
+            auto.all_ready(now)
+        for answer in asker.answers():
+            decision = auto.answer(self.shard_count, answer.recommended, str(answer.error) if answer.error else None)
+            if decision.target is None:
+                log.info("auto-reshard: %s", decision.why)
+                continue
+            log.warning("auto-reshard: %s: resharding %d -> %d", decision.why, self.shard_count, decision.target)
+            started = self.begin_reshard({"shard_count": decision.target})
+            if not started["ok"]:
+                log.error("auto-reshard: the reshard to %d was refused: %s", decision.target, started["message"])
+        if auto.due(now) and asker.request(now):
+            auto.asked(now)
+        held = {shard: code for g in self.groups for shard, code in g.held.items()}
+        coming = auto.asking or auto.sharding_required is not None or (self.reshard is not None and self.reshard.running)
+        if held and not coming:
+            log.critical(
+                "fatal: no reshard replaces the shards closed with 4011 (%s); stopping everything, no restart",
+                format_shard_ids(sorted(held)),
+            )  # fmt: skip
+            self.begin_stop(now, next(iter(held.values())))
+
+    def _notify(self, now: float) -> None:
+        """The loop passed: stamp ``/healthz`` and tell systemd what changed (``sd_notify``)."""
+        self.metrics.tick(now)
+        if self.notifier.enabled:
+            rolling = bool(self.rolling) or self.rolling_current is not None
+            settled = self.member is not None and self.member.node.settled  # a node may hold no group
+            lines = self.notes.on_pass(
+                now, self._ready_count(), len(self.all_shards), rolling=rolling, stopping=self.stopping, empty_ok=settled
+            )
+            self.notifier.send(lines)
+
+    # -- the loop's steps ---------------------------------------------------------------------
+    def _timeout(self, now: float) -> float:
+        timeout = 1.0
+        watchdog_at = self.notes.next_time(now)
+        if watchdog_at is not None:
+            timeout = min(timeout, max(0.0, watchdog_at - now))
+        if self._resharding is not None and self.reshard is not None:
+            due = self._resharding.timeout(self.reshard, now)
+            if due is not None:
+                timeout = min(timeout, due)
+        if self.live is not None and self._progress_since is not None and not self.stopping:
+            timeout = 0.25  # the live line counts down
+        grant_at = self.gate.next_time(now)
+        if grant_at is not None:
+            timeout = min(timeout, max(0.0, grant_at - now))
+        for group in self.groups:
+            if group.child is None and not self.stopping and self._runs(group) and group.config.shard_ids:
+                timeout = min(timeout, max(0.0, group.start_at - now))
+        return max(0.01, timeout)
+
+    def _sync_writers(self) -> None:
+        """Watch a child's stdin for room only while orders wait for it (a large ``config``)."""
+        for group in self.groups:
+            child = group.child
+            if child is None:
+                continue
+            if child.out and not child.write_watched:
+                self.selector.register(child.write_fd, selectors.EVENT_WRITE, ("child-write", child))
+                child.write_watched = True
+            elif not child.out and child.write_watched:
+                self._unwatch_writes(child)
+
+    def _unwatch_writes(self, child: Child) -> None:
+        if child.write_watched:
+            try:
+                self.selector.unregister(child.write_fd)
+            except (KeyError, ValueError):
+                pass
+            child.write_watched = False
+
+    def _wait(self, timeout: float) -> None:
+        self._sync_writers()
+        try:
+            ready = self.selector.select(timeout)
+        except InterruptedError:
+            return
+        for key, _ in ready:
+            kind, obj = key.data
+            if kind == "wake":
+                self._drain_wakeup()
+            elif kind == "child":
+                self._read_child(obj)
+            elif kind == "child-write":
+                obj.flush()
+            elif kind == "control":
+                self.control.accept()  # type: ignore[union-attr]
+            elif kind == "control-conn":
+                self.control.serve(obj)  # type: ignore[union-attr]
+
+    def _read_child(self, child: Child) -> None:
+        messages = child.read()
+        if messages is None:
+            self._unregister(child)
+            return
+        for message in messages:
+            self._on_message(child, message)
+
+    def _unregister(self, child: Child) -> None:
+        try:
+            self.selector.unregister(child.read_fd)
+        except (KeyError, ValueError):
+            pass
+        self._unwatch_writes(child)
+
+    def _on_message(self, child: Child, message: Message) -> None:
+        data = message.data if isinstance(message.data, dict) else {}
+        event = message.event
+        now = time.monotonic()
+        if self._resharding is not None and self._resharding.owns(child) and event not in ("identify_request", "identify_sent"):
+            self._resharding.on_message(child, message, now)  # the new set's: not the serving set's view
+            return
+        if event == "heartbeat":
+            child.last_heartbeat = now
+            child.report = data
+            self.metrics.child_report(child.group, child.pid, data)
+        elif event == "shards":
+            self._on_shard_reports(child, data.get("shards"))
+        elif event == "identify_request":
+            shard = data.get("shard")
+            if shard in child.shard_set:
+                self.gate.request(child.pid, shard)
+        elif event == "identify_sent":
+            shard, at = data.get("shard"), data.get("at")
+            if shard in child.shard_set and isinstance(at, (int, float)):
+                self._identify_sent(shard, float(at), now)
+        elif event == "shard_state":
+            self._on_shard_state(child, data)
+        elif event == "stopped":
+            child.report = data.get("report") or child.report
+            self.metrics.child_report(child.group, child.pid, child.report)
+        elif event == "hello":
+            child.last_heartbeat = now
+        elif event == "cutover_cancelled":
+            log.info("%s: the cut-over is cancelled, it publishes as before", child.label)
+        elif event == "cutover_ack":
+            # An old child's answer to a reshard's cut-over order (the new set's go to the run).
+            if data.get("late") and self._resharding is not None:
+                self._resharding.fail(f"{child.label} of the old set was told the cut-over point too late")
+        elif event == "probe_answered":
+            # An old shard is caught up at the cut-over (it publishes nothing more).
+            shard = data.get("shard")
+            if self._resharding is not None and shard in child.shard_set:
+                self._resharding.old_caught_up(shard)
+        else:
+            log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
+
+    def _on_shard_reports(self, child: Child, reports: Any) -> None:
+        """A ``shards`` message: the reports of the shards that changed (a chunk of them)."""
+        if not isinstance(reports, dict):
+            return
+        mine: dict[str, dict] = {}
+        for key, report in reports.items():
+            try:
+                shard = int(key)
+            except (TypeError, ValueError):
+                continue
+            if shard in child.shard_set and isinstance(report, dict):
+                mine[key] = report
+                session = report.get("session")
+                if session is None and "session" in report:
+                    # The child was given this shard's session (or made one) and has none now:
+                    # Discord invalidated it (op 9, 4007, 4009). A restart must not try it again.
+                    self._forget_session(shard)
+                else:
+                    self._update_session(child, shard, session)
+        child.shard_reports.update(mine)
+        self.metrics.shard_reports(child.group, child.pid, mine)
+
+    def _on_shard_state(self, child: Child, data: dict) -> None:
+        shard = data.get("shard")
+        state = data.get("state")
+        if shard not in child.shard_set:
+            return
+        self.metrics.shard_event(shard, str(state))
+        if self.member is not None:
+            self.member.shard_state(child.group, str(state), time.monotonic())
+        if state == "ready":
+            if shard not in child.ready and self._progress_since is not None and not self.stopping:
+                # the start's progress in logs (a terminal shows the live line instead)
+                log.log(
+                    logging.DEBUG if self.live is not None else logging.INFO,
+                    "shard %d ready (group %d)",
+                    shard,
+                    child.group,
+                    extra={"shard": shard, "group": child.group},
+                )
+            child.ready.add(shard)
+            self._granted.discard(shard)
+            self._update_session(child, shard, data.get("session"))
+        elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
+            child.ready.discard(shard)
+        if state == "fatal":
+            child.fatal_shard = shard
+            log.error(
+                "shard %d: Discord closed with %s",
+                shard,
+                describe_close(data.get("code")),
+                extra={"shard": shard, "group": child.group},
+            )
+
+    def _forget_session(self, shard: int) -> None:
+        if self.sessions.pop(shard, None) is not None:
+            self._sessions_dirty = True
+            self._forgotten.add(shard)
+
+    def _update_session(self, child: Child, shard: int, session: Any) -> None:
+        if shard not in child.shard_set or not isinstance(session, dict):
+            return
+        try:
+            saved = SavedSession(str(session["session_id"]), session.get("seq"), str(session["resume_gateway_url"]))
+        except (KeyError, TypeError):
+            return
+        if self.sessions.get(shard) != saved:
+            self.sessions[shard] = saved
+            self._sessions_dirty = True
+
+    def _reap(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            for group in self.groups:
+                child = group.child
+                if child is not None and child.pid == pid:
+                    child.proc.returncode = os.waitstatus_to_exitcode(status)
+                    self._on_exit(group, child, child.proc.returncode, now)
+            new = self._resharding.child_of(pid) if self._resharding is not None else None
+            if new is not None:
+                new.proc.returncode = os.waitstatus_to_exitcode(status)
+                while leftover := new.read():
+                    for message in leftover:
+                        self._on_message(new, message)
+                self._unregister(new)
+                new.close()
+                self.gate.cancel(new.pid, now)
+                self._resharding.exited(new, new.proc.returncode)  # type: ignore[union-attr]
+
+    def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
+        # Read what the child said last (its final sessions) before forgetting it.
+        while leftover := child.read():
+            for message in leftover:
+                self._on_message(child, message)
+        self._unregister(child)
+        child.close()
+        self.gate.cancel(child.pid, now)
+        self.metrics.child_exited(group.index, child.pid)  # its counters carry over
+        self._granted.difference_update(child.shard_ids)
+        group.child = None
+        extra = {"group": group.index}
+        if self.member is not None and self.member.exited(group.index):
+            log.info("%s exited for its handover (%s)", child.label, exit_codes.describe(code), extra=extra)
+            return
+        if self._retiring:
+            log.info("%s of the old set exited (%s)", child.label, exit_codes.describe(code), extra=extra)
+            return
+        rolled = child.stopping_since is not None and code == exit_codes.OK
+        if self.rolling_current == group.index and rolled and not self.stopping:
+            # Only the clean exit we asked for; a crash or a fatal code of this group still goes
+            # through the checks below (a reset token must halt, not respawn at once).
+            group.start_at = now
+            log.info("%s exited for the rolling restart", child.label, extra=extra)
+            return
+        close = exit_codes.fatal_close_of(code)
+        if close == Close.SHARDING_REQUIRED and self.auto is not None and not self.stopping:
+            shard = child.fatal_shard if child.fatal_shard is not None else child.shard_ids[0]
+            group.held[shard] = code
+            group.config = replace(group.config, shard_ids=[s for s in group.config.shard_ids if s != shard])
+            group.start_at = now  # its other shards resume at once
+            self._forget_session(shard)
+            self.auto.on_sharding_required(shard)
+            self._tell_orphans()
+            log.error(
+                "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
+                "its group's other shards resume, and asking Discord for the count to reshard to",
+                child.label, shard, extra=extra,
+            )  # fmt: skip
+            return
+        if close is not None:
+            log.critical(
+                "fatal: %s: Discord closed with %s; stopping everything, no restart",
+                child.label,
+                describe_close(close),
+                extra=extra,
+            )
+            self.begin_stop(now, code)
+            return
+        if self.stopping:
+            log.info("%s stopped (%s)", child.label, exit_codes.describe(code), extra=extra)
+            return
+        if code == exit_codes.USAGE:
+            log.critical("%s: bad configuration (exit 2); stopping everything", child.label, extra=extra)
+            self.begin_stop(now, exit_codes.USAGE)
+            return
+        decision = group.policy.on_exit(now, child.uptime(now))
+        group.start_at = now + decision.delay
+        group.restarts += 1
+        self.metrics.set_restarts(group.index, group.restarts)
+        how = "recycled" if child.stopping_since is not None else f"died ({_describe_status(code)})"
+        if decision.flapping:
+            log.error(
+                "%s is flapping (%d quick exits); holding it back %.0f s",
+                child.label,
+                decision.failures,
+                decision.delay,
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay, extra=extra
+            )
+
+    def _check_children(self, now: float) -> None:
+        sample = now >= self._next_sample
+        if sample:
+            self._next_sample = now + self.options.sample_interval
+        for child in self._resharding.live() if self._resharding is not None else ():
+            # the new set's children: only the grace of a stop (a silent one fails the reshard)
+            if child.stopping_since is not None and not child.killed and now - child.stopping_since > self.options.stop_grace:
+                child.kill()
+            elif child.stopping_since is None and now - child.last_heartbeat > self.options.heartbeat_timeout:
+                self._resharding.fail(f"{child.label} of the new set sent no heartbeat")
+        for group in self.groups:
+            child = group.child
+            if child is None:
+                continue
+            if child.stopping_since is not None:
+                grace = child.grace if child.grace is not None else self.options.stop_grace
+                if not child.killed and now - child.stopping_since > grace:
+                    log.warning("%s did not stop in %.1f s: killing it", child.label, grace, extra={"group": group.index})
+                    child.kill()
+                continue
+            if now - child.last_heartbeat > self.options.heartbeat_timeout:
+                log.error(
+                    "%s sent no heartbeat for %.0f s: replacing it",
+                    child.label,
+                    now - child.last_heartbeat,
+                    extra={"group": group.index},
+                )
+                child.stop(now)
+                continue
+            if sample:
+                child.sample()
+                self.metrics.child_sampled(group.index, child.pid, child.rss, child.cpu_percent)
+                limit = self.options.max_memory_mb
+                if limit and child.rss > limit * 1024 * 1024 and child.uptime(now) > 10:
+                    log.warning(
+                        "%s uses %.0f MB (> %.0f): recycling it",
+                        child.label,
+                        child.rss / 2**20,
+                        limit,
+                        extra={"group": group.index},
+                    )
+                    child.stop(now)
+
+    def _grant_identifies(self, now: float) -> None:
+        for grant in self.gate.due(now):
+            wall = time.time()  # written off the loop (a stalled disk must not stop it)
+            bucket = self.gate.bucket(grant.shard_id)
+            self.writer.record_identify(self.store, wall, bucket, wall + grant.expires - now)
+            self._granted.add(grant.shard_id)
+            children = [g.child for g in self.groups] + (self._resharding.live() if self._resharding is not None else [])
+            for child in children:
+                if child is not None and child.pid == grant.requester:
+                    child.send(
+                        "identify_grant",
+                        {"shard": grant.shard_id, "not_before": grant.not_before, "expires": grant.expires},
+                    )
+        self._note_budget_hold(now)
+        if self.shared is not None and now >= self._next_budget_read:
+            self._next_budget_read = now + BUDGET_READ_S
+            self.shared.read_budget()
+        self.metrics.set_supervisor(
+            identify_budget_remaining=self._budget_remaining(),
+            identify_budget_reserve=self.gate.reserve,
+            identify_held=self.hold.held,
+            identifies_granted=self.gate.total_granted,
+            identify_waiting=self.gate.waiting,
+            shards_ready=self._ready_count(),
+            shard_count=self.shard_count,
+            reshard=self._reshard_status(),
+            reshards=self._count_reshard_end(),
+            cluster=self.member.describe() if self.member is not None else None,
+        )
+
+    def _advance_rolling(self, now: float) -> None:
+        if self.stopping:
+            self.rolling.clear()
+            self.rolling_current = None
+            return
+        if self.rolling_current is not None:
+            group = self.group(self.rolling_current)
+            child = group.child
+            if not self._runs(group):
+                self.rolling_current = None  # handed over or fenced meanwhile (cluster mode)
+            elif child is None or child.stopping_since is not None:
+                return  # still stopping, or waiting to start
+            elif set(child.ready) >= set(child.shard_ids):
+                log.info("rolling restart: group %d ready", group.index, extra={"group": group.index})
+                self.rolling_current = None
+            else:
+                return
+        while self.rolling and not self._runs(self.group(self.rolling[0])):
+            self.rolling.popleft()
+        if self.rolling:
+            index = self.rolling.popleft()
+            group = self.group(index)
+            self.rolling_current = index
+            if group.child is not None:
+                log.info("rolling restart: stopping group %d", index, extra={"group": index})
+                group.child.stop(now)
+
+    def _spawn_missing(self, now: float) -> None:
+        if self._retiring:
+            return  # the old set is leaving; the new one is adopted once it has
+        for group in self.groups:
+            if group.child is None and group.config.shard_ids and self._runs(group) and now >= group.start_at:
+                self._spawn(group, now)
+
+    def _child_config(self, group: Group) -> WorkerConfig:
+        """What a (re)started child of ``group`` is given: its sessions, and during a reshard's
+        cut-over the cut-over point (a child replacing one that crashed after the old set was
+        told ``T`` must apply it from its start)."""
+        sessions = {s: self.sessions[s] for s in group.config.shard_ids if s in self.sessions}
+        plan = self.reshard
+        cutover = None
+        if self._resharding is not None and plan is not None and plan.phase in (Phase.CUTOVER, Phase.DRAINING):
+            cutover = {"role": "old", **plan.handover().to_dict()}
+        return replace(group.config, sessions=sessions, cutover=cutover)
+
+    def _spawn(self, group: Group, now: float) -> None:
+        config = self._child_config(group)
+        sessions = config.sessions
+        child = Child(group.index, config, log_format=self.options.log_format)
+        group.child = child
+        self.metrics.child_started(group.index, child.pid, child.started_at)
+        self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        log.info(
+            "started %s: %d to resume, %d to identify",
+            child.label,
+            len(sessions),
+            len(config.shard_ids) - len(sessions),
+            extra={"group": group.index},
+        )
+
+    # -- the start's progress -------------------------------------------------------------------
+    def _ready_count(self) -> int:
+        return sum(len(g.child.ready) for g in self.groups if g.child is not None)
+
+    def _progress(self, now: float) -> None:
+        """The live line while some shard is not READY (a terminal); a summary when all are."""
+        if self.stopping:
+            if self.live is not None:
+                self.live.clear()
+            return
+        total = len(self.all_shards)
+        ready = self._ready_count()
+        if ready >= total:
+            if self._progress_since is not None:
+                if self.live is not None:
+                    self.live.clear()
+                elapsed = format_elapsed(now - self._progress_since)
+                if self._all_ready_once:
+                    log.info("all %d shards ready again after %s", total, elapsed)
+                else:
+                    log.info("all %d shards ready in %s", total, elapsed)
+                self._progress_since = None
+                self._all_ready_once = True
+            return
+        if self._progress_since is None:
+            self._progress_since = now
+        if self.live is not None and now >= self._next_draw:
+            self._next_draw = now + 0.2
+            self.live.show(format_progress(self.progress(now)))
+
+    def progress(self, now: float) -> Progress:
+        """The :class:`supervisor.observe.progress.Progress` of the shards' start, from the gate."""
+        view = gate_view(self.gate, now)
+        ready: set[int] = set()
+        for group in self.groups:
+            if group.child is not None:
+                ready |= group.child.ready
+        expected: dict[int, int] = {}
+        for shard in self.all_shards:
+            # not READY, not asking yet, nothing to resume, not granted: it will ask soon
+            if shard in ready or shard in view.waiting_shards or shard in self.sessions or shard in self._granted:
+                continue
+            bucket = identify_bucket(shard, self.gate.max_concurrency)
+            expected[bucket] = expected.get(bucket, 0) + 1
+        return estimate(
+            len(ready),
+            len(self.all_shards),
+            queued=view.queued,
+            free_at=view.free_at,
+            interval=self.gate.interval,
+            now=now,
+            expected=expected,
+            hold_until=view.hold_until,
+            settle=1.0,
+        )
+
+    def _maybe_save(self, now: float) -> None:
+        if self._sessions_dirty and now >= self._next_save:
+            self._save_sessions()
+            self._next_save = now + self.options.save_interval
+
+    def _save_sessions(self) -> None:
+        store, sessions, count, mine_ids = self.store, self.sessions, self.shard_count, self._my_shards
+        run, plan = self._resharding, self.reshard
+        if run is not None and plan is not None and plan.phase is Phase.DRAINING:
+            # Past the cut-over point the new set serves and the old one's sessions are about
+            # to end: a supervisor killed now must come back with the new set's sessions, not
+            # identify everything (issue 20, defect 4).
+            count = plan.new.shard_count
+            store, sessions, mine_ids = StateStore(self.options.state_dir, count), run.sessions, frozenset(range(count))
+        self.writer.save_sessions(store, sessions)  # off the loop; a failed write is retried there
+        self._sessions_dirty = False
+        if self.shared is not None:
+            # Handed to the Redis thread: the latest snapshot wins, a failed save is retried.
+            mine = {s: v for s, v in sessions.items() if s in mine_ids}
+            forget = (self._forgotten & mine_ids) - set(sessions) if count == self.shard_count else set()
+            self.shared.save_sessions(count, mine, sorted(forget))  # never another node's
+        self._forgotten.clear()
+
+    def _note_budget_hold(self, now: float) -> None:
+        """Whether identifies are held at the reserve now; one loud line when that begins."""
+        reset_in = None if self.coordinator is not None or self.gate.reset_at is None else self.gate.reset_at - now
+        change = self.hold.update(
+            self.gate.waiting, self._budget_remaining(), self._budget_spent(now) or self._shared_held, now, reset_in
+        )
+        if change is not None:
+            line, loud = change
+            log.log(logging.ERROR if loud else logging.INFO, "%s", line)
+
+    def _budget_spent(self, now: float) -> bool:
+        """Whether the identify budget is down to its reserve: the gate's, or the shared one as
+        last read (another host may have spent it)."""
+        if self.coordinator is None:
+            return self.gate.budget_exhausted(now)
+        return self._budget_cache is not None and self._budget_cache <= self.gate.reserve
+
+    def _budget_remaining(self) -> int | None:
+        """The identifies left: the gate's, or the shared one as last read (never a Redis call)."""
+        if self.coordinator is None:
+            return self.gate.remaining
+        return self._budget_cache
+
+    def group(self, index: int) -> Group:
+        """The group numbered ``index`` (after a reshard the numbers do not start at 0)."""
+        return next(g for g in self.groups if g.index == index)
+
+    # -- cluster mode (supervisor.cluster.member asks) ------------------------------------------
+    def _runs(self, group: Group) -> bool:
+        return self.member is None or self.member.runs(group.index)
+
+    def cluster_sessions(self, group: int, sessions: dict[int, SavedSession]) -> None:
+        """A group was acquired: Redis' sessions for its shards are the ones to resume."""
+        for shard in self.group(group).config.shard_ids:
+            self.sessions.pop(shard, None)
+        self.sessions.update(sessions)
+        self.group(group).start_at = time.monotonic()
+
+    def cluster_sessions_lost(self) -> None:
+        """Redis forgot everything: write every session this node holds again (its leases are
+        re-asserted in the same round, so the fenced writes go through)."""
+        self._sessions_dirty = True
+
+    def group_sessions(self, group: int) -> dict[int, SavedSession]:
+        return {s: self.sessions[s] for s in self.group(group).config.shard_ids if s in self.sessions}
+
+    def cluster_groups_changed(self, now: float) -> None:
+        """The leased groups changed: the shards this node runs, its metrics, its progress."""
+        running = [g for g in self.groups if self._runs(g)]
+        self.all_shards = [s for g in running for s in g.config.shard_ids]
+        self._my_shards = frozenset(self.all_shards)
+        self.metrics.set_groups({g.index: g.config.shard_ids for g in running})
+        if self._ready_count() < len(self.all_shards) and self._progress_since is None:
+            self._progress_since = now
+
+    # -- status -------------------------------------------------------------------------------
+    def _reshard_status(self) -> dict[str, Any] | None:
+        """The running (or last) reshard as ``status`` and ``/metrics`` show it."""
+        if self.reshard is None:
+            return None
+        run = self._resharding
+        ready = run.ready_count() if run is not None else None
+        eta = None
+        if run is not None and self.reshard.phase is Phase.PREPARING:
+            # the gate holds both sets' requests (they share the buckets): when the last is done
+            now = time.monotonic()
+            view = gate_view(self.gate, now)
+            eta = estimate(ready or 0, self.reshard.new.shard_count, queued=view.queued, free_at=view.free_at,
+                           interval=self.gate.interval, now=now, hold_until=view.hold_until, settle=1.0).eta  # fmt: skip
+        behind = sorted(run.behind) if run is not None and self.reshard.phase is Phase.DRAINING else []
+        return {
+            **self.reshard.describe(), "new_ready": ready, "eta_s": None if eta is None else round(max(0.0, eta), 1),
+            "old_behind": behind,  # old shards not caught up at the cut-over yet (draining)
+        }  # fmt: skip
+
+    def _count_reshard_end(self) -> dict[str, int]:
+        """Reshards ended so far, by outcome (each counted once, when first seen ended)."""
+        plan = self.reshard
+        if plan is not None and plan.phase in shard_sets.FINAL and plan is not self._reshard_counted:
+            self._reshard_counted = plan
+            self._reshard_ends[plan.phase.value] = self._reshard_ends.get(plan.phase.value, 0) + 1
+        return dict(self._reshard_ends)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        shards = []
+        for group in (g for g in self.groups if self._runs(g)):
+            child = group.child
+            report = child.shard_reports if child else {}
+            for shard in sorted([*group.config.shard_ids, *group.held]):
+                info = report.get(str(shard), {}) if shard not in group.held else {"state": "held"}
+                shards.append(
+                    {
+                        "shard": shard,
+                        "group": group.index,
+                        "pid": child.pid if child else None,
+                        "state": "stalled"
+                        if child is not None and self.metrics.is_stalled(shard)
+                        else info.get("state", "down" if child is None else "starting"),
+                        "seq": info.get("seq"),
+                        "latency_ms": info.get("latency_ms"),
+                        "published": info.get("published", 0),
+                        "received": info.get("received", 0),
+                        "reconnects": info.get("reconnects", 0),
+                        "resumes": info.get("resumes", 0),
+                        "identifies": info.get("identifies", 0),
+                        "rss": child.rss if child else None,
+                    }
+                )
+        return {
+            "shard_count": self.shard_count,
+            "shards_label": format_shard_ids(self.all_shards),
+            "uptime": round(now - self.started_at, 1),
+            "groups": [
+                {
+                    "group": g.index,
+                    "shards": format_shard_ids(g.config.shard_ids),
+                    "pid": g.child.pid if g.child else None,
+                    "restarts": g.restarts,
+                    "rss": g.child.rss if g.child else None,
+                    "cpu_percent": g.child.cpu_percent if g.child else None,
+                    "uptime": round(g.child.uptime(now), 1) if g.child else None,
+                }
+                for g in self.groups
+                if self._runs(g)
+            ],
+            "identify_budget_remaining": self._budget_remaining(),
+            "identify_hold": self.hold.describe(self._budget_remaining()),
+            "identifies_granted": self.gate.total_granted,
+            # With --redis-url: whether its last call succeeded, and the requests waiting for it.
+            "redis": None
+            if self.shared is None
+            else {"answering": not self.shared.failing, "pending": self.shared.pending},
+            "reshard": self._reshard_status(),
+            "auto_reshard": None if self.auto is None else {
+                "interval_s": self.auto.interval_s,
+                "next_check_in": None if self.auto.next_check is None else round(max(0.0, self.auto.next_check - now), 1),
+                "held": sorted(shard for g in self.groups for shard in g.held),
+            },
+            "cluster": None if self.member is None else self.member.describe(),
+            "shards": shards,
+        }
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _describe_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return exit_codes.describe(code)

@@ -1,0 +1,1 @@
+"""Discord's REST API: GET /gateway/bot and its ratelimits."""

@@ -1,0 +1,1 @@
+"""What the supervisor shows: Prometheus metrics, /healthz and /readyz, systemd notifications, the start's progress."""
