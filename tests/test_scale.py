@@ -61,6 +61,7 @@ def bucket_gaps(identifies: list[dict]) -> list[float]:
     return gaps
 
 
+@pytest.mark.timeout(600)  # the start, the kill, the outage: about 3 minutes
 def test_2000_shards_ready_paced_resumed_after_kill_metrics_bounded_and_an_outage(amqp_url, rabbit, group, tmp_path):
     rabbit.declare_exchange(group)
     # durable queues outlive the test: delete every one the children declare

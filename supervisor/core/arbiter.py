@@ -35,20 +35,21 @@ from typing import Any
 
 from shard_worker import exit_codes
 from shard_worker.config import SavedSession, WorkerConfig
-from shard_worker.gateway.protocol import Close, describe_close, identify_bucket
+from shard_worker.gateway.protocol import describe_close, identify_bucket
 from shard_worker.ipc import Message
 from shard_worker.shard_ranges import format_shard_ids
 from supervisor.cluster.member import ClusterMember
-from supervisor.coord.coordinator import BUDGET_UNKNOWN
-from supervisor.coord.shared_state import Answer, SharedState
+from supervisor.coord.log_every import LogEvery
+from supervisor.coord.shared_state import SharedState
 from supervisor.core.child import Child
 from supervisor.core.control import ControlServer
+from supervisor.core.exits import ExitAction, ExitContext, decide_exit
 from supervisor.core.restart_policy import RestartPolicy
-from supervisor.core.state_store import IDENTIFY_WINDOW_S, StateStore
+from supervisor.core.state_store import StateStore
 from supervisor.core.state_writer import StateWriter
-from supervisor.identify.gate import DAILY_TOTAL, IdentifyGate
-from supervisor.identify.hold import BudgetHold, default_reserve
-from supervisor.identify.refresh import BudgetRefresher, Refresh
+from supervisor.identify.budget import IdentifyBudget, make_budget
+from supervisor.identify.hold import default_reserve
+from supervisor.identify.refresh import BudgetRefresher
 from supervisor.observe.metrics import MetricsServer, MetricsState
 from supervisor.observe.progress import (
     LiveLine,
@@ -66,19 +67,8 @@ from supervisor.reshard.shard_sets import Phase, Refusal, Reshard, ShardSet
 
 log = logging.getLogger("supervisor.core.arbiter")
 
-#: A try of a bucket's shared lock that Redis did not answer is made again this much later.
-REDIS_RETRY_S = 1.0
-#: While the shared budget is unknown (being refreshed from Discord), a bucket asks again this
-#: often: identifies continue about this long after the refresh.
-BUDGET_UNKNOWN_RETRY_S = 2.0
-#: The shared budget shown by ``status`` and ``/metrics`` is read at most this often.
-BUDGET_READ_S = 2.0
-#: A budget estimated from the shared grant log (Discord not reachable) lasts this long in Redis.
-ESTIMATE_TTL_S = 60.0
 #: At the end of a run, the last sessions get this long to reach Redis.
 SHUTDOWN_FLUSH_S = 3.0
-#: A Redis error or a held budget is logged at most this often.
-LOG_EVERY_S = 60.0
 
 
 
@@ -149,8 +139,8 @@ class Arbiter:
         self.store = StateStore(options.state_dir, self.shard_count)
         self.coordinator = options.coordinator
         self._wake_r = self._wake_w = -1
-        #: what -> when it may be logged again (see :meth:`_log_every`)
-        self._logged_at: dict[str, float] = {}
+        #: Lines that would repeat every pass, at most once a minute each.
+        self.logs = LogEvery()
         #: The state dir's writes, off the loop (:mod:`supervisor.core.state_writer`).
         self.writer = StateWriter()
         self.sessions: dict[int, SavedSession] = self.store.load_sessions()
@@ -181,53 +171,30 @@ class Arbiter:
             self.sessions = {}
             self.all_shards, self._my_shards = [], frozenset()
         now = time.monotonic()
-        remaining, reset_after = self._identify_budget(options)
         #: Redis off the loop (None without ``--redis-url``).
         self.shared: SharedState | None = None
         if self.coordinator is not None:
             self.shared = SharedState(self.coordinator, wake=self._wake)
-        self.gate = IdentifyGate(
-            template.max_concurrency,
-            # With Redis the budget is the shared one, checked in the same atomic step as the bucket.
-            remaining=remaining if self.coordinator is None else None,
-            reset_at=now + reset_after if reset_after is not None and self.coordinator is None else None,
-            total=options.session_start_total or DAILY_TOTAL,
-            shared_ask=self._shared_ask if self.coordinator is not None else None,
-            shared_sent=self._shared_identify_sent if self.coordinator is not None else None,
+        #: Who may IDENTIFY, and how many are left today: local or shared (Redis).
+        self.budget: IdentifyBudget = make_budget(
+            max_concurrency=template.max_concurrency,
             reserve=options.identify_reserve
             if options.identify_reserve is not None
             else default_reserve(sum(len(g.shard_ids) for g in groups)),
-        )
-        #: Identifies held at the budget's reserve (status, /metrics, /readyz, one loud line).
-        self.hold = BudgetHold(self.gate.reserve)
-        #: The shared budget (Redis) answered "down to the reserve" to the last identify asked.
-        self._shared_held = False
-        if self.coordinator is None:
-            self._restore_bucket_writes(now)
+            store=self.store, writer=self.writer, logs=self.logs,
+            session_start_remaining=options.session_start_remaining,
+            session_start_reset_after=options.session_start_reset_after,
+            session_start_total=options.session_start_total,
+            fetch_gateway_bot=options.fetch_gateway_bot,
+            coordinator=self.coordinator, shared=self.shared, now=now, wake=self._wake,
+        )  # fmt: skip
+        self.gate = self.budget.gate
         #: ``--auto-reshard``'s policy, and its own ``GET /gateway/bot`` thread (None: off).
         self.auto: AutoReshard | None = None
         self.recommender: BudgetRefresher | None = None
         if options.auto_reshard_interval is not None and options.fetch_gateway_bot is not None:
             self.auto = AutoReshard(options.auto_reshard_interval, options.shard_count_multiple)
             self.recommender = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake, min_interval=MIN_INTERVAL_S)
-        self.refresher: BudgetRefresher | None = None
-        if self.coordinator is not None:
-            self.refresher = BudgetRefresher(
-                options.fetch_gateway_bot,
-                publish=self._publish_budget,
-                fallback=self._estimate_budget,
-                wake=self._wake,
-            )
-        elif options.fetch_gateway_bot is not None:
-            self.refresher = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake)
-        #: A budget refresh is wanted (started as soon as the refresher allows).
-        self._refresh_wanted = self.coordinator is None and remaining is None and self.refresher is not None
-        self._refills_seen = 0
-        #: ``gate.total_granted`` when the running refresh started (its answer is older than those).
-        self._granted_at_refresh = 0
-        #: The shared budget as last read from Redis, and when to read it again.
-        self._budget_cache: int | None = None
-        self._next_budget_read = 0.0
         self.selector = selectors.DefaultSelector()
         self.signal_queue: deque[int] = deque()
         self.stopping = False
@@ -271,24 +238,9 @@ class Arbiter:
         try:
             result = method(*args)
         except Exception as exc:  # noqa: BLE001 - redis errors, timeouts: never fatal here
-            self._redis_failed(exc)
+            self.logs.redis_failed(exc)
             return None
         return result
-
-    def _log_every(self, what: str, level: int, message: str, *args: Any) -> None:
-        """Log ``message`` at most once per :data:`LOG_EVERY_S` for ``what``."""
-        now = time.monotonic()
-        if now >= self._logged_at.get(what, float("-inf")):
-            self._logged_at[what] = now + LOG_EVERY_S
-            log.log(level, message, *args)
-
-    def _redis_failed(self, exc: BaseException) -> None:
-        self._log_every(
-            "redis",
-            logging.ERROR,
-            "Redis unavailable (%s): identifies wait, sessions are saved locally",
-            str(exc) or type(exc).__name__,
-        )
 
     def _wake(self) -> None:
         """Wake the loop from another thread (an answer is ready); never blocks."""
@@ -300,142 +252,19 @@ class Arbiter:
         except OSError:  # full (the loop wakes anyway) or closed at the end
             pass
 
-    def _shared_ask(self, bucket: int, hold_s: float) -> bool:
-        assert self.shared is not None
-        return self.shared.ask_identify(bucket, hold_s, self.gate.reserve)
-
-    def _shared_identify_sent(self, bucket: int) -> None:
-        # If Redis does not answer, the bucket stays held until the grant's hold expires.
-        assert self.shared is not None
-        self.shared.identify_sent(bucket, self.gate.interval)
-
-    def _publish_budget(self, limit: Any, asked_ago_s: float) -> None:
-        """In the refresh thread: Discord's answer, less the grants since it was asked, becomes
-        the shared budget."""
-        self.coordinator.set_budget(limit.remaining, limit.reset_after / 1000, limit.total, asked_ago_s=asked_ago_s)
-
-    def _estimate_budget(self) -> int:
-        """In the refresh thread, Discord not reachable: the budget from the shared grant log."""
-        return self.coordinator.estimate_budget(ESTIMATE_TTL_S, default_total=self.gate.total)
-
     # -- answers from the other threads -------------------------------------------------------
     def _take_answers(self, now: float) -> None:
         """Handle what Redis and Discord answered since the last pass (never waits)."""
         if self.shared is not None:
             for answer in self.shared.answers():
-                self._on_shared_answer(answer, now)
-        if self.refresher is not None:
-            for refresh in self.refresher.answers():
-                self._on_refresh(refresh, now)
-            if self.coordinator is None and self.gate.refills != self._refills_seen:
-                self._refills_seen = self.gate.refills
-                self._refresh_wanted = True  # Discord's reset passed: ask what is really left
-            if self._refresh_wanted and self.refresher.request(now):
-                self._refresh_wanted = False
-                self._granted_at_refresh = self.gate.total_granted
-
-    def _on_shared_answer(self, answer: Answer, now: float) -> None:
-        if answer.error is not None:
-            self._redis_failed(answer.error)
-        elif answer.recovered:
-            log.warning("Redis answers again: identifies continue; saving every session to it again")
-            # A restarted Redis may have lost them: write them all again.
-            self._sessions_dirty = True
-            self._logged_at.pop("redis", None)
-        if answer.kind == "identify":
-            wait = REDIS_RETRY_S if answer.error is not None else answer.value
-            if wait == BUDGET_UNKNOWN:
-                self._log_every(
-                    "budget-unknown",
-                    logging.WARNING,
-                    "the shared identify budget is unknown (expired at Discord's reset, or Redis lost it): "
-                    "holding identifies until GET /gateway/bot refreshes it",
-                )
-                self._refresh_wanted = True
-                wait = BUDGET_UNKNOWN_RETRY_S
-            if answer.error is None:  # Redis down says nothing of the budget
-                self._shared_held = wait == float("inf")  # worded by _note_budget_hold
-            self.gate.shared_answer(answer.key, wait, now, started_at=answer.started)
-        elif answer.kind == "budget" and answer.error is None:
-            self._budget_cache = answer.value
-            if answer.value is None:
-                self._refresh_wanted = True
-
-    def _on_refresh(self, refresh: Refresh, now: float) -> None:
-        limit = refresh.limit
-        if limit is not None:
-            if self.coordinator is None:
-                # Grants since the request are not in Discord's count yet (some may be: the
-                # lower figure is the safe one).
-                since = self.gate.total_granted - self._granted_at_refresh
-                remaining = max(0, limit.remaining - since)
-                self.gate.set_budget(remaining, refresh.finished + limit.reset_after / 1000, limit.total)
-            else:
-                remaining = limit.remaining
-                if refresh.publish_error is None:
-                    self._budget_cache = remaining
-            log.info(
-                "identify budget from Discord: %d of %d left, resets in %.0f s%s",
-                remaining,
-                limit.total,
-                limit.reset_after / 1000,
-                " (shared in Redis)" if self.coordinator is not None and refresh.publish_error is None else "",
-            )
-            if refresh.publish_error is not None:
-                self._redis_failed(refresh.publish_error)
-            return
-        if refresh.estimated is not None:
-            self._budget_cache = refresh.estimated
-            log.warning(
-                "cannot refresh the identify budget from Discord (%s): %d left by the shared grant log, "
-                "for %.0f s",
-                refresh.error,
-                refresh.estimated,
-                ESTIMATE_TTL_S,
-            )
-            return
-        if refresh.publish_error is not None:
-            self._redis_failed(refresh.publish_error)
-        if self.coordinator is None:
-            self._refresh_wanted = self.gate.remaining is None  # keep trying while unknown
-        log.warning("cannot refresh the identify budget from Discord: %s", refresh.error)
-
-    def _identify_sent(self, shard: int, at: float, now: float) -> None:
-        """A child wrote an IDENTIFY at ``at``: the bucket's next one is timed from there."""
-        if at > now + 1.0:  # one clock for the host: a report from the future is a bug
-            log.warning("shard %d: identify written at a time %.1f s ahead; using now", shard, at - now)
-            at = now
-        self.gate.sent(shard, at)
-
-    def _restore_bucket_writes(self, now: float) -> None:
-        """The buckets a previous supervisor of this state dir granted lately (it may have been
-        killed a moment after an IDENTIFY): each counts as written at the latest its grant
-        allowed, so the first grant here keeps Discord's 5 s (Redis does this across hosts)."""
-        wall = time.time()
-        for bucket, written_by in self.store.bucket_writes(wall).items():
-            if bucket < self.gate.max_concurrency:
-                self.gate.written(bucket, now - (wall - written_by))
-                log.info(
-                    "identify bucket %d paced from the state dir (the last grant's write: by %+.1f s from now)",
-                    bucket, written_by - wall,
-                )  # fmt: skip
-
-    def _identify_budget(self, options: ArbiterOptions) -> tuple[int | None, float | None]:
-        """Discord's ``session_start_limit`` when known, else what the local log implies."""
-        granted = self.store.identifies()
-        if options.session_start_remaining is not None:
-            log.info(
-                "identify budget: %d left (Discord), %d granted here in the last 24 h",
-                options.session_start_remaining,
-                len(granted),
-            )
-            return options.session_start_remaining, options.session_start_reset_after
-        if not granted:
-            return None, None
-        remaining = max(0, (options.session_start_total or DAILY_TOTAL) - len(granted))
-        reset_after = granted[0] + IDENTIFY_WINDOW_S - time.time()
-        log.info("identify budget: about %d left by the local log (Discord not asked)", remaining)
-        return remaining, max(0.0, reset_after)
+                if answer.error is not None:
+                    self.logs.redis_failed(answer.error)
+                elif answer.recovered:
+                    log.warning("Redis answers again: identifies continue; saving every session to it again")
+                    self._sessions_dirty = True  # a restarted Redis may have lost them: write them all
+                    self.logs.redis_back()
+                self.budget.on_answer(answer, now)
+        self.budget.take_refreshes(now)
 
     # -- signals ------------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -605,8 +434,8 @@ class Arbiter:
                 target,
                 ShardSet(0, self.shard_count, tuple(self.all_shards)),
                 multiple=self.options.shard_count_multiple,
-                remaining=self._budget_remaining(),
-                reserve=self.gate.reserve,
+                remaining=self.budget.remaining(),
+                reserve=self.budget.reserve,
                 running=self.reshard,
             )
             if refused is None and (self.rolling or self.rolling_current is not None):
@@ -645,10 +474,10 @@ class Arbiter:
             if not run.live():
                 self._resharding = None
             return
-        if plan.phase is Phase.PREPARING and self.gate.waiting and self._budget_spent(now):
+        if plan.phase is Phase.PREPARING and self.gate.waiting and self.budget.spent(now):
             # the new set cannot finish identifying before Discord's reset: give up now, while
             # the old set serves, rather than wait hours with two sets connected
-            run.fail(f"the identify budget ran out ({self._budget_remaining()} left, the reserve)")
+            run.fail(f"the identify budget ran out ({self.budget.remaining()} left, the reserve)")
         if plan.running:
             old = [g.child for g in self.groups if g.child is not None]
             self.reshard = plan = run.step(plan, old, now)
@@ -832,11 +661,11 @@ class Arbiter:
         elif event == "identify_request":
             shard = data.get("shard")
             if shard in child.shard_set:
-                self.gate.request(child.pid, shard)
+                self.budget.request(child.pid, shard)
         elif event == "identify_sent":
             shard, at = data.get("shard"), data.get("at")
             if shard in child.shard_set and isinstance(at, (int, float)):
-                self._identify_sent(shard, float(at), now)
+                self.budget.sent(shard, float(at), now)
         elif event == "shard_state":
             self._on_shard_state(child, data)
         elif event == "stopped":
@@ -953,7 +782,7 @@ class Arbiter:
                         self._on_message(new, message)
                 self._unregister(new)
                 new.close()
-                self.gate.cancel(new.pid, now)
+                self.budget.cancel(new.pid, now)
                 self._resharding.exited(new, new.proc.returncode)  # type: ignore[union-attr]
 
     def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
@@ -963,72 +792,69 @@ class Arbiter:
                 self._on_message(child, message)
         self._unregister(child)
         child.close()
-        self.gate.cancel(child.pid, now)
+        self.budget.cancel(child.pid, now)
         self.metrics.child_exited(group.index, child.pid)  # its counters carry over
         self._granted.difference_update(child.shard_ids)
         group.child = None
         extra = {"group": group.index}
-        if self.member is not None and self.member.exited(group.index):
-            log.info("%s exited for its handover (%s)", child.label, exit_codes.describe(code), extra=extra)
-            return
-        if self._retiring:
-            log.info("%s of the old set exited (%s)", child.label, exit_codes.describe(code), extra=extra)
-            return
-        rolled = child.stopping_since is not None and code == exit_codes.OK
-        if self.rolling_current == group.index and rolled and not self.stopping:
-            # Only the clean exit we asked for; a crash or a fatal code of this group still goes
-            # through the checks below (a reset token must halt, not respawn at once).
+        decision = decide_exit(ExitContext(
+            code=code,
+            handed_over=self.member is not None and self.member.exited(group.index),
+            retiring=self._retiring,
+            rolling_clean=self.rolling_current == group.index and child.stopping_since is not None,
+            auto_reshard=self.auto is not None,
+            stopping=self.stopping,
+        ))  # fmt: skip
+        action, said = decision.action, exit_codes.describe(code)
+        if action is ExitAction.HANDED_OVER:
+            log.info("%s exited for its handover (%s)", child.label, said, extra=extra)
+        elif action is ExitAction.RETIRED:
+            log.info("%s of the old set exited (%s)", child.label, said, extra=extra)
+        elif action is ExitAction.ROLLED:
             group.start_at = now
             log.info("%s exited for the rolling restart", child.label, extra=extra)
-            return
-        close = exit_codes.fatal_close_of(code)
-        if close == Close.SHARDING_REQUIRED and self.auto is not None and not self.stopping:
-            shard = child.fatal_shard if child.fatal_shard is not None else child.shard_ids[0]
-            group.held[shard] = code
-            group.config = replace(group.config, shard_ids=[s for s in group.config.shard_ids if s != shard])
-            group.start_at = now  # its other shards resume at once
-            self._forget_session(shard)
-            self.auto.on_sharding_required(shard)
-            self._tell_orphans()
-            log.error(
-                "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
-                "its group's other shards resume, and asking Discord for the count to reshard to",
-                child.label, shard, extra=extra,
-            )  # fmt: skip
-            return
-        if close is not None:
-            log.critical(
-                "fatal: %s: Discord closed with %s; stopping everything, no restart",
-                child.label,
-                describe_close(close),
-                extra=extra,
-            )
+        elif action is ExitAction.HOLD_SHARD:
+            self._hold_for_reshard(group, child, code, now)
+        elif action is ExitAction.HALT and decision.close is not None:
+            log.critical("fatal: %s: Discord closed with %s; stopping everything, no restart",
+                         child.label, describe_close(decision.close), extra=extra)  # fmt: skip
             self.begin_stop(now, code)
-            return
-        if self.stopping:
-            log.info("%s stopped (%s)", child.label, exit_codes.describe(code), extra=extra)
-            return
-        if code == exit_codes.USAGE:
+        elif action is ExitAction.HALT:
             log.critical("%s: bad configuration (exit 2); stopping everything", child.label, extra=extra)
             self.begin_stop(now, exit_codes.USAGE)
-            return
+        elif action is ExitAction.STOPPED:
+            log.info("%s stopped (%s)", child.label, said, extra=extra)
+        else:
+            self._restart_later(group, child, code, now)
+
+    def _hold_for_reshard(self, group: Group, child: Child, code: int, now: float) -> None:
+        """A 4011 under ``--auto-reshard``: hold that shard down until the reshard replaces it."""
+        assert self.auto is not None
+        shard = child.fatal_shard if child.fatal_shard is not None else child.shard_ids[0]
+        group.held[shard] = code
+        group.config = replace(group.config, shard_ids=[s for s in group.config.shard_ids if s != shard])
+        group.start_at = now  # its other shards resume at once
+        self._forget_session(shard)
+        self.auto.on_sharding_required(shard)
+        self._tell_orphans()
+        log.error(
+            "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
+            "its group's other shards resume, and asking Discord for the count to reshard to",
+            child.label, shard, extra={"group": group.index},
+        )  # fmt: skip
+
+    def _restart_later(self, group: Group, child: Child, code: int, now: float) -> None:
         decision = group.policy.on_exit(now, child.uptime(now))
         group.start_at = now + decision.delay
         group.restarts += 1
         self.metrics.set_restarts(group.index, group.restarts)
         how = "recycled" if child.stopping_since is not None else f"died ({_describe_status(code)})"
+        extra = {"group": group.index}
         if decision.flapping:
-            log.error(
-                "%s is flapping (%d quick exits); holding it back %.0f s",
-                child.label,
-                decision.failures,
-                decision.delay,
-                extra=extra,
-            )
+            log.error("%s is flapping (%d quick exits); holding it back %.0f s",
+                      child.label, decision.failures, decision.delay, extra=extra)  # fmt: skip
         else:
-            log.warning(
-                "%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay, extra=extra
-            )
+            log.warning("%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay, extra=extra)
 
     def _check_children(self, now: float) -> None:
         sample = now >= self._next_sample
@@ -1074,10 +900,7 @@ class Arbiter:
                     child.stop(now)
 
     def _grant_identifies(self, now: float) -> None:
-        for grant in self.gate.due(now):
-            wall = time.time()  # written off the loop (a stalled disk must not stop it)
-            bucket = self.gate.bucket(grant.shard_id)
-            self.writer.record_identify(self.store, wall, bucket, wall + grant.expires - now)
+        for grant in self.budget.step(now):
             self._granted.add(grant.shard_id)
             children = [g.child for g in self.groups] + (self._resharding.live() if self._resharding is not None else [])
             for child in children:
@@ -1086,14 +909,10 @@ class Arbiter:
                         "identify_grant",
                         {"shard": grant.shard_id, "not_before": grant.not_before, "expires": grant.expires},
                     )
-        self._note_budget_hold(now)
-        if self.shared is not None and now >= self._next_budget_read:
-            self._next_budget_read = now + BUDGET_READ_S
-            self.shared.read_budget()
         self.metrics.set_supervisor(
-            identify_budget_remaining=self._budget_remaining(),
-            identify_budget_reserve=self.gate.reserve,
-            identify_held=self.hold.held,
+            identify_budget_remaining=self.budget.remaining(),
+            identify_budget_reserve=self.budget.reserve,
+            identify_held=self.budget.hold.held,
             identifies_granted=self.gate.total_granted,
             identify_waiting=self.gate.waiting,
             shards_ready=self._ready_count(),
@@ -1242,29 +1061,6 @@ class Arbiter:
             self.shared.save_sessions(count, mine, sorted(forget))  # never another node's
         self._forgotten.clear()
 
-    def _note_budget_hold(self, now: float) -> None:
-        """Whether identifies are held at the reserve now; one loud line when that begins."""
-        reset_in = None if self.coordinator is not None or self.gate.reset_at is None else self.gate.reset_at - now
-        change = self.hold.update(
-            self.gate.waiting, self._budget_remaining(), self._budget_spent(now) or self._shared_held, now, reset_in
-        )
-        if change is not None:
-            line, loud = change
-            log.log(logging.ERROR if loud else logging.INFO, "%s", line)
-
-    def _budget_spent(self, now: float) -> bool:
-        """Whether the identify budget is down to its reserve: the gate's, or the shared one as
-        last read (another host may have spent it)."""
-        if self.coordinator is None:
-            return self.gate.budget_exhausted(now)
-        return self._budget_cache is not None and self._budget_cache <= self.gate.reserve
-
-    def _budget_remaining(self) -> int | None:
-        """The identifies left: the gate's, or the shared one as last read (never a Redis call)."""
-        if self.coordinator is None:
-            return self.gate.remaining
-        return self._budget_cache
-
     def group(self, index: int) -> Group:
         """The group numbered ``index`` (after a reshard the numbers do not start at 0)."""
         return next(g for g in self.groups if g.index == index)
@@ -1368,8 +1164,8 @@ class Arbiter:
                 for g in self.groups
                 if self._runs(g)
             ],
-            "identify_budget_remaining": self._budget_remaining(),
-            "identify_hold": self.hold.describe(self._budget_remaining()),
+            "identify_budget_remaining": self.budget.remaining(),
+            "identify_hold": self.budget.hold.describe(self.budget.remaining()),
             "identifies_granted": self.gate.total_granted,
             # With --redis-url: whether its last call succeeded, and the requests waiting for it.
             "redis": None

@@ -133,8 +133,8 @@ class IdentifyBudget:
     def _on_refresh(self, refresh: Refresh, now: float) -> None:
         raise NotImplementedError
 
-    def close(self, timeout: float) -> None:
-        pass
+    def on_answer(self, answer: Answer, now: float) -> None:
+        """Redis' answers (only the shared budget asks Redis)."""
 
 
 class LocalBudget(IdentifyBudget):
