@@ -30,12 +30,12 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from shard_worker import exit_codes
 from shard_worker.config import SavedSession, WorkerConfig
-from shard_worker.gateway.protocol import describe_close, identify_bucket
+from shard_worker.gateway.protocol import describe_close
 from shard_worker.ipc import Message
 from shard_worker.shard_ranges import format_shard_ids
 from supervisor.cluster.member import ClusterMember
@@ -44,20 +44,23 @@ from supervisor.coord.shared_state import SharedState
 from supervisor.core.child import Child
 from supervisor.core.control import ControlServer
 from supervisor.core.exits import ExitAction, ExitContext, decide_exit
+from supervisor.core.groups import Group
+from supervisor.core.options import ArbiterOptions
 from supervisor.core.restart_policy import RestartPolicy
 from supervisor.core.state_store import StateStore
 from supervisor.core.state_writer import StateWriter
 from supervisor.identify.budget import IdentifyBudget, make_budget
 from supervisor.identify.hold import default_reserve
 from supervisor.identify.refresh import BudgetRefresher
+from supervisor.observe import status
 from supervisor.observe.metrics import MetricsServer, MetricsState
 from supervisor.observe.progress import (
     LiveLine,
     Progress,
+    StartWatch,
     estimate,
-    format_elapsed,
-    format_progress,
     gate_view,
+    start_progress,
 )
 from supervisor.observe.sd_notify import Notifier, ServiceNotes
 from supervisor.reshard import shard_sets
@@ -70,59 +73,6 @@ log = logging.getLogger("supervisor.core.arbiter")
 #: At the end of a run, the last sessions get this long to reach Redis.
 SHUTDOWN_FLUSH_S = 3.0
 
-
-
-@dataclass
-class ArbiterOptions:
-    state_dir: str = "state"
-    #: A child that sends no IPC heartbeat for this long is stopped and replaced.
-    heartbeat_timeout: float = 30.0
-    #: A stopping child gets this long before SIGKILL.
-    stop_grace: float = 8.0
-    max_memory_mb: float | None = None
-    sample_interval: float = 5.0
-    save_interval: float = 1.0
-    session_start_remaining: int | None = None
-    session_start_reset_after: float | None = None  # seconds from start
-    #: Discord's ``session_start_limit.total`` (the budget after each reset); None: 1000.
-    session_start_total: int | None = None
-    #: ``GET /gateway/bot`` (returns a ``GatewayBot``), run off the loop to refresh the budget;
-    #: None: Discord is never asked again after the start.
-    fetch_gateway_bot: Any = None
-    restart_policy: dict[str, Any] = field(default_factory=dict)
-    #: ``(host, port)`` to serve Prometheus ``/metrics`` on; None: no HTTP server.
-    metrics_addr: tuple[str, int] | None = None
-    #: ``text`` or ``json``, for the children (``SPECTACLES_LOG_FORMAT``); None: inherited.
-    log_format: str | None = None
-    #: The live progress line on stderr; None: when stderr is a terminal and logs are text.
-    live_progress: bool | None = None
-    #: Shared identify buckets, budget and sessions across hosts (``--redis-url``); None: local.
-    coordinator: Any = None
-    #: A reshard's target must be a multiple of this (Discord's rule for large bots).
-    shard_count_multiple: int = 1
-    #: ``--auto-reshard``: seconds between two checks of Discord's recommended count, and a
-    #: 4011 starts a reshard instead of halting (:mod:`supervisor.reshard.auto`); None: off.
-    auto_reshard_interval: float | None = None
-    #: Cluster mode (``start --cluster``): the node's rounds (a
-    #: :class:`~supervisor.cluster.node.ClusterNode`); the groups run are those it leases.
-    cluster: Any = None
-    #: Identifies never spent on our own (``--identify-reserve``); None: one full restart of
-    #: the shards configured here (:func:`supervisor.identify.hold.default_reserve`).
-    identify_reserve: int | None = None
-
-
-@dataclass
-class Group:
-    index: int
-    config: WorkerConfig
-    policy: RestartPolicy
-    child: Child | None = None
-    start_at: float = 0.0  # monotonic time the next child may start
-    restarts: int = 0
-    #: Shards taken out of the group, with the fatal exit code of their close: a 4011 under
-    #: ``--auto-reshard`` (restarting it would only meet 4011 again); the reshard that
-    #: replaces the set brings them back. The group's other shards run on.
-    held: dict[int, int] = field(default_factory=dict)
 
 
 class Arbiter:
@@ -221,14 +171,12 @@ class Arbiter:
         self.metrics_server: MetricsServer | None = None
         #: Shards granted an identify and not READY since (they need no other grant).
         self._granted: set[int] = set()
-        #: Since when not every shard is READY (None: all are); the start counts from here.
-        self._progress_since: float | None = now
-        self._all_ready_once = False
-        self._next_draw = 0.0
         live = options.live_progress
         if live is None:
             live = options.log_format != "json" and _isatty(sys.stderr)
         self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
+        #: Until every shard is READY (again): the live line, then one summary line.
+        self.start = StartWatch(self.live, now)
         #: systemd's notify socket (a no-op without ``$NOTIFY_SOCKET``) and what to tell it.
         self.notifier = Notifier()
         self.notes = ServiceNotes(self.notifier.watchdog_s)
@@ -538,7 +486,7 @@ class Arbiter:
         auto, asker = self.auto, self.recommender
         if auto is None or asker is None or self.stopping:
             return
-        if self._all_ready_once:
+        if self.start.all_ready_once:
             auto.all_ready(now)
         for answer in asker.answers():
             decision = auto.answer(self.shard_count, answer.recommended, str(answer.error) if answer.error else None)
@@ -581,7 +529,7 @@ class Arbiter:
             due = self._resharding.timeout(self.reshard, now)
             if due is not None:
                 timeout = min(timeout, due)
-        if self.live is not None and self._progress_since is not None and not self.stopping:
+        if self.start.drawing and not self.stopping:
             timeout = 0.25  # the live line counts down
         grant_at = self.gate.next_time(now)
         if grant_at is not None:
@@ -718,7 +666,7 @@ class Arbiter:
         if self.member is not None:
             self.member.shard_state(child.group, str(state), time.monotonic())
         if state == "ready":
-            if shard not in child.ready and self._progress_since is not None and not self.stopping:
+            if shard not in child.ready and self.start.since is not None and not self.stopping:
                 # the start's progress in logs (a terminal shows the live line instead)
                 log.log(
                     logging.DEBUG if self.live is not None else logging.INFO,
@@ -987,56 +935,12 @@ class Arbiter:
         return sum(len(g.child.ready) for g in self.groups if g.child is not None)
 
     def _progress(self, now: float) -> None:
-        """The live line while some shard is not READY (a terminal); a summary when all are."""
-        if self.stopping:
-            if self.live is not None:
-                self.live.clear()
-            return
-        total = len(self.all_shards)
-        ready = self._ready_count()
-        if ready >= total:
-            if self._progress_since is not None:
-                if self.live is not None:
-                    self.live.clear()
-                elapsed = format_elapsed(now - self._progress_since)
-                if self._all_ready_once:
-                    log.info("all %d shards ready again after %s", total, elapsed)
-                else:
-                    log.info("all %d shards ready in %s", total, elapsed)
-                self._progress_since = None
-                self._all_ready_once = True
-            return
-        if self._progress_since is None:
-            self._progress_since = now
-        if self.live is not None and now >= self._next_draw:
-            self._next_draw = now + 0.2
-            self.live.show(format_progress(self.progress(now)))
+        self.start.step(now, self._ready_count(), len(self.all_shards), self.stopping, lambda: self.progress(now))
 
     def progress(self, now: float) -> Progress:
-        """The :class:`supervisor.observe.progress.Progress` of the shards' start, from the gate."""
-        view = gate_view(self.gate, now)
-        ready: set[int] = set()
-        for group in self.groups:
-            if group.child is not None:
-                ready |= group.child.ready
-        expected: dict[int, int] = {}
-        for shard in self.all_shards:
-            # not READY, not asking yet, nothing to resume, not granted: it will ask soon
-            if shard in ready or shard in view.waiting_shards or shard in self.sessions or shard in self._granted:
-                continue
-            bucket = identify_bucket(shard, self.gate.max_concurrency)
-            expected[bucket] = expected.get(bucket, 0) + 1
-        return estimate(
-            len(ready),
-            len(self.all_shards),
-            queued=view.queued,
-            free_at=view.free_at,
-            interval=self.gate.interval,
-            now=now,
-            expected=expected,
-            hold_until=view.hold_until,
-            settle=1.0,
-        )
+        """The start's :class:`~supervisor.observe.progress.Progress`, from the gate."""
+        ready = {s for g in self.groups if g.child is not None for s in g.child.ready}
+        return start_progress(self.gate, ready, self.all_shards, self.sessions, self._granted, now)
 
     def _maybe_save(self, now: float) -> None:
         if self._sessions_dirty and now >= self._next_save:
@@ -1090,8 +994,8 @@ class Arbiter:
         self.all_shards = [s for g in running for s in g.config.shard_ids]
         self._my_shards = frozenset(self.all_shards)
         self.metrics.set_groups({g.index: g.config.shard_ids for g in running})
-        if self._ready_count() < len(self.all_shards) and self._progress_since is None:
-            self._progress_since = now
+        if self._ready_count() < len(self.all_shards):
+            self.start.not_all_ready(now)
 
     # -- status -------------------------------------------------------------------------------
     def _reshard_status(self) -> dict[str, Any] | None:
@@ -1122,65 +1026,24 @@ class Arbiter:
         return dict(self._reshard_ends)
 
     def status(self) -> dict[str, Any]:
+        """The ``status`` document (``supervisor.observe.status``)."""
         now = time.monotonic()
-        shards = []
-        for group in (g for g in self.groups if self._runs(g)):
-            child = group.child
-            report = child.shard_reports if child else {}
-            for shard in sorted([*group.config.shard_ids, *group.held]):
-                info = report.get(str(shard), {}) if shard not in group.held else {"state": "held"}
-                shards.append(
-                    {
-                        "shard": shard,
-                        "group": group.index,
-                        "pid": child.pid if child else None,
-                        "state": "stalled"
-                        if child is not None and self.metrics.is_stalled(shard)
-                        else info.get("state", "down" if child is None else "starting"),
-                        "seq": info.get("seq"),
-                        "latency_ms": info.get("latency_ms"),
-                        "published": info.get("published", 0),
-                        "received": info.get("received", 0),
-                        "reconnects": info.get("reconnects", 0),
-                        "resumes": info.get("resumes", 0),
-                        "identifies": info.get("identifies", 0),
-                        "rss": child.rss if child else None,
-                    }
-                )
+        running = [g for g in self.groups if self._runs(g)]
+        remaining = self.budget.remaining()
         return {
             "shard_count": self.shard_count,
             "shards_label": format_shard_ids(self.all_shards),
             "uptime": round(now - self.started_at, 1),
-            "groups": [
-                {
-                    "group": g.index,
-                    "shards": format_shard_ids(g.config.shard_ids),
-                    "pid": g.child.pid if g.child else None,
-                    "restarts": g.restarts,
-                    "rss": g.child.rss if g.child else None,
-                    "cpu_percent": g.child.cpu_percent if g.child else None,
-                    "uptime": round(g.child.uptime(now), 1) if g.child else None,
-                }
-                for g in self.groups
-                if self._runs(g)
-            ],
-            "identify_budget_remaining": self.budget.remaining(),
-            "identify_hold": self.budget.hold.describe(self.budget.remaining()),
+            "groups": status.group_rows(running, now),
+            "identify_budget_remaining": remaining,
+            "identify_hold": self.budget.hold.describe(remaining),
             "identifies_granted": self.gate.total_granted,
-            # With --redis-url: whether its last call succeeded, and the requests waiting for it.
-            "redis": None
-            if self.shared is None
-            else {"answering": not self.shared.failing, "pending": self.shared.pending},
+            "redis": status.redis_block(self.shared),
             "reshard": self._reshard_status(),
-            "auto_reshard": None if self.auto is None else {
-                "interval_s": self.auto.interval_s,
-                "next_check_in": None if self.auto.next_check is None else round(max(0.0, self.auto.next_check - now), 1),
-                "held": sorted(shard for g in self.groups for shard in g.held),
-            },
+            "auto_reshard": status.auto_reshard_block(self.auto, self.groups, now),
             "cluster": None if self.member is None else self.member.describe(),
-            "shards": shards,
+            "shards": status.shard_rows(running, self.metrics.is_stalled),
         }
-
 
 def _isatty(stream: Any) -> bool:
     try:

@@ -13,9 +13,12 @@ of the arbiter draws it again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+#: the start's lines (under the arbiter's logger, where operators look for them)
+_log = logging.getLogger("supervisor.core.arbiter")
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,68 @@ class LiveLine:
                 return True
 
         return _Wipe()
+
+
+def start_progress(gate: Any, ready: set[int], shards: Iterable[int], resumable: Collection[int],
+                   granted: Collection[int], now: float) -> Progress:
+    """The :class:`Progress` of the shards' start from the identify gate: the shards neither
+    READY, nor waiting for a grant, nor resumable, nor granted will ask soon."""
+    view = gate_view(gate, now)
+    total = 0
+    expected: dict[int, int] = {}
+    for shard in shards:
+        total += 1
+        if shard in ready or shard in view.waiting_shards or shard in resumable or shard in granted:
+            continue
+        bucket = gate.bucket(shard)
+        expected[bucket] = expected.get(bucket, 0) + 1
+    return estimate(len(ready), total, queued=view.queued, free_at=view.free_at, interval=gate.interval, now=now,
+                    expected=expected, hold_until=view.hold_until, settle=1.0)  # fmt: skip
+
+
+class StartWatch:
+    """How long until every shard is READY (again): the live line on a terminal while not,
+    one summary line when they are."""
+
+    #: the live line is drawn at most this often
+    DRAW_EVERY_S = 0.2
+
+    def __init__(self, live: LiveLine | None, now: float) -> None:
+        self.live = live
+        #: since when not every shard is READY (None: all are); the start counts from here
+        self.since: float | None = now
+        self.all_ready_once = False
+        self._next_draw = 0.0
+
+    def step(self, now: float, ready: int, total: int, stopping: bool, progress: Callable[[], Progress]) -> None:
+        if stopping:
+            if self.live is not None:
+                self.live.clear()
+            return
+        if ready >= total:
+            if self.since is not None:
+                if self.live is not None:
+                    self.live.clear()
+                elapsed = format_elapsed(now - self.since)
+                if self.all_ready_once:
+                    _log.info("all %d shards ready again after %s", total, elapsed)
+                else:
+                    _log.info("all %d shards ready in %s", total, elapsed)
+                self.since = None
+                self.all_ready_once = True
+            return
+        if self.since is None:
+            self.since = now
+        if self.live is not None and now >= self._next_draw:
+            self._next_draw = now + self.DRAW_EVERY_S
+            self.live.show(format_progress(progress()))
+
+    def not_all_ready(self, now: float) -> None:
+        """The shards run here changed and some are not READY: count from now."""
+        if self.since is None:
+            self.since = now
+
+    @property
+    def drawing(self) -> bool:
+        """The live line counts down (the loop then passes every 0.25 s)."""
+        return self.live is not None and self.since is not None
