@@ -47,6 +47,7 @@ from supervisor.core.exits import ExitAction, ExitContext, decide_exit
 from supervisor.core.groups import Group
 from supervisor.core.options import ArbiterOptions
 from supervisor.core.restart_policy import RestartPolicy
+from supervisor.core.sessions import SessionBook
 from supervisor.core.state_store import StateStore
 from supervisor.core.state_writer import StateWriter
 from supervisor.identify.budget import IdentifyBudget, make_budget
@@ -93,16 +94,15 @@ class Arbiter:
         self.logs = LogEvery()
         #: The state dir's writes, off the loop (:mod:`supervisor.core.state_writer`).
         self.writer = StateWriter()
-        self.sessions: dict[int, SavedSession] = self.store.load_sessions()
-        if self.sessions:
-            log.info("resuming %d saved sessions from %s", len(self.sessions), self.store.dir)
+        #: Redis off the loop (None without ``--redis-url``).
+        self.shared: SharedState | None = None
         if self.coordinator is not None:
-            # Before the loop exists (nothing to stall yet): one read, at most the socket timeout.
-            shared = self._shared(self.coordinator.load_sessions, self.shard_count, self.all_shards) or {}
-            if shared:
-                # Redis is written with every save, by whichever host ran these shards last.
-                log.info("resuming %d sessions found in Redis", len(shared))
-                self.sessions.update(shared)
+            self.shared = SharedState(self.coordinator, wake=self._wake)
+        #: Every shard's last session, saved to the state dir and Redis.
+        self.book = SessionBook(self.store, self.writer, self.shared, options.save_interval)
+        # Before the loop exists (nothing to stall yet): Redis read once, at most the socket timeout.
+        self.book.load(self.shard_count, self.all_shards, None if self.coordinator is None else (
+            lambda count, shards: self._shared(self.coordinator.load_sessions, count, shards)))  # fmt: skip
         self.groups = [
             Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
         ]
@@ -118,13 +118,9 @@ class Arbiter:
                 self.coordinator.set_fence(
                     lambda count, shard: node.store.lease_key(count, shard // node.per_group), node.store.owner
                 )
-            self.sessions = {}
+            self.book.sessions = {}
             self.all_shards, self._my_shards = [], frozenset()
         now = time.monotonic()
-        #: Redis off the loop (None without ``--redis-url``).
-        self.shared: SharedState | None = None
-        if self.coordinator is not None:
-            self.shared = SharedState(self.coordinator, wake=self._wake)
         #: Who may IDENTIFY, and how many are left today: local or shared (Redis).
         self.budget: IdentifyBudget = make_budget(
             max_concurrency=template.max_concurrency,
@@ -161,10 +157,6 @@ class Arbiter:
         self._reshard_ends: dict[str, int] = {}
         self._reshard_counted: Reshard | None = None
         self.started_at = now
-        self._sessions_dirty = False
-        #: Shards whose session was invalidated since the last save (to delete in Redis too).
-        self._forgotten: set[int] = set()
-        self._next_save = 0.0
         self._next_sample = 0.0
         self.control: ControlServer | None = None
         self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups if self._runs(g)})
@@ -209,7 +201,7 @@ class Arbiter:
                     self.logs.redis_failed(answer.error)
                 elif answer.recovered:
                     log.warning("Redis answers again: identifies continue; saving every session to it again")
-                    self._sessions_dirty = True  # a restarted Redis may have lost them: write them all
+                    self.book.dirty = True  # a restarted Redis may have lost them: write them all
                     self.logs.redis_back()
                 self.budget.on_answer(answer, now)
         self.budget.take_refreshes(now)
@@ -432,7 +424,7 @@ class Arbiter:
             if run.old_stopped:
                 self._retiring = True
         if plan.phase is Phase.DRAINING:
-            self._sessions_dirty = True  # the new set's, saved under its count (_save_sessions)
+            self.book.dirty = True  # the new set's, saved under its count (_save_sessions)
         if plan.phase is Phase.DRAINING and self._retiring and not any(g.child for g in self.groups):
             self._adopt(run, now)
         elif plan.phase is Phase.ABORTED and not run.live():
@@ -456,7 +448,7 @@ class Arbiter:
         self.all_shards = list(range(new_count))
         self._my_shards = frozenset(self.all_shards)
         self.store = StateStore(self.options.state_dir, new_count)
-        self.sessions = dict(run.sessions)
+        self.book.adopt(self.store, run.sessions)
         self._granted.clear()
         self._retiring = False
         self._resharding = None
@@ -690,20 +682,11 @@ class Arbiter:
             )
 
     def _forget_session(self, shard: int) -> None:
-        if self.sessions.pop(shard, None) is not None:
-            self._sessions_dirty = True
-            self._forgotten.add(shard)
+        self.book.forget(shard)
 
     def _update_session(self, child: Child, shard: int, session: Any) -> None:
-        if shard not in child.shard_set or not isinstance(session, dict):
-            return
-        try:
-            saved = SavedSession(str(session["session_id"]), session.get("seq"), str(session["resume_gateway_url"]))
-        except (KeyError, TypeError):
-            return
-        if self.sessions.get(shard) != saved:
-            self.sessions[shard] = saved
-            self._sessions_dirty = True
+        if shard in child.shard_set:
+            self.book.update(shard, session)
 
     def _reap(self, now: float) -> None:
         while True:
@@ -908,7 +891,7 @@ class Arbiter:
         """What a (re)started child of ``group`` is given: its sessions, and during a reshard's
         cut-over the cut-over point (a child replacing one that crashed after the old set was
         told ``T`` must apply it from its start)."""
-        sessions = {s: self.sessions[s] for s in group.config.shard_ids if s in self.sessions}
+        sessions = self.book.of(group.config.shard_ids)
         plan = self.reshard
         cutover = None
         if self._resharding is not None and plan is not None and plan.phase in (Phase.CUTOVER, Phase.DRAINING):
@@ -943,27 +926,27 @@ class Arbiter:
         return start_progress(self.gate, ready, self.all_shards, self.sessions, self._granted, now)
 
     def _maybe_save(self, now: float) -> None:
-        if self._sessions_dirty and now >= self._next_save:
-            self._save_sessions()
-            self._next_save = now + self.options.save_interval
+        self.book.maybe_save(now, self.shard_count, self._my_shards, self._draining_sessions())
 
     def _save_sessions(self) -> None:
-        store, sessions, count, mine_ids = self.store, self.sessions, self.shard_count, self._my_shards
+        self.book.save(self.shard_count, self._my_shards, self._draining_sessions())
+
+    def _draining_sessions(self) -> tuple[StateStore, dict[int, SavedSession]] | None:
+        """Past a reshard's cut-over point the new set serves and the old one's sessions are
+        about to end: a supervisor killed now must come back with the new set's sessions, not
+        identify everything (issue 20, defect 4)."""
         run, plan = self._resharding, self.reshard
         if run is not None and plan is not None and plan.phase is Phase.DRAINING:
-            # Past the cut-over point the new set serves and the old one's sessions are about
-            # to end: a supervisor killed now must come back with the new set's sessions, not
-            # identify everything (issue 20, defect 4).
-            count = plan.new.shard_count
-            store, sessions, mine_ids = StateStore(self.options.state_dir, count), run.sessions, frozenset(range(count))
-        self.writer.save_sessions(store, sessions)  # off the loop; a failed write is retried there
-        self._sessions_dirty = False
-        if self.shared is not None:
-            # Handed to the Redis thread: the latest snapshot wins, a failed save is retried.
-            mine = {s: v for s, v in sessions.items() if s in mine_ids}
-            forget = (self._forgotten & mine_ids) - set(sessions) if count == self.shard_count else set()
-            self.shared.save_sessions(count, mine, sorted(forget))  # never another node's
-        self._forgotten.clear()
+            return StateStore(self.options.state_dir, plan.new.shard_count), run.sessions
+        return None
+
+    @property
+    def sessions(self) -> dict[int, SavedSession]:
+        return self.book.sessions
+
+    @sessions.setter
+    def sessions(self, sessions: dict[int, SavedSession]) -> None:
+        self.book.sessions = sessions
 
     def group(self, index: int) -> Group:
         """The group numbered ``index`` (after a reshard the numbers do not start at 0)."""
@@ -975,18 +958,16 @@ class Arbiter:
 
     def cluster_sessions(self, group: int, sessions: dict[int, SavedSession]) -> None:
         """A group was acquired: Redis' sessions for its shards are the ones to resume."""
-        for shard in self.group(group).config.shard_ids:
-            self.sessions.pop(shard, None)
-        self.sessions.update(sessions)
+        self.book.replace(self.group(group).config.shard_ids, sessions)
         self.group(group).start_at = time.monotonic()
 
     def cluster_sessions_lost(self) -> None:
         """Redis forgot everything: write every session this node holds again (its leases are
         re-asserted in the same round, so the fenced writes go through)."""
-        self._sessions_dirty = True
+        self.book.dirty = True
 
     def group_sessions(self, group: int) -> dict[int, SavedSession]:
-        return {s: self.sessions[s] for s in self.group(group).config.shard_ids if s in self.sessions}
+        return self.book.of(self.group(group).config.shard_ids)
 
     def cluster_groups_changed(self, now: float) -> None:
         """The leased groups changed: the shards this node runs, its metrics, its progress."""
