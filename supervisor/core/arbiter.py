@@ -47,6 +47,7 @@ from supervisor.core.exits import ExitAction, ExitContext, decide_exit
 from supervisor.core.groups import Group
 from supervisor.core.options import ArbiterOptions
 from supervisor.core.restart_policy import RestartPolicy
+from supervisor.core.rolling import RollingRestart
 from supervisor.core.sessions import SessionBook
 from supervisor.core.state_store import StateStore
 from supervisor.core.state_writer import StateWriter
@@ -145,8 +146,8 @@ class Arbiter:
         self.signal_queue: deque[int] = deque()
         self.stopping = False
         self.exit_code = exit_codes.OK
-        self.rolling: deque[int] = deque()
-        self.rolling_current: int | None = None
+        #: SIGHUP's one group at a time (core/rolling.py).
+        self.rolling = RollingRestart()
         #: The running (or last) reshard, see :mod:`supervisor.reshard.shard_sets`; None: never asked.
         self.reshard: Reshard | None = None
         #: The new set's children while a reshard runs (:mod:`supervisor.reshard.run`).
@@ -347,12 +348,12 @@ class Arbiter:
         if self.reshard is not None and self.reshard.running:
             log.info("no rolling restart while a reshard runs")
             return False
-        if self.rolling or self.rolling_current is not None:
+        if self.rolling.running:
             log.info("rolling restart already in progress")
             return False
         run = [g.index for g in self.groups if self._runs(g)]
         log.info("rolling restart of %d groups, one at a time", len(run))
-        self.rolling.extend(run)
+        self.rolling.begin(run)
         return True
 
     def begin_reshard(self, request: Any) -> dict[str, Any]:
@@ -378,7 +379,7 @@ class Arbiter:
                 reserve=self.budget.reserve,
                 running=self.reshard,
             )
-            if refused is None and (self.rolling or self.rolling_current is not None):
+            if refused is None and self.rolling.running:
                 refused = Refusal("running", "a rolling restart is running: try again once it is done")
             if refused is None:
                 return self._start_reshard(target)
@@ -504,10 +505,9 @@ class Arbiter:
         """The loop passed: stamp ``/healthz`` and tell systemd what changed (``sd_notify``)."""
         self.metrics.tick(now)
         if self.notifier.enabled:
-            rolling = bool(self.rolling) or self.rolling_current is not None
             settled = self.member is not None and self.member.node.settled  # a node may hold no group
             lines = self.notes.on_pass(
-                now, self._ready_count(), len(self.all_shards), rolling=rolling, stopping=self.stopping, empty_ok=settled
+                now, self._ready_count(), len(self.all_shards), rolling=self.rolling.running, stopping=self.stopping, empty_ok=settled
             )
             self.notifier.send(lines)
 
@@ -732,7 +732,7 @@ class Arbiter:
             code=code,
             handed_over=self.member is not None and self.member.exited(group.index),
             retiring=self._retiring,
-            rolling_clean=self.rolling_current == group.index and child.stopping_since is not None,
+            rolling_clean=self.rolling.current == group.index and child.stopping_since is not None,
             auto_reshard=self.auto is not None,
             stopping=self.stopping,
         ))  # fmt: skip
@@ -855,30 +855,9 @@ class Arbiter:
 
     def _advance_rolling(self, now: float) -> None:
         if self.stopping:
-            self.rolling.clear()
-            self.rolling_current = None
-            return
-        if self.rolling_current is not None:
-            group = self.group(self.rolling_current)
-            child = group.child
-            if not self._runs(group):
-                self.rolling_current = None  # handed over or fenced meanwhile (cluster mode)
-            elif child is None or child.stopping_since is not None:
-                return  # still stopping, or waiting to start
-            elif set(child.ready) >= set(child.shard_ids):
-                log.info("rolling restart: group %d ready", group.index, extra={"group": group.index})
-                self.rolling_current = None
-            else:
-                return
-        while self.rolling and not self._runs(self.group(self.rolling[0])):
-            self.rolling.popleft()
-        if self.rolling:
-            index = self.rolling.popleft()
-            group = self.group(index)
-            self.rolling_current = index
-            if group.child is not None:
-                log.info("rolling restart: stopping group %d", index, extra={"group": index})
-                group.child.stop(now)
+            self.rolling.cancel()
+        else:
+            self.rolling.step(now, self.group, self._runs)
 
     def _spawn_missing(self, now: float) -> None:
         if self._retiring:

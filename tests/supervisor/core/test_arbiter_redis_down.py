@@ -72,7 +72,7 @@ def test_a_fatal_exit_during_a_rolling_restart_still_halts_everything(tmp_path):
     config = WorkerConfig(shard_ids=[0, 1], shard_count=2, gateway_url="ws://127.0.0.1:1", token="t" * 20)
     arbiter = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state")))
     group = arbiter.groups[0]
-    arbiter.rolling_current = 0
+    arbiter.rolling.current = 0
     # the clean exit we asked for: restarted at once
     group.child = FakeChild(11, stopping=True)
     arbiter._on_exit(group, group.child, 0, now=5.0)

@@ -146,7 +146,7 @@ def _on_exit_reference(
 ) -> ExitDecision:
     """Arbiter._on_exit's if-chain, transcribed with its side effects replaced by the decision.
 
-    ``rolling_child``: ``self.rolling_current == group.index and child.stopping_since is not None``.
+    ``rolling_child``: ``self.rolling.current == group.index and child.stopping_since is not None``.
     """
     close = exit_codes.fatal_close_of(code)
     if handed_over:
