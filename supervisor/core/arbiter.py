@@ -60,15 +60,14 @@ from supervisor.observe.progress import (
     LiveLine,
     Progress,
     StartWatch,
-    estimate,
-    gate_view,
     start_progress,
 )
 from supervisor.observe.sd_notify import Notifier, ServiceNotes
 from supervisor.reshard import shard_sets
 from supervisor.reshard.auto import MIN_INTERVAL_S, AutoReshard
-from supervisor.reshard.run import ReshardRun, new_set_configs
-from supervisor.reshard.shard_sets import Phase, Refusal, Reshard, ShardSet
+from supervisor.reshard.controller import ReshardController
+from supervisor.reshard.run import ReshardRun
+from supervisor.reshard.shard_sets import Refusal
 
 log = logging.getLogger("supervisor.core.arbiter")
 
@@ -136,27 +135,19 @@ class Arbiter:
             coordinator=self.coordinator, shared=self.shared, now=now, wake=self._wake,
         )  # fmt: skip
         self.gate = self.budget.gate
-        #: ``--auto-reshard``'s policy, and its own ``GET /gateway/bot`` thread (None: off).
-        self.auto: AutoReshard | None = None
-        self.recommender: BudgetRefresher | None = None
-        if options.auto_reshard_interval is not None and options.fetch_gateway_bot is not None:
-            self.auto = AutoReshard(options.auto_reshard_interval, options.shard_count_multiple)
-            self.recommender = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake, min_interval=MIN_INTERVAL_S)
         self.selector = selectors.DefaultSelector()
         self.signal_queue: deque[int] = deque()
         self.stopping = False
         self.exit_code = exit_codes.OK
         #: SIGHUP's one group at a time (core/rolling.py).
         self.rolling = RollingRestart()
-        #: The running (or last) reshard, see :mod:`supervisor.reshard.shard_sets`; None: never asked.
-        self.reshard: Reshard | None = None
-        #: The new set's children while a reshard runs (:mod:`supervisor.reshard.run`).
-        self._resharding: ReshardRun | None = None
-        #: The old set is being stopped after a reshard's cut-over: its groups are not restarted.
-        self._retiring = False
-        #: Reshards ended, by outcome (``/metrics``), and the last one counted.
-        self._reshard_ends: dict[str, int] = {}
-        self._reshard_counted: Reshard | None = None
+        #: Live resharding and ``--auto-reshard`` (reshard/controller.py).
+        auto, recommender = None, None
+        if options.auto_reshard_interval is not None and options.fetch_gateway_bot is not None:
+            auto = AutoReshard(options.auto_reshard_interval, options.shard_count_multiple)
+            recommender = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake, min_interval=MIN_INTERVAL_S)
+        self.reshard = ReshardController(self, multiple=options.shard_count_multiple, log_format=options.log_format,
+                                         auto=auto, recommender=recommender)  # fmt: skip
         self.started_at = now
         self._next_sample = 0.0
         self.control: ControlServer | None = None
@@ -286,14 +277,14 @@ class Arbiter:
                 if self.member is not None:
                     self.member.step(now)
                 self._reap(now)
-                if self.stopping and not any(g.child for g in self.groups) and not (self._resharding and self._resharding.live()):
+                if self.stopping and not any(g.child for g in self.groups) and not self.reshard.live():
                     self._advance_reshard(now)  # stopped past T: the new set's sessions are the ones saved
                     break
                 self._check_children(now)
                 self._grant_identifies(now)
                 self._advance_rolling(now)
                 self._advance_reshard(now)
-                self._auto_reshard(now)
+                self.reshard.auto_step(now, self.start.all_ready_once)
                 self._notify(now)
                 if not self.stopping:
                     self._spawn_missing(now)
@@ -324,20 +315,7 @@ class Arbiter:
             self.member.node.quiesce()  # nothing more acquired or handed over
         if exit_code != exit_codes.OK and self.exit_code == exit_codes.OK:
             self.exit_code = exit_code
-        run, plan = self._resharding, self.reshard
-        if run is not None and plan is not None and plan.phase is Phase.DRAINING:
-            # Past T the new set serves: it stops like any serving set (sessions kept), the old
-            # one is not restarted, and the new set is adopted once the old one has exited.
-            self._retiring = True
-            for child in run.live():
-                child.stop(now)
-        elif run is not None:
-            if plan is not None and plan.phase is Phase.CUTOVER:
-                for group in self.groups:  # told T: it must not drop what comes after it
-                    if group.child is not None:
-                        group.child.send("cutover_cancel")
-            run.fail("the supervisor is stopping")
-            run.stop_new(now)
+        self.reshard.stop(now)
         for group in self.groups:
             if group.child is not None:
                 group.child.stop(now)
@@ -345,7 +323,7 @@ class Arbiter:
     def begin_rolling_restart(self) -> bool:
         if self.stopping:
             return False
-        if self.reshard is not None and self.reshard.running:
+        if self.reshard.running:
             log.info("no rolling restart while a reshard runs")
             return False
         if self.rolling.running:
@@ -357,84 +335,32 @@ class Arbiter:
         return True
 
     def begin_reshard(self, request: Any) -> dict[str, Any]:
-        """A ``reshard`` request of the control socket (``{"shard_count": N}``): the answer,
-        ``{"ok", "kind", "message"}``. The checks are :func:`supervisor.reshard.shard_sets.refusal`'s;
-        a request that passes them starts the reshard (:mod:`supervisor.reshard.run`) and is
-        answered ``started``; ``status`` then shows its phase."""
-        target = request.get("shard_count") if isinstance(request, dict) else None
-        if not isinstance(target, int) or isinstance(target, bool):
-            refused = Refusal("invalid", f"--shard-count must be an integer, not {target!r}")
-        elif self.stopping:
+        """A ``reshard`` request of the control socket: the controller's answer (with the
+        arbiter's own refusals: stopping, a cluster, a rolling restart)."""
+        refused = None
+        if self.stopping:
             refused = Refusal("stopping", "the supervisor is stopping")
         elif self.member is not None:
             refused = Refusal(
                 "partial", "resharding a cluster is not supported yet: stop every node, then start them with the new --shard-count"
             )
-        else:
-            refused = shard_sets.refusal(
-                target,
-                ShardSet(0, self.shard_count, tuple(self.all_shards)),
-                multiple=self.options.shard_count_multiple,
-                remaining=self.budget.remaining(),
-                reserve=self.budget.reserve,
-                running=self.reshard,
-            )
-            if refused is None and self.rolling.running:
-                refused = Refusal("running", "a rolling restart is running: try again once it is done")
-            if refused is None:
-                return self._start_reshard(target)
-        log.warning("reshard refused: %s", refused.line)
-        return {"ok": False, "kind": refused.kind, "message": refused.line}
-
-    def _start_reshard(self, target: int) -> dict[str, Any]:
-        """Start the new set beside the old one (the checks passed)."""
-        old = ShardSet(0, self.shard_count, tuple(self.all_shards))
-        self.reshard = Reshard.plan(old, target).start()
-        template = self.groups[0].config
-        configs = new_set_configs(template, target, len(template.shard_ids), self.shard_count)
-        first = max(g.index for g in self.groups) + 1
-        self._resharding = ReshardRun(
-            configs, log_format=self.options.log_format, first_group=first,
-            old_shards=[s for g in self.groups if self._runs(g) for s in g.config.shard_ids if s not in g.held],
-        )  # fmt: skip
-        for child in self._resharding.spawn():
-            self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
-        self._tell_orphans()
-        line = f"reshard {self.shard_count} -> {target} started: {len(configs)} new processes identify beside the old set"
-        log.info("%s", line)
-        return {"ok": True, "kind": "started", "message": line}
+        return self.reshard.request(request, refused, rolling=self.rolling.running)
 
     def _advance_reshard(self, now: float) -> None:
-        """One step of the running reshard: the run says what to do (see resharding)."""
-        run, plan = self._resharding, self.reshard
-        if run is None or plan is None:
-            return
-        if self.stopping and plan.phase is not Phase.DRAINING:
-            if plan.running:  # stopped before T: the old set's sessions are the ones kept
-                self.reshard = plan.abort(run.failure or "the supervisor is stopping")
-            if not run.live():
-                self._resharding = None
-            return
-        if plan.phase is Phase.PREPARING and self.gate.waiting and self.budget.spent(now):
-            # the new set cannot finish identifying before Discord's reset: give up now, while
-            # the old set serves, rather than wait hours with two sets connected
-            run.fail(f"the identify budget ran out ({self.budget.remaining()} left, the reserve)")
-        if plan.running:
-            old = [g.child for g in self.groups if g.child is not None]
-            self.reshard = plan = run.step(plan, old, now)
-            if run.old_stopped:
-                self._retiring = True
-        if plan.phase is Phase.DRAINING:
-            self.book.dirty = True  # the new set's, saved under its count (_save_sessions)
-        if plan.phase is Phase.DRAINING and self._retiring and not any(g.child for g in self.groups):
-            self._adopt(run, now)
-        elif plan.phase is Phase.ABORTED and not run.live():
-            self._resharding = None  # its children are gone
+        self.reshard.step(now)
+        if self.reshard.draining:
+            self.book.dirty = True  # the new set's, saved under its count (_draining_sessions)
 
-    def _adopt(self, run: ReshardRun, now: float) -> None:
+    # -- what the reshard controller asks (ReshardHost) -------------------------------------------
+    def serving(self) -> list[Group]:
+        return [g for g in self.groups if self._runs(g)]
+
+    def register(self, child: Child) -> None:
+        self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+
+    def adopt(self, run: ReshardRun, new_count: int) -> None:
         """The old set has exited: the new one is the supervisor's set from now on."""
-        assert self.reshard is not None
-        old_count, new_count = self.shard_count, self.reshard.new.shard_count
+        old_count = self.shard_count
         self.groups = []
         self.metrics.set_groups({run.first_group + i: c.shard_ids for i, c in enumerate(run.configs)})
         for i, config in enumerate(run.configs):
@@ -451,9 +377,6 @@ class Arbiter:
         self.store = StateStore(self.options.state_dir, new_count)
         self.book.adopt(self.store, run.sessions)
         self._granted.clear()
-        self._retiring = False
-        self._resharding = None
-        self.reshard = self.reshard.old_drained()
         self._save_sessions()
         log.info("reshard %d -> %d done: only the new set runs; %d sessions saved", old_count, new_count, len(self.sessions))
         _, drained = shard_sets.queue_changes(self.groups[0].config.group, old_count, new_count)
@@ -463,43 +386,6 @@ class Arbiter:
                 "the others refused); delete them once empty",
                 ", ".join(drained), self.groups[0].child.label if self.groups[0].child else "the first group",
             )  # fmt: skip
-
-    def _tell_orphans(self) -> None:
-        """The new set of a running reshard publishes at once the events of guilds whose old
-        shard is held (closed with 4011): the old set will never publish them."""
-        held = sorted(shard for g in self.groups for shard in g.held)
-        if held and self._resharding is not None:
-            for child in self._resharding.live():
-                child.send("orphans", {"old_count": self.shard_count, "shards": held})
-
-    def _auto_reshard(self, now: float) -> None:
-        """``--auto-reshard`` (:mod:`supervisor.reshard.auto`): ask Discord when due, reshard
-        on its answer; halt as without the flag when a group held for a 4011 has no reshard
-        coming to replace it."""
-        auto, asker = self.auto, self.recommender
-        if auto is None or asker is None or self.stopping:
-            return
-        if self.start.all_ready_once:
-            auto.all_ready(now)
-        for answer in asker.answers():
-            decision = auto.answer(self.shard_count, answer.recommended, str(answer.error) if answer.error else None)
-            if decision.target is None:
-                log.info("auto-reshard: %s", decision.why)
-                continue
-            log.warning("auto-reshard: %s: resharding %d -> %d", decision.why, self.shard_count, decision.target)
-            started = self.begin_reshard({"shard_count": decision.target})
-            if not started["ok"]:
-                log.error("auto-reshard: the reshard to %d was refused: %s", decision.target, started["message"])
-        if auto.due(now) and asker.request(now):
-            auto.asked(now)
-        held = {shard: code for g in self.groups for shard, code in g.held.items()}
-        coming = auto.asking or auto.sharding_required is not None or (self.reshard is not None and self.reshard.running)
-        if held and not coming:
-            log.critical(
-                "fatal: no reshard replaces the shards closed with 4011 (%s); stopping everything, no restart",
-                format_shard_ids(sorted(held)),
-            )  # fmt: skip
-            self.begin_stop(now, next(iter(held.values())))
 
     def _notify(self, now: float) -> None:
         """The loop passed: stamp ``/healthz`` and tell systemd what changed (``sd_notify``)."""
@@ -517,10 +403,9 @@ class Arbiter:
         watchdog_at = self.notes.next_time(now)
         if watchdog_at is not None:
             timeout = min(timeout, max(0.0, watchdog_at - now))
-        if self._resharding is not None and self.reshard is not None:
-            due = self._resharding.timeout(self.reshard, now)
-            if due is not None:
-                timeout = min(timeout, due)
+        due = self.reshard.timeout(now)
+        if due is not None:
+            timeout = min(timeout, due)
         if self.start.drawing and not self.stopping:
             timeout = 0.25  # the live line counts down
         grant_at = self.gate.next_time(now)
@@ -589,9 +474,8 @@ class Arbiter:
         data = message.data if isinstance(message.data, dict) else {}
         event = message.event
         now = time.monotonic()
-        if self._resharding is not None and self._resharding.owns(child) and event not in ("identify_request", "identify_sent"):
-            self._resharding.on_message(child, message, now)  # the new set's: not the serving set's view
-            return
+        if self.reshard.takes(child, message, now):
+            return  # the new set's: not the serving set's view
         if event == "heartbeat":
             child.last_heartbeat = now
             child.report = data
@@ -616,14 +500,9 @@ class Arbiter:
         elif event == "cutover_cancelled":
             log.info("%s: the cut-over is cancelled, it publishes as before", child.label)
         elif event == "cutover_ack":
-            # An old child's answer to a reshard's cut-over order (the new set's go to the run).
-            if data.get("late") and self._resharding is not None:
-                self._resharding.fail(f"{child.label} of the old set was told the cut-over point too late")
+            self.reshard.cutover_ack(child, data)
         elif event == "probe_answered":
-            # An old shard is caught up at the cut-over (it publishes nothing more).
-            shard = data.get("shard")
-            if self._resharding is not None and shard in child.shard_set:
-                self._resharding.old_caught_up(shard)
+            self.reshard.old_caught_up(child, data.get("shard"))
         else:
             log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
 
@@ -705,7 +584,7 @@ class Arbiter:
                 if child is not None and child.pid == pid:
                     child.proc.returncode = os.waitstatus_to_exitcode(status)
                     self._on_exit(group, child, child.proc.returncode, now)
-            new = self._resharding.child_of(pid) if self._resharding is not None else None
+            new = self.reshard.child_of(pid)
             if new is not None:
                 new.proc.returncode = os.waitstatus_to_exitcode(status)
                 while leftover := new.read():
@@ -714,7 +593,7 @@ class Arbiter:
                 self._unregister(new)
                 new.close()
                 self.budget.cancel(new.pid, now)
-                self._resharding.exited(new, new.proc.returncode)  # type: ignore[union-attr]
+                self.reshard.exited(new, new.proc.returncode)
 
     def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
         # Read what the child said last (its final sessions) before forgetting it.
@@ -731,9 +610,9 @@ class Arbiter:
         decision = decide_exit(ExitContext(
             code=code,
             handed_over=self.member is not None and self.member.exited(group.index),
-            retiring=self._retiring,
+            retiring=self.reshard.retiring,
             rolling_clean=self.rolling.current == group.index and child.stopping_since is not None,
-            auto_reshard=self.auto is not None,
+            auto_reshard=self.reshard.auto is not None,
             stopping=self.stopping,
         ))  # fmt: skip
         action, said = decision.action, exit_codes.describe(code)
@@ -760,14 +639,12 @@ class Arbiter:
 
     def _hold_for_reshard(self, group: Group, child: Child, code: int, now: float) -> None:
         """A 4011 under ``--auto-reshard``: hold that shard down until the reshard replaces it."""
-        assert self.auto is not None
         shard = child.fatal_shard if child.fatal_shard is not None else child.shard_ids[0]
         group.held[shard] = code
         group.config = replace(group.config, shard_ids=[s for s in group.config.shard_ids if s != shard])
         group.start_at = now  # its other shards resume at once
         self._forget_session(shard)
-        self.auto.on_sharding_required(shard)
-        self._tell_orphans()
+        self.reshard.sharding_required(shard)
         log.error(
             "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
             "its group's other shards resume, and asking Discord for the count to reshard to",
@@ -791,12 +668,7 @@ class Arbiter:
         sample = now >= self._next_sample
         if sample:
             self._next_sample = now + self.options.sample_interval
-        for child in self._resharding.live() if self._resharding is not None else ():
-            # the new set's children: only the grace of a stop (a silent one fails the reshard)
-            if child.stopping_since is not None and not child.killed and now - child.stopping_since > self.options.stop_grace:
-                child.kill()
-            elif child.stopping_since is None and now - child.last_heartbeat > self.options.heartbeat_timeout:
-                self._resharding.fail(f"{child.label} of the new set sent no heartbeat")
+        self.reshard.watch(now, self.options.stop_grace, self.options.heartbeat_timeout)
         for group in self.groups:
             child = group.child
             if child is None:
@@ -833,7 +705,7 @@ class Arbiter:
     def _grant_identifies(self, now: float) -> None:
         for grant in self.budget.step(now):
             self._granted.add(grant.shard_id)
-            children = [g.child for g in self.groups] + (self._resharding.live() if self._resharding is not None else [])
+            children = [g.child for g in self.groups] + self.reshard.live()
             for child in children:
                 if child is not None and child.pid == grant.requester:
                     child.send(
@@ -848,8 +720,8 @@ class Arbiter:
             identify_waiting=self.gate.waiting,
             shards_ready=self._ready_count(),
             shard_count=self.shard_count,
-            reshard=self._reshard_status(),
-            reshards=self._count_reshard_end(),
+            reshard=self.reshard.status(now),
+            reshards=self.reshard.ended(),
             cluster=self.member.describe() if self.member is not None else None,
         )
 
@@ -860,7 +732,7 @@ class Arbiter:
             self.rolling.step(now, self.group, self._runs)
 
     def _spawn_missing(self, now: float) -> None:
-        if self._retiring:
+        if self.reshard.retiring:
             return  # the old set is leaving; the new one is adopted once it has
         for group in self.groups:
             if group.child is None and group.config.shard_ids and self._runs(group) and now >= group.start_at:
@@ -871,11 +743,7 @@ class Arbiter:
         cut-over the cut-over point (a child replacing one that crashed after the old set was
         told ``T`` must apply it from its start)."""
         sessions = self.book.of(group.config.shard_ids)
-        plan = self.reshard
-        cutover = None
-        if self._resharding is not None and plan is not None and plan.phase in (Phase.CUTOVER, Phase.DRAINING):
-            cutover = {"role": "old", **plan.handover().to_dict()}
-        return replace(group.config, sessions=sessions, cutover=cutover)
+        return replace(group.config, sessions=sessions, cutover=self.reshard.restart_cutover())
 
     def _spawn(self, group: Group, now: float) -> None:
         config = self._child_config(group)
@@ -914,9 +782,10 @@ class Arbiter:
         """Past a reshard's cut-over point the new set serves and the old one's sessions are
         about to end: a supervisor killed now must come back with the new set's sessions, not
         identify everything (issue 20, defect 4)."""
-        run, plan = self._resharding, self.reshard
-        if run is not None and plan is not None and plan.phase is Phase.DRAINING:
-            return StateStore(self.options.state_dir, plan.new.shard_count), run.sessions
+        ctl = self.reshard
+        if ctl.draining:
+            assert ctl.run is not None and ctl.plan is not None
+            return StateStore(self.options.state_dir, ctl.plan.new.shard_count), ctl.run.sessions
         return None
 
     @property
@@ -958,33 +827,6 @@ class Arbiter:
             self.start.not_all_ready(now)
 
     # -- status -------------------------------------------------------------------------------
-    def _reshard_status(self) -> dict[str, Any] | None:
-        """The running (or last) reshard as ``status`` and ``/metrics`` show it."""
-        if self.reshard is None:
-            return None
-        run = self._resharding
-        ready = run.ready_count() if run is not None else None
-        eta = None
-        if run is not None and self.reshard.phase is Phase.PREPARING:
-            # the gate holds both sets' requests (they share the buckets): when the last is done
-            now = time.monotonic()
-            view = gate_view(self.gate, now)
-            eta = estimate(ready or 0, self.reshard.new.shard_count, queued=view.queued, free_at=view.free_at,
-                           interval=self.gate.interval, now=now, hold_until=view.hold_until, settle=1.0).eta  # fmt: skip
-        behind = sorted(run.behind) if run is not None and self.reshard.phase is Phase.DRAINING else []
-        return {
-            **self.reshard.describe(), "new_ready": ready, "eta_s": None if eta is None else round(max(0.0, eta), 1),
-            "old_behind": behind,  # old shards not caught up at the cut-over yet (draining)
-        }  # fmt: skip
-
-    def _count_reshard_end(self) -> dict[str, int]:
-        """Reshards ended so far, by outcome (each counted once, when first seen ended)."""
-        plan = self.reshard
-        if plan is not None and plan.phase in shard_sets.FINAL and plan is not self._reshard_counted:
-            self._reshard_counted = plan
-            self._reshard_ends[plan.phase.value] = self._reshard_ends.get(plan.phase.value, 0) + 1
-        return dict(self._reshard_ends)
-
     def status(self) -> dict[str, Any]:
         """The ``status`` document (``supervisor.observe.status``)."""
         now = time.monotonic()
@@ -999,8 +841,8 @@ class Arbiter:
             "identify_hold": self.budget.hold.describe(remaining),
             "identifies_granted": self.gate.total_granted,
             "redis": status.redis_block(self.shared),
-            "reshard": self._reshard_status(),
-            "auto_reshard": status.auto_reshard_block(self.auto, self.groups, now),
+            "reshard": self.reshard.status(now),
+            "auto_reshard": status.auto_reshard_block(self.reshard.auto, self.groups, now),
             "cluster": None if self.member is None else self.member.describe(),
             "shards": status.shard_rows(running, self.metrics.is_stalled),
         }
