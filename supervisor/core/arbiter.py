@@ -25,11 +25,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import selectors
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +43,7 @@ from supervisor.core.child import Child
 from supervisor.core.control import ControlServer
 from supervisor.core.exits import ExitAction, ExitContext, decide_exit
 from supervisor.core.groups import Group
+from supervisor.core.loop_io import LoopIO
 from supervisor.core.options import ArbiterOptions
 from supervisor.core.restart_policy import RestartPolicy
 from supervisor.core.rolling import RollingRestart
@@ -89,7 +88,8 @@ class Arbiter:
         self._my_shards = frozenset(self.all_shards)
         self.store = StateStore(options.state_dir, self.shard_count)
         self.coordinator = options.coordinator
-        self._wake_r = self._wake_w = -1
+        #: The loop's waits: children's pipes, the control socket, signals and wake-ups.
+        self.io = LoopIO()
         #: Lines that would repeat every pass, at most once a minute each.
         self.logs = LogEvery()
         #: The state dir's writes, off the loop (:mod:`supervisor.core.state_writer`).
@@ -135,8 +135,6 @@ class Arbiter:
             coordinator=self.coordinator, shared=self.shared, now=now, wake=self._wake,
         )  # fmt: skip
         self.gate = self.budget.gate
-        self.selector = selectors.DefaultSelector()
-        self.signal_queue: deque[int] = deque()
         self.stopping = False
         self.exit_code = exit_codes.OK
         #: SIGHUP's one group at a time (core/rolling.py).
@@ -175,16 +173,8 @@ class Arbiter:
         return result
 
     def _wake(self) -> None:
-        """Wake the loop from another thread (an answer is ready); never blocks."""
-        fd = self._wake_w
-        if fd < 0:
-            return
-        try:
-            os.write(fd, b"\0")
-        except OSError:  # full (the loop wakes anyway) or closed at the end
-            pass
+        self.io.wake()
 
-    # -- answers from the other threads -------------------------------------------------------
     def _take_answers(self, now: float) -> None:
         """Handle what Redis and Discord answered since the last pass (never waits)."""
         if self.shared is not None:
@@ -199,28 +189,9 @@ class Arbiter:
         self.budget.take_refreshes(now)
 
     # -- signals ------------------------------------------------------------------------------
-    def _install_signals(self) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self._wake_w)
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._on_signal)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signal_queue.append(signum)  # only enqueue: the loop does the work
-
-    def _drain_wakeup(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
     def _handle_signals(self, now: float) -> None:
-        while self.signal_queue:
-            sig = self.signal_queue.popleft()
+        while self.io.signals:
+            sig = self.io.signals.popleft()
             if sig in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:
                     log.info("%s: stopping every group (sessions kept)", signal.Signals(sig).name)
@@ -256,9 +227,13 @@ class Arbiter:
                 self.metrics_server.close()
 
     def _run(self) -> int:
-        self._install_signals()
-        self.control = ControlServer(self.store.dir, self)
-        self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        self.io.install(self.SIGNALS)
+        self.control = ControlServer(self.store.dir, self.io, {
+            "status": lambda _: self.status(),
+            "restart": lambda _: {"started": self.begin_rolling_restart()},
+            "reshard": self.begin_reshard,
+        })  # fmt: skip
+        self.io.watch(self.control.sock, "control", None)
         if self.member is not None:
             self.member.node.wake = self._wake
             self.member.node.start()
@@ -304,7 +279,7 @@ class Arbiter:
             if self.control is not None:
                 self.control.close()
             self.notifier.close()
-            signal.set_wakeup_fd(-1)
+            self.io.close()
         log.info("master: stopped (%s)", exit_codes.describe(self.exit_code))
         return self.exit_code
 
@@ -356,7 +331,7 @@ class Arbiter:
         return [g for g in self.groups if self._runs(g)]
 
     def register(self, child: Child) -> None:
-        self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        self.io.watch_child(child)
 
     def adopt(self, run: ReshardRun, new_count: int) -> None:
         """The old set has exited: the new one is the supervisor's set from now on."""
@@ -416,40 +391,11 @@ class Arbiter:
                 timeout = min(timeout, max(0.0, group.start_at - now))
         return max(0.01, timeout)
 
-    def _sync_writers(self) -> None:
-        """Watch a child's stdin for room only while orders wait for it (a large ``config``)."""
-        for group in self.groups:
-            child = group.child
-            if child is None:
-                continue
-            if child.out and not child.write_watched:
-                self.selector.register(child.write_fd, selectors.EVENT_WRITE, ("child-write", child))
-                child.write_watched = True
-            elif not child.out and child.write_watched:
-                self._unwatch_writes(child)
-
-    def _unwatch_writes(self, child: Child) -> None:
-        if child.write_watched:
-            try:
-                self.selector.unregister(child.write_fd)
-            except (KeyError, ValueError):
-                pass
-            child.write_watched = False
-
     def _wait(self, timeout: float) -> None:
-        self._sync_writers()
-        try:
-            ready = self.selector.select(timeout)
-        except InterruptedError:
-            return
-        for key, _ in ready:
-            kind, obj = key.data
-            if kind == "wake":
-                self._drain_wakeup()
-            elif kind == "child":
+        children = [g.child for g in self.groups if g.child is not None]
+        for kind, obj in self.io.wait(timeout, children):
+            if kind == "child":
                 self._read_child(obj)
-            elif kind == "child-write":
-                obj.flush()
             elif kind == "control":
                 self.control.accept()  # type: ignore[union-attr]
             elif kind == "control-conn":
@@ -464,11 +410,7 @@ class Arbiter:
             self._on_message(child, message)
 
     def _unregister(self, child: Child) -> None:
-        try:
-            self.selector.unregister(child.read_fd)
-        except (KeyError, ValueError):
-            pass
-        self._unwatch_writes(child)
+        self.io.unwatch_child(child)
 
     def _on_message(self, child: Child, message: Message) -> None:
         data = message.data if isinstance(message.data, dict) else {}
@@ -751,7 +693,7 @@ class Arbiter:
         child = Child(group.index, config, log_format=self.options.log_format)
         group.child = child
         self.metrics.child_started(group.index, child.pid, child.started_at)
-        self.selector.register(child.read_fd, selectors.EVENT_READ, ("child", child))
+        self.io.watch_child(child)
         log.info(
             "started %s: %d to resume, %d to identify",
             child.label,

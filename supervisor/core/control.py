@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,12 @@ ANSWER_MAX_BYTES = 64 << 20
 
 
 class ControlServer:
-    def __init__(self, state_dir: Path, arbiter: Any) -> None:
+    def __init__(self, state_dir: Path, io: Any, requests: Mapping[str, Callable[[Any], Any]]) -> None:
+        """``io``: the loop's :class:`~supervisor.core.loop_io.LoopIO`; ``requests``: the answer
+        to each request (``status``, ``restart``, ``reshard``) from its data."""
         self.path = Path(state_dir) / SOCKET_NAME
-        self.arbiter = arbiter
+        self.io = io
+        self.requests = requests
         if self.path.exists() or self.path.is_symlink():
             if _answers(self.path):
                 raise RuntimeError(f"another supervisor is running with state dir {state_dir}")
@@ -54,10 +57,10 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             return
         conn.settimeout(CLIENT_TIMEOUT_S)
-        self.arbiter.selector.register(conn, selectors.EVENT_READ, ("control-conn", conn))
+        self.io.watch(conn, "control-conn", conn)
 
     def serve(self, conn: socket.socket) -> None:
-        self.arbiter.selector.unregister(conn)
+        self.io.unwatch(conn)
         try:
             decoder = ipc.Decoder()
             messages: list[ipc.Message] = []
@@ -73,14 +76,10 @@ class ControlServer:
             conn.close()
 
     def _answer(self, message: ipc.Message) -> tuple[str, Any]:
-        if message.event == "status":
-            return "status", self.arbiter.status()
-        if message.event == "restart":
-            started = self.arbiter.begin_rolling_restart()
-            return "restart", {"started": started}
-        if message.event == "reshard":
-            return "reshard", self.arbiter.begin_reshard(message.data)
-        return "error", {"message": f"unknown request {message.event!r}"}
+        answer = self.requests.get(message.event)
+        if answer is None:
+            return "error", {"message": f"unknown request {message.event!r}"}
+        return message.event, answer(message.data)
 
     def close(self) -> None:
         self.sock.close()
