@@ -26,7 +26,6 @@ import errno
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -40,6 +39,7 @@ from supervisor.cluster.member import ClusterMember
 from supervisor.coord.log_every import LogEvery
 from supervisor.coord.shared_state import SharedState
 from supervisor.core.child import Child
+from supervisor.core.compose import assemble
 from supervisor.core.control import ControlServer
 from supervisor.core.exits import ExitAction, ExitContext, decide_exit
 from supervisor.core.groups import Group
@@ -50,9 +50,8 @@ from supervisor.core.rolling import RollingRestart
 from supervisor.core.sessions import SessionBook
 from supervisor.core.state_store import StateStore
 from supervisor.core.state_writer import StateWriter
-from supervisor.identify.budget import IdentifyBudget, make_budget
-from supervisor.identify.hold import default_reserve
-from supervisor.identify.refresh import BudgetRefresher
+from supervisor.identify.budget import IdentifyBudget
+from supervisor.identify.gate import IdentifyGate
 from supervisor.observe import status
 from supervisor.observe.metrics import MetricsServer, MetricsState
 from supervisor.observe.progress import (
@@ -63,7 +62,6 @@ from supervisor.observe.progress import (
 )
 from supervisor.observe.sd_notify import Notifier, ServiceNotes
 from supervisor.reshard import shard_sets
-from supervisor.reshard.auto import MIN_INTERVAL_S, AutoReshard
 from supervisor.reshard.controller import ReshardController
 from supervisor.reshard.run import ReshardRun
 from supervisor.reshard.shard_sets import Refusal
@@ -78,99 +76,42 @@ SHUTDOWN_FLUSH_S = 3.0
 class Arbiter:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
+    # The components, built once by the composition root (supervisor/core/compose.py):
+    io: LoopIO  # what the loop waits on: pipes, the control socket, signals, wake-ups
+    logs: LogEvery  # lines that would repeat every pass, at most once a minute each
+    writer: StateWriter  # the state dir's writes, off the loop
+    shared: SharedState | None  # Redis off the loop (None without --redis-url)
+    book: SessionBook  # every shard's last session (state dir, Redis)
+    budget: IdentifyBudget  # who may IDENTIFY, and how many are left today
+    gate: IdentifyGate  # the budget's gate (buckets, pacing)
+    rolling: RollingRestart  # SIGHUP's one group at a time
+    reshard: ReshardController  # live resharding and --auto-reshard
+    member: ClusterMember | None  # cluster mode: the groups this node leases
+    metrics: MetricsState  # /metrics, /healthz, /readyz
+    live: LiveLine | None  # the live line on a terminal
+    start: StartWatch  # until every shard is READY (again)
+    notifier: Notifier  # systemd's notify socket
+    notes: ServiceNotes  # what to tell it
+
     def __init__(self, groups: list[WorkerConfig], options: ArbiterOptions) -> None:
         if not groups:
             raise ValueError("no shard groups to run")
         self.options = options
-        template = groups[0]
-        self.shard_count = template.shard_count
+        self.coordinator = options.coordinator
+        self.shard_count = groups[0].shard_count
         self.all_shards = [s for g in groups for s in g.shard_ids]
         self._my_shards = frozenset(self.all_shards)
         self.store = StateStore(options.state_dir, self.shard_count)
-        self.coordinator = options.coordinator
-        #: The loop's waits: children's pipes, the control socket, signals and wake-ups.
-        self.io = LoopIO()
-        #: Lines that would repeat every pass, at most once a minute each.
-        self.logs = LogEvery()
-        #: The state dir's writes, off the loop (:mod:`supervisor.core.state_writer`).
-        self.writer = StateWriter()
-        #: Redis off the loop (None without ``--redis-url``).
-        self.shared: SharedState | None = None
-        if self.coordinator is not None:
-            self.shared = SharedState(self.coordinator, wake=self._wake)
-        #: Every shard's last session, saved to the state dir and Redis.
-        self.book = SessionBook(self.store, self.writer, self.shared, options.save_interval)
-        # Before the loop exists (nothing to stall yet): Redis read once, at most the socket timeout.
-        self.book.load(self.shard_count, self.all_shards, None if self.coordinator is None else (
-            lambda count, shards: self._shared(self.coordinator.load_sessions, count, shards)))  # fmt: skip
-        self.groups = [
-            Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)
-        ]
-        #: Cluster mode: runs only the groups it leases (:mod:`supervisor.cluster.member`),
-        #: with the sessions Redis holds for them.
-        self.member: ClusterMember | None = None
-        if options.cluster is not None:
-            self.member = ClusterMember(options.cluster, self)
-            if self.coordinator is not None:
-                node = options.cluster
-                # Sessions are written only under the group's lease (a stale save never
-                # overwrites the session of the node that took the group over).
-                self.coordinator.set_fence(
-                    lambda count, shard: node.store.lease_key(count, shard // node.per_group), node.store.owner
-                )
-            self.book.sessions = {}
-            self.all_shards, self._my_shards = [], frozenset()
-        now = time.monotonic()
-        #: Who may IDENTIFY, and how many are left today: local or shared (Redis).
-        self.budget: IdentifyBudget = make_budget(
-            max_concurrency=template.max_concurrency,
-            reserve=options.identify_reserve
-            if options.identify_reserve is not None
-            else default_reserve(sum(len(g.shard_ids) for g in groups)),
-            store=self.store, writer=self.writer, logs=self.logs,
-            session_start_remaining=options.session_start_remaining,
-            session_start_reset_after=options.session_start_reset_after,
-            session_start_total=options.session_start_total,
-            fetch_gateway_bot=options.fetch_gateway_bot,
-            coordinator=self.coordinator, shared=self.shared, now=now, wake=self._wake,
-        )  # fmt: skip
-        self.gate = self.budget.gate
+        self.groups = [Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)]
         self.stopping = False
         self.exit_code = exit_codes.OK
-        #: SIGHUP's one group at a time (core/rolling.py).
-        self.rolling = RollingRestart()
-        #: Live resharding and ``--auto-reshard`` (reshard/controller.py).
-        auto, recommender = None, None
-        if options.auto_reshard_interval is not None and options.fetch_gateway_bot is not None:
-            auto = AutoReshard(options.auto_reshard_interval, options.shard_count_multiple)
-            recommender = BudgetRefresher(options.fetch_gateway_bot, wake=self._wake, min_interval=MIN_INTERVAL_S)
-        self.reshard = ReshardController(self, multiple=options.shard_count_multiple, log_format=options.log_format,
-                                         auto=auto, recommender=recommender)  # fmt: skip
-        self.started_at = now
+        self.started_at = time.monotonic()
         self._next_sample = 0.0
         self.control: ControlServer | None = None
-        self.metrics = MetricsState({g.index: g.config.shard_ids for g in self.groups if self._runs(g)})
         self.metrics_server: MetricsServer | None = None
         #: Shards granted an identify and not READY since (they need no other grant).
         self._granted: set[int] = set()
-        live = options.live_progress
-        if live is None:
-            live = options.log_format != "json" and _isatty(sys.stderr)
-        self.live: LiveLine | None = LiveLine(sys.stderr) if live else None
-        #: Until every shard is READY (again): the live line, then one summary line.
-        self.start = StartWatch(self.live, now)
-        #: systemd's notify socket (a no-op without ``$NOTIFY_SOCKET``) and what to tell it.
-        self.notifier = Notifier()
-        self.notes = ServiceNotes(self.notifier.watchdog_s)
-
-    def _shared(self, method: Any, *args: Any) -> Any:
-        """Call Redis now (only before the loop runs); on failure log and return None."""
-        try:
-            result = method(*args)
-        except Exception as exc:  # noqa: BLE001 - redis errors, timeouts: never fatal here
-            self.logs.redis_failed(exc)
-            return None
-        return result
+        assemble(self, options, self.started_at)
 
     def _wake(self) -> None:
         self.io.wake()
@@ -788,13 +729,6 @@ class Arbiter:
             "cluster": None if self.member is None else self.member.describe(),
             "shards": status.shard_rows(running, self.metrics.is_stalled),
         }
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
 
 def _describe_status(code: int) -> str:
     if code < 0:

@@ -14,6 +14,7 @@ import psutil
 
 from shard_worker import ipc
 from shard_worker.config import CONFIG_ENV, TOKEN_ENV, SavedSession, WorkerConfig
+from shard_worker.ipc_vocabulary import Order
 from shard_worker.logs import LOG_FORMAT_ENV, LOG_GROUP_ENV
 from shard_worker.shard_ranges import format_shard_ids
 from shard_worker.supervised import IPC_FD_ENV
@@ -84,7 +85,7 @@ class Child:
         self.cpu_percent = 0.0
         self._ps: psutil.Process | None = None
         # The first order: its configuration, whatever its size (a session per shard).
-        self.send("config", config.to_dict())
+        self.send(Order.CONFIG, config.to_dict())
 
     @property
     def label(self) -> str:
@@ -110,7 +111,7 @@ class Child:
             messages += self.decoder.feed(chunk)
         return messages  # more is waiting: the selector reports the pipe again
 
-    def send(self, event: str, data: Any = None) -> bool:
+    def send(self, event: Order, data: Any = None) -> bool:
         """Queue an order and write what the pipe takes now; never blocks."""
         if self.proc.stdin is None or self.proc.stdin.closed:
             return False
@@ -125,7 +126,7 @@ class Child:
         """Ask for a graceful stop (sessions kept); the arbiter kills it if it takes too long."""
         if self.stopping_since is None:
             self.stopping_since = now
-            self.send("stop")
+            self.send(Order.STOP)
             self.signal(signal.SIGTERM)
 
     def signal(self, sig: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shard_worker import ipc
+from shard_worker.ipc_vocabulary import Request
 
 log = logging.getLogger("supervisor.core.control")
 
@@ -78,7 +79,7 @@ class ControlServer:
     def _answer(self, message: ipc.Message) -> tuple[str, Any]:
         answer = self.requests.get(message.event)
         if answer is None:
-            return "error", {"message": f"unknown request {message.event!r}"}
+            return Request.ERROR, {"message": f"unknown request {message.event!r}"}
         return message.event, answer(message.data)
 
     def close(self) -> None:
@@ -129,7 +130,7 @@ def request(state_dir: str | os.PathLike, event: str, timeout: float = 5.0, data
                 raise ControlError("the supervisor closed the connection without an answer")
             messages = decoder.feed(chunk)
             if messages:
-                if messages[0].event == "error":
+                if messages[0].event == Request.ERROR:
                     raise ControlError(messages[0].data.get("message", "error"))
                 return messages[0].data
     finally:

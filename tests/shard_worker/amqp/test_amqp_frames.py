@@ -103,7 +103,7 @@ def test_pika_is_pinned_to_the_versions_this_test_covers_and_checked_at_start(mo
     from shard_worker.amqp.frames import PIKA_VERSIONS, check_pika
 
     cfg = configparser.ConfigParser()
-    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    cfg.read(Path(__file__).resolve().parents[3] / "setup.cfg")
     requirement = next(
         line.strip()
         for line in cfg["options"]["install_requires"].splitlines()

@@ -21,7 +21,7 @@ from supervisor.simulator.payloads import DISPATCH_TYPES
 from tests.helpers import TOKEN, WorkerThread, wait_for, worker_config
 from tests.tcp_proxy import TcpProxy
 
-FIGURES = Path(__file__).resolve().parents[2] / "docs" / "reliability" / "failover.json"
+FIGURES = Path(__file__).resolve().parents[3] / "docs" / "reliability" / "failover.json"
 
 
 def node_url(port: int) -> str:

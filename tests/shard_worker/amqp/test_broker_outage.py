@@ -18,7 +18,7 @@ EVENTS = DISPATCH_TYPES
 OUTAGE_S = 20.0
 BUFFER_EVENTS = 400
 BUFFER_BYTES = 2 * 1024 * 1024
-FIGURES = Path(__file__).resolve().parents[2] / "docs" / "reliability" / "outage.json"
+FIGURES = Path(__file__).resolve().parents[3] / "docs" / "reliability" / "outage.json"
 
 
 def test_broker_outage_buffers_within_bounds_stalls_resumably_and_loses_nothing(amqp_url, rabbit, group):

@@ -75,7 +75,8 @@ def test_the_shared_budget_running_out_aborts_the_reshard(amqp_url, redis_url, g
     ) as sim:  # fmt: skip
         state = tmp_path / "state"
         sup = SupervisorProcess(
-            sim, amqp_url, group, state, "--redis-url", redis_url, "--redis-prefix", prefix, "--shards-per-process", "4"
+            sim, amqp_url, group, state, "--redis-url", redis_url, "--redis-prefix", prefix, "--shards-per-process", "4",
+            "--identify-reserve", "5",
         )
         try:
             sim.wait_until(lambda s: s["ready"] == {0, 1, 2, 3}, timeout=60)
