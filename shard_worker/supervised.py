@@ -18,11 +18,21 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shard_worker import ipc
 from shard_worker.config import TOKEN_ENV, WorkerConfig
 from shard_worker.gateway.connection import Permit, ShardRunner
+from shard_worker.ipc_vocabulary import (
+    Activated,
+    CutoverAck,
+    CutoverCancelled,
+    Event,
+    Order,
+    ShardState,
+    ShardStateData,
+)
 from shard_worker.reshard import Handover, Role
 from shard_worker.shard_ranges import format_shard_ids
 
@@ -63,7 +73,7 @@ def read_config(fd: int = 0, environ: dict[str, str] | None = None) -> tuple[Wor
             break
     decoder.max_line = ipc.MAX_LINE_BYTES
     first, rest = messages[0], messages[1:]
-    if first.event != "config" or not isinstance(first.data, dict):
+    if first.event != Order.CONFIG or not isinstance(first.data, dict):
         raise SystemExit(f"the first IPC order must be 'config', not {first.event!r}")
     try:
         config = WorkerConfig.from_dict(first.data, token)
@@ -89,9 +99,23 @@ class ParentLink:
         self.worker: Any = None  # set by attach()
         self._tasks: list[asyncio.Task] = []
         self._last_order = time.monotonic()
+        #: What each of the parent's orders does with its data (``config`` comes only first,
+        #: :func:`read_config`: a later one is an unknown order).
+        self._orders: dict[Order, Callable[[Any], None]] = {
+            Order.PING: _ignore,  # it only renews ``_last_order`` (cluster mode)
+            Order.ORPHANS: self._on_orphans,
+            Order.GUARD: lambda _: self.worker.set_guarded(True),
+            Order.UNGUARD: lambda _: self.worker.set_guarded(False),
+            Order.IDENTIFY_GRANT: self._on_identify_grant,
+            Order.STOP: self._on_stop,
+            Order.CUTOVER: self._on_cutover,
+            Order.OLD_CAUGHT_UP: lambda _: self.worker.old_caught_up(),
+            Order.CUTOVER_CANCEL: self._on_cutover_cancel,
+            Order.ACTIVATE: self._on_activate,
+        }
 
     # -- writing ------------------------------------------------------------------------------
-    def send(self, event: str, data: Any = None) -> None:
+    def send(self, event: Event, data: Any = None) -> None:
         """Queue one message and write what the pipe takes now (never blocks)."""
         self._out += ipc.encode(event, data)
         self._flush()
@@ -128,7 +152,7 @@ class ParentLink:
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
             self._grants[shard_id] = fut
-            self.send("identify_request", {"shard": shard_id})
+            self.send(Event.IDENTIFY_REQUEST, {"shard": shard_id})
         grant = await asyncio.shield(fut)
         not_before, expires = grant.get("not_before"), grant.get("expires")
         return Permit(
@@ -139,30 +163,30 @@ class ParentLink:
     def identify_sent(self, shard_id: int, at: float) -> None:
         """The IDENTIFY of ``shard_id`` was written at ``at`` (monotonic): the next of its
         bucket is timed from here."""
-        self.send("identify_sent", {"shard": shard_id, "at": at})
+        self.send(Event.IDENTIFY_SENT, {"shard": shard_id, "at": at})
 
     # -- wiring -------------------------------------------------------------------------------
     def attach(self, worker: Any) -> None:
         """Start reading the parent's orders and sending heartbeats for ``worker``."""
         self.worker = worker
-        worker.on_probe_answered = lambda role, shard: self.send("probe_answered", {"role": role, "shard": shard})
+        worker.on_probe_answered = lambda role, shard: self.send(Event.PROBE_ANSWERED, {"role": role, "shard": shard})
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._read_orders(), name="ipc-read"))
         self._tasks.append(loop.create_task(self._heartbeats(), name="ipc-heartbeat"))
         if worker.config.parent_timeout_s:
             self._tasks.append(loop.create_task(self._parent_watch(worker.config.parent_timeout_s), name="ipc-parent"))
-        self.send("hello", {"pid": os.getpid(), "shards": format_shard_ids(worker.config.shard_ids)})
+        self.send(Event.HELLO, {"pid": os.getpid(), "shards": format_shard_ids(worker.config.shard_ids)})
 
     def on_state(self, runner: ShardRunner, state: str) -> None:
         """Called by each shard runner on every state change."""
-        data: dict[str, Any] = {"shard": runner.shard_id, "state": state}
-        if state == "ready" and self.worker is not None:
+        data: ShardStateData = {"shard": runner.shard_id, "state": state}
+        if state == ShardState.READY and self.worker is not None:
             saved = self.worker.session_of(runner.shard_id)
             data["session"] = _session_dict(saved)
-        if state == "fatal" and runner.fatal is not None:
+        if state == ShardState.FATAL and runner.fatal is not None:
             data["code"] = runner.fatal.code
             data["reason"] = runner.fatal.reason
-        self.send("shard_state", data)
+        self.send(Event.SHARD_STATE, data)
 
     def shard_report(self, shard_id: int, firsts: dict | None = None) -> dict[str, Any]:
         """One shard's figures (a fixed set of keys: its size does not grow with time).
@@ -213,10 +237,10 @@ class ParentLink:
             self._sent_reports[shard_id] = report
             chunk[str(shard_id)] = report
             if len(chunk) >= ipc.SHARDS_PER_MESSAGE:
-                self.send("shards", {"shards": chunk})
+                self.send(Event.SHARDS, {"shards": chunk})
                 chunk = {}
         if chunk:
-            self.send("shards", {"shards": chunk})
+            self.send(Event.SHARDS, {"shards": chunk})
 
     async def _heartbeats(self) -> None:
         while True:
@@ -224,7 +248,7 @@ class ParentLink:
             # reports stay changed and go out with the next heartbeat that finds room.
             if not self._out:
                 self.send_shard_reports()
-                self.send("heartbeat", self.report())
+                self.send(Event.HEARTBEAT, self.report())
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def _read_orders(self) -> None:
@@ -259,39 +283,40 @@ class ParentLink:
                 return
 
     def _on_order(self, message: ipc.Message) -> None:
-        if message.event == "ping":
-            return
-        if message.event == "orphans":
-            data = message.data if isinstance(message.data, dict) else {}
-            try:
-                applied = self.worker.set_orphans(int(data["old_count"]), [int(x) for x in data["shards"]])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("IPC: bad orphans order ignored (%s)", exc)
-                return
-            log.info("reshard: the guilds of old shards %s are published at once (%d shards)", data["shards"], applied)
-            return
-        if message.event in ("guard", "unguard"):
-            self.worker.set_guarded(message.event == "guard")
-            return
-        if message.event == "identify_grant":
-            shard = (message.data or {}).get("shard")
-            fut = self._grants.get(shard)
-            if fut is not None and not fut.done():
-                fut.set_result(message.data)
-        elif message.event == "stop":
-            # {"end_sessions": true}: an old set after a reshard; its sessions are not resumed
-            self.worker.stop(end_sessions=bool((message.data or {}).get("end_sessions")))
-        elif message.event == "cutover":
-            self._on_cutover(message.data)
-        elif message.event == "old_caught_up":
-            self.worker.old_caught_up()
-        elif message.event == "cutover_cancel":
-            self.send("cutover_cancelled", {"shards": self.worker.cancel_cutover()})
-        elif message.event == "activate":
-            self.worker.activate()
-            self.send("activated", {"standby": self.worker.bridge.standby})
-        else:
+        # message.event is a plain str: a str-enum member hashes and compares like its value
+        handler = self._orders.get(message.event)
+        if handler is None:
             log.warning("IPC: unknown order %r ignored", message.event)
+            return
+        handler(message.data)
+
+    def _on_orphans(self, data: Any) -> None:
+        data = data if isinstance(data, dict) else {}
+        try:
+            applied = self.worker.set_orphans(int(data["old_count"]), [int(x) for x in data["shards"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("IPC: bad orphans order ignored (%s)", exc)
+            return
+        log.info("reshard: the guilds of old shards %s are published at once (%d shards)", data["shards"], applied)
+
+    def _on_identify_grant(self, data: Any) -> None:
+        shard = (data or {}).get("shard")
+        fut = self._grants.get(shard)
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    def _on_stop(self, data: Any) -> None:
+        # {"end_sessions": true}: an old set after a reshard; its sessions are not resumed
+        self.worker.stop(end_sessions=bool((data or {}).get("end_sessions")))
+
+    def _on_cutover_cancel(self, _: Any) -> None:
+        answer: CutoverCancelled = {"shards": self.worker.cancel_cutover()}
+        self.send(Event.CUTOVER_CANCELLED, answer)
+
+    def _on_activate(self, _: Any) -> None:
+        self.worker.activate()
+        answer: Activated = {"standby": self.worker.bridge.standby}
+        self.send(Event.ACTIVATED, answer)
 
     def _on_cutover(self, data: Any) -> None:
         """``cutover``: a reshard's cut-over point for this worker's set; answered with
@@ -305,7 +330,8 @@ class ParentLink:
             return
         applied = self.worker.cutover(role, handover)
         late = handover.late(role, time.monotonic(), self.worker.config.hold_s)
-        self.send("cutover_ack", {"role": role.value, "cut_at": handover.cut_at, "shards": applied, "late": late})
+        ack: CutoverAck = {"role": role.value, "cut_at": handover.cut_at, "shards": applied, "late": late}
+        self.send(Event.CUTOVER_ACK, ack)
 
     def close(self) -> None:
         for task in self._tasks:
@@ -314,6 +340,10 @@ class ParentLink:
             asyncio.get_running_loop().remove_writer(self._write_fd)
             self._writer_on = False
         self.drain()
+
+
+def _ignore(_: Any) -> None:
+    pass
 
 
 def _session_dict(saved: Any) -> dict | None:

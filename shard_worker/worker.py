@@ -26,6 +26,7 @@ from shard_worker.gateway.connection import IdentifyGate, LocalIdentifyGate, Sha
 from shard_worker.gateway.inflate import zstd_unavailable
 from shard_worker.gateway.protocol import COMPRESS_ZSTD_STREAM
 from shard_worker.gateway.state import Fatal, ShardMachine
+from shard_worker.ipc_vocabulary import Event
 from shard_worker.logs import add_secret, mask_url, setup_logging
 from shard_worker.reshard import Handover, Role, ShardCutover, shard_of_guild
 from shard_worker.shard_ranges import format_shard_ids
@@ -407,7 +408,7 @@ def run_group(config: WorkerConfig, *, link: ParentLink | None = None) -> int:
         if link is not None:
             # Every shard's final report (its session with the seq confirmed last), then the end.
             link.send_shard_reports(everything=True)
-            link.send("stopped", {"exit_code": code, "report": link.report()})
+            link.send(Event.STOPPED, {"exit_code": code, "report": link.report()})
             link.close()
         return code
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from shard_worker import exit_codes
+from shard_worker.ipc_vocabulary import NOT_READY, Order
 from supervisor.cluster.node import ClusterNode, Event
 from supervisor.cluster.rules import (
     AMNESIA_SETTLE_S,
@@ -31,8 +32,6 @@ log = logging.getLogger("supervisor.cluster.rules")
 LOG_EVERY_S = 60.0
 #: At SIGTERM, the releases and the leave get this long.
 CLOSE_S = 5.0
-#: Shard states of a connection gone (``shard_state`` IPC events).
-_LOST = frozenset({"disconnected", "connecting", "identifying", "resuming", "fatal", "stopped"})
 
 
 class ClusterMember:
@@ -76,7 +75,7 @@ class ClusterMember:
                 )  # fmt: skip
                 child = self._group(group).child
                 if child is not None:
-                    child.send("guard")  # the workers reopen no lost connection meanwhile
+                    child.send(Order.GUARD)  # the workers reopen no lost connection meanwhile
                     if not set(child.ready) >= set(child.shard_ids):
                         self._park(group, now, "a shard was not READY when its lease went unconfirmed")
         for group in self.fence.must_park(now):
@@ -93,7 +92,7 @@ class ClusterMember:
             self._next_ping = now + 1.0
             for group in self.arbiter.groups:
                 if group.child is not None and group.child.stopping_since is None:
-                    group.child.send("ping")
+                    group.child.send(Order.PING)
 
     def _on_event(self, event: Event, now: float) -> None:
         arbiter = self.arbiter
@@ -125,7 +124,7 @@ class ClusterMember:
                     log.info("cluster: group %d: its lease is renewed again", group)
                     child = self._group(group).child
                     if child is not None and group not in self.parked:
-                        child.send("unguard")
+                        child.send(Order.UNGUARD)
                 if group in self.parked:
                     self.parked.discard(group)
                     self._group(group).start_at = now
@@ -174,7 +173,7 @@ class ClusterMember:
         """A shard of ``group`` changed state. In a guarded group, a lost connection may be
         Discord closing it because another node RESUMEd the session: stop the group rather
         than reconnect (which would take the session back), until the lease is renewed."""
-        if group in self.guarded and group not in self.parked and state in _LOST:
+        if group in self.guarded and group not in self.parked and state in NOT_READY:
             self._park(group, now, "a shard lost its connection while its lease is unconfirmed")
 
     def _park(self, group: int, now: float, why: str) -> None:

@@ -42,14 +42,14 @@ from supervisor.core.child import Child
 from supervisor.core.compose import assemble
 from supervisor.core.control import ControlServer
 from supervisor.core.exits import ExitAction, ExitContext, decide_exit
-from supervisor.core.groups import Group
+from supervisor.core.groups import Group, numbered
 from supervisor.core.loop_io import LoopIO
 from supervisor.core.options import ArbiterOptions
-from supervisor.core.restart_policy import RestartPolicy
 from supervisor.core.rolling import RollingRestart
 from supervisor.core.sessions import SessionBook
 from supervisor.core.state_store import StateStore
 from supervisor.core.state_writer import StateWriter
+from supervisor.core.watchdog import Watchdog
 from supervisor.identify.budget import IdentifyBudget
 from supervisor.identify.gate import IdentifyGate
 from supervisor.observe import status
@@ -61,7 +61,7 @@ from supervisor.observe.progress import (
     start_progress,
 )
 from supervisor.observe.sd_notify import Notifier, ServiceNotes
-from supervisor.reshard import shard_sets
+from supervisor.observe.serve import CannotServe, showing
 from supervisor.reshard.controller import ReshardController
 from supervisor.reshard.run import ReshardRun
 from supervisor.reshard.shard_sets import Refusal
@@ -92,6 +92,7 @@ class Arbiter:
     start: StartWatch  # until every shard is READY (again)
     notifier: Notifier  # systemd's notify socket
     notes: ServiceNotes  # what to tell it
+    watchdog: Watchdog  # stop graces, silent children, memory
 
     def __init__(self, groups: list[WorkerConfig], options: ArbiterOptions) -> None:
         if not groups:
@@ -102,11 +103,10 @@ class Arbiter:
         self.all_shards = [s for g in groups for s in g.shard_ids]
         self._my_shards = frozenset(self.all_shards)
         self.store = StateStore(options.state_dir, self.shard_count)
-        self.groups = [Group(i, cfg, RestartPolicy(**options.restart_policy)) for i, cfg in enumerate(groups)]
+        self.groups = numbered(groups, 0, options.restart_policy)
         self.stopping = False
         self.exit_code = exit_codes.OK
         self.started_at = time.monotonic()
-        self._next_sample = 0.0
         self.control: ControlServer | None = None
         self.metrics_server: MetricsServer | None = None
         #: Shards granted an identify and not READY since (they need no other grant).
@@ -143,29 +143,11 @@ class Arbiter:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
-        if self.options.metrics_addr is not None:
-            host, port = self.options.metrics_addr
-            try:
-                self.metrics_server = MetricsServer(self.options.metrics_addr, self.metrics)
-            except OSError as exc:
-                log.critical("cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
-                return exit_codes.ERROR
-            bound, port = self.metrics_server.address
-            log.info("metrics: http://%s:%d/metrics", f"[{bound}]" if ":" in bound else bound, port)
-        wipe = self.live.log_filter() if self.live is not None else None
-        if wipe is not None:
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(wipe)
         try:
-            return self._run()
-        finally:
-            if self.live is not None:
-                self.live.clear()
-            if wipe is not None:
-                for handler in logging.getLogger().handlers:
-                    handler.removeFilter(wipe)
-            if self.metrics_server is not None:
-                self.metrics_server.close()
+            with showing(self.options.metrics_addr, self.metrics, self.live) as self.metrics_server:
+                return self._run()
+        except CannotServe:
+            return exit_codes.ERROR
 
     def _run(self) -> int:
         self.io.install(self.SIGNALS)
@@ -277,14 +259,11 @@ class Arbiter:
     def adopt(self, run: ReshardRun, new_count: int) -> None:
         """The old set has exited: the new one is the supervisor's set from now on."""
         old_count = self.shard_count
-        self.groups = []
-        self.metrics.set_groups({run.first_group + i: c.shard_ids for i, c in enumerate(run.configs)})
-        for i, config in enumerate(run.configs):
-            index = run.first_group + i
-            group = Group(index, config, RestartPolicy(**self.options.restart_policy), child=run.children.get(index))
+        self.groups = numbered(run.configs, run.first_group, self.options.restart_policy, run.children)
+        self.metrics.set_groups({g.index: g.config.shard_ids for g in self.groups})
+        for group in self.groups:
             if group.child is not None:
-                self.metrics.child_started(index, group.child.pid, group.child.started_at)
-            self.groups.append(group)
+                self.metrics.child_started(group.index, group.child.pid, group.child.started_at)
         if self.shared is not None:  # the old sessions ended: no host may try to resume them
             self.shared.forget_sessions(old_count, self.all_shards)
         self.shard_count = new_count
@@ -294,14 +273,6 @@ class Arbiter:
         self.book.adopt(self.store, run.sessions)
         self._granted.clear()
         self._save_sessions()
-        log.info("reshard %d -> %d done: only the new set runs; %d sessions saved", old_count, new_count, len(self.sessions))
-        _, drained = shard_sets.queue_changes(self.groups[0].config.group, old_count, new_count)
-        if drained:
-            log.warning(
-                "reshard: the queues %s belong to no shard now; %s drains them (packets re-routed by guild_id, "
-                "the others refused); delete them once empty",
-                ", ".join(drained), self.groups[0].child.label if self.groups[0].child else "the first group",
-            )  # fmt: skip
 
     def _notify(self, now: float) -> None:
         """The loop passed: stamp ``/healthz`` and tell systemd what changed (``sd_notify``)."""
@@ -548,42 +519,8 @@ class Arbiter:
             log.warning("%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay, extra=extra)
 
     def _check_children(self, now: float) -> None:
-        sample = now >= self._next_sample
-        if sample:
-            self._next_sample = now + self.options.sample_interval
         self.reshard.watch(now, self.options.stop_grace, self.options.heartbeat_timeout)
-        for group in self.groups:
-            child = group.child
-            if child is None:
-                continue
-            if child.stopping_since is not None:
-                grace = child.grace if child.grace is not None else self.options.stop_grace
-                if not child.killed and now - child.stopping_since > grace:
-                    log.warning("%s did not stop in %.1f s: killing it", child.label, grace, extra={"group": group.index})
-                    child.kill()
-                continue
-            if now - child.last_heartbeat > self.options.heartbeat_timeout:
-                log.error(
-                    "%s sent no heartbeat for %.0f s: replacing it",
-                    child.label,
-                    now - child.last_heartbeat,
-                    extra={"group": group.index},
-                )
-                child.stop(now)
-                continue
-            if sample:
-                child.sample()
-                self.metrics.child_sampled(group.index, child.pid, child.rss, child.cpu_percent)
-                limit = self.options.max_memory_mb
-                if limit and child.rss > limit * 1024 * 1024 and child.uptime(now) > 10:
-                    log.warning(
-                        "%s uses %.0f MB (> %.0f): recycling it",
-                        child.label,
-                        child.rss / 2**20,
-                        limit,
-                        extra={"group": group.index},
-                    )
-                    child.stop(now)
+        self.watchdog.step(now, self.groups)
 
     def _grant_identifies(self, now: float) -> None:
         for grant in self.budget.step(now):

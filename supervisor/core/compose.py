@@ -17,6 +17,7 @@ from supervisor.core.options import ArbiterOptions
 from supervisor.core.rolling import RollingRestart
 from supervisor.core.sessions import SessionBook
 from supervisor.core.state_writer import StateWriter
+from supervisor.core.watchdog import Watchdog
 from supervisor.identify.budget import make_budget
 from supervisor.identify.hold import default_reserve
 from supervisor.identify.refresh import BudgetRefresher
@@ -78,6 +79,9 @@ def assemble(arbiter: Any, options: ArbiterOptions, now: float) -> None:
     a.start = StartWatch(a.live, now)
     a.notifier = Notifier()
     a.notes = ServiceNotes(a.notifier.watchdog_s)
+    a.watchdog = Watchdog(heartbeat_timeout=options.heartbeat_timeout, stop_grace=options.stop_grace,
+                          max_memory_mb=options.max_memory_mb, sample_interval=options.sample_interval,
+                          metrics=a.metrics)  # fmt: skip
 
 
 def _redis_now(logs: LogEvery, method: Any, *args: Any) -> Any:

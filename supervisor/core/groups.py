@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shard_worker.config import WorkerConfig
 from supervisor.core.child import Child
@@ -21,3 +23,12 @@ class Group:
     #: ``--auto-reshard`` (restarting it would only meet 4011 again); the reshard that
     #: replaces the set brings them back. The group's other shards run on.
     held: dict[int, int] = field(default_factory=dict)
+
+
+def numbered(configs: Sequence[WorkerConfig], first: int, restart_policy: Mapping[str, Any],
+             children: Mapping[int, Child] | None = None) -> list[Group]:
+    """One group per config, numbered from ``first`` (a reshard's new set continues the numbers),
+    with the children already running (``children`` by group number)."""
+    children = children or {}
+    return [Group(first + i, config, RestartPolicy(**restart_policy), child=children.get(first + i))
+            for i, config in enumerate(configs)]  # fmt: skip

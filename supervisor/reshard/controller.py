@@ -13,6 +13,8 @@ import logging
 from typing import Any, Protocol
 
 from shard_worker.ipc import Message
+from shard_worker.ipc_vocabulary import Event
+from shard_worker.ipc_vocabulary import Order as IpcOrder
 from shard_worker.shard_ranges import format_shard_ids
 from supervisor.core.child import Child
 from supervisor.core.groups import Group
@@ -133,10 +135,24 @@ class ReshardController:
                 self.retiring = True
         if plan.phase is Phase.DRAINING and self.retiring and not any(g.child for g in host.serving()):
             new_count = plan.new.shard_count
+            old_count = host.shard_count
             self.retiring, self.run, self.plan = False, None, plan.old_drained()
             host.adopt(run, new_count)
+            self._adopted(old_count, new_count, len(run.sessions))
         elif plan.phase is Phase.ABORTED and not run.live():
             self.run = None  # its children are gone
+
+    def _adopted(self, old_count: int, new_count: int, sessions: int) -> None:
+        log.info("reshard %d -> %d done: only the new set runs; %d sessions saved", old_count, new_count, sessions)
+        serving = self.host.serving()
+        _, drained = shard_sets.queue_changes(serving[0].config.group, old_count, new_count)
+        if drained:
+            first = serving[0].child
+            log.warning(
+                "reshard: the queues %s belong to no shard now; %s drains them (packets re-routed by guild_id, "
+                "the others refused); delete them once empty",
+                ", ".join(drained), first.label if first else "the first group",
+            )  # fmt: skip
 
     @property
     def draining(self) -> bool:
@@ -158,7 +174,7 @@ class ReshardController:
         if plan is not None and plan.phase is Phase.CUTOVER:
             for group in self.host.serving():  # told T: it must not drop what comes after it
                 if group.child is not None:
-                    group.child.send("cutover_cancel")
+                    group.child.send(IpcOrder.CUTOVER_CANCEL)
         run.fail("the supervisor is stopping")
         run.stop_new(now)
 
@@ -200,7 +216,7 @@ class ReshardController:
         held = sorted(shard for g in self.host.serving() for shard in g.held)
         if held and self.run is not None:
             for child in self.run.live():
-                child.send("orphans", {"old_count": self.host.shard_count, "shards": held})
+                child.send(IpcOrder.ORPHANS, {"old_count": self.host.shard_count, "shards": held})
 
     # -- the new set's children -----------------------------------------------------------------
     def live(self) -> list[Child]:
@@ -209,7 +225,7 @@ class ReshardController:
     def takes(self, child: Child, message: Message, now: float) -> bool:
         """A new-set child's message goes to the run (not the serving set's view), but for its
         identify requests and writes, which the shared gate handles."""
-        if self.run is None or not self.run.owns(child) or message.event in ("identify_request", "identify_sent"):
+        if self.run is None or not self.run.owns(child) or message.event in (Event.IDENTIFY_REQUEST, Event.IDENTIFY_SENT):
             return False
         self.run.on_message(child, message, now)
         return True

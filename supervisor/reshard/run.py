@@ -33,6 +33,8 @@ from typing import Any
 
 from shard_worker.config import SavedSession, WorkerConfig
 from shard_worker.ipc import Message
+from shard_worker.ipc_vocabulary import NOT_READY, Event, ShardState
+from shard_worker.ipc_vocabulary import Order as IpcOrder
 from shard_worker.worker import CATCH_UP_TIMEOUT_S, END_FLUSH_TIMEOUT_S
 from supervisor.core.child import Child
 from supervisor.reshard.shard_sets import DEFAULT_DRAIN_S, Order, Reshard, advance, next_due
@@ -88,6 +90,8 @@ class ReshardRun:
         self.failure: str | None = None
         self.old_stopped = False
         self.new_stopped = False
+        #: groups of the new set whose child answered ``activate`` (``activated``)
+        self.activated: set[int] = set()
 
     # -- the children -------------------------------------------------------------------------
     def spawn(self) -> list[Child]:
@@ -124,33 +128,37 @@ class ReshardRun:
     def on_message(self, child: Child, message: Message, now: float) -> None:
         data = message.data if isinstance(message.data, dict) else {}
         event = message.event
-        if event in ("heartbeat", "hello"):
+        if event in (Event.HEARTBEAT, Event.HELLO):
             child.last_heartbeat = now
-            if event == "heartbeat":
+            if event == Event.HEARTBEAT:
                 child.report = data
-        elif event == "shard_state":
+        elif event == Event.SHARD_STATE:
             shard, state = data.get("shard"), data.get("state")
             if shard not in child.shard_set:
                 return
-            if state == "ready":
+            if state == ShardState.READY:
                 child.ready.add(shard)
                 self._session(shard, data.get("session"))
-            elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
+            elif state in NOT_READY:
                 child.ready.discard(shard)
-            if state == "fatal":
+            if state == ShardState.FATAL:
                 self.fail(f"new shard {shard} was closed by Discord with {data.get('code')} ({data.get('reason')})")
-        elif event == "shards":
+        elif event == Event.SHARDS:
             reports = data.get("shards")
             if isinstance(reports, dict):
                 child.shard_reports.update({k: v for k, v in reports.items() if isinstance(v, dict)})
                 for key, report in reports.items():
                     if isinstance(report, dict) and str(key).isdigit():
                         self._session(int(key), report.get("session"))
-        elif event == "probe_answered":
+        elif event == Event.PROBE_ANSWERED:
             pass  # a new shard stopped marking (counted in its cut-over counters)
-        elif event == "cutover_ack" and data.get("late"):
+        elif event == Event.CUTOVER_ACK and data.get("late"):
             self.fail(f"{child.label} was told the cut-over point too late")
-        elif event == "stopped":
+        elif event == Event.ACTIVATED:
+            # the answer to ``activate``: this child consumes its shard queues and SEND now
+            self.activated.add(child.group)
+            log.info("reshard: %s of the new set consumes its queues now", child.label)
+        elif event == Event.STOPPED:
             child.report = data.get("report") or child.report
 
     def _session(self, shard: int, session: Any) -> None:
@@ -171,7 +179,7 @@ class ReshardRun:
         if not self.behind and not self.old_done_told:
             self.old_done_told = True
             for child in self.live():
-                child.send("old_caught_up")
+                child.send(IpcOrder.OLD_CAUGHT_UP)
             log.info("reshard: every old shard is caught up at the cut-over; the new set stops marking")
 
     # -- the steps ----------------------------------------------------------------------------
@@ -188,18 +196,18 @@ class ReshardRun:
                 rule = plan.handover()
                 for role, children in (("old", old_children), ("new", self.live())):
                     for child in children:
-                        child.send("cutover", {"role": role, **rule.to_dict()})
+                        child.send(IpcOrder.CUTOVER, {"role": role, **rule.to_dict()})
                 log.info("reshard: every new shard READY; cut-over in %.1f s", rule.cut_at - now)
             elif order is Order.CANCEL:
                 for child in old_children:  # the old set was told T: it publishes on after it
-                    child.send("cutover_cancel")
+                    child.send(IpcOrder.CUTOVER_CANCEL)
             elif order is Order.END_NEW:
                 log.error("reshard %d -> %d aborted: %s; the old set keeps serving",
                           before.old.shard_count, before.new.shard_count, self.failure)  # fmt: skip
                 self.stop_new(now)
             elif order is Order.ACTIVATE:
                 for child in self.live():
-                    child.send("activate")
+                    child.send(IpcOrder.ACTIVATE)
                 log.info("reshard: cut-over passed; the new set of %d serves", plan.new.shard_count)
             elif order is Order.END_OLD:
                 self.old_stopped = True
@@ -228,7 +236,7 @@ def end(child: Child, now: float) -> None:
     if child.stopping_since is None:
         child.stopping_since = now
         child.grace = CATCH_UP_TIMEOUT_S + END_FLUSH_TIMEOUT_S + END_GRACE_MARGIN_S
-        child.send("stop", {"end_sessions": True})
+        child.send(IpcOrder.STOP, {"end_sessions": True})
 
 
 __all__ = ["DRAIN_S", "ReshardRun", "new_set_configs", "preparing", "end"]

@@ -136,3 +136,24 @@ def test_counters_by_type_stop_at_their_bound():
     count_type(counts, "TYPE_0")  # an old type is still counted by name
     assert len(counts) == MAX_EVENT_TYPES + 1
     assert counts[OTHER_TYPE] == 50 and counts["TYPE_0"] == 2
+
+
+def test_every_order_but_config_has_a_handler_and_an_unknown_one_is_logged(caplog):
+    from shard_worker.ipc_vocabulary import Order
+
+    link, r, _ = link_for(1)
+    guarded: list[bool] = []
+    link.worker.set_guarded = guarded.append
+    link.worker.old_caught_up = lambda: guarded.append(None)
+    try:
+        assert set(link._orders) == set(Order) - {Order.CONFIG}
+        for event in ("guard", "unguard", "ping", "old_caught_up"):  # plain strings, as received
+            link._on_order(ipc.Message(event))
+        assert guarded == [True, False, None]
+        with caplog.at_level("WARNING", logger="shard_worker.supervised"):
+            link._on_order(ipc.Message("config", {}))
+            link._on_order(ipc.Message("reboot"))
+        assert "unknown order 'config' ignored" in caplog.text and "unknown order 'reboot' ignored" in caplog.text
+        assert read_messages(r) == []  # none of these is answered
+    finally:
+        os.close(r)

@@ -99,3 +99,15 @@ def test_the_new_set_is_told_once_every_old_shard_is_caught_up():
     run.old_caught_up(2)
     run.old_caught_up(2)  # a second report (after a reconnect) tells nobody twice
     assert all(events(c) == ["old_caught_up"] for c in new)
+
+
+def test_the_new_sets_answer_to_activate_is_recorded_and_logged(caplog):
+    from shard_worker.ipc import Message
+
+    run, new, old, plan = make()
+    plan = run.step(run.step(plan, old, 11.0), old, 14.0)
+    assert all(events(c)[-1] == "activate" for c in new)
+    with caplog.at_level("INFO", logger="supervisor.reshard"):
+        run.on_message(new[0], Message("activated", {"standby": False}), 14.1)
+    assert run.activated == {1}
+    assert "child of the new set consumes its queues now" in caplog.text
