@@ -39,6 +39,7 @@ from supervisor.cluster.member import ClusterMember
 from supervisor.coord.log_every import LogEvery
 from supervisor.coord.shared_state import SharedState
 from supervisor.core.child import Child
+from supervisor.core.child_events import ChildEvents
 from supervisor.core.compose import assemble
 from supervisor.core.control import ControlServer
 from supervisor.core.exits import ExitAction, ExitContext, decide_exit
@@ -93,6 +94,7 @@ class Arbiter:
     notifier: Notifier  # systemd's notify socket
     notes: ServiceNotes  # what to tell it
     watchdog: Watchdog  # stop graces, silent children, memory
+    events: ChildEvents  # what the children say, to whom (one dispatch table)
 
     def __init__(self, groups: list[WorkerConfig], options: ArbiterOptions) -> None:
         if not groups:
@@ -325,101 +327,10 @@ class Arbiter:
         self.io.unwatch_child(child)
 
     def _on_message(self, child: Child, message: Message) -> None:
-        data = message.data if isinstance(message.data, dict) else {}
-        event = message.event
-        now = time.monotonic()
-        if self.reshard.takes(child, message, now):
-            return  # the new set's: not the serving set's view
-        if event == "heartbeat":
-            child.last_heartbeat = now
-            child.report = data
-            self.metrics.child_report(child.group, child.pid, data)
-        elif event == "shards":
-            self._on_shard_reports(child, data.get("shards"))
-        elif event == "identify_request":
-            shard = data.get("shard")
-            if shard in child.shard_set:
-                self.budget.request(child.pid, shard)
-        elif event == "identify_sent":
-            shard, at = data.get("shard"), data.get("at")
-            if shard in child.shard_set and isinstance(at, (int, float)):
-                self.budget.sent(shard, float(at), now)
-        elif event == "shard_state":
-            self._on_shard_state(child, data)
-        elif event == "stopped":
-            child.report = data.get("report") or child.report
-            self.metrics.child_report(child.group, child.pid, child.report)
-        elif event == "hello":
-            child.last_heartbeat = now
-        elif event == "cutover_cancelled":
-            log.info("%s: the cut-over is cancelled, it publishes as before", child.label)
-        elif event == "cutover_ack":
-            self.reshard.cutover_ack(child, data)
-        elif event == "probe_answered":
-            self.reshard.old_caught_up(child, data.get("shard"))
-        else:
-            log.warning("%s: unknown IPC event %r", child.label, event, extra={"group": child.group})
-
-    def _on_shard_reports(self, child: Child, reports: Any) -> None:
-        """A ``shards`` message: the reports of the shards that changed (a chunk of them)."""
-        if not isinstance(reports, dict):
-            return
-        mine: dict[str, dict] = {}
-        for key, report in reports.items():
-            try:
-                shard = int(key)
-            except (TypeError, ValueError):
-                continue
-            if shard in child.shard_set and isinstance(report, dict):
-                mine[key] = report
-                session = report.get("session")
-                if session is None and "session" in report:
-                    # The child was given this shard's session (or made one) and has none now:
-                    # Discord invalidated it (op 9, 4007, 4009). A restart must not try it again.
-                    self._forget_session(shard)
-                else:
-                    self._update_session(child, shard, session)
-        child.shard_reports.update(mine)
-        self.metrics.shard_reports(child.group, child.pid, mine)
-
-    def _on_shard_state(self, child: Child, data: dict) -> None:
-        shard = data.get("shard")
-        state = data.get("state")
-        if shard not in child.shard_set:
-            return
-        self.metrics.shard_event(shard, str(state))
-        if self.member is not None:
-            self.member.shard_state(child.group, str(state), time.monotonic())
-        if state == "ready":
-            if shard not in child.ready and self.start.since is not None and not self.stopping:
-                # the start's progress in logs (a terminal shows the live line instead)
-                log.log(
-                    logging.DEBUG if self.live is not None else logging.INFO,
-                    "shard %d ready (group %d)",
-                    shard,
-                    child.group,
-                    extra={"shard": shard, "group": child.group},
-                )
-            child.ready.add(shard)
-            self._granted.discard(shard)
-            self._update_session(child, shard, data.get("session"))
-        elif state in ("disconnected", "connecting", "identifying", "fatal", "stopped"):
-            child.ready.discard(shard)
-        if state == "fatal":
-            child.fatal_shard = shard
-            log.error(
-                "shard %d: Discord closed with %s",
-                shard,
-                describe_close(data.get("code")),
-                extra={"shard": shard, "group": child.group},
-            )
+        self.events.handle(child, message, time.monotonic())
 
     def _forget_session(self, shard: int) -> None:
         self.book.forget(shard)
-
-    def _update_session(self, child: Child, shard: int, session: Any) -> None:
-        if shard in child.shard_set:
-            self.book.update(shard, session)
 
     def _reap(self, now: float) -> None:
         while True:

@@ -12,6 +12,7 @@ from typing import Any
 from supervisor.cluster.member import ClusterMember
 from supervisor.coord.log_every import LogEvery
 from supervisor.coord.shared_state import SharedState
+from supervisor.core.child_events import ChildEvents
 from supervisor.core.loop_io import LoopIO
 from supervisor.core.options import ArbiterOptions
 from supervisor.core.rolling import RollingRestart
@@ -82,6 +83,8 @@ def assemble(arbiter: Any, options: ArbiterOptions, now: float) -> None:
     a.watchdog = Watchdog(heartbeat_timeout=options.heartbeat_timeout, stop_grace=options.stop_grace,
                           max_memory_mb=options.max_memory_mb, sample_interval=options.sample_interval,
                           metrics=a.metrics)  # fmt: skip
+    a.events = ChildEvents(metrics=a.metrics, budget=a.budget, book=a.book, reshard=a.reshard, member=a.member,
+                           start=a.start, live=a.live, granted=a._granted, stopping=lambda: a.stopping)  # fmt: skip
 
 
 def _redis_now(logs: LogEvery, method: Any, *args: Any) -> Any:
