@@ -221,18 +221,7 @@ class Arbiter:
                 group.child.stop(now)
 
     def begin_rolling_restart(self) -> bool:
-        if self.stopping:
-            return False
-        if self.reshard.running:
-            log.info("no rolling restart while a reshard runs")
-            return False
-        if self.rolling.running:
-            log.info("rolling restart already in progress")
-            return False
-        run = [g.index for g in self.groups if self._runs(g)]
-        log.info("rolling restart of %d groups, one at a time", len(run))
-        self.rolling.begin(run)
-        return True
+        return self.rolling.begin([g.index for g in self.serving()], stopping=self.stopping, resharding=self.reshard.running)
 
     def begin_reshard(self, request: Any) -> dict[str, Any]:
         """A ``reshard`` request of the control socket: the controller's answer (with the
@@ -501,31 +490,13 @@ class Arbiter:
     def progress(self, now: float) -> Progress:
         """The start's :class:`~supervisor.observe.progress.Progress`, from the gate."""
         ready = {s for g in self.groups if g.child is not None for s in g.child.ready}
-        return start_progress(self.gate, ready, self.all_shards, self.sessions, self._granted, now)
+        return start_progress(self.gate, ready, self.all_shards, self.book.sessions, self._granted, now)
 
     def _maybe_save(self, now: float) -> None:
-        self.book.maybe_save(now, self.shard_count, self._my_shards, self._draining_sessions())
+        self.book.maybe_save(now, self.shard_count, self._my_shards, self.reshard.draining_sessions(self.options.state_dir))
 
     def _save_sessions(self) -> None:
-        self.book.save(self.shard_count, self._my_shards, self._draining_sessions())
-
-    def _draining_sessions(self) -> tuple[StateStore, dict[int, SavedSession]] | None:
-        """Past a reshard's cut-over point the new set serves and the old one's sessions are
-        about to end: a supervisor killed now must come back with the new set's sessions, not
-        identify everything (issue 20, defect 4)."""
-        ctl = self.reshard
-        if ctl.draining:
-            assert ctl.run is not None and ctl.plan is not None
-            return StateStore(self.options.state_dir, ctl.plan.new.shard_count), ctl.run.sessions
-        return None
-
-    @property
-    def sessions(self) -> dict[int, SavedSession]:
-        return self.book.sessions
-
-    @sessions.setter
-    def sessions(self, sessions: dict[int, SavedSession]) -> None:
-        self.book.sessions = sessions
+        self.book.save(self.shard_count, self._my_shards, self.reshard.draining_sessions(self.options.state_dir))
 
     def group(self, index: int) -> Group:
         """The group numbered ``index`` (after a reshard the numbers do not start at 0)."""

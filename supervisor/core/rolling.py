@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("supervisor.core.rolling")
@@ -23,8 +23,19 @@ class RollingRestart:
     def running(self) -> bool:
         return bool(self.queue) or self.current is not None
 
-    def begin(self, groups: Iterable[int]) -> None:
+    def begin(self, groups: list[int], *, stopping: bool = False, resharding: bool = False) -> bool:
+        """Restart ``groups`` one at a time; False (and why, in the log) when it cannot start."""
+        if stopping:
+            return False
+        if resharding:
+            log.info("no rolling restart while a reshard runs")
+            return False
+        if self.running:
+            log.info("rolling restart already in progress")
+            return False
+        log.info("rolling restart of %d groups, one at a time", len(groups))
         self.queue.extend(groups)
+        return True
 
     def cancel(self) -> None:
         self.queue.clear()

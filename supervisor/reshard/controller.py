@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from shard_worker.config import SavedSession
 from shard_worker.ipc import Message
 from shard_worker.ipc_vocabulary import Event
 from shard_worker.ipc_vocabulary import Order as IpcOrder
 from shard_worker.shard_ranges import format_shard_ids
 from supervisor.core.child import Child
 from supervisor.core.groups import Group
+from supervisor.core.state_store import StateStore
 from supervisor.identify.budget import IdentifyBudget
 from supervisor.identify.refresh import BudgetRefresher
 from supervisor.observe.progress import estimate, gate_view
@@ -153,6 +155,15 @@ class ReshardController:
                 "the others refused); delete them once empty",
                 ", ".join(drained), first.label if first else "the first group",
             )  # fmt: skip
+
+    def draining_sessions(self, state_dir: str) -> tuple[StateStore, dict[int, SavedSession]] | None:
+        """Past the cut-over point the new set serves and the old one's sessions are about to
+        end: a supervisor killed now must come back with the new set's sessions (its store),
+        not identify everything (issue 20, defect 4). None before."""
+        if not self.draining:
+            return None
+        assert self.run is not None and self.plan is not None
+        return StateStore(state_dir, self.plan.new.shard_count), self.run.sessions
 
     @property
     def draining(self) -> bool:

@@ -32,14 +32,14 @@ def pump(arbiter: Arbiter, seconds: float) -> None:
 def test_redis_down_holds_identifies_keeps_sessions_local_and_logs(tmp_path, caplog):
     config = WorkerConfig(shard_ids=[0, 1], shard_count=2, gateway_url="ws://127.0.0.1:1", token="t" * 20, max_concurrency=2)
     arbiter = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state"), coordinator=DownCoordinator()))
-    assert arbiter.sessions == {}  # loading from Redis failed: nothing invented
+    assert arbiter.book.sessions == {}  # loading from Redis failed: nothing invented
     arbiter.gate.request(1234, 0)
     with caplog.at_level(logging.ERROR, logger="supervisor.core.arbiter"):
         pump(arbiter, 2.5)  # the bucket is tried about once a second, every try fails
     assert arbiter.gate.total_granted == 0 and arbiter.gate.waiting == 1
     assert sum("Redis unavailable" in r.message for r in caplog.records) == 1  # once, not per try
     # sessions still go to the state dir
-    arbiter.sessions = {0: SavedSession("s", 5, "ws://r")}
+    arbiter.book.sessions = {0: SavedSession("s", 5, "ws://r")}
     arbiter._save_sessions()
     assert arbiter.writer.flush(10)  # the state dir is written off the loop
     assert (tmp_path / "state" / "sessions.json").exists()

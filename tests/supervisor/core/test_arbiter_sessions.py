@@ -59,7 +59,7 @@ def test_a_session_discord_invalidated_is_forgotten_on_disk_and_in_redis(tmp_pat
         assert set(coordinator.load_sessions(2, [0, 1])) == {1}
         # a restart resumes only what is still valid
         again = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state"), coordinator=coordinator))
-        assert set(again.sessions) == {1}
+        assert set(again.book.sessions) == {1}
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)

@@ -160,7 +160,7 @@ def test_arbiter_progress_counts_shards_that_will_need_an_identify(tmp_path):
     assert (p.ready, p.total, p.to_identify) == (0, 8, 8)
     assert p.eta == pytest.approx(3 * arbiter.gate.interval + 1.0)
     # shards with a saved session resume: they need no grant
-    arbiter.sessions[6] = arbiter.sessions[7] = SavedSession("s", 5, "ws://x")
+    arbiter.book.sessions[6] = arbiter.book.sessions[7] = SavedSession("s", 5, "ws://x")
     arbiter.gate.request(1, 0)
     arbiter.gate.request(1, 1)
     arbiter.groups[0].child = fake_child()
