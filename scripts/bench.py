@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,20 +39,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_common import OUT, PY, TOKEN, cpu_seconds, free_port, tree  # noqa: E402,F401
+
 from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
 
-PY = sys.executable
-TOKEN = "bench-token-0123456789abcdef"
 EXCHANGE = "bench"
 QUEUE = "bench:all"
 EVENTS = DISPATCH_TYPES
-OUT = ROOT / "docs" / "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Simulator:
@@ -114,23 +106,6 @@ class Rabbit:
         self.connection.close()
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 JSON = "ujson"  # set from --json

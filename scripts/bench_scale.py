@@ -45,7 +45,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import OUT, PY, ROOT, TOKEN, cpu_seconds, free_port, tree  # noqa: E402
+from bench_common import OUT, PY, ROOT, TOKEN, cpu_seconds, free_port, tree  # noqa: E402
 
 from shard_worker import spectacles  # noqa: E402
 from supervisor.core.control import request  # noqa: E402

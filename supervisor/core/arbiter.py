@@ -54,7 +54,7 @@ from supervisor.core.watchdog import Watchdog
 from supervisor.identify.budget import IdentifyBudget
 from supervisor.identify.gate import IdentifyGate
 from supervisor.observe import status
-from supervisor.observe.metrics import MetricsServer, MetricsState
+from supervisor.observe.metrics import MetricsState
 from supervisor.observe.progress import (
     LiveLine,
     Progress,
@@ -62,7 +62,7 @@ from supervisor.observe.progress import (
     start_progress,
 )
 from supervisor.observe.sd_notify import Notifier, ServiceNotes
-from supervisor.observe.serve import CannotServe, showing
+from supervisor.observe.serve import CannotServe, MetricsServer, showing
 from supervisor.reshard.controller import ReshardController
 from supervisor.reshard.run import ReshardRun
 from supervisor.reshard.shard_sets import Refusal

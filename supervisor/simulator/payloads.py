@@ -23,7 +23,7 @@ from typing import Any
 
 import ujson
 
-from shard_worker.gateway.protocol import API_VERSION, shard_for_guild
+from supervisor.simulator.discord_facts import API_VERSION, shard_for_guild
 
 #: Discord's epoch (2015-01-01T00:00:00Z) in Unix milliseconds.
 DISCORD_EPOCH_MS = 1420070400000

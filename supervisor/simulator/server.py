@@ -14,7 +14,8 @@ One port serves:
 * the websocket gateway on every other path (``/`` and ``/resume`` in practice: READY's
   ``resume_gateway_url`` is ``ws://host:port/resume``; the path each connection used is recorded).
 
-Protocol rules enforced (codes from :mod:`shard_worker.gateway.protocol`):
+Protocol rules enforced (Discord's facts as :mod:`supervisor.simulator.discord_facts` writes them,
+independently of the client's protocol module):
 
 * query ``v`` must be 10 (else close 4012); ``encoding`` must be ``json`` if given (else 4002);
   ``compress`` may be ``zlib-stream`` (one compressobj per connection, each message ends with
@@ -70,8 +71,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from shard_worker.gateway import inflate, protocol
-from shard_worker.gateway.protocol import (
+from shard_worker.gateway import inflate
+from supervisor.simulator import discord_facts as facts
+from supervisor.simulator import payloads
+from supervisor.simulator.discord_facts import (
     API_VERSION,
     CLIENT_OPS,
     COMPRESS_CHOICES,
@@ -83,7 +86,6 @@ from shard_worker.gateway.protocol import (
     Close,
     Op,
 )
-from supervisor.simulator import payloads
 from supervisor.simulator.poll_clock import poll_clock
 
 log = logging.getLogger("supervisor.simulator")
@@ -134,10 +136,10 @@ class SimulatorOptions:
     #: Send each zlib-stream message as two websocket messages split at a random point
     #: (zstd-stream messages are never split: Discord sends each as one websocket message).
     fragment: bool = False
-    identify_interval_s: float = protocol.IDENTIFY_INTERVAL_S
-    send_limit: int = protocol.SEND_LIMIT
-    send_window_s: float = protocol.SEND_WINDOW_S
-    max_payload_bytes: int = protocol.MAX_PAYLOAD_BYTES
+    identify_interval_s: float = facts.IDENTIFY_INTERVAL_S
+    send_limit: int = facts.SEND_LIMIT
+    send_window_s: float = facts.SEND_WINDOW_S
+    max_payload_bytes: int = facts.MAX_PAYLOAD_BYTES
     session_start_total: int = 1000
     #: Identifies left today (default: ``session_start_total``).
     session_start_remaining: int | None = None
@@ -1101,7 +1103,7 @@ class Simulator:
         now = getattr(conn.ws, "received_at", None) or handled
         earliest = min(now, getattr(conn.ws, "received_earliest", None) or now)
         self._session_start_limit()  # refresh the daily budget
-        bucket = protocol.identify_bucket(shard_id, opts.max_concurrency)
+        bucket = facts.identify_bucket(shard_id, opts.max_concurrency)
         wall = time.time() - handled  # loop time -> wall time
         entry = {"time": now + wall, "earliest": earliest + wall, "handled": handled + wall, "shard": shard_id,
                  "shard_count": count, "bucket": bucket, "conn": conn.id, "accepted": False, "session_id": None}
@@ -1291,7 +1293,7 @@ class Simulator:
             key = (count, shard)
             f = self._foreign_factories.get(key)
             if f is None:
-                mine = [g for g in self.population() if protocol.shard_for_guild(g, count) == shard]
+                mine = [g for g in self.population() if facts.shard_for_guild(g, count) == shard]
                 f = self._foreign_factories[key] = payloads.EventFactory(
                     shard, count, len(mine), self.options.seed, guild_ids=mine, flakes=self._foreign_flakes
                 )
@@ -1386,7 +1388,7 @@ class Simulator:
                 continue
             out: dict[int, list[bytes]] = {}
             for t, d, guild in events:
-                shard = 0 if guild is None else protocol.shard_for_guild(guild, count)
+                shard = 0 if guild is None else facts.shard_for_guild(guild, count)
                 target = sessions.get(shard)
                 if target is None or target.ended:
                     continue
@@ -1554,7 +1556,7 @@ class Simulator:
             raise ValueError(f"cannot close with code {code}")
         session = conn.session
         if session is not None and (
-            code in protocol.REIDENTIFY_CLOSE_CODES or code in protocol.FATAL_CLOSE_CODES
+            code in facts.REIDENTIFY_CLOSE_CODES or code in facts.FATAL_CLOSE_CODES
         ):
             self._forget(session)
         await self._close(conn, code, reason)

@@ -8,7 +8,8 @@ import urllib.error
 import urllib.request
 
 from supervisor.observe.health import liveness, readiness
-from supervisor.observe.metrics import MetricsServer, MetricsState
+from supervisor.observe.metrics import MetricsState
+from supervisor.observe.serve import MetricsServer
 
 
 class Clock:

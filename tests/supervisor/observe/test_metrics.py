@@ -19,11 +19,11 @@ from supervisor.core.arbiter import Arbiter, ArbiterOptions
 from supervisor.observe import metrics as metrics_module
 from supervisor.observe.metrics import (
     SHARD_STATES,
-    MetricsServer,
     MetricsState,
     build_registry,
     merge_histograms,
 )
+from supervisor.observe.serve import MetricsServer
 from supervisor.simulator import SimulatorThread
 from tests.helpers import TOKEN, free_port, wait_for
 from tests.supervisor.supervisor_process import SupervisorProcess
