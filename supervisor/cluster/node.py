@@ -18,7 +18,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from supervisor.cluster.rules import (
     group_shards,
     plan,
 )
+from supervisor.coord.offloop import Answers
 
 log = logging.getLogger("supervisor.cluster.rules")
 
@@ -79,7 +79,7 @@ class ClusterNode:
         self.clock = clock
         self.round_s = round_s
         self._lock = threading.Lock()
-        self._events: deque[Event] = deque()
+        self._events: Answers[Event] = Answers(lambda: self.wake())  # self.wake may be set later
         #: groups this thread holds a lease on (renewed every round)
         self.held: set[int] = set()
         self._ready: set[int] = set()
@@ -119,10 +119,7 @@ class ClusterNode:
 
     # -- the loop's side ----------------------------------------------------------------------
     def events(self) -> list[Event]:
-        with self._lock:
-            taken = list(self._events)
-            self._events.clear()
-        return taken
+        return self._events.take()
 
     def facts(self, ready: set[int]) -> None:
         """The held groups whose shards are all READY (only those may be handed over). Told at
@@ -158,12 +155,7 @@ class ClusterNode:
 
     # -- the thread ---------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
-        with self._lock:
-            self._events.append(event)
-        try:
-            self.wake()
-        except Exception:  # noqa: BLE001 - the loop polls every pass anyway
-            pass
+        self._events.put(event)
 
     def _info(self) -> dict[str, Any]:
         return {

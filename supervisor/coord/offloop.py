@@ -1,11 +1,17 @@
-"""What the threads that work off the supervisor's loop share (Redis, the state dir): a daemon
-thread around one condition, whose owner hands it work under the lock and never waits for it;
-``flush`` (for the end of a run and for tests) waits until the work is done, ``close`` stops it."""
+"""What the threads that work off the supervisor's loop share (Redis, the state dir, Discord's
+REST API, the cluster rounds): a daemon thread around one condition, whose owner hands it work
+under the lock and never waits for it (``flush``, for the end of a run and for tests, waits until
+the work is done; ``close`` stops it), and :class:`Answers`, the way back: what a thread puts
+there wakes the loop, which takes it on its next pass."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 def wait_until(cond: threading.Condition, done: Callable[[], bool], timeout: float, clock: Callable[[], float]) -> bool:
@@ -51,3 +57,33 @@ class OffLoopThread:
             self._cond.notify_all()
         self._thread.join(0.5)
         return flushed
+
+
+class Answers(Generic[T]):
+    """From threads to the loop: :meth:`put` (any thread) keeps an answer and wakes the loop
+    (``wake`` must not block; if it fails the loop still finds the answer on its next pass);
+    :meth:`take` (the loop) returns what came since, oldest first. Unbounded by design: each
+    owner bounds what it asks (one question per bucket, one refresh at a time, one round)."""
+
+    def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
+        self.wake = wake
+        self._lock = threading.Lock()
+        self._items: deque[T] = deque()
+
+    def put(self, item: T) -> None:
+        with self._lock:
+            self._items.append(item)
+        try:
+            self.wake()
+        except Exception:  # noqa: BLE001 - the loop takes answers every pass anyway
+            pass
+
+    def take(self) -> list[T]:
+        with self._lock:
+            taken = list(self._items)
+            self._items.clear()
+        return taken
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.coord.offloop import OffLoopThread
+from supervisor.coord.offloop import Answers, OffLoopThread
 
 log = logging.getLogger("supervisor.coord.shared_state")
 
@@ -207,7 +206,7 @@ class SharedState(OffLoopThread):
         self.coordinator = coordinator
         self.wake = wake
         self._mailbox = Mailbox()
-        self._answers: deque[Answer] = deque()
+        self._answers: Answers[Answer] = Answers(wake)
         self._busy = False
         #: the last call failed (Redis unreachable or not answering)
         self.failing = False
@@ -246,10 +245,7 @@ class SharedState(OffLoopThread):
 
     def answers(self) -> list[Answer]:
         """The answers that arrived since the last call, oldest first."""
-        with self._cond:
-            taken = list(self._answers)
-            self._answers.clear()
-        return taken
+        return self._answers.take()
 
     @property
     def pending(self) -> int:
@@ -286,13 +282,10 @@ class SharedState(OffLoopThread):
                 recovered = error is None and self.failing
                 self.failing = error is not None
                 self._mailbox.done(job, error is None, finished)
-                self._answers.append(Answer(job.kind, job.key, value, error, started, finished, recovered))
+                # kept before the job counts as done: a flush() that returns finds its answer
+                self._answers.put(Answer(job.kind, job.key, value, error, started, finished, recovered))
                 self._busy = False
                 self._cond.notify_all()
-            try:
-                self.wake()
-            except Exception:  # noqa: BLE001 - the loop polls answers every pass anyway
-                pass
 
     def _execute(self, job: Job) -> Any:
         c = self.coordinator

@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from supervisor.coord.offloop import Answers
 
 log = logging.getLogger("supervisor.identify.refresh")
 
@@ -71,11 +72,9 @@ class BudgetRefresher:
         self.fetch = fetch
         self.publish = publish
         self.fallback = fallback
-        self.wake = wake
         self.min_interval = min_interval
         self.clock = clock
-        self._lock = threading.Lock()
-        self._answers: deque[Refresh] = deque()
+        self._answers: Answers[Refresh] = Answers(wake)
         self._thread: threading.Thread | None = None
         self._next_at = float("-inf")
         #: refreshes started so far
@@ -98,10 +97,7 @@ class BudgetRefresher:
 
     def answers(self) -> list[Refresh]:
         """The refreshes finished since the last call."""
-        with self._lock:
-            taken = list(self._answers)
-            self._answers.clear()
-        return taken
+        return self._answers.take()
 
     def join(self, timeout: float) -> None:
         """Wait for a running refresh (tests, the end of a run)."""
@@ -131,10 +127,4 @@ class BudgetRefresher:
                 estimated = self.fallback()
             except Exception as exc:  # noqa: BLE001 - Redis errors
                 publish_error = exc
-        answer = Refresh(limit, error, estimated, publish_error, started, self.clock(), recommended)
-        with self._lock:
-            self._answers.append(answer)
-        try:
-            self.wake()
-        except Exception:  # noqa: BLE001 - the loop polls answers every pass anyway
-            pass
+        self._answers.put(Refresh(limit, error, estimated, publish_error, started, self.clock(), recommended))
