@@ -37,9 +37,12 @@ CLOSE_S = 5.0
 class ClusterMember:
     """Which groups this node runs (a lease held), and the handoffs and fences under way."""
 
-    def __init__(self, node: ClusterNode, arbiter: Any) -> None:
+    def __init__(self, node: ClusterNode, arbiter: Any, book: Any) -> None:
+        """``arbiter``: its groups, ``group(index)``, ``begin_stop`` and ``cluster_groups_changed``;
+        ``book``: the session book (:class:`~supervisor.core.sessions.SessionBook`)."""
         self.node = node
         self.arbiter = arbiter
+        self.book = book
         self.fence = Fence()
         #: groups leased to this node, and those being handed over (their process stopping)
         self.leased: set[int] = set()
@@ -102,7 +105,9 @@ class ClusterMember:
             self.leased.add(group)
             self.fence.acquired(group, event.sent_at)
             self.acquired[event.how] += 1
-            arbiter.cluster_sessions(group, event.sessions)
+            # Redis' sessions for its shards are the ones to resume
+            self.book.replace(arbiter.group(group).config.shard_ids, event.sessions)
+            arbiter.group(group).start_at = time.monotonic()
             if event.how == "takeover":
                 # Issue 20, defect 6: its last node may still run it, guarded, until it parks the
                 # group (GUARD_LIMIT_S after its last renewal); an IDENTIFY now would make a second
@@ -157,7 +162,9 @@ class ClusterMember:
                 "cluster: Redis lost the cluster's state (restarted empty, flushed or evicted): re-asserting "
                 "this node's leases and sessions; nothing is acquired for %.0f s", AMNESIA_SETTLE_S,
             )  # fmt: skip
-            arbiter.cluster_sessions_lost()
+            # Redis forgot everything: write every session again (the leases are re-asserted in
+            # the same round, so the fenced writes go through)
+            self.book.dirty = True
         elif event.kind == "refused":
             log.critical("cluster: %s", event.reason)
             arbiter.begin_stop(now, exit_codes.USAGE)
@@ -206,13 +213,13 @@ class ClusterMember:
             self.arbiter.cluster_groups_changed(time.monotonic())
         if group not in self.releasing:
             return False
-        self.node.release(group, self.arbiter.group_sessions(group))
+        self.node.release(group, self.book.of(self.arbiter.group(group).config.shard_ids))
         return True
 
     def close(self) -> None:
         """The supervisor stops (every process has exited): release every group with its
         sessions at once, leave the membership."""
-        sessions = {g: self.arbiter.group_sessions(g) for g in self.leased}
+        sessions = {g: self.book.of(self.arbiter.group(g).config.shard_ids) for g in self.leased}
         if not self.node.close(sessions, CLOSE_S):
             log.warning("cluster: Redis did not take the handover in %.0f s: the leases expire in their TTL", CLOSE_S)
 

@@ -31,10 +31,8 @@ from dataclasses import replace
 from typing import Any
 
 from shard_worker import exit_codes
-from shard_worker.config import SavedSession, WorkerConfig
-from shard_worker.gateway.protocol import describe_close
+from shard_worker.config import WorkerConfig
 from shard_worker.ipc import Message
-from shard_worker.shard_ranges import format_shard_ids
 from supervisor.cluster.member import ClusterMember
 from supervisor.coord.log_every import LogEvery
 from supervisor.coord.shared_state import SharedState
@@ -42,7 +40,8 @@ from supervisor.core.child import Child
 from supervisor.core.child_events import ChildEvents
 from supervisor.core.compose import assemble
 from supervisor.core.control import ControlServer
-from supervisor.core.exits import ExitAction, ExitContext, decide_exit
+from supervisor.core.exit_handler import ExitHandler
+from supervisor.core.exits import ExitContext, decide_exit
 from supervisor.core.groups import Group, numbered
 from supervisor.core.loop_io import LoopIO
 from supervisor.core.options import ArbiterOptions
@@ -95,6 +94,7 @@ class Arbiter:
     notes: ServiceNotes  # what to tell it
     watchdog: Watchdog  # stop graces, silent children, memory
     events: ChildEvents  # what the children say, to whom (one dispatch table)
+    exits: ExitHandler  # what a child's exit leads to
 
     def __init__(self, groups: list[WorkerConfig], options: ArbiterOptions) -> None:
         if not groups:
@@ -318,9 +318,6 @@ class Arbiter:
     def _on_message(self, child: Child, message: Message) -> None:
         self.events.handle(child, message, time.monotonic())
 
-    def _forget_session(self, shard: int) -> None:
-        self.book.forget(shard)
-
     def _reap(self, now: float) -> None:
         while True:
             try:
@@ -333,34 +330,30 @@ class Arbiter:
                 raise
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
             for group in self.groups:
-                child = group.child
-                if child is not None and child.pid == pid:
-                    child.proc.returncode = os.waitstatus_to_exitcode(status)
-                    self._on_exit(group, child, child.proc.returncode, now)
+                if group.child is not None and group.child.pid == pid:
+                    self._on_exit(group, self._release(group.child, code, now), code, now)
             new = self.reshard.child_of(pid)
             if new is not None:
-                new.proc.returncode = os.waitstatus_to_exitcode(status)
-                while leftover := new.read():
-                    for message in leftover:
-                        self._on_message(new, message)
-                self._unregister(new)
-                new.close()
-                self.budget.cancel(new.pid, now)
-                self.reshard.exited(new, new.proc.returncode)
+                self.reshard.exited(self._release(new, code, now), code)
 
-    def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
-        # Read what the child said last (its final sessions) before forgetting it.
+    def _release(self, child: Child, code: int, now: float) -> Child:
+        """A child exited: read what it said last (its final sessions), stop watching it, void
+        its identify requests (a grant it held counts as written at its death)."""
+        child.proc.returncode = code
         while leftover := child.read():
             for message in leftover:
                 self._on_message(child, message)
         self._unregister(child)
         child.close()
         self.budget.cancel(child.pid, now)
+        return child
+
+    def _on_exit(self, group: Group, child: Child, code: int, now: float) -> None:
         self.metrics.child_exited(group.index, child.pid)  # its counters carry over
         self._granted.difference_update(child.shard_ids)
         group.child = None
-        extra = {"group": group.index}
         decision = decide_exit(ExitContext(
             code=code,
             handed_over=self.member is not None and self.member.exited(group.index),
@@ -369,54 +362,7 @@ class Arbiter:
             auto_reshard=self.reshard.auto is not None,
             stopping=self.stopping,
         ))  # fmt: skip
-        action, said = decision.action, exit_codes.describe(code)
-        if action is ExitAction.HANDED_OVER:
-            log.info("%s exited for its handover (%s)", child.label, said, extra=extra)
-        elif action is ExitAction.RETIRED:
-            log.info("%s of the old set exited (%s)", child.label, said, extra=extra)
-        elif action is ExitAction.ROLLED:
-            group.start_at = now
-            log.info("%s exited for the rolling restart", child.label, extra=extra)
-        elif action is ExitAction.HOLD_SHARD:
-            self._hold_for_reshard(group, child, code, now)
-        elif action is ExitAction.HALT and decision.close is not None:
-            log.critical("fatal: %s: Discord closed with %s; stopping everything, no restart",
-                         child.label, describe_close(decision.close), extra=extra)  # fmt: skip
-            self.begin_stop(now, code)
-        elif action is ExitAction.HALT:
-            log.critical("%s: bad configuration (exit 2); stopping everything", child.label, extra=extra)
-            self.begin_stop(now, exit_codes.USAGE)
-        elif action is ExitAction.STOPPED:
-            log.info("%s stopped (%s)", child.label, said, extra=extra)
-        else:
-            self._restart_later(group, child, code, now)
-
-    def _hold_for_reshard(self, group: Group, child: Child, code: int, now: float) -> None:
-        """A 4011 under ``--auto-reshard``: hold that shard down until the reshard replaces it."""
-        shard = child.fatal_shard if child.fatal_shard is not None else child.shard_ids[0]
-        group.held[shard] = code
-        group.config = replace(group.config, shard_ids=[s for s in group.config.shard_ids if s != shard])
-        group.start_at = now  # its other shards resume at once
-        self._forget_session(shard)
-        self.reshard.sharding_required(shard)
-        log.error(
-            "%s: shard %d closed with 4011 (sharding required); --auto-reshard: holding it down, "
-            "its group's other shards resume, and asking Discord for the count to reshard to",
-            child.label, shard, extra={"group": group.index},
-        )  # fmt: skip
-
-    def _restart_later(self, group: Group, child: Child, code: int, now: float) -> None:
-        decision = group.policy.on_exit(now, child.uptime(now))
-        group.start_at = now + decision.delay
-        group.restarts += 1
-        self.metrics.set_restarts(group.index, group.restarts)
-        how = "recycled" if child.stopping_since is not None else f"died ({_describe_status(code)})"
-        extra = {"group": group.index}
-        if decision.flapping:
-            log.error("%s is flapping (%d quick exits); holding it back %.0f s",
-                      child.label, decision.failures, decision.delay, extra=extra)  # fmt: skip
-        else:
-            log.warning("%s %s; restarting in %.1f s with its sessions", child.label, how, decision.delay, extra=extra)
+        self.exits.carry_out(decision, group, child, code, now)
 
     def _check_children(self, now: float) -> None:
         self.reshard.watch(now, self.options.stop_grace, self.options.heartbeat_timeout)
@@ -472,13 +418,8 @@ class Arbiter:
         group.child = child
         self.metrics.child_started(group.index, child.pid, child.started_at)
         self.io.watch_child(child)
-        log.info(
-            "started %s: %d to resume, %d to identify",
-            child.label,
-            len(sessions),
-            len(config.shard_ids) - len(sessions),
-            extra={"group": group.index},
-        )
+        log.info("started %s: %d to resume, %d to identify", child.label, len(sessions),
+                 len(config.shard_ids) - len(sessions), extra={"group": group.index})  # fmt: skip
 
     # -- the start's progress -------------------------------------------------------------------
     def _ready_count(self) -> int:
@@ -506,19 +447,6 @@ class Arbiter:
     def _runs(self, group: Group) -> bool:
         return self.member is None or self.member.runs(group.index)
 
-    def cluster_sessions(self, group: int, sessions: dict[int, SavedSession]) -> None:
-        """A group was acquired: Redis' sessions for its shards are the ones to resume."""
-        self.book.replace(self.group(group).config.shard_ids, sessions)
-        self.group(group).start_at = time.monotonic()
-
-    def cluster_sessions_lost(self) -> None:
-        """Redis forgot everything: write every session this node holds again (its leases are
-        re-asserted in the same round, so the fenced writes go through)."""
-        self.book.dirty = True
-
-    def group_sessions(self, group: int) -> dict[int, SavedSession]:
-        return self.book.of(self.group(group).config.shard_ids)
-
     def cluster_groups_changed(self, now: float) -> None:
         """The leased groups changed: the shards this node runs, its metrics, its progress."""
         running = [g for g in self.groups if self._runs(g)]
@@ -531,28 +459,4 @@ class Arbiter:
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The ``status`` document (``supervisor.observe.status``)."""
-        now = time.monotonic()
-        running = [g for g in self.groups if self._runs(g)]
-        remaining = self.budget.remaining()
-        return {
-            "shard_count": self.shard_count,
-            "shards_label": format_shard_ids(self.all_shards),
-            "uptime": round(now - self.started_at, 1),
-            "groups": status.group_rows(running, now),
-            "identify_budget_remaining": remaining,
-            "identify_hold": self.budget.hold.describe(remaining),
-            "identifies_granted": self.gate.total_granted,
-            "redis": status.redis_block(self.shared),
-            "reshard": self.reshard.status(now),
-            "auto_reshard": status.auto_reshard_block(self.reshard.auto, self.groups, now),
-            "cluster": None if self.member is None else self.member.describe(),
-            "shards": status.shard_rows(running, self.metrics.is_stalled),
-        }
-
-def _describe_status(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return exit_codes.describe(code)
+        return status.document(self, self.serving(), time.monotonic())

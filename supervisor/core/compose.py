@@ -13,6 +13,7 @@ from supervisor.cluster.member import ClusterMember
 from supervisor.coord.log_every import LogEvery
 from supervisor.coord.shared_state import SharedState
 from supervisor.core.child_events import ChildEvents
+from supervisor.core.exit_handler import ExitHandler
 from supervisor.core.loop_io import LoopIO
 from supervisor.core.options import ArbiterOptions
 from supervisor.core.rolling import RollingRestart
@@ -44,7 +45,7 @@ def assemble(arbiter: Any, options: ArbiterOptions, now: float) -> None:
     a.member = None
     if options.cluster is not None:
         # Cluster mode: runs only the groups it leases, with the sessions Redis holds for them.
-        a.member = ClusterMember(options.cluster, a)
+        a.member = ClusterMember(options.cluster, a, a.book)
         if a.coordinator is not None:
             node = options.cluster
             # Sessions are written only under the group's lease (a stale save never overwrites
@@ -85,6 +86,7 @@ def assemble(arbiter: Any, options: ArbiterOptions, now: float) -> None:
                           metrics=a.metrics)  # fmt: skip
     a.events = ChildEvents(metrics=a.metrics, budget=a.budget, book=a.book, reshard=a.reshard, member=a.member,
                            start=a.start, live=a.live, granted=a._granted, stopping=lambda: a.stopping)  # fmt: skip
+    a.exits = ExitHandler(metrics=a.metrics, book=a.book, reshard=a.reshard, begin_stop=a.begin_stop)
 
 
 def _redis_now(logs: LogEvery, method: Any, *args: Any) -> Any:

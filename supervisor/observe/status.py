@@ -58,3 +58,23 @@ def auto_reshard_block(auto: Any, groups: Iterable[Any], now: float) -> dict[str
         "next_check_in": None if auto.next_check is None else round(max(0.0, auto.next_check - now), 1),
         "held": sorted(shard for g in groups for shard in g.held),
     }
+
+
+def document(arbiter: Any, running: list[Any], now: float) -> dict[str, Any]:
+    """The whole ``status`` document, from the arbiter's components (read only)."""
+    budget = arbiter.budget
+    remaining = budget.remaining()
+    return {
+        "shard_count": arbiter.shard_count,
+        "shards_label": format_shard_ids(arbiter.all_shards),
+        "uptime": round(now - arbiter.started_at, 1),
+        "groups": group_rows(running, now),
+        "identify_budget_remaining": remaining,
+        "identify_hold": budget.hold.describe(remaining),
+        "identifies_granted": budget.gate.total_granted,
+        "redis": redis_block(arbiter.shared),
+        "reshard": arbiter.reshard.status(now),
+        "auto_reshard": auto_reshard_block(arbiter.reshard.auto, running, now),
+        "cluster": None if arbiter.member is None else arbiter.member.describe(),
+        "shards": shard_rows(running, arbiter.metrics.is_stalled),
+    }
