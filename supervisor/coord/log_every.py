@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("supervisor.coord")
 
@@ -36,3 +37,15 @@ class LogEvery:
     def redis_back(self) -> None:
         """Redis answers again: the next failure is said at once."""
         self._next.pop("redis", None)
+
+    def redis_answered(self, answer: Any) -> bool:
+        """Say what one answer of the Redis thread means for Redis' health; True when Redis
+        answers again after failing (every session is then written to it again)."""
+        if answer.error is not None:
+            self.redis_failed(answer.error)
+            return False
+        if answer.recovered:
+            log.warning("Redis answers again: identifies continue; saving every session to it again")
+            self.redis_back()
+            return True
+        return False

@@ -1,23 +1,13 @@
 """The supervisor's main loop, in the manner of gunicorn's arbiter.
 
-Signal handlers only enqueue the signal (and wake the loop through ``signal.set_wakeup_fd``).
-One loop waits on the children's pipes, the wake-up fd and the control socket, and on each pass:
-handles queued signals, reads IPC, reaps dead children, stops unresponsive or oversized ones,
-grants identifies, saves sessions and starts missing children when their restart time came.
-
-It also feeds :class:`supervisor.observe.metrics.MetricsState` (served on ``/metrics`` from a daemon thread
-when ``metrics_addr`` is set; the loop never waits on HTTP) and shows the shards' start: a live
-line on a terminal (:mod:`supervisor.observe.progress`), else one log line per shard READY and a summary.
-
-With ``--redis-url`` the loop never calls Redis itself (the sessions are read once, before the
-loop starts): :class:`supervisor.coord.shared_state.SharedState` runs the calls on one worker thread and
-the answers come back through the wake-up pipe, so a hung Redis delays identifies only. The
-identify budget is refreshed from ``GET /gateway/bot`` on a thread too
-(:mod:`supervisor.identify.refresh`): with Redis when the shared budget is missing, without it when
-Discord's reset time passed.
-
-Exit codes are a contract (see ``shard_worker.exit_codes``): a child that exits with a fatal
-Discord close code halts the whole supervisor with that code instead of restarting anything.
+Signal handlers only enqueue the signal and wake the loop (:mod:`supervisor.core.loop_io`). Each
+pass handles queued signals and the answers of the threads (Redis, Discord's REST, the cluster
+rounds), reaps dead children, watches the live ones, grants identifies, steps the rolling restart
+and the reshard, starts missing children when their restart time came, saves sessions, then waits
+on the children's pipes, the control socket and the wake-up pipe. Everything else is a component
+built by the composition root (:mod:`supervisor.core.compose`) and asked through its own interface;
+the loop never waits on Redis, HTTP or the disk. Exit codes are a contract
+(``shard_worker.exit_codes``): a fatal Discord close halts the whole supervisor with that code.
 """
 
 from __future__ import annotations
@@ -64,7 +54,6 @@ from supervisor.observe.sd_notify import Notifier, ServiceNotes
 from supervisor.observe.serve import CannotServe, MetricsServer, showing
 from supervisor.reshard.controller import ReshardController
 from supervisor.reshard.run import ReshardRun
-from supervisor.reshard.shard_sets import Refusal
 
 log = logging.getLogger("supervisor.core.arbiter")
 
@@ -120,15 +109,10 @@ class Arbiter:
 
     def _take_answers(self, now: float) -> None:
         """Handle what Redis and Discord answered since the last pass (never waits)."""
-        if self.shared is not None:
-            for answer in self.shared.answers():
-                if answer.error is not None:
-                    self.logs.redis_failed(answer.error)
-                elif answer.recovered:
-                    log.warning("Redis answers again: identifies continue; saving every session to it again")
-                    self.book.dirty = True  # a restarted Redis may have lost them: write them all
-                    self.logs.redis_back()
-                self.budget.on_answer(answer, now)
+        for answer in self.shared.answers() if self.shared is not None else ():
+            if self.logs.redis_answered(answer):  # back after failing: it may have lost them
+                self.book.dirty = True
+            self.budget.on_answer(answer, now)
         self.budget.take_refreshes(now)
 
     # -- signals ------------------------------------------------------------------------------
@@ -224,16 +208,9 @@ class Arbiter:
         return self.rolling.begin([g.index for g in self.serving()], stopping=self.stopping, resharding=self.reshard.running)
 
     def begin_reshard(self, request: Any) -> dict[str, Any]:
-        """A ``reshard`` request of the control socket: the controller's answer (with the
-        arbiter's own refusals: stopping, a cluster, a rolling restart)."""
-        refused = None
-        if self.stopping:
-            refused = Refusal("stopping", "the supervisor is stopping")
-        elif self.member is not None:
-            refused = Refusal(
-                "partial", "resharding a cluster is not supported yet: stop every node, then start them with the new --shard-count"
-            )
-        return self.reshard.request(request, refused, rolling=self.rolling.running)
+        """A ``reshard`` request of the control socket: the controller's answer."""
+        return self.reshard.request(request, stopping=self.stopping, clustered=self.member is not None,
+                                    rolling=self.rolling.running)  # fmt: skip
 
     def _advance_reshard(self, now: float) -> None:
         self.reshard.step(now)
@@ -277,22 +254,13 @@ class Arbiter:
 
     # -- the loop's steps ---------------------------------------------------------------------
     def _timeout(self, now: float) -> float:
-        timeout = 1.0
-        watchdog_at = self.notes.next_time(now)
-        if watchdog_at is not None:
-            timeout = min(timeout, max(0.0, watchdog_at - now))
-        due = self.reshard.timeout(now)
-        if due is not None:
-            timeout = min(timeout, due)
-        if self.start.drawing and not self.stopping:
-            timeout = 0.25  # the live line counts down
-        grant_at = self.gate.next_time(now)
-        if grant_at is not None:
-            timeout = min(timeout, max(0.0, grant_at - now))
-        for group in self.groups:
-            if group.child is None and not self.stopping and self._runs(group) and group.config.shard_ids:
-                timeout = min(timeout, max(0.0, group.start_at - now))
-        return max(0.01, timeout)
+        """Until the next thing due: systemd's watchdog, a grant, a group's restart, a reshard's
+        step; at most 1 s (0.25 s while the live line counts down)."""
+        timeout = 0.25 if self.start.drawing and not self.stopping else 1.0
+        starts = [g.start_at for g in self.groups if g.child is None and not self.stopping and self._runs(g) and g.config.shard_ids]
+        waits = [at - now for at in (self.notes.next_time(now), self.gate.next_time(now), *starts) if at is not None]
+        reshard = self.reshard.timeout(now)  # relative
+        return max(0.01, min([timeout, *waits, *([] if reshard is None else [reshard])]))
 
     def _wait(self, timeout: float) -> None:
         children = [g.child for g in self.groups if g.child is not None]
@@ -378,18 +346,7 @@ class Arbiter:
                         "identify_grant",
                         {"shard": grant.shard_id, "not_before": grant.not_before, "expires": grant.expires},
                     )
-        self.metrics.set_supervisor(
-            identify_budget_remaining=self.budget.remaining(),
-            identify_budget_reserve=self.budget.reserve,
-            identify_held=self.budget.hold.held,
-            identifies_granted=self.gate.total_granted,
-            identify_waiting=self.gate.waiting,
-            shards_ready=self._ready_count(),
-            shard_count=self.shard_count,
-            reshard=self.reshard.status(now),
-            reshards=self.reshard.ended(),
-            cluster=self.member.describe() if self.member is not None else None,
-        )
+        self.metrics.set_supervisor(**status.figures(self, self._ready_count(), now))
 
     def _advance_rolling(self, now: float) -> None:
         if self.stopping:

@@ -78,3 +78,20 @@ def document(arbiter: Any, running: list[Any], now: float) -> dict[str, Any]:
         "cluster": None if arbiter.member is None else arbiter.member.describe(),
         "shards": shard_rows(running, arbiter.metrics.is_stalled),
     }
+
+
+def figures(arbiter: Any, ready: int, now: float) -> dict[str, Any]:
+    """The supervisor-wide figures of ``/metrics`` (``MetricsState.set_supervisor``)."""
+    budget = arbiter.budget
+    return {
+        "identify_budget_remaining": budget.remaining(),
+        "identify_budget_reserve": budget.reserve,
+        "identify_held": budget.hold.held,
+        "identifies_granted": budget.gate.total_granted,
+        "identify_waiting": budget.gate.waiting,
+        "shards_ready": ready,
+        "shard_count": arbiter.shard_count,
+        "reshard": arbiter.reshard.status(now),
+        "reshards": arbiter.reshard.ended(),
+        "cluster": arbiter.member.describe() if arbiter.member is not None else None,
+    }

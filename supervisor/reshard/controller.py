@@ -71,16 +71,23 @@ class ReshardController:
         self._counted: Reshard | None = None
 
     # -- requests -------------------------------------------------------------------------------
-    def request(self, request: Any, refused: Refusal | None = None, rolling: bool = False) -> dict[str, Any]:
-        """A ``reshard`` request (``{"shard_count": N}``): the answer ``{"ok", "kind", "message"}``.
-        ``refused``: the arbiter's own refusal (stopping, a cluster); ``rolling``: a rolling
-        restart runs. The checks are :func:`supervisor.reshard.shard_sets.refusal`'s; one that
+    def request(self, request: Any, *, stopping: bool = False, clustered: bool = False,
+                rolling: bool = False) -> dict[str, Any]:
+        """A ``reshard`` request (``{"shard_count": N}``): the answer ``{"ok", "kind", "message"}``,
+        given whether the supervisor is ``stopping``, runs a cluster node, or a ``rolling``
+        restart. The other checks are :func:`supervisor.reshard.shard_sets.refusal`'s; one that
         passes them starts the reshard and is answered ``started``; ``status`` then shows its phase."""
         host = self.host
         target = request.get("shard_count") if isinstance(request, dict) else None
+        refused = None
         if not isinstance(target, int) or isinstance(target, bool):
             refused = Refusal("invalid", f"--shard-count must be an integer, not {target!r}")
-        elif refused is None:
+        elif stopping:
+            refused = Refusal("stopping", "the supervisor is stopping")
+        elif clustered:
+            refused = Refusal("partial", "resharding a cluster is not supported yet: stop every node, then start "
+                                         "them with the new --shard-count")  # fmt: skip
+        else:
             refused = shard_sets.refusal(
                 target, ShardSet(0, host.shard_count, tuple(host.all_shards)), multiple=self.multiple,
                 remaining=host.budget.remaining(), reserve=host.budget.reserve, running=self.plan,

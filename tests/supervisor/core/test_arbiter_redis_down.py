@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
+
 from shard_worker.config import SavedSession, WorkerConfig
 from supervisor.core.arbiter import Arbiter, ArbiterOptions
 
@@ -81,3 +83,16 @@ def test_a_fatal_exit_during_a_rolling_restart_still_halts_everything(tmp_path):
     group.child = FakeChild(12, stopping=False)
     arbiter._on_exit(group, group.child, 44, now=6.0)
     assert arbiter.stopping and arbiter.exit_code == 44
+
+
+def test_the_loops_wait_is_until_the_next_thing_due(tmp_path):
+    config = WorkerConfig(shard_ids=[0, 1], shard_count=2, gateway_url="ws://127.0.0.1:1", token="t" * 20)
+    arbiter = Arbiter([config], ArbiterOptions(state_dir=str(tmp_path / "state"), live_progress=False))
+    now = 1000.0
+    arbiter.groups[0].start_at = now + 0.4  # a restart due in 0.4 s
+    assert arbiter._timeout(now) == pytest.approx(0.4)
+    arbiter.groups[0].child = FakeChild(7, stopping=False)  # nothing due: at most 1 s
+    arbiter.start.since = None
+    assert arbiter._timeout(now) == 1.0
+    arbiter.gate.request(7, 0)  # a grant due now: the shortest wait
+    assert arbiter._timeout(now) == 0.01
