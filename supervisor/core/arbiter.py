@@ -44,12 +44,7 @@ from supervisor.identify.budget import IdentifyBudget
 from supervisor.identify.gate import IdentifyGate
 from supervisor.observe import status
 from supervisor.observe.metrics import MetricsState
-from supervisor.observe.progress import (
-    LiveLine,
-    Progress,
-    StartWatch,
-    start_progress,
-)
+from supervisor.observe.progress import LiveLine, Progress, StartWatch, start_progress
 from supervisor.observe.sd_notify import Notifier, ServiceNotes
 from supervisor.observe.serve import CannotServe, MetricsServer, showing
 from supervisor.reshard.controller import ReshardController
@@ -59,7 +54,6 @@ log = logging.getLogger("supervisor.core.arbiter")
 
 #: At the end of a run, the last sessions get this long to reach Redis.
 SHUTDOWN_FLUSH_S = 3.0
-
 
 
 class Arbiter:
@@ -104,9 +98,6 @@ class Arbiter:
         self._granted: set[int] = set()
         assemble(self, options, self.started_at)
 
-    def _wake(self) -> None:
-        self.io.wake()
-
     def _take_answers(self, now: float) -> None:
         """Handle what Redis and Discord answered since the last pass (never waits)."""
         for answer in self.shared.answers() if self.shared is not None else ():
@@ -144,15 +135,10 @@ class Arbiter:
         })  # fmt: skip
         self.io.watch(self.control.sock, "control", None)
         if self.member is not None:
-            self.member.node.wake = self._wake
+            self.member.node.wake = self.io.wake
             self.member.node.start()
-        log.info(
-            "master: %d shards of %d in %d processes; state in %s",
-            len(self.all_shards),
-            self.shard_count,
-            len(self.groups),
-            self.store.dir,
-        )
+        log.info("master: %d shards of %d in %d processes; state in %s",
+                 len(self.all_shards), self.shard_count, len(self.groups), self.store.dir)  # fmt: skip
         try:
             while True:
                 now = time.monotonic()
@@ -164,7 +150,8 @@ class Arbiter:
                 if self.stopping and not any(g.child for g in self.groups) and not self.reshard.live():
                     self._advance_reshard(now)  # stopped past T: the new set's sessions are the ones saved
                     break
-                self._check_children(now)
+                self.reshard.watch(now, self.options.stop_grace, self.options.heartbeat_timeout)
+                self.watchdog.step(now, self.groups)
                 self._grant_identifies(now)
                 self._advance_rolling(now)
                 self._advance_reshard(now)
@@ -176,21 +163,23 @@ class Arbiter:
                 self._progress(now)
                 self._wait(self._timeout(now))
         finally:
-            self._save_sessions()
-            if not self.writer.close(SHUTDOWN_FLUSH_S):
-                log.error("the state dir did not take the last sessions in %.0f s", SHUTDOWN_FLUSH_S)
-            if self.member is not None:
-                self.member.close()  # every group handed over at once, with its sessions
-            if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
-                log.warning(
-                    "Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S
-                )
-            if self.control is not None:
-                self.control.close()
-            self.notifier.close()
-            self.io.close()
+            self._close()
         log.info("master: stopped (%s)", exit_codes.describe(self.exit_code))
         return self.exit_code
+
+    def _close(self) -> None:
+        """The last sessions to the state dir and Redis (a few seconds at most), every group
+        handed over at once (cluster mode), the sockets closed."""
+        self._save_sessions()
+        if not self.writer.close(SHUTDOWN_FLUSH_S):
+            log.error("the state dir did not take the last sessions in %.0f s", SHUTDOWN_FLUSH_S)
+        if self.member is not None:
+            self.member.close()
+        if self.shared is not None and not self.shared.close(SHUTDOWN_FLUSH_S):
+            log.warning("Redis did not take the last sessions in %.0f s (they are in the state dir)", SHUTDOWN_FLUSH_S)
+        for closing in (self.control, self.notifier, self.io):
+            if closing is not None:
+                closing.close()
 
     def begin_stop(self, now: float, exit_code: int = exit_codes.OK) -> None:
         self.stopping = True
@@ -263,25 +252,17 @@ class Arbiter:
         return max(0.01, min([timeout, *waits, *([] if reshard is None else [reshard])]))
 
     def _wait(self, timeout: float) -> None:
-        children = [g.child for g in self.groups if g.child is not None]
+        children = [g.child for g in self.groups if g.child is not None] + self.reshard.live()
         for kind, obj in self.io.wait(timeout, children):
-            if kind == "child":
-                self._read_child(obj)
-            elif kind == "control":
+            if kind == "control":
                 self.control.accept()  # type: ignore[union-attr]
             elif kind == "control-conn":
                 self.control.serve(obj)  # type: ignore[union-attr]
-
-    def _read_child(self, child: Child) -> None:
-        messages = child.read()
-        if messages is None:
-            self._unregister(child)
-            return
-        for message in messages:
-            self._on_message(child, message)
-
-    def _unregister(self, child: Child) -> None:
-        self.io.unwatch_child(child)
+            elif (messages := obj.read()) is None:  # a child's pipe closed
+                self.io.unwatch_child(obj)
+            else:
+                for message in messages:
+                    self._on_message(obj, message)
 
     def _on_message(self, child: Child, message: Message) -> None:
         self.events.handle(child, message, time.monotonic())
@@ -313,7 +294,7 @@ class Arbiter:
         while leftover := child.read():
             for message in leftover:
                 self._on_message(child, message)
-        self._unregister(child)
+        self.io.unwatch_child(child)
         child.close()
         self.budget.cancel(child.pid, now)
         return child
@@ -331,10 +312,6 @@ class Arbiter:
             stopping=self.stopping,
         ))  # fmt: skip
         self.exits.carry_out(decision, group, child, code, now)
-
-    def _check_children(self, now: float) -> None:
-        self.reshard.watch(now, self.options.stop_grace, self.options.heartbeat_timeout)
-        self.watchdog.step(now, self.groups)
 
     def _grant_identifies(self, now: float) -> None:
         for grant in self.budget.step(now):
