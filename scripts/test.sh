@@ -12,6 +12,8 @@ scripts/bootstrap.sh
 scripts/services.sh
 # Lint first (pyproject.toml's [tool.ruff.lint]: pyflakes, import order, bugbear, pyupgrade).
 .venv/bin/ruff check --quiet supervisor shard_worker tests scripts
+# Types of the pure cores (pyproject.toml's [tool.mypy] files).
+.venv/bin/mypy --no-error-summary
 workers=${SPECTACLES_TEST_WORKERS:-4}
 # The exclusive tests first, on a quiet machine (the parallel part leaves processes stopping
 # for a few seconds after it ends, and the 2000-shard test measures identify pacing).

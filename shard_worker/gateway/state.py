@@ -232,7 +232,7 @@ class ShardMachine:
     def connect_url(self, gateway: str) -> str:
         """Where the next connection goes: the resume URL while the session is resumable
         (the main gateway once that URL proved unreachable; the RESUME is sent all the same)."""
-        base = self.resume_url if self.resumable and not self.resume_via_gateway else gateway
+        base = self.resume_url if self.resume_url and self.resumable and not self.resume_via_gateway else gateway
         return gateway_url(base, compress=self.compress)
 
     @property
@@ -262,6 +262,7 @@ class ShardMachine:
         skipped (:class:`SkippedFrame`), since resuming would only have it sent again."""
         if self.phase in _NOT_READING:
             return []
+        text: bytes | str | None
         try:
             if isinstance(frame, bytes):
                 if self._inflater is None:

@@ -91,10 +91,10 @@ class AutoReshard:
             return Decision(target, f"shard {shard} was closed with 4011 (sharding required); {seen}")
         if recommended is None:
             return Decision(None, f"cannot ask Discord for its recommended shard count ({error}); trying again later")
-        target = auto_target(current, recommended, self.multiple)
-        if target is None:
+        proposed = auto_target(current, recommended, self.multiple)
+        if proposed is None:
             return Decision(None, f"Discord recommends {recommended} shards; staying at {current}")
-        return Decision(target, f"Discord recommends {recommended} shards, {current} run")
+        return Decision(proposed, f"Discord recommends {recommended} shards, {current} run")
 
 
 __all__ = ["AutoReshard", "Decision", "DEFAULT_INTERVAL_S", "MIN_INTERVAL_S", "MAX_INTERVAL_S"]
