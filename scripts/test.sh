@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command of the README and of CI: venv + install + servers + the whole test suite.
+# The test command of the README and of CI: venv + install + tools + servers + the whole test suite.
 #
 # The suite mostly waits (simulators, RabbitMQ, Redis, real processes), so it runs on
 # SPECTACLES_TEST_WORKERS pytest-xdist workers (default 4) at once; the tests marked
@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/tools.sh  # promtool, for tests/supervisor/observe/test_promtool.py
 scripts/services.sh
 # Lint first (pyproject.toml's [tool.ruff.lint]: pyflakes, import order, bugbear, pyupgrade).
 .venv/bin/ruff check --quiet supervisor shard_worker tests scripts

@@ -488,7 +488,11 @@ def _supervisor_families(values: Mapping[str, Any]) -> Iterator[Metric]:
     )
     count = _number(values.get("shard_count"))
     if count is not None:
-        yield GaugeMetricFamily("spectacles_shard_count", "The shard count the supervisor serves.", value=count)
+        yield GaugeMetricFamily(
+            "spectacles_shards_configured",
+            "The shard count the supervisor serves: the N of every IDENTIFY's [shard, N] (the new one once a reshard is done).",
+            value=count,
+        )
     yield from _reshard_families(values)
     yield from _cluster_families(values.get("cluster"))
     yield GaugeMetricFamily(

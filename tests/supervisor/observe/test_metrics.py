@@ -565,11 +565,11 @@ def test_reshard_gauges_follow_the_status_and_count_each_ended_reshard():
     samples = scrape_state(state)
     assert value(samples, "spectacles_reshard_phase", phase="idle") == 1  # never asked
     assert value(samples, "spectacles_reshard_target_shards") == 0
-    assert value(samples, "spectacles_shard_count") is None  # not told yet
+    assert value(samples, "spectacles_shards_configured") is None  # not told yet
     running = {"phase": "preparing", "old_count": 4, "new_count": 8, "new_ready": 3}
     state.set_supervisor(shard_count=4, reshard=running, reshards={})
     samples = scrape_state(state)
-    assert value(samples, "spectacles_shard_count") == 4
+    assert value(samples, "spectacles_shards_configured") == 4
     assert series(samples, "spectacles_reshard_phase") == {
         frozenset({("phase", p)}): (1.0 if p == "preparing" else 0.0)
         for p in ("idle", "preparing", "cutover", "draining", "done", "aborted")

@@ -81,7 +81,7 @@ def test_a_higher_recommendation_reshards_by_itself(amqp_url, rabbit, group, tmp
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 text = response.read().decode()
             assert 'spectacles_reshards_total{outcome="done"} 1.0' in text
-            assert "spectacles_shard_count 8.0" in text
+            assert "spectacles_shards_configured 8.0" in text
             assert 'spectacles_reshard_phase{phase="done"} 1.0' in text
             # the next checks see 8 recommended and 8 running: no second reshard
             wait_for(lambda: "Discord recommends 8 shards; staying at 8" in sup.output(), 30, what="a later check")
