@@ -16,7 +16,8 @@ def test_a_deleted_shard_queue_is_declared_and_consumed_again(amqp_url, rabbit, 
         with WorkerThread(worker_config(sim, amqp_url, group, [0, 1])) as worker:
             sim.wait_until(lambda s: s["ready"] == {0, 1}, timeout=30)
             bridge = worker.worker.bridge
-            wait_for(lambda: bridge._sub is not None, 10, what="consuming")
+            # both shard queues consumed (READY at the simulator comes before the worker's consumers)
+            rabbit.wait_consumed(*(spectacles.shard_queue(group, s) for s in range(2)))
             rabbit.channel.queue_delete(spectacles.shard_queue(group, 1))  # the broker cancels our consumer
             wait_for(lambda: bridge.counters().get("consumer_cancels") == 1, 10, what="the cancel seen")
             # the queue is back, bound and consumed: packets published to shard 1 reach Discord. Wait
