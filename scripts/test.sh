@@ -22,7 +22,7 @@ alone=0
 .venv/bin/python -m pytest -m exclusive "$@" || alone=$?
 if [[ $alone -eq 5 ]]; then alone=0; fi  # no exclusive test among those asked for
 status=0
-.venv/bin/python -m pytest -n "$workers" -m "not exclusive" "$@" || status=$?
+.venv/bin/python -m pytest -n "$workers" -m "not exclusive" --durations=20 "$@" || status=$?
 if [[ $status -eq 5 ]]; then status=0; fi  # nothing selected here (a file of exclusive tests)
 if [[ $alone -ne 0 ]]; then exit "$alone"; fi
 exit "$status"
