@@ -58,7 +58,7 @@ from shard_worker import exit_codes
 from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
 from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
-from supervisor.config.options import DEFAULT_STATE_DIR, settings_options
+from supervisor.config.options import DEFAULT_STATE_DIR
 from supervisor.config.settings import (
     Origin,
     SettingsError,
@@ -67,6 +67,7 @@ from supervisor.config.settings import (
     build_worker_configs,
     format_duration,
     settings_from_context,
+    settings_options,
 )
 from supervisor.discord.api import DiscordAPIError, GatewayBot, get_gateway_bot
 from supervisor.identify.hold import default_reserve

@@ -1,7 +1,7 @@
 """Every ``start`` setting, declared once: name, flag, environment variables, config file key,
 default, type (:mod:`supervisor.config.types`) and help. click does the rest.
 
-:func:`settings_options` makes one click option per setting (``envvar=`` with ``show_envvar``,
+:func:`supervisor.config.settings.settings_options` makes one click option per setting (``envvar=`` with ``show_envvar``,
 the type, the default), and ``--config``, an eager option whose callback loads the config file
 into the context's ``default_map``: click's own precedence is then **flag > environment variable
 > config file > default**. An empty environment variable counts as unset (as in the Spectacles
@@ -12,7 +12,7 @@ these declarations (``tests/docs/test_readme_options.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +26,7 @@ from shard_worker.gateway.intents import DEFAULT_INTENTS
 from shard_worker.gateway.protocol import COMPRESS_ZLIB_STREAM
 from shard_worker.shard_ranges import MAX_SHARD_COUNT
 from supervisor.config import types
-from supervisor.config.types import CONFIG, Bool, Duration, Int, Url, environ_of
+from supervisor.config.types import Bool, Duration, Int, Url, environ_of
 from supervisor.discord.api import DEFAULT_API_URL
 from supervisor.reshard.auto import DEFAULT_INTERVAL_S as AUTO_RESHARD_INTERVAL_S
 from supervisor.reshard.auto import MAX_INTERVAL_S as AUTO_RESHARD_MAX_S
@@ -247,38 +247,3 @@ class SettingOption(click.Option):
 
     def value_from_envvar(self, ctx: click.Context) -> Any:
         return self.resolve_envvar_value(ctx)
-
-
-def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--config``: the file's values (checked whole) become the context's ``default_map``."""
-    from supervisor.config.file import load_config_file
-
-    if value:
-        config = load_config_file(value)
-        ctx.meta[CONFIG] = config
-        ctx.default_map = {**(ctx.default_map or {}), **config.values}
-    return value
-
-
-def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one option per ``start`` setting, and ``--config``, to ``command``."""
-    for setting in reversed(SETTINGS):
-        shape: dict[str, Any] = (
-            {"is_flag": True, "flag_value": True, "default": False}
-            if setting.is_flag
-            else {"metavar": setting.metavar, "default": setting.default}
-        )
-        command = click.option(
-            setting.flag, setting.name, cls=SettingOption, type=setting.type,
-            envvar=list(setting.envs), show_envvar=True, help=setting.help, **shape,
-        )(command)  # fmt: skip
-    return click.option(
-        "--config",
-        CONFIG_FLAG,
-        type=str,
-        default=None,
-        metavar="FILE",
-        is_eager=True,
-        callback=_load_config,
-        help="Spectacles TOML config file (values there lose to flags and environment).",
-    )(command)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -44,21 +44,15 @@ from shard_worker.shard_ranges import (
 )
 from supervisor.config.file import ConfigFile, find_key_line, load_config_file
 from supervisor.config.options import (
-    AUTO_RESHARD_INTERVAL_S,
     CONFIG_FLAG,
-    DEFAULT_BUFFER_EVENTS,
-    DEFAULT_BUFFER_MB,
-    DEFAULT_CHILD_TIMEOUT,
-    DEFAULT_LOG_FORMAT,
-    DEFAULT_REDIS_PREFIX,
-    DEFAULT_STALL_TIMEOUT,
     DEFAULT_STATE_DIR,
     SETTINGS,
     SETTINGS_BY_NAME,
     Setting,
-    settings_options,
+    SettingOption,
 )
 from supervisor.config.types import (
+    CONFIG,
     ENVIRON,
     Origin,
     SettingsError,
@@ -78,7 +72,7 @@ __all__ = [
 TOKEN_MASK = "********"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StartSettings:
     """Every ``start`` setting, resolved and validated, with its :class:`Origin` in ``sources``.
 
@@ -102,32 +96,32 @@ class StartSettings:
     log_level: str
     state_dir: Path
     prefetch: int
-    max_memory_mb: int | None = None
-    child_timeout: int = DEFAULT_CHILD_TIMEOUT
-    buffer_events: int = DEFAULT_BUFFER_EVENTS
-    buffer_mb: int = DEFAULT_BUFFER_MB
-    stall_timeout: int = DEFAULT_STALL_TIMEOUT
-    metrics_addr: tuple[str, int] | None = None
-    log_format: str = DEFAULT_LOG_FORMAT
-    large_threshold: int | None = None
-    presence: dict | None = None
-    identify_extra: dict | None = None
-    identify_reserve: int | None = None
-    queue_type: str = amqp_params.DEFAULT_QUEUE_TYPE
-    amqp_ca_file: Path | None = None
-    amqp_cert_file: Path | None = None
-    amqp_key_file: Path | None = None
-    redis_url: str | None = field(default=None, repr=False)  # may hold a password
-    redis_prefix: str = DEFAULT_REDIS_PREFIX
-    shard_count_multiple: int = 1
-    auto_reshard: bool = False
-    auto_reshard_interval: float = AUTO_RESHARD_INTERVAL_S
-    cluster: bool = False
-    node_name: str | None = None
-    capacity: int = 1
-    shards_from_ordinal: bool = False
-    pods: int | None = None
-    shards_per_pod: int | None = None
+    max_memory_mb: int | None
+    child_timeout: int
+    buffer_events: int
+    buffer_mb: int
+    stall_timeout: int
+    metrics_addr: tuple[str, int] | None
+    log_format: str
+    large_threshold: int | None
+    presence: dict | None
+    identify_extra: dict | None
+    identify_reserve: int | None
+    queue_type: str
+    amqp_ca_file: Path | None
+    amqp_cert_file: Path | None
+    amqp_key_file: Path | None
+    redis_url: str | None = field(repr=False)  # may hold a password
+    redis_prefix: str
+    shard_count_multiple: int
+    auto_reshard: bool
+    auto_reshard_interval: float
+    cluster: bool
+    node_name: str | None
+    capacity: int
+    shards_from_ordinal: bool
+    pods: int | None
+    shards_per_pod: int | None
     config_file: Path | None = None
     sources: Mapping[str, Origin] = field(default_factory=dict, compare=False)
 
@@ -284,6 +278,39 @@ def _check_shard_range(ids: Iterable[int], count: int, ids_from: str, count_from
             f"({count_from}): shard ids go from 0 to {count - 1}"
         )
 
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--config``: the file's values (checked whole) become the context's ``default_map``."""
+    if value:
+        config = load_config_file(value)
+        ctx.meta[CONFIG] = config
+        ctx.default_map = {**(ctx.default_map or {}), **config.values}
+    return value
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one option per ``start`` setting, and ``--config``, to ``command``."""
+    for setting in reversed(SETTINGS):
+        shape: dict[str, Any] = (
+            {"is_flag": True, "flag_value": True, "default": False}
+            if setting.is_flag
+            else {"metavar": setting.metavar, "default": setting.default}
+        )
+        command = click.option(
+            setting.flag, setting.name, cls=SettingOption, type=setting.type,
+            envvar=list(setting.envs), show_envvar=True, help=setting.help, **shape,
+        )(command)  # fmt: skip
+    return click.option(
+        "--config",
+        CONFIG_FLAG,
+        type=str,
+        default=None,
+        metavar="FILE",
+        is_eager=True,
+        callback=_load_config,
+        help="Spectacles TOML config file (values there lose to flags and environment).",
+    )(command)
 
 
 @click.command("start")

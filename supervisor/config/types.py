@@ -399,14 +399,6 @@ def _duration_file(low: float, high: float) -> Callable[[Any], float]:
     return parse
 
 
-def _from_str(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
-    def parse_file(value: Any) -> Any:
-        _expect(value, str, "a string")
-        return parse(value)
-
-    return parse_file
-
-
 #: Discord's presence statuses, and the fields of a presence (IDENTIFY's ``presence``).
 PRESENCE_STATUSES = ("online", "dnd", "idle", "invisible", "offline")
 _PRESENCE_FIELDS = {"since", "activities", "status", "afk"}
