@@ -1,21 +1,12 @@
 """The settings of ``spectacles-supervisor start``, resolved: :class:`StartSettings`.
 
-Each setting is declared once in :mod:`supervisor.config.options` (flag, environment variables,
-config file key, default, type, help) and click resolves it: **flag > environment variable >
-config file > default** (the file, :mod:`supervisor.config.file`, is the context's
-``default_map``); its source is ``ctx.get_parameter_source``. What is left here: the checks that
-span several settings (shard ids below the count, ``--cluster``, ``--shards-from-ordinal``, TLS
-files, the IDENTIFY's size), ``config --show``'s rows, and the worker configs.
-
-Every resolved value remembers its :class:`Origin` (flag, env, file or default) so that
-``spectacles-supervisor config --show`` can print it; :meth:`StartSettings.describe` never shows
-the token and masks the password of every AMQP URL.
-
-``--amqp-url`` takes several URLs separated by commas (each with its scheme; a comma in a
-password needs no encoding unless ``scheme://`` follows it), the nodes of one cluster: a worker
-moves to the next when a connect fails or a connection is lost (``shard_worker.amqp.params``).
-Every URL is checked, and so are the TLS files (they are read to build the TLS context once, so a
-missing or mismatched file is one line and exit 2, not a worker that cannot connect).
+Each setting is declared once in :mod:`supervisor.config.options` and click resolves it: flag >
+environment variable > config file (:mod:`supervisor.config.file`, the context's
+``default_map``) > default; its :class:`Origin` comes from ``ctx.get_parameter_source``. Here:
+the checks spanning several settings (shard ids below the count, ``--cluster``,
+``--shards-from-ordinal``, the TLS files, read once so a bad one is one line and exit 2; the
+IDENTIFY's size), ``config --show``'s rows (the token and every URL password masked), and the
+worker configs.
 """
 
 from __future__ import annotations
@@ -42,13 +33,11 @@ from shard_worker.shard_ranges import (
     format_shard_ids,
     split_groups,
 )
-from supervisor.config.file import ConfigFile, find_key_line, load_config_file
+from supervisor.config.file import find_key_line, load_config_file
 from supervisor.config.options import (
     CONFIG_FLAG,
-    DEFAULT_STATE_DIR,
     SETTINGS,
     SETTINGS_BY_NAME,
-    Setting,
     SettingOption,
 )
 from supervisor.config.types import (
@@ -63,11 +52,8 @@ from supervisor.config.types import (
 )
 from supervisor.discord.api import GatewayBot
 
-__all__ = [
-    "CONFIG_FLAG", "DEFAULT_STATE_DIR", "SETTINGS", "SETTINGS_BY_NAME", "ConfigFile", "Origin", "Setting",
-    "SettingsError", "Source", "StartSettings", "build_worker_config", "build_worker_configs",
-    "find_key_line", "load_config_file", "mask_url", "resolve_start_settings", "settings_from_context",
-]  # fmt: skip
+__all__ = ["SETTINGS", "Origin", "SettingsError", "Source", "StartSettings", "build_worker_config",
+           "build_worker_configs", "find_key_line", "mask_url", "resolve_start_settings"]  # fmt: skip
 
 TOKEN_MASK = "********"
 
