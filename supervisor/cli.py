@@ -58,7 +58,7 @@ from shard_worker import exit_codes
 from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
 from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
-from supervisor.config.options import DEFAULT_STATE_DIR
+from supervisor.config.options import DEFAULT_REDIS_PREFIX, DEFAULT_STATE_DIR
 from supervisor.config.settings import (
     Origin,
     SettingsError,
@@ -643,7 +643,7 @@ def _parse_shard_option(ctx: click.Context, param: click.Parameter, value: str |
 @click.option("--cluster", "cluster", is_flag=True, help="Every node and group of the cluster, from Redis.")
 @click.option("--redis-url", "redis_url", envvar="REDIS_URL", default=None, metavar="URL",
               help="With --cluster: the cluster's Redis. [env: REDIS_URL]")
-@click.option("--redis-prefix", "redis_prefix", envvar="SPECTACLES_REDIS_PREFIX", default="spectacles",
+@click.option("--redis-prefix", "redis_prefix", envvar="SPECTACLES_REDIS_PREFIX", default=DEFAULT_REDIS_PREFIX,
               metavar="PREFIX", help="With --cluster: its key prefix. [env: SPECTACLES_REDIS_PREFIX]")
 def status_command(
     state_dir: str, as_json: bool, all_rows: bool, shard_ids: list[int] | None,
