@@ -49,7 +49,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
@@ -58,16 +58,16 @@ from shard_worker import exit_codes
 from shard_worker.gateway.intents import privileged_names
 from shard_worker.gateway.protocol import Close
 from shard_worker.shard_ranges import format_shard_ids, parse_shard_ids
+from supervisor.config.options import DEFAULT_REDIS_PREFIX, DEFAULT_STATE_DIR
 from supervisor.config.settings import (
-    CONFIG_FLAG,
-    SETTINGS,
     Origin,
     SettingsError,
     Source,
     StartSettings,
     build_worker_configs,
     format_duration,
-    resolve_start_settings,
+    settings_from_context,
+    settings_options,
 )
 from supervisor.discord.api import DiscordAPIError, GatewayBot, get_gateway_bot
 from supervisor.identify.hold import default_reserve
@@ -206,38 +206,6 @@ class SupervisorGroup(click.Group):
         if isinstance(result, bool) or not isinstance(result, int):
             return EXIT_OK
         return result
-
-
-# -- shared options ---------------------------------------------------------------------------
-
-
-def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one option per ``start`` setting (and ``--config``) to ``command``.
-
-    Every option is a plain string defaulting to ``None`` ("not given"), so that
-    :func:`supervisor.config.settings.resolve_start_settings` applies the precedence and the parsing in
-    one place; environment variables are read there too, never by click.
-    """
-    for setting in reversed(SETTINGS):
-        env = " or ".join(setting.envs)
-        # A flag without a value (``--auto-reshard``) gives its ``flag_value`` text when present.
-        shape = {"flag_value": setting.flag_value} if setting.flag_value is not None else {"metavar": setting.metavar}
-        command = click.option(
-            setting.flag,
-            setting.name,
-            type=str,
-            default=None,
-            help=f"{setting.help} [env: {env}]",
-            **shape,
-        )(command)
-    return click.option(
-        "--config",
-        CONFIG_FLAG,
-        type=str,
-        default=None,
-        metavar="FILE",
-        help="Spectacles TOML config file (values there lose to flags and environment).",
-    )(command)
 
 
 def _version() -> str:
@@ -423,9 +391,10 @@ def _gateway_bot(settings: StartSettings, ratelimiter: Any = None) -> GatewayBot
 
 @cli.command("start")
 @settings_options
-def start_command(**flags: Any) -> int:
+@click.pass_context
+def start_command(ctx: click.Context, **_params: Any) -> int:
     """Run the shards (all of them unless --shards says otherwise)."""
-    return _start(resolve_start_settings(flags))
+    return _start(settings_from_context(ctx))
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -445,11 +414,12 @@ def format_settings_table(settings: StartSettings) -> str:
 @cli.command("config")
 @click.option("--show", is_flag=True, help="Print each resolved setting and where it came from.")
 @settings_options
-def config_command(show: bool, **flags: Any) -> int:
+@click.pass_context
+def config_command(ctx: click.Context, show: bool, **_params: Any) -> int:
     """Show the settings `start` would use, and their sources (no network call)."""
     if not show:
         raise click.UsageError("nothing to do: pass --show")
-    click.echo(format_settings_table(resolve_start_settings(flags)))
+    click.echo(format_settings_table(settings_from_context(ctx)))
     return EXIT_OK
 
 
@@ -458,7 +428,7 @@ def config_command(show: bool, **flags: Any) -> int:
 _state_dir_option = click.option(
     "--state-dir",
     envvar="SPECTACLES_STATE_DIR",
-    default="./state",
+    default=DEFAULT_STATE_DIR,
     show_default=True,
     type=click.Path(file_okay=False),
     help="The state dir of the running supervisor (its control socket lives there).",
@@ -673,7 +643,7 @@ def _parse_shard_option(ctx: click.Context, param: click.Parameter, value: str |
 @click.option("--cluster", "cluster", is_flag=True, help="Every node and group of the cluster, from Redis.")
 @click.option("--redis-url", "redis_url", envvar="REDIS_URL", default=None, metavar="URL",
               help="With --cluster: the cluster's Redis. [env: REDIS_URL]")
-@click.option("--redis-prefix", "redis_prefix", envvar="SPECTACLES_REDIS_PREFIX", default="spectacles",
+@click.option("--redis-prefix", "redis_prefix", envvar="SPECTACLES_REDIS_PREFIX", default=DEFAULT_REDIS_PREFIX,
               metavar="PREFIX", help="With --cluster: its key prefix. [env: SPECTACLES_REDIS_PREFIX]")
 def status_command(
     state_dir: str, as_json: bool, all_rows: bool, shard_ids: list[int] | None,
