@@ -6,7 +6,7 @@
 # 4:54 on 6 on the 2-core CI machine, using about one core) at once; the tests marked
 # `exclusive` change the shared RabbitMQ node (stop_app, a memory alarm, a message size limit)
 # or need the machine to themselves (2000 shards), and run first, alone. Extra arguments
-# go to both parts. ruff checks the code before any test runs.
+# go to both parts. ruff, mypy (the pure cores) check the code before any test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
