@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from shard_worker import exit_codes
 from shard_worker.ipc_vocabulary import NOT_READY, Order
@@ -34,12 +34,26 @@ LOG_EVERY_S = 60.0
 CLOSE_S = 5.0
 
 
+class ClusterHost(Protocol):
+    """What the member asks of the arbiter."""
+
+    def every_group(self) -> list[Any]:
+        """Every group of the bot's shards, run here or not (cluster mode knows them all)."""
+
+    def group(self, index: int) -> Any: ...
+
+    def begin_stop(self, now: float, exit_code: int) -> None: ...
+
+    def cluster_groups_changed(self, now: float) -> None:
+        """The leased groups changed: the shards run here, their metrics, the progress."""
+
+
 class ClusterMember:
     """Which groups this node runs (a lease held), and the handoffs and fences under way."""
 
-    def __init__(self, node: ClusterNode, arbiter: Any, book: Any) -> None:
-        """``arbiter``: its groups, ``group(index)``, ``begin_stop`` and ``cluster_groups_changed``;
-        ``book``: the session book (:class:`~supervisor.core.sessions.SessionBook`)."""
+    def __init__(self, node: ClusterNode, arbiter: ClusterHost, book: Any) -> None:
+        """``arbiter``: what the member asks of it (:class:`ClusterHost`); ``book``: the
+        session book (:class:`~supervisor.core.sessions.SessionBook`)."""
         self.node = node
         self.arbiter = arbiter
         self.book = book
@@ -57,7 +71,7 @@ class ClusterMember:
         self.fenced = 0
         self._logged_error_at = float("-inf")
         self._next_ping = float("-inf")
-        for group in arbiter.groups:  # a worker of a silent supervisor stops by itself
+        for group in arbiter.every_group():  # a worker of a silent supervisor stops by itself
             group.config = replace(group.config, parent_timeout_s=PARENT_TIMEOUT_S)
 
     def runs(self, group: int) -> bool:
@@ -85,7 +99,7 @@ class ClusterMember:
             if group in self.guarded and group not in self.parked:
                 self._park(group, now, f"its lease could not be renewed for {GUARD_LIMIT_S:.0f} s (another node may "
                            "take it over and identify)")  # fmt: skip
-        groups = {g.index: g for g in self.arbiter.groups}
+        groups = {g.index: g for g in self.arbiter.every_group()}
         ready = {
             g for g in self.leased
             if (child := groups[g].child) is not None and set(child.ready) >= set(child.shard_ids)
@@ -93,7 +107,7 @@ class ClusterMember:
         self.node.facts(ready)
         if now >= self._next_ping:
             self._next_ping = now + 1.0
-            for group in self.arbiter.groups:
+            for group in self.arbiter.every_group():
                 if group.child is not None and group.child.stopping_since is None:
                     group.child.send(Order.PING)
 

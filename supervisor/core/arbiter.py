@@ -373,6 +373,9 @@ class Arbiter:
     def _save_sessions(self) -> None:
         self.book.save(self.shard_count, self._my_shards, self.reshard.draining_sessions(self.options.state_dir))
 
+    def every_group(self) -> list[Group]:
+        return list(self.groups)
+
     def group(self, index: int) -> Group:
         """The group numbered ``index`` (after a reshard the numbers do not start at 0)."""
         return next(g for g in self.groups if g.index == index)
