@@ -134,8 +134,10 @@ def for_a_while(rng: random.Random, low: float, high: float, say, what: str, beg
     held_for = rng.uniform(low, high)
     say(f"{what} for {held_for:.1f} s")
     begin()
-    time.sleep(held_for)
-    end()
+    try:
+        time.sleep(held_for)
+    finally:
+        end()  # a stopped process or a frozen link must not outlive a failing test
 
 
 def stop_a_worker(rng: random.Random, workers: list, say) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from shard_worker import spectacles
@@ -291,10 +292,21 @@ def test_a_supervisor_killed_after_the_cut_over_comes_back_with_the_new_set(amqp
         wait_for(lambda: reshard_phase(sup) == "draining", 90, interval=0.02, what="past T")
         for child in old_children:  # the old set takes its time to stop: the adoption waits
             child.send_signal(signal.SIGSTOP)
-        time.sleep(2.0)  # save passes (every second) ran
-        assert reshard_phase(sup) == "draining"
-        sup.signal(signal.SIGKILL)  # its children die with it, the stopped ones too
-        sup.wait(10)
+        try:
+            time.sleep(2.0)  # save passes (every second) ran
+            assert reshard_phase(sup) == "draining"
+            sup.signal(signal.SIGKILL)  # its children are sent SIGTERM (the parent-death signal)
+            sup.wait(10)
+        finally:
+            # a stopped process keeps that SIGTERM pending until it is continued: continue them,
+            # or they stay behind, stopped, after the test
+            for child in old_children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.send_signal(signal.SIGCONT)
+            gone, alive = psutil.wait_procs(old_children, timeout=15)
+            for child in alive:
+                child.kill()
+        assert alive == [], "the old set's workers outlived their supervisor once continued"
         command.communicate(timeout=30)
         assert saved_sessions(state) == (8, 8)
         snap = restart_resumes(sim, amqp_url, group, state, 8)
