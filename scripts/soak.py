@@ -153,8 +153,16 @@ def churn(sim: SimulatorProcess, shards: int, rate: float, stop: threading.Event
             counts["refused"] = counts.get("refused", 0) + 1  # the shard was between connections
 
 
-def sample(root_pid: int, started: float) -> dict:
-    out = {"t": round(time.monotonic() - started, 1), "processes": {}}
+def sample(root_pid: int, started: float, state_dir: str) -> dict:
+    """Every process of the tree (RSS, USS, fds, threads), and each child's own sizes from
+    ``status --json`` (asyncio tasks, the publish ledger, ... see ``Worker.sizes``)."""
+    out: dict = {"t": round(time.monotonic() - started, 1), "processes": {}, "groups": {}}
+    try:
+        doc = status(state_dir)
+    except (subprocess.TimeoutExpired, ValueError):
+        doc = None
+    for group in (doc or {}).get("groups", []):
+        out["groups"][str(group["group"])] = {"pid": group["pid"], "sizes": group.get("sizes")}
     for proc in tree(root_pid):
         try:
             with proc.oneshot():
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[dict] = []
     counts: dict[str, int] = {}
     stop = threading.Event()
+    state_dir = str(work / "state")
     with sim, open(work / "supervisor.log", "wb") as log:
         argv = [PY, "-m", "supervisor", "start", "--api-url", sim.api_url, "--group", group, "--state-dir",
                 str(work / "state"), "--metrics-addr", f"127.0.0.1:{free_port()}", "--log-format", "json"]  # fmt: skip
@@ -239,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=churn, args=(sim, args.shards, args.churn, stop, counts, rng), daemon=True).start()
             next_cut = started + args.broker_cut_every
             while (now := time.monotonic()) < started + args.duration:
-                samples.append(sample(proc.pid, started))
+                samples.append(sample(proc.pid, started, state_dir))
                 if proxy is not None and now >= next_cut:
                     next_cut = now + args.broker_cut_every
                     counts["broker_cuts"] = counts.get("broker_cuts", 0) + 1
                     proxy.cut(rng.uniform(2, 8))
                 time.sleep(max(0.0, args.sample - (time.monotonic() - now)))
-            samples.append(sample(proc.pid, started))
+            samples.append(sample(proc.pid, started, state_dir))
             stop.set()
             final = status(str(work / "state"))
         finally:

@@ -223,6 +223,7 @@ class ParentLink:
             "published_by_type": dict(worker.published_by_type),
             "rate_limited_by_opcode": dict(worker.rate_limited_by_opcode),
             "reshard": worker.reshard_counters(),
+            "sizes": worker.sizes(),
         }
 
     def send_shard_reports(self, *, everything: bool = False) -> None:

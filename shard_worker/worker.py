@@ -219,6 +219,18 @@ class Worker:
         """The cut-over: this (new) set consumes its shard queues and SEND from now on."""
         self.bridge.activate()
 
+    def sizes(self) -> dict[str, int]:
+        """Sizes of what grows with time in this process: asyncio tasks, the bridge's
+        structures, the runners' outboxes and closing tasks, the per-type counters (bounded by
+        ``MAX_EVENT_TYPES``) and the cut-overs. Sampled by the soak (``scripts/soak.py``)."""
+        runners = self.runners.values()
+        return {
+            "asyncio_tasks": len(asyncio.all_tasks()), **self.bridge.sizes(),
+            "outbox": sum(len(r.outbox) for r in runners), "closing_tasks": sum(r.closing_tasks for r in runners),
+            "received_types": len(self.received_by_type), "published_types": len(self.published_by_type),
+            "cutovers": len(self.cutovers),
+        }  # fmt: skip
+
     def reshard_counters(self) -> dict[str, int] | None:
         """The cut-over counters summed over the shards (``held``, ``dropped``, ``marked``,
         ``published``), or None when no reshard involves this worker."""

@@ -198,6 +198,18 @@ class AmqpBridge:
         self._background: set[asyncio.Task] = set()
         self.rejected: Counter[str] = Counter()
 
+    def sizes(self) -> dict[str, int]:
+        """The length of every growing structure the bridge holds (the soak samples them: each
+        must stay bounded over months)."""
+        ledger = self.ledger
+        selection = self.event_selection
+        return {
+            "ledger_inflight": len(ledger.inflight), "ledger_backlog": len(ledger.backlog),
+            "ledger_retry": len(ledger.retry), "marked_props": len(self._marked_props),
+            "consumers": len(self._queue_of_consumer), "bridge_tasks": len(self._background),
+            "event_types_selected": 0 if selection is None else len(selection.types),
+        }  # fmt: skip
+
     def counters(self) -> dict[str, int]:
         """Every broker counter: published, confirmed, nacked, republished, outbound_received..."""
         return {**self.stats, "published": self.ledger.published, "confirmed": self.ledger.confirmed}

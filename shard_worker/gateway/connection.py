@@ -240,6 +240,11 @@ class ShardRunner:
         self.on_probe_answered: Callable[[ShardRunner], None] | None = None
 
     # -- live reshard -------------------------------------------------------------------------
+    @property
+    def closing_tasks(self) -> int:
+        """Connections being closed in the background (each ends within its close timeout)."""
+        return len(self._closing)
+
     def hold_events(self, hold_s: float) -> ShardCutover:
         """A new set's shard: hold dispatches back until :meth:`cut` (returns the cut-over)."""
         self.cutover = ShardCutover(Role.NEW, self._publish_cut, hold_s=hold_s)

@@ -373,6 +373,11 @@ def families(snapshot: Snapshot) -> list[Metric]:
     connected = GaugeMetricFamily(
         "spectacles_broker_connected", "1 while the group's child is connected to RabbitMQ.", labels=["group"]
     )
+    tasks = GaugeMetricFamily(
+        "spectacles_child_asyncio_tasks",
+        "asyncio tasks alive in the group's child (flat over a long run; growth is a leak).",
+        labels=["group"],
+    )
     up = GaugeMetricFamily("spectacles_child_up", "1 while the group has a running child.", labels=["group"])
     rss = GaugeMetricFamily("spectacles_child_rss_bytes", "Resident memory of the group's child.", labels=["group"])
     cpu = GaugeMetricFamily(
@@ -432,6 +437,9 @@ def families(snapshot: Snapshot) -> list[Metric]:
             for key, family in (("buffered", buffered), ("buffered_bytes", buffered_bytes)):
                 if (value := _number(report.get(key))) is not None:
                     family.add_metric([g], value)
+            sizes = report.get("sizes")
+            if isinstance(sizes, Mapping) and (value := _number(sizes.get("asyncio_tasks"))) is not None:
+                tasks.add_metric([g], value)
             if isinstance(report.get("broker_connected"), bool):
                 connected.add_metric([g], 1.0 if report["broker_connected"] else 0.0)
 
@@ -447,7 +455,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
     out: list[Metric] = [
         *typed.values(), *counters.values(), latency, seq, outbox, state,
         rejected, broker, confirm, *group_counters.values(), buffered, buffered_bytes, connected,
-        up, rss, cpu, restarts, uptime,
+        tasks, up, rss, cpu, restarts, uptime,
     ]  # fmt: skip
     out.extend(_supervisor_families(snapshot.supervisor))
     return out

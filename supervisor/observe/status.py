@@ -32,13 +32,15 @@ def shard_rows(groups: Iterable[Any], is_stalled: Callable[[int], bool]) -> list
 
 
 def group_rows(groups: Iterable[Any], now: float) -> list[dict[str, Any]]:
-    """One row per group: its process, restarts, memory and CPU."""
+    """One row per group: its process, restarts, memory and CPU, and the sizes of what its
+    process holds (asyncio tasks, the publish ledger...: ``Worker.sizes``)."""
     return [
         {
             "group": g.index, "shards": format_shard_ids(g.config.shard_ids), "pid": g.child.pid if g.child else None,
             "restarts": g.restarts, "rss": g.child.rss if g.child else None,
             "cpu_percent": g.child.cpu_percent if g.child else None,
             "uptime": round(g.child.uptime(now), 1) if g.child else None,
+            "sizes": g.child.report.get("sizes") if g.child else None,
         }  # fmt: skip
         for g in groups
     ]

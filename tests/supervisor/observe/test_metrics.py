@@ -100,6 +100,7 @@ def report(shards, *, rejected=None, broker=None, counts=None, total=0.0, buffer
         "confirm_latency": {"bounds": BOUNDS, "counts": counts, "sum": total, "count": sum(counts)},
         "received_by_type": received,
         "published_by_type": published,
+        "sizes": {"asyncio_tasks": 7 + len(shards), "ledger_inflight": buffered},
     }
     return process, reports
 
@@ -252,6 +253,8 @@ def test_gauges_child_and_supervisor_figures():
     assert value(samples, "spectacles_child_cpu_percent", group=0) == 12.5
     assert value(samples, "spectacles_child_uptime_seconds", group=0) == 20.0
     assert value(samples, "spectacles_child_up", group=0) == 1
+    assert value(samples, "spectacles_child_asyncio_tasks", group=0) == 8
+    assert value(samples, "spectacles_child_asyncio_tasks", group=1) is None  # no report
     assert value(samples, "spectacles_child_up", group=1) == 0
     assert value(samples, "spectacles_child_uptime_seconds", group=1) is None
     assert value(samples, "spectacles_identify_budget_remaining") is None  # unknown: absent
