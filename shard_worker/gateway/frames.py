@@ -9,14 +9,16 @@ Finding ``d``:
 
 - **fast path**: Discord writes ``{"t":"NAME","s":123,"op":0,"d":<d>}``. When a frame starts
   with exactly that prefix and ends with ``}``, ``d`` is the bytes in between *if* they are one
-  complete JSON value; that is checked by decoding them (C speed; the result is dropped). Were
+  complete JSON value; that is checked by ``jsonlib.check`` (simdjson's validation in C++, no
+  Python object built). Were
   ``d`` not the last key, the bytes would be ``<d>,"k":...``, which no decoder takes whole.
 - **slow path** (any other key order, whitespace, ``d`` not last, a number too big for the fast
   decoder): the whole frame is decoded (it must be valid JSON) and ``d``'s span is found by a
   string-aware scan of the top-level object. Rare, so a Python loop is fine.
 
 A body is never published unless it is one complete, valid JSON value (RFC 8259: no NaN or
-Infinity, which ujson would accept); a frame whose ``d`` cannot be delimited is a bad frame.
+Infinity, no leading zeros, which ujson would accept); a frame whose ``d`` cannot be delimited is
+a bad frame.
 """
 
 from __future__ import annotations
@@ -33,55 +35,19 @@ _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 _SPACE = b" \t\r\n"
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_strict_decoder = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def is_json_value(body: bytes) -> bool:
     """Whether ``body`` is exactly one valid JSON value (surrounding whitespace allowed)."""
     try:
-        jsonlib.loads(body)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        return _strict_ok(body)  # e.g. an integer past 64 bits: orjson refuses, JSON allows
-    if jsonlib.LOADS_TAKES_NAN and (
-        (b"N" in body and _contains(body, b"NaN", b"N")) or (b"I" in body and _contains(body, b"Infinity", b"I"))
-    ):
-        return _strict_ok(body)  # ujson takes bare NaN/Infinity; JSON does not
-    return True
-
-
-#: Occurrences of a word's first letter looked at one by one before :func:`_contains` leaves
-#: the rest to a plain substring search.
-_FIRST_LETTER_TRIES = 8
-
-
-def _contains(body: bytes, word: bytes, first: bytes) -> bool:
-    """``word in body`` (``first`` its first letter), faster for the usual body: the letter is
-    found with memchr and most bodies hold it a few times at most, while a substring search
-    costs about 1 µs per 1.5 KB. (The caller tests ``first in body`` first, also a memchr.)"""
-    find = body.find
-    at = find(first)
-    tries = _FIRST_LETTER_TRIES
-    while at >= 0:
-        if body.startswith(word, at):
-            return True
-        tries -= 1
-        if not tries:
-            return find(word, at) >= 0
-        at = find(first, at + 1)
-    return False
-
-
-def _strict_ok(body: bytes) -> bool:
-    try:
-        text = body.decode("utf-8")
-        value, end = _strict_decoder.raw_decode(text.lstrip())
+        jsonlib.check(body)
+    except (ValueError, RuntimeError, RecursionError):
+        pass
+    else:
+        return True
+    try:  # e.g. an integer past 64 bits: simdjson and orjson refuse, JSON allows
+        jsonlib.check_stdlib(body)
     except (ValueError, RecursionError):
         return False
-    return not text.lstrip()[end:].strip()
+    return True
 
 
 def d_span(frame: bytes) -> tuple[int, int] | None:

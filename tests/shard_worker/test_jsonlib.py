@@ -47,3 +47,18 @@ def test_bad_input_raises_value_error(codec, bad):
 def test_name_reports_the_codec(codec):
     assert jsonlib.NAME == codec
     assert jsonlib.dumps({"é": "/"}) in ('{"é":"/"}', '{"\\u00e9":"\\/"}')
+
+
+def test_the_default_install_checks_with_simdjson():
+    """pysimdjson is a dependency (setup.cfg): a body is validated without a decode."""
+    importlib.reload(jsonlib)
+    assert jsonlib.CHECK_NAME == "simdjson"
+    jsonlib.check(b'{"a":[1,2.5,"\\u00e9"]}')
+    for bad in (b'{"a":NaN}', b'{"a":01}', b"[1] [2]", b'{"a":"\xff"}'):
+        with pytest.raises(ValueError):
+            jsonlib.check(bad)
+
+
+def test_an_unknown_check_is_a_clear_error():
+    with pytest.raises(ValueError, match="SPECTACLES_JSON_CHECK must be auto, simdjson or decode"):
+        jsonlib.use_check("fast")

@@ -31,11 +31,17 @@ FAITHFUL = [
 ]
 
 
-@pytest.fixture(params=["ujson", "orjson"])
+CHECKS = list(itertools.product(["ujson", "orjson"], ["simdjson", "decode"]))
+
+
+@pytest.fixture(params=CHECKS, ids=["-".join(c) for c in CHECKS])
 def codec(request):
-    """Both decoders validate: ujson takes NaN and big integers, orjson neither."""
-    getattr(jsonlib, f"use_{request.param}")()
-    yield request.param
+    """Every codec with every check: simdjson (the default), or a decode (orjson's, or the
+    stdlib's strict one with ujson). simdjson and orjson refuse big integers, the stdlib settles."""
+    name, check = request.param
+    getattr(jsonlib, f"use_{name}")()
+    jsonlib.use_check(check)
+    yield name
     importlib.reload(jsonlib)  # back to the environment's choice
 
 
@@ -96,7 +102,8 @@ def test_a_text_frame_is_published_as_its_utf8_bytes():
 
 @pytest.mark.parametrize(
     "d",
-    [b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}', b'{"a":1', b'{"a":"\xff"}', b'{"a":1}}', b"", b"tru"],
+    [b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}', b'{"a":1', b'{"a":"\xff"}', b'{"a":1}}', b"", b"tru",
+     b'{"a":01}', b'{"a":1.}', b'{"a":.5}', b'{"a":+1}', b"[1] [2]", b"{'a':1}", b'{"a":"\\x"}'],
 )
 def test_a_d_that_is_not_one_whole_json_value_is_never_published(d, codec):
     m = ready_machine()
@@ -135,8 +142,38 @@ def test_any_d_in_any_order_and_spelling_comes_out_exactly(value, ascii_only, or
     assert body_of(m, frame) == d
 
 
-@given(st.lists(st.sampled_from([b"N", b"a", b"NaN", b"Na", b"I", b"Infinit", b"Infinity", b"x", b'"']), max_size=60))
-def test_the_nan_scan_finds_the_word_exactly_when_a_substring_search_does(pieces):
+def stdlib_says(body: bytes) -> bool:
+    try:
+        json.loads(body.decode("utf-8"), parse_constant=lambda name: 1 / 0)
+    except (ValueError, ZeroDivisionError, RecursionError):
+        return False
+    return True
+
+
+json_pieces = st.sampled_from([
+    b"{", b"}", b"[", b"]", b",", b":", b'"a"', b'"\\u00e9"', b'"\\ud800"', b"1", b"01", b"-0", b"1.5", b"1e400",
+    b"123456789012345678901234567890", b"NaN", b"Infinity", b"true", b"null", b" ", b"\xff", b'"',
+])  # fmt: skip
+
+
+@given(st.lists(json_pieces, max_size=12), st.sampled_from(CHECKS))
+def test_is_json_value_agrees_with_the_stdlib_for_any_bytes(pieces, check):
+    """Whatever the codec and the check: exactly the bodies RFC 8259 (the stdlib, NaN refused)
+    accepts, among valid ones that simdjson refuses (big integers, lone surrogates)."""
     body = b"".join(pieces)
-    for word in (b"NaN", b"Infinity"):
-        assert frames._contains(body, word, word[:1]) == (word in body)
+    getattr(jsonlib, f"use_{check[0]}")()
+    jsonlib.use_check(check[1])
+    try:
+        assert frames.is_json_value(body) == stdlib_says(body), body
+    finally:
+        importlib.reload(jsonlib)
+
+
+def test_a_body_past_the_simdjson_bound_is_checked_by_a_decode(monkeypatch):
+    jsonlib.use_check("simdjson")
+    monkeypatch.setattr(jsonlib, "CHECK_SIMDJSON_MAX_BYTES", 64)
+    big = b'{"pad":"' + b"x" * 100 + b'"}'
+    assert frames.is_json_value(big)
+    assert not frames.is_json_value(big[:-1])
+    assert not frames.is_json_value(b'{"pad":"' + b"x" * 100 + b'","n":NaN}')
+    importlib.reload(jsonlib)
