@@ -39,7 +39,16 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_common import OUT, PY, TOKEN, cpu_seconds, free_port, tree  # noqa: E402,F401
+from bench_common import (  # noqa: E402,F401
+    OUT,
+    PY,
+    TOKEN,
+    cpu_seconds,
+    free_port,
+    profile_tree,
+    summarize_profile,
+    tree,
+)
 
 from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
 
@@ -111,6 +120,7 @@ class Rabbit:
 JSON = "ujson"  # set from --json
 PROJECT_JSON = "ujson"  # set from --project-json (default: --json)
 COMPRESS = "zlib-stream"  # set from --compress (the project only: the reference speaks zlib-stream)
+PROFILE: Path | None = None  # set from --profile
 
 
 def start_project(sim: Simulator, shards: int, amqp_url: str, state_dir: str) -> subprocess.Popen:
@@ -158,9 +168,17 @@ def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup
             time.sleep(0.1)
         time.sleep(warmup)
         procs = tree(proc.pid)
+        spy = None
+        if PROFILE is not None:
+            raw = PROFILE / f"profile-{kind}-{shards}.txt"
+            spy = profile_tree(proc.pid, window, raw)
         d0, c0, t0 = rabbit.depth(), cpu_seconds(procs), time.monotonic()
         time.sleep(window)
         d1, c1, t1 = rabbit.depth(), cpu_seconds(procs), time.monotonic()
+        profile = None
+        if spy is not None:
+            spy.wait(30)
+            profile = summarize_profile(raw) if raw.exists() else None
         rss = [p.memory_info().rss for p in procs[1:]] if kind == "project" else [procs[0].memory_info().rss]
         events = d1 - d0
         return {
@@ -170,6 +188,7 @@ def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup
             "events_per_s": events / (t1 - t0),
             "cpu_us_per_event": (c1 - c0) * 1e6 / max(1, events),
             "rss_mb_under_load": [round(r / 2**20, 1) for r in rss],
+            **({"profile": profile} if profile else {}),
         }
     finally:
         stop(proc)
@@ -258,9 +277,14 @@ def main() -> int:
     parser.add_argument("--compress", choices=["zlib-stream", "zstd-stream"], default="zlib-stream",
                         help="the project's transport compression (the reference always uses zlib-stream)")
     parser.add_argument("--tag", default=None, help="results file suffix (default: the codec)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy the whole process tree during each window (raw stacks and a summary in this folder)")
     parser.add_argument("--scale", action="store_true", help="the scale benchmark instead (scripts/bench_scale.py --help)")
     args = parser.parse_args()
-    global JSON, PROJECT_JSON, COMPRESS
+    global JSON, PROJECT_JSON, COMPRESS, PROFILE
+    PROFILE = args.profile
+    if PROFILE is not None:
+        PROFILE.mkdir(parents=True, exist_ok=True)
     JSON = args.json
     PROJECT_JSON = args.project_json or args.json
     COMPRESS = args.compress
@@ -278,6 +302,8 @@ def main() -> int:
                     runs.append(result)
                     print(f"bench: {kind:<9} {shards:>2} shards  {result['events_per_s']:>8.0f} events/s  "
                           f"{result['cpu_us_per_event']:>6.1f} µs/event  RSS {result['rss_mb_under_load']} MB")  # fmt: skip
+                    for name, share in (result.get("profile") or {}).get("top_functions", [])[:12]:
+                        print(f"bench:     {share:5.1f} %  {name}")
         summary: dict = {}
         for shards in args.shards:
             row = {}
