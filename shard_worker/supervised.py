@@ -33,6 +33,7 @@ from shard_worker.ipc_vocabulary import (
     ShardState,
     ShardStateData,
 )
+from shard_worker.memory_trim import Trimmer
 from shard_worker.reshard import Handover, Role
 from shard_worker.shard_ranges import format_shard_ids
 
@@ -98,6 +99,8 @@ class ParentLink:
         self._grants: dict[int, asyncio.Future] = {}
         self.worker: Any = None  # set by attach()
         self._tasks: list[asyncio.Task] = []
+        #: After a broker outage, gives the drained buffer's pages back (memory_trim.py).
+        self._trimmer = Trimmer()
         self._last_order = time.monotonic()
         #: What each of the parent's orders does with its data (``config`` comes only first,
         #: :func:`read_config`: a later one is an unknown order).
@@ -223,7 +226,7 @@ class ParentLink:
             "published_by_type": dict(worker.published_by_type),
             "rate_limited_by_opcode": dict(worker.rate_limited_by_opcode),
             "reshard": worker.reshard_counters(),
-            "sizes": worker.sizes(),
+            "sizes": {**worker.sizes(), "memory_trims": self._trimmer.trims},
         }
 
     def send_shard_reports(self, *, everything: bool = False) -> None:
@@ -250,6 +253,8 @@ class ParentLink:
             if not self._out:
                 self.send_shard_reports()
                 self.send(Event.HEARTBEAT, self.report())
+            if self._trimmer.observe(self.worker.bridge.buffered_bytes, time.monotonic()):
+                log.debug("the publish buffer drained: its pages went back to the kernel (malloc_trim)")
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def _read_orders(self) -> None:
