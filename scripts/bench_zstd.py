@@ -26,6 +26,14 @@ included, and the same in both). The events are published to an exchange with no
         --rate 2 --rounds 2
 
 Results go to ``docs/bench/zstd_scale.json``; a markdown table is printed.
+
+``--decoders`` measures instead, in a fresh interpreter per kind, one decoder's memory: the RSS
+that 200 decompression contexts add once 8,000 events (about 3 MB of JSON) went through each,
+for zlib (32 KiB window) and zstd at Discord's parameters (window log 16) and at zstd's default
+level 3 (window log 21): what a connection's decoder costs once its window is full; and the CPU
+of decompressing those events in one context (median of 7, per event).
+
+    .venv/bin/python scripts/bench_zstd.py --decoders
 """
 
 from __future__ import annotations
@@ -122,8 +130,10 @@ def measure(compress: str, args: argparse.Namespace, group: str) -> dict:
             drop_group(args.amqp_url, group, n)
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on
             row["cleanup_error"] = str(exc)
-    if "error" not in row:
+    if "error" not in row and not row.get("reconnects"):
         shutil.rmtree(work, ignore_errors=True)
+    elif "error" not in row:
+        row["logs"] = str(work)  # shards connected more than once: keep the logs to see why
     return row
 
 
@@ -155,6 +165,61 @@ def table(summ: dict) -> str:
     return "\n".join(lines)
 
 
+_DECODER_PROBE = r"""
+import gc, json, random, sys, zlib
+import psutil
+from shard_worker.gateway import inflate
+from supervisor.simulator.server import zstd_compressor
+kind, n = sys.argv[1], 200
+rng = random.Random(1)
+msgs = [json.dumps({"t": "MESSAGE_CREATE", "s": i, "op": 0, "d": {"id": str(rng.getrandbits(62)),
+        "content": "".join(rng.choice("abcdefghij klmnop") for _ in range(300))}}).encode()
+        for i in range(8000)]
+if kind == "zlib-stream":
+    c = zlib.compressobj(6, zlib.DEFLATED, 15)
+    data = [c.compress(m) + c.flush(zlib.Z_SYNC_FLUSH) for m in msgs]
+    new = inflate.ZlibStreamInflater
+else:
+    zstd = inflate.zstd_module()
+    c = zstd_compressor() if kind == "zstd-discord" else zstd.ZstdCompressor(3)
+    data = [c.compress(m, c.FLUSH_BLOCK) for m in msgs]
+    new = inflate.ZstdStreamInflater
+import statistics, time
+def once():
+    d = new()
+    t0 = time.process_time()
+    for x in data:
+        d.feed(x)
+    return time.process_time() - t0
+us = round(1e6 * statistics.median(once() for _ in range(7)) / len(data), 2)
+p = psutil.Process()
+gc.collect()
+r0 = p.memory_info().rss
+decoders = [new() for _ in range(n)]
+for d in decoders:
+    for x in data:
+        d.feed(x)
+gc.collect()
+print(json.dumps({"kind": kind, "kib_per_decoder": round((p.memory_info().rss - r0) / n / 1024, 1), "decode_us_per_event": us,
+                  "json_kib_each": sum(map(len, msgs)) // 1024, "wire_kib_each": sum(map(len, data)) // 1024}))
+"""
+
+
+def decoders() -> list[dict]:
+    """One decoder's RSS once its window is full, per kind (a fresh interpreter each)."""
+    import subprocess
+
+    from bench_common import PY, ROOT
+
+    out = []
+    for kind in ("zlib-stream", "zstd-discord", "zstd-level3"):
+        done = subprocess.run([PY, "-c", _DECODER_PROBE, kind], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600, check=True)  # fmt: skip
+        out.append(json.loads(done.stdout))
+        print(f"bench: {done.stdout.strip()}", flush=True)
+    return out
+
+
 def _sigterm(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -169,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="stream window in seconds (CPU, bytes)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of one run per compression (A B, B A, ...)")
     parser.add_argument("--out", type=Path, default=OUT, help="where zstd_scale.json goes")
+    parser.add_argument("--decoders", action="store_true", help="only measure one decoder's memory per kind")
     args = parser.parse_args(argv)
+    if args.decoders:
+        if missing := zstd_unavailable():
+            parser.error(missing)
+        decoders()
+        return 0
     for name, value, low in (("--shards", args.shards, 1), ("--per-process", args.per_process, 1),
                              ("--rounds", args.rounds, 1)):  # fmt: skip
         if value < low:
