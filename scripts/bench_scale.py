@@ -112,13 +112,18 @@ def rss(p: psutil.Process) -> int:
 class Run:
     """One simulator and one supervisor for ``n`` shards; ``close()`` leaves no process behind."""
 
-    def __init__(self, n: int, amqp_url: str, group: str, per_process: int | None, work: Path) -> None:
+    def __init__(
+        self, n: int, amqp_url: str, group: str, per_process: int | None, work: Path,
+        *, events_per_shard: int = 0, rate: float = 0.0, compress: str | None = None,
+    ) -> None:  # fmt: skip
+        """``events_per_shard``/``rate``: the simulator's stream (default none); ``compress``:
+        the supervisor's ``--compress`` (default: its own default)."""
         self.n, self.work = n, work
         self.state_dir = str(work / "state")
         self.metrics_port = free_port()
         self.sim = SimulatorProcess(
             token=TOKEN, shard_count=n, max_concurrency=MAX_CONCURRENCY, guilds_per_shard=1,
-            events_per_shard=0, rate=0.0, log_path=work / "simulator.log",
+            events_per_shard=events_per_shard, rate=rate, log_path=work / "simulator.log",
         )  # fmt: skip
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -127,6 +132,8 @@ class Run:
                 "--log-format", "json"]  # fmt: skip
         if per_process is not None:
             self.argv += ["--shards-per-process", str(per_process)]
+        if compress is not None:
+            self.argv += ["--compress", compress]
         self.env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, PYTHONUNBUFFERED="1")
         self.started = 0.0
 

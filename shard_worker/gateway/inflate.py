@@ -11,6 +11,20 @@
 Both bound a message by the same ``max_message_bytes`` (compressed and decompressed), so a
 broken or hostile stream costs an :class:`InflateError` (the connection resumes), never
 unbounded memory.
+
+The window is the other memory bound, per connection, and it is the server's choice: a decoder
+must keep the last window's worth of output to resolve back-references.
+
+* zlib-stream: :data:`ZLIB_WBITS` 15, a 32 KiB window, deflate's largest and what Discord's stream
+  announces (its first byte, 0x78); inflate state and window hold about 40 KiB per connection.
+* zstd-stream: the frame header announces the window and the decoder allocates it (plus a block
+  buffer of up to 128 KiB). Discord does not document its window; the parameters a third-party
+  client gives as Discord's use 64 KiB (window log 16: about 160 KiB per connection measured,
+  docs/BENCHMARKS.md), and Discord's engineering blog speaks of enlarging the buffers off-peak.
+  The decoder accepts windows up to :data:`ZSTD_WINDOW_LOG_MAX` (8 MiB, the largest that
+  RFC 8878 recommends encoders produce and decoders support), not libzstd's default 128 MiB
+  (window log 27): a stream announcing more is refused with an :class:`InflateError` that says
+  so, and a connection costs at most about 8.2 MiB of decoder.
 """
 
 from __future__ import annotations
@@ -42,6 +56,13 @@ ZSTD_MISSING = (
 #: Refuse to buffer or inflate a single message beyond this (a broken or hostile server).
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+#: zlib-stream's inflate window: 2**15 bytes (32 KiB), the window of Discord's deflate stream.
+ZLIB_WBITS = 15
+#: The largest zstd window accepted: 2**23 bytes (8 MiB). Discord's streams announce 64 KiB (window
+#: log 16, as far as is known: Discord does not document it); RFC 8878 recommends that encoders
+#: need no more than 8 MiB and decoders accept up to 8 MiB.
+ZSTD_WINDOW_LOG_MAX = 23
+
 
 class InflateError(ValueError):
     """The compressed stream is broken; the connection must be dropped (and resumed)."""
@@ -65,7 +86,7 @@ class ZlibStreamInflater:
     __slots__ = ("_inflate", "_buffer", "_max")
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self._inflate = zlib.decompressobj()
+        self._inflate = zlib.decompressobj(ZLIB_WBITS)
         self._buffer = bytearray()
         self._max = max_message_bytes
 
@@ -103,6 +124,15 @@ def zstd_module() -> Any:
     return _zstd
 
 
+def new_zstd_decompressor() -> Any:
+    """A zstd decompression context that refuses windows over :data:`ZSTD_WINDOW_LOG_MAX`."""
+    if _zstd is None:
+        raise RuntimeError(ZSTD_MISSING)
+    return _zstd.ZstdDecompressor(
+        options={_zstd.DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG_MAX}
+    )
+
+
 class ZstdStreamInflater:
     """Feed zstd-stream websocket messages in order; get one decompressed message per feed.
 
@@ -124,7 +154,7 @@ class ZstdStreamInflater:
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         if _zstd is None:
             raise RuntimeError(ZSTD_MISSING)
-        self._zstd = _zstd.ZstdDecompressor()
+        self._zstd = new_zstd_decompressor()
         self._max = max_message_bytes
         self._error = _zstd.ZstdError
 
@@ -138,11 +168,16 @@ class ZstdStreamInflater:
             out = dec.decompress(frame, limit)
             while dec.eof:  # the frame ended (Discord never does this): go on with the next
                 rest = dec.unused_data
-                dec = self._zstd = _zstd.ZstdDecompressor()
+                dec = self._zstd = new_zstd_decompressor()
                 if not rest or len(out) >= limit:
                     break
                 out += dec.decompress(rest, limit - len(out))
         except self._error as exc:
+            if "memory" in str(exc).lower():  # libzstd: "Frame requires too much memory for decoding"
+                raise InflateError(
+                    f"zstd stream refused: its window is over {1 << ZSTD_WINDOW_LOG_MAX} bytes "
+                    f"(window log {ZSTD_WINDOW_LOG_MAX}, the most accepted): {exc}"
+                ) from None
             raise InflateError(f"broken zstd stream: {exc}") from None
         if len(out) > self._max:
             raise InflateError(f"decompressed message over {self._max} bytes")

@@ -24,6 +24,21 @@ COMPRESS_NONE = "none"
 COMPRESS_CHOICES = (COMPRESS_ZLIB_STREAM, COMPRESS_ZSTD_STREAM, COMPRESS_NONE)
 #: Every zlib-stream message ends with the Z_SYNC_FLUSH suffix.
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
+#: zlib-stream is one zlib (RFC 1950) deflate stream per connection. Discord's stream starts with
+#: the byte 0x78 (CINFO 7: a 32 KiB window, deflate's largest), so the compressor's window is
+#: 2**15 bytes and so must the client's inflate window be (wbits 15).
+ZLIB_WBITS = 15
+#: zstd-stream's compressor parameters. Discord's documentation gives none (Gateway, "zstd-stream":
+#: one frame per connection, never ended); its engineering blog ("How Discord reduced websocket
+#: traffic by 40%", 2024) says they tuned windowlog, hashlog and chainlog to fit the compression
+#: contexts in their hosts' memory. These values are the ones a third-party client library
+#: (freya022/discord-zstd-java, its test-data generator) gives as "the parameters Discord uses":
+#: level 7, a 64 KiB window (window log 16), hash log 15, chain log 15. A real connection's first
+#: frame header carries its window (its Window_Descriptor); these are what the simulator sends.
+ZSTD_LEVEL = 7
+ZSTD_WINDOW_LOG = 16
+ZSTD_HASH_LOG = 15
+ZSTD_CHAIN_LOG = 15
 
 #: One IDENTIFY per this many seconds per bucket (``shard_id % max_concurrency``).
 IDENTIFY_INTERVAL_S = 5.0

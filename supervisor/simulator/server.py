@@ -22,7 +22,9 @@ independently of the client's protocol module):
   ``00 00 ff ff``; with ``fragment`` each compressed message goes out as two websocket messages)
   or ``zstd-stream`` (one ZstdCompressor per connection, one zstd frame that is never ended, each
   message flushed at a block boundary and sent as one websocket message, as Discord does; needs
-  a zstd library, else the connection is closed with 4002);
+  a zstd library, else the connection is closed with 4002). Both compress with Discord's
+  windows, not the libraries' defaults: zlib's 32 KiB, zstd's 64 KiB (``discord_facts``); the
+  bytes sent are counted (``payload_bytes`` before compression, ``wire_bytes`` written);
 * op 10 HELLO on connect; op 1 is answered with op 11 unless the connection is in zombie mode;
 * heartbeat timeout: no op 1 for ``heartbeat_timeout_s`` (default 2 intervals + 1 s) closes the
   connection with 4000 (unknown error, so the session stays resumable, as Discord's missed
@@ -300,15 +302,37 @@ class _Session:
         return None
 
 
+def zstd_compressor() -> Any:
+    """A zstd-stream connection's compressor, with Discord's parameters (a 64 KiB window; see
+    :data:`supervisor.simulator.discord_facts.ZSTD_WINDOW_LOG`), not zstd's defaults (level 3:
+    a 2 MiB window, which every client would then have to hold per connection)."""
+    zstd = inflate.zstd_module()
+    p = zstd.CompressionParameter
+    return zstd.ZstdCompressor(
+        options={
+            p.compression_level: facts.ZSTD_LEVEL,
+            p.window_log: facts.ZSTD_WINDOW_LOG,
+            p.hash_log: facts.ZSTD_HASH_LOG,
+            p.chain_log: facts.ZSTD_CHAIN_LOG,
+        }
+    )
+
+
 class _Conn:
     __slots__ = (
         "id", "ws", "path", "query", "record", "comp", "zstd", "fragment", "rng", "shard",
         "session", "zombie", "last_heartbeat", "window", "server_close", "dropped", "closing",
-        "reconnect_deadline", "hb_timeout", "count",
+        "reconnect_deadline", "hb_timeout", "count", "totals",
     )
 
-    def __init__(self, cid: int, ws: ServerConnection, path: str, query: dict, record: dict):
+    def __init__(
+        self, cid: int, ws: ServerConnection, path: str, query: dict, record: dict,
+        totals: dict[str, int] | None = None,
+    ):  # fmt: skip
         self.id = cid
+        #: where the bytes sent are counted (the server's counters: ``payload_bytes``, the
+        #: gateway messages before compression; ``wire_bytes``, the websocket frames written)
+        self.totals: dict[str, int] = totals if totals is not None else {}
         self.ws = ws
         self.path = path
         self.query = query
@@ -342,19 +366,24 @@ class _Conn:
         if proto.state is not State.OPEN:
             return False
         comp = self.comp
+        raw = 0
         if comp is None:
             for frame in frames:
+                raw += len(frame)
                 proto.send_text(frame)
         elif self.zstd:
             flush = comp.FLUSH_BLOCK  # the message is complete, the frame goes on
             for frame in frames:
+                raw += len(frame)
                 proto.send_binary(comp.compress(frame, flush))
         elif not self.fragment:
             for frame in frames:
+                raw += len(frame)
                 proto.send_binary(comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH))
         else:
             rng = self.rng
             for frame in frames:
+                raw += len(frame)
                 data = comp.compress(frame) + comp.flush(zlib.Z_SYNC_FLUSH)
                 cut = rng.randrange(1, len(data))
                 while cut > 1 and data[:cut].endswith(ZLIB_SUFFIX):
@@ -362,8 +391,12 @@ class _Conn:
                 proto.send_binary(data[:cut])
                 proto.send_binary(data[cut:])
         out = proto.data_to_send()
+        totals = self.totals
+        totals["payload_bytes"] = totals.get("payload_bytes", 0) + raw
         if out:
-            ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            totals["wire_bytes"] = totals.get("wire_bytes", 0) + len(data)
+            ws.transport.write(data)
         return True
 
     async def send_many(self, frames: Iterable[bytes]) -> None:
@@ -510,6 +543,10 @@ class Simulator:
             "copies": 0,
             # op 8 for every member of a guild asked again within 30 s: answered RATE_LIMITED
             "rate_limited": 0,
+            # what every connection was sent: the gateway messages (JSON) before transport
+            # compression, and the websocket frames written (compressed, frame headers included)
+            "payload_bytes": 0,
+            "wire_bytes": 0,
         }
         interval = opts.heartbeat_interval_ms
         self._hello = ujson.dumps(
@@ -879,7 +916,7 @@ class Simulator:
         }
         self.connections.append(record)
         self.counters["connections"] += 1
-        conn = _Conn(cid, ws, record["path"], query, record)
+        conn = _Conn(cid, ws, record["path"], query, record, self.counters)
         self._conns[cid] = conn
         log.info("connection %d opened on %s", cid, record["path"])
         try:
@@ -888,10 +925,10 @@ class Simulator:
                 await self._close(conn, *bad)
                 return
             if record["compression"] == COMPRESS_ZSTD_STREAM:
-                conn.comp = inflate.zstd_module().ZstdCompressor()  # level 3, zstd's default
+                conn.comp = zstd_compressor()
                 conn.zstd = True
             elif record["compression"] == COMPRESS_ZLIB_STREAM:
-                conn.comp = zlib.compressobj(self.options.zlib_level)
+                conn.comp = zlib.compressobj(self.options.zlib_level, zlib.DEFLATED, facts.ZLIB_WBITS)
                 conn.fragment = self.options.fragment
             conn.last_heartbeat = self._loop.time()
             conn.hb_timeout = self.options.effective_heartbeat_timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -295,6 +296,50 @@ def test_without_a_zstd_library(monkeypatch):
     with pytest.raises(RuntimeError, match="zstd-stream needs a zstd library"):
         zstd_module()
     assert type(new_inflater("zlib-stream")) is ZlibStreamInflater  # zlib is unaffected
+
+
+# -- the window bound ---------------------------------------------------------------------------
+def _windowed(window_log: int) -> bytes:
+    p = zstd.CompressionParameter
+    comp = zstd.ZstdCompressor(options={p.window_log: window_log})
+    return comp.compress(HELLO, comp.FLUSH_BLOCK)
+
+
+def test_window_bound_is_rfc8878s_8_mib():
+    assert inflate.ZSTD_WINDOW_LOG_MAX == 23
+
+
+@pytest.mark.parametrize("window_log", [10, 16, 21, 23])
+def test_windows_up_to_the_bound_are_accepted(window_log):
+    # 16: Discord's (as far as is known); 21: zstd's default at level 3; 23: the bound
+    assert _windowed(window_log)[5] >> 3 == window_log - 10  # what the frame header announces
+    assert ZstdStreamInflater().feed(_windowed(window_log)) == HELLO
+
+
+@pytest.mark.parametrize("window_log", [24, 27])
+def test_a_window_over_the_bound_is_refused_with_a_clear_error(window_log):
+    # libzstd's own default would take up to window log 27 (128 MiB per connection)
+    with pytest.raises(InflateError, match=r"window is over 8388608 bytes \(window log 23"):
+        ZstdStreamInflater().feed(_windowed(window_log))
+
+
+def test_the_bound_holds_after_a_frame_ends():
+    # a server that ends its frame and starts another with a larger window is refused too
+    p = zstd.CompressionParameter
+    first = zstd.ZstdCompressor(options={p.window_log: 16})
+    data = first.compress(HELLO, first.FLUSH_FRAME)
+    inflater = ZstdStreamInflater()
+    assert inflater.feed(data) == HELLO
+    with pytest.raises(InflateError, match="window is over"):
+        inflater.feed(_windowed(24))
+
+
+def test_zlib_window_is_32_kib():
+    assert inflate.ZLIB_WBITS == 15
+    comp = zlib.compressobj(6, zlib.DEFLATED, 15)
+    data = comp.compress(READY) + comp.flush(zlib.Z_SYNC_FLUSH)
+    assert data[0] == 0x78  # CINFO 7: the 32 KiB window announced
+    assert ZlibStreamInflater().feed(data) == READY
 
 
 def _machine(**kw) -> ShardMachine:

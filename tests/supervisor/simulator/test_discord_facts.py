@@ -31,3 +31,11 @@ def test_the_same_limits():
 def test_the_same_formulas(guild_id, shard_count, shard_id, max_concurrency):
     assert facts.shard_for_guild(guild_id, shard_count) == protocol.shard_for_guild(guild_id, shard_count)
     assert facts.identify_bucket(shard_id, max_concurrency) == protocol.identify_bucket(shard_id, max_concurrency)
+
+
+def test_the_client_accepts_the_windows_the_simulator_sends():
+    from shard_worker.gateway import inflate
+
+    # zlib: the same 32 KiB window on both sides; zstd: Discord's 64 KiB under the client's bound
+    assert facts.ZLIB_WBITS == inflate.ZLIB_WBITS == 15
+    assert facts.ZSTD_WINDOW_LOG == 16 <= inflate.ZSTD_WINDOW_LOG_MAX == 23

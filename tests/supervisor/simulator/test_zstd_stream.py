@@ -94,3 +94,47 @@ def test_unknown_compress_is_refused_and_zstd_without_the_library(monkeypatch) -
             assert reason.startswith("zstd-stream needs a zstd library")
 
     asyncio.run(main())
+
+
+def _window_log(frame_start: bytes) -> int:
+    """The window log a zstd frame header announces (RFC 8878 3.1.1.1: the header descriptor,
+    then the window descriptor unless Single_Segment_flag is set)."""
+    assert frame_start[:4] == MAGIC
+    descriptor = frame_start[4]
+    assert not descriptor & 0x20, "a streamed frame has no single segment"
+    return 10 + (frame_start[5] >> 3)
+
+
+def test_compressors_use_discords_windows_and_count_the_bytes() -> None:
+    async def main():
+        async with Simulator(**opts(events_per_shard=50)) as sim:
+            z, _, _ = await hello_identify(sim.url, compress="zstd-stream")
+            for _ in range(50):
+                await z.recv()
+            # Discord's 64 KiB window (window log 16), not zstd's default 2 MiB (level 3: 21).
+            assert _window_log(z.ws_messages[0]) == 16
+            await z.close()
+            zl, _, _ = await hello_identify(sim.url, compress="zlib-stream")
+            for _ in range(50):
+                await zl.recv()
+            first = zl.ws_messages[0]
+            assert isinstance(first, bytes)
+            # RFC 1950 header: CM 8 (deflate), CINFO 7 (a 32 KiB window)
+            assert first[0] == 0x78 and (first[0] << 8 | first[1]) % 31 == 0
+            await zl.close()
+            stats = sim.stats()
+            # every message's JSON was counted, and what was written (compressed) is smaller
+            assert stats["payload_bytes"] > stats["wire_bytes"] > 0
+            assert stats["wire_bytes"] >= sum(len(m) for m in z.ws_messages + zl.ws_messages)
+
+    asyncio.run(main())
+
+
+def test_zstd_compressor_parameters_are_discords() -> None:
+    from supervisor.simulator import discord_facts as facts
+    from supervisor.simulator.server import zstd_compressor
+
+    comp = zstd_compressor()
+    data = comp.compress(b'{"op":11}' * 100, comp.FLUSH_BLOCK)
+    assert _window_log(data) == facts.ZSTD_WINDOW_LOG == 16
+    assert inflate.ZstdStreamInflater().feed(data) == b'{"op":11}' * 100
