@@ -152,6 +152,11 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
+def broker_processes() -> list[psutil.Process]:
+    """The local RabbitMQ node (beam.smp), whose CPU decides the rate on one host."""
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
+
+
 def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup: float, window: float) -> dict:
     sim = Simulator(shards, max_concurrency=16, stream=True)
     rabbit.purge()
@@ -172,9 +177,10 @@ def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup
         if PROFILE is not None:
             raw = PROFILE / f"profile-{kind}-{shards}.txt"
             spy = profile_tree(proc.pid, window, raw)
-        d0, c0, t0 = rabbit.depth(), cpu_seconds(procs), time.monotonic()
+        broker = broker_processes()
+        d0, c0, t0, b0 = rabbit.depth(), cpu_seconds(procs), time.monotonic(), cpu_seconds(broker)
         time.sleep(window)
-        d1, c1, t1 = rabbit.depth(), cpu_seconds(procs), time.monotonic()
+        d1, c1, t1, b1 = rabbit.depth(), cpu_seconds(procs), time.monotonic(), cpu_seconds(broker)
         profile = None
         if spy is not None:
             spy.wait(30)
@@ -187,6 +193,8 @@ def measure_stream(kind: str, shards: int, rabbit: Rabbit, amqp_url: str, warmup
             "events": events,
             "events_per_s": events / (t1 - t0),
             "cpu_us_per_event": (c1 - c0) * 1e6 / max(1, events),
+            # RabbitMQ's own CPU per event (the whole node: other clients' work counts too)
+            "broker_cpu_us_per_event": (b1 - b0) * 1e6 / max(1, events) if broker else None,
             "rss_mb_under_load": [round(r / 2**20, 1) for r in rss],
             **({"profile": profile} if profile else {}),
         }
@@ -301,7 +309,8 @@ def main() -> int:
                     result = measure_stream(kind, shards, rabbit, args.amqp_url, args.warmup, args.window)
                     runs.append(result)
                     print(f"bench: {kind:<9} {shards:>2} shards  {result['events_per_s']:>8.0f} events/s  "
-                          f"{result['cpu_us_per_event']:>6.1f} µs/event  RSS {result['rss_mb_under_load']} MB")  # fmt: skip
+                          f"{result['cpu_us_per_event']:>6.1f} µs/event  broker {result['broker_cpu_us_per_event'] or 0:5.1f} µs/event  "
+                          f"RSS {result['rss_mb_under_load']} MB")  # fmt: skip
                     for name, share in (result.get("profile") or {}).get("top_functions", [])[:12]:
                         print(f"bench:     {share:5.1f} %  {name}")
         summary: dict = {}
@@ -313,6 +322,7 @@ def main() -> int:
                     row[kind] = {
                         "events_per_s": statistics.median(r["events_per_s"] for r in mine),
                         "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in mine),
+                        "broker_cpu_us_per_event": statistics.median(r.get("broker_cpu_us_per_event") or 0 for r in mine),
                     }
             for ref in KINDS[1:]:
                 if "project" in row and ref in row:
