@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from shard_worker import heap_trace
 from shard_worker.config import WorkerConfig
 from shard_worker.proctitle import set_title
 from shard_worker.shard_ranges import format_shard_ids
@@ -18,6 +19,7 @@ from shard_worker.worker import run_group
 
 
 def main() -> int:
+    heap_trace.start_from_env()  # SPECTACLES_TRACEMALLOC: off unless asked for
     link = None
     ipc_fd = os.environ.get(IPC_FD_ENV)
     if ipc_fd is not None:
