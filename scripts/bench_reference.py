@@ -8,6 +8,8 @@ buffer grows without bound and the run measures memory churn). Nothing else: no 
 checks, no resume, no message ids, no features. ``--batched`` publishes through the project's
 batched frame writer instead of ``basic_publish``, with the project's wire format (shard header and
 message id): the broker then does the same work per message as for the project.
+``--max-concurrency N`` paces the identifies (shard i connects after ``(i // N) * 5.1`` s), for runs
+of more shards than one bucket round.
 
     python scripts/bench_reference.py --gateway ws://127.0.0.1:8765 --token T --shards 4 \\
         --amqp-url amqp://guest:guest@127.0.0.1:5672/%2F --exchange bench
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import zlib
 
 import pika
@@ -71,7 +74,9 @@ async def open_channel(url: str, exchange: str):
     return await ready
 
 
-async def shard(shard_id: int, count: int, gateway: str, token: str, publish) -> None:
+async def shard(shard_id: int, count: int, gateway: str, token: str, publish, max_concurrency: int = 0) -> None:
+    if max_concurrency:  # Discord's identify buckets: shard i waits its turn, 5 s a round
+        await asyncio.sleep((shard_id // max_concurrency) * 5.1)
     async with connect(f"{gateway}/?v=10&encoding=json&compress=zlib-stream", compression=None, max_size=None, ping_interval=None) as ws:
         inflate = zlib.decompressobj()
         seq = None
@@ -108,14 +113,18 @@ async def shard(shard_id: int, count: int, gateway: str, token: str, publish) ->
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateway", required=True)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default=os.environ.get("DISCORD_TOKEN"), help="default: $DISCORD_TOKEN")
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--shard-count", type=int, default=None)
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument("--exchange", default="bench")
     parser.add_argument("--json", choices=["ujson", "orjson"], default="ujson")
     parser.add_argument("--batched", action="store_true", help="publish like the project (batched frames)")
+    parser.add_argument("--max-concurrency", type=int, default=0,
+                        help="pace identifies as Discord's buckets want (0: all at once, as before)")
     args = parser.parse_args()
+    if not args.token:
+        parser.error("--token or DISCORD_TOKEN is required")
     global loads, dumps_bytes, dumps
     if args.json == "orjson":
         import orjson
@@ -146,7 +155,7 @@ async def main() -> None:
             channel.basic_publish(args.exchange, routing_key, body, props)
 
     count = args.shard_count or args.shards
-    await asyncio.gather(*(shard(i, count, args.gateway, args.token, publish) for i in range(args.shards)))
+    await asyncio.gather(*(shard(i, count, args.gateway, args.token, publish, args.max_concurrency) for i in range(args.shards)))
 
 
 if __name__ == "__main__":
