@@ -20,7 +20,10 @@ Grafana panel computes it).
     .venv/bin/python scripts/bench.py --latency --case issue:16:100 --repeat 1 --window 10
     .venv/bin/python scripts/bench.py --latency --case s16:16:500 --kinds project   # a sweep step
 
-A case is ``name:shards:rate[:shards_per_process]``. Results go to ``docs/bench/latency.json``
+A case is ``name:shards:rate[:shards_per_process]``. A rate ``auto`` first runs the project alone
+at ``--sweep-shards`` through the ``--sweep`` rates (stopping at the first it cannot sustain:
+the simulator held back, or the consumer got less than it wrote) and runs the case at
+``NEAR_LIMIT`` (85 %) of the highest rate sustained. Results go to ``docs/bench/latency.json``
 (``--out``); a markdown table is printed.
 """
 
@@ -55,7 +58,9 @@ from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
 from supervisor.simulator.process import SimulatorProcess  # noqa: E402
 
 #: name, shards, events/s per shard, shards per process (see the README section for the choice)
-DEFAULT_CASES = ("issue:16:100:16", "shards-2000:2000:2:500", "near-limit:16:400:16")
+DEFAULT_CASES = ("issue:16:100:16", "shards-2000:2000:2:500", "near-limit:16:auto:16")
+#: ``--sweep``: the share of the highest sustained rate the ``auto`` case runs at
+NEAR_LIMIT = 0.85
 KINDS = ("project", "reference")
 CONFIRM_METRIC = "spectacles_publish_confirm_latency_seconds"
 
@@ -127,15 +132,31 @@ def confirm_buckets(metrics_text: str) -> dict[float, float]:
 
 
 def parse_case(text: str) -> dict:
-    """``name:shards:rate[:per_process]`` (per_process default: shards)."""
+    """``name:shards:rate[:per_process]`` (per_process default: shards); rate ``auto`` (None):
+    ``NEAR_LIMIT`` of the limit ``--sweep`` finds."""
     parts = text.split(":")
     if len(parts) not in (3, 4) or not parts[0]:
         raise ValueError(f"a case is name:shards:rate[:shards_per_process], not {text!r}")
-    shards, rate = int(parts[1]), float(parts[2])
+    shards = int(parts[1])
+    rate = None if parts[2] == "auto" else float(parts[2])
     per_process = int(parts[3]) if len(parts) == 4 else shards
-    if shards < 1 or rate <= 0 or per_process < 1:
+    if shards < 1 or (rate is not None and rate <= 0) or per_process < 1:
         raise ValueError(f"shards, rate and shards per process must be positive in {text!r}")
     return {"name": parts[0], "shards": shards, "rate": rate, "per_process": per_process}
+
+
+def sustained(step: dict, nominal_per_s: float) -> bool:
+    """A sweep step kept up: the simulator wrote at least 95 % of the nominal rate (the forwarder
+    did not push back) and the consumer received at least 98 % of what it wrote."""
+    if "error" in step or not step.get("offered_per_s"):
+        return False
+    return step["offered_per_s"] >= 0.95 * nominal_per_s and step["received_per_s"] >= 0.98 * step["offered_per_s"]
+
+
+def limit_of(steps: list[dict]) -> float | None:
+    """The highest received events/s of the sustained steps of a sweep (None: none kept up)."""
+    kept = [s["received_per_s"] for s in steps if sustained(s, s["shards"] * s["rate_per_shard"])]
+    return max(kept) if kept else None
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -339,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after all READY before measuring")
     parser.add_argument("--window", type=float, default=20.0, help="measuring window in seconds")
     parser.add_argument("--out", type=Path, default=OUT / "latency.json")
+    parser.add_argument("--sweep", type=float, nargs="+", default=[200, 300, 450, 600, 750, 900],
+                        help="events/s per shard of the project-only steps at --sweep-shards that find the "
+                        "broker's limit for 'auto' cases (default: %(default)s)")
+    parser.add_argument("--sweep-shards", type=int, default=16)
     args = parser.parse_args(argv)
     try:
         cases = [parse_case(c) for c in (args.case or DEFAULT_CASES)]
@@ -346,8 +371,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     signal.signal(signal.SIGTERM, _sigterm)
     rows: list[dict] = []
+    sweep: list[dict] = []
+    limit = None
     interrupted = False
     try:
+        if any(c["rate"] is None for c in cases):
+            for rate in sorted(args.sweep):
+                case = {"name": f"sweep-{rate:g}", "shards": args.sweep_shards, "rate": rate, "per_process": args.sweep_shards}
+                step = measure("project", case, args, f"bench-latency-{os.getpid()}-sweep")
+                step["sustained"] = sustained(step, args.sweep_shards * rate)
+                sweep.append(step)
+                print(f"bench: sweep {json.dumps(step)}", flush=True)
+                if not step["sustained"]:
+                    break
+            limit = limit_of(sweep)
+            if limit is None:
+                print("bench: no sweep step kept up: the 'auto' cases are left out", file=sys.stderr)
+                cases = [c for c in cases if c["rate"] is not None]
+            for c in cases:
+                if c["rate"] is None:
+                    c["rate"] = round(NEAR_LIMIT * limit / c["shards"])
+            print(f"bench: limit {limit} events/s; near it ({NEAR_LIMIT:.0%}): {[c for c in cases]}", flush=True)
         for case in cases:
             for i in range(args.repeat):
                 for kind in args.kinds:
@@ -361,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if not rows:
+    if not rows and not sweep:
         return 130 if interrupted else 1
     machine = {
         "cpus": os.cpu_count(),
@@ -373,10 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         "window_s": args.window,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "cases": cases, "runs": rows}, indent=1) + "\n")
+    out = {"machine": machine, "cases": cases, "runs": rows}
+    if sweep:
+        out["sweep"] = {"limit_per_s": limit, "near_limit_share": NEAR_LIMIT, "steps": sweep}
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"bench: results written to {args.out}")
     print()
-    print(table(rows))
+    print(table(sweep + rows))
     return 130 if interrupted else 0
 
 

@@ -78,3 +78,26 @@ def test_parse_case() -> None:
             bench_latency.parse_case(bad)
     for case in bench_latency.DEFAULT_CASES:
         bench_latency.parse_case(case)
+
+
+def test_parse_case_auto_rate() -> None:
+    assert bench_latency.parse_case("near:16:auto")["rate"] is None
+
+
+def _step(offered: float, received: float, rate: float = 100, shards: int = 16) -> dict:
+    return {"shards": shards, "rate_per_shard": rate, "offered_per_s": offered, "received_per_s": received}
+
+
+def test_a_sweep_step_is_sustained_when_nothing_held_back() -> None:
+    assert bench_latency.sustained(_step(1600, 1600), 1600)
+    assert bench_latency.sustained(_step(1530, 1500), 1600)
+    assert not bench_latency.sustained(_step(1500, 1500), 1600)  # the forwarder pushed back
+    assert not bench_latency.sustained(_step(1600, 1560), 1600)  # the consumer fell behind
+    assert not bench_latency.sustained({"error": "x", **_step(1600, 1600)}, 1600)
+    assert not bench_latency.sustained(_step(0, 0), 1600)
+
+
+def test_limit_is_the_highest_sustained_rate() -> None:
+    steps = [_step(4800, 4800, 300), _step(7150, 7100, 450), _step(8000, 7000, 600)]
+    assert bench_latency.limit_of(steps) == 7100
+    assert bench_latency.limit_of([_step(100, 50, 300)]) is None
