@@ -290,9 +290,18 @@ def measure(kind: str, case: dict, args: argparse.Namespace, group: str) -> dict
         before = confirm_buckets(scrape(metrics_port)) if kind == "project" else {}
         psutil.cpu_percent()  # the host's busy share over the window: from here
         s0, c0, t0 = sim.stats()["dispatched"], cpu_seconds(procs), time.monotonic()
+        spy = None
+        if args.profile is not None:  # py-spy over the window, the whole forwarder tree
+            args.profile.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--subprocesses", "--nonblocking",
+                                    "-p", str(proc.pid), "-r", "100", "-d", str(int(args.window)), "-f", "raw",
+                                    "-o", str(args.profile / f"profile-{case['name']}-{kind}-{int(time.time())}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         consumer.recording = True
         time.sleep(args.window)
         consumer.recording = False
+        if spy is not None:
+            spy.wait(60)
         s1, c1, t1 = sim.stats()["dispatched"], cpu_seconds(procs), time.monotonic()
         # The machine is shared: what else ran in the window is part of the figure.
         row["host_cpu_busy_pct"] = psutil.cpu_percent()
@@ -364,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="events/s per shard of the project-only steps at --sweep-shards that find the "
                         "broker's limit for 'auto' cases (default: %(default)s)")
     parser.add_argument("--sweep-shards", type=int, default=16)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy each forwarder over the window (raw stacks in this folder)")
     args = parser.parse_args(argv)
     try:
         cases = [parse_case(c) for c in (args.case or DEFAULT_CASES)]
