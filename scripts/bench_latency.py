@@ -327,11 +327,10 @@ def measure(kind: str, case: dict, args: argparse.Namespace, group: str) -> dict
         sim.close()
         consumer.stopping = True
         consumer.join(30)
-        if kind == "project":
-            try:
-                drop_group(args.amqp_url, group, shards)
-            except Exception as exc:  # noqa: BLE001
-                row["cleanup_error"] = str(exc)
+        try:  # the reference declares the exchange too: drop it after either
+            drop_group(args.amqp_url, group, shards if kind == "project" else 0)
+        except Exception as exc:  # noqa: BLE001
+            row["cleanup_error"] = str(exc)
     if row.get("logs") is None:
         row.pop("logs", None)
         shutil.rmtree(work, ignore_errors=True)
