@@ -14,6 +14,7 @@ alternating project (A) and reference (B) runs, and prints the ratios A/B (media
     .venv/bin/python scripts/bench.py --quick          # one repetition, 1 and 4 shards
     .venv/bin/python scripts/bench.py --project-only --shards 4 --window 20   # for profiling
     .venv/bin/python scripts/bench.py --scale --sizes 100 500   # scripts/bench_scale.py
+    .venv/bin/python scripts/bench.py --latency                 # scripts/bench_latency.py
 
 Results go to ``docs/bench/results.json`` and a plot to ``docs/bench/throughput.png``.
 """
@@ -271,6 +272,10 @@ def main() -> int:
         import bench_scale
 
         return bench_scale.main([a for a in sys.argv[1:] if a != "--scale"])
+    if "--latency" in sys.argv[1:]:
+        import bench_latency
+
+        return bench_latency.main([a for a in sys.argv[1:] if a != "--latency"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
     parser.add_argument("--shards", type=int, nargs="*", default=[1, 4, 16])
@@ -288,6 +293,8 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy the whole process tree during each window (raw stacks and a summary in this folder)")
     parser.add_argument("--scale", action="store_true", help="the scale benchmark instead (scripts/bench_scale.py --help)")
+    parser.add_argument("--latency", action="store_true",
+                        help="the latency benchmark instead (scripts/bench_latency.py --help)")
     args = parser.parse_args()
     global JSON, PROJECT_JSON, COMPRESS, PROFILE
     PROFILE = args.profile

@@ -8,6 +8,8 @@ buffer grows without bound and the run measures memory churn). Nothing else: no 
 checks, no resume, no message ids, no features. ``--batched`` publishes through the project's
 batched frame writer instead of ``basic_publish``, with the project's wire format (shard header and
 message id): the broker then does the same work per message as for the project.
+``--max-concurrency N`` paces the identifies by Discord's buckets (one per bucket per 5.1 s, from
+the previous one's write), for runs of more shards than one bucket round.
 
     python scripts/bench_reference.py --gateway ws://127.0.0.1:8765 --token T --shards 4 \\
         --amqp-url amqp://guest:guest@127.0.0.1:5672/%2F --exchange bench
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import os
 import zlib
 
 import pika
@@ -71,7 +75,32 @@ async def open_channel(url: str, exchange: str):
     return await ready
 
 
-async def shard(shard_id: int, count: int, gateway: str, token: str, publish) -> None:
+class Pacer:
+    """Discord's identify buckets: one IDENTIFY per bucket (shard % max_concurrency) per 5 s,
+    counted from when the previous one was written (a late round must not squeeze the next)."""
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+        self.locks: dict[int, asyncio.Lock] = {}
+        self.last: dict[int, float] = {}
+
+    async def identify(self, shard_id: int, send) -> None:
+        if not self.max_concurrency:
+            await send()
+            return
+        bucket = shard_id % self.max_concurrency
+        loop = asyncio.get_running_loop()
+        async with self.locks.setdefault(bucket, asyncio.Lock()):
+            wait = self.last.get(bucket, -1e9) + 5.1 - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await send()
+            self.last[bucket] = loop.time()
+
+
+async def shard(shard_id: int, count: int, gateway: str, token: str, publish, pacer: Pacer) -> None:
+    if pacer.max_concurrency:  # connect about when the bucket's turn comes (fewer idle sockets)
+        await asyncio.sleep(max(0.0, (shard_id // pacer.max_concurrency) * 5.0 - 2.0))
     async with connect(f"{gateway}/?v=10&encoding=json&compress=zlib-stream", compression=None, max_size=None, ping_interval=None) as ws:
         inflate = zlib.decompressobj()
         seq = None
@@ -100,7 +129,7 @@ async def shard(shard_id: int, count: int, gateway: str, token: str, publish) ->
                 beat = asyncio.ensure_future(heartbeat(payload["d"]["heartbeat_interval"] / 1000))
                 identify = {"token": token, "intents": 0, "shard": [shard_id, count],
                             "properties": {"os": "linux", "browser": "ref", "device": "ref"}}  # fmt: skip
-                await ws.send(dumps({"op": 2, "d": identify}))
+                await pacer.identify(shard_id, functools.partial(ws.send, dumps({"op": 2, "d": identify})))
         if beat is not None:
             beat.cancel()
 
@@ -108,14 +137,18 @@ async def shard(shard_id: int, count: int, gateway: str, token: str, publish) ->
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateway", required=True)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default=os.environ.get("DISCORD_TOKEN"), help="default: $DISCORD_TOKEN")
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--shard-count", type=int, default=None)
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument("--exchange", default="bench")
     parser.add_argument("--json", choices=["ujson", "orjson"], default="ujson")
     parser.add_argument("--batched", action="store_true", help="publish like the project (batched frames)")
+    parser.add_argument("--max-concurrency", type=int, default=0,
+                        help="pace identifies as Discord's buckets want (0: all at once, as before)")
     args = parser.parse_args()
+    if not args.token:
+        parser.error("--token or DISCORD_TOKEN is required")
     global loads, dumps_bytes, dumps
     if args.json == "orjson":
         import orjson
@@ -146,7 +179,8 @@ async def main() -> None:
             channel.basic_publish(args.exchange, routing_key, body, props)
 
     count = args.shard_count or args.shards
-    await asyncio.gather(*(shard(i, count, args.gateway, args.token, publish) for i in range(args.shards)))
+    pacer = Pacer(args.max_concurrency)
+    await asyncio.gather(*(shard(i, count, args.gateway, args.token, publish, pacer) for i in range(args.shards)))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ class _OneLineErrorsCommand(click.Command):
 @click.option("--fragment", is_flag=True,
               help="Split each zlib-stream message over two frames (zstd-stream: never split, "
               "as Discord does; clients pick the compression in the gateway URL).")
+@click.option("--stamp", is_flag=True,
+              help="MESSAGE_CREATE's nonce is the time the event was made, in µs since the epoch "
+              "(for latency benchmarks).")
 @click.option("--replay-buffer", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Dispatches kept per session for RESUME.")
 @click.option("--session-start-total", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -82,6 +85,7 @@ def simulate_command(
     events_per_shard: int,
     rate: float,
     fragment: bool,
+    stamp: bool,
     replay_buffer: int,
     session_start_total: int,
     record_limit: int,
@@ -101,6 +105,7 @@ def simulate_command(
         events_per_shard=events_per_shard,
         rate=rate,
         fragment=fragment,
+        stamp=stamp,
         replay_buffer=replay_buffer,
         record_limit=record_limit,
         session_start_total=session_start_total,

@@ -457,49 +457,47 @@ def guild_members_chunk(guild_id: int, members: list[dict], nonce: str | None) -
 
 _ID_HOLE = "\x01SIMID\x01"
 _TS_HOLE = "\x01SIMTS\x01"
-_ENC_ID_HOLE = ujson.dumps(_ID_HOLE)[1:-1]
-_ENC_TS_HOLE = ujson.dumps(_TS_HOLE)[1:-1]
+_NONCE_HOLE = "\x01SIMNONCE\x01"
+_ENC_HOLES = tuple(ujson.dumps(h)[1:-1] for h in (_ID_HOLE, _TS_HOLE, _NONCE_HOLE))
 
 
 class Template:
-    """An encoded JSON payload with holes for a snowflake id and a timestamp string.
+    """An encoded JSON payload with holes for a snowflake id, a timestamp string and a nonce.
 
-    Build one from a dict whose changing fields hold ``Template.ID`` / ``Template.TS``;
-    :meth:`render` then fills the holes without touching the rest of the bytes.
+    Build one from a dict whose changing fields hold ``Template.ID`` / ``Template.TS`` /
+    ``Template.NONCE``; :meth:`render` then fills the holes without touching the rest of the bytes.
     """
 
     ID = _ID_HOLE
     TS = _TS_HOLE
+    NONCE = _NONCE_HOLE
     __slots__ = ("_parts", "_holes")
 
     def __init__(self, obj: dict) -> None:
         text = ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False)
         parts: list[bytes] = []
-        holes: list[int] = []  # 0 = id, 1 = timestamp
+        holes: list[int] = []  # 0 = id, 1 = timestamp, 2 = nonce
         rest = text
         while True:
-            i = rest.find(_ENC_ID_HOLE)
-            j = rest.find(_ENC_TS_HOLE)
-            if i < 0 and j < 0:
+            found = [(i, kind) for kind, hole in enumerate(_ENC_HOLES) if (i := rest.find(hole)) >= 0]
+            if not found:
                 break
-            if j < 0 or (0 <= i < j):
-                parts.append(rest[:i].encode())
-                holes.append(0)
-                rest = rest[i + len(_ENC_ID_HOLE):]
-            else:
-                parts.append(rest[:j].encode())
-                holes.append(1)
-                rest = rest[j + len(_ENC_TS_HOLE):]
+            i, kind = min(found)
+            parts.append(rest[:i].encode())
+            holes.append(kind)
+            rest = rest[i + len(_ENC_HOLES[kind]):]
         parts.append(rest.encode())
         self._parts = parts
         self._holes = holes
 
-    def render(self, flake: bytes, ts: bytes) -> bytes:
-        """The payload bytes with the holes filled (``flake`` and ``ts`` already encoded)."""
+    def render(self, flake: bytes, ts: bytes, nonce: bytes | None = None) -> bytes:
+        """The payload bytes with the holes filled (``flake``, ``ts`` and ``nonce`` already
+        encoded; the nonce is the snowflake when None)."""
         parts = self._parts
+        fill = (flake, ts, flake if nonce is None else nonce)
         out = [parts[0]]
         for k, hole in enumerate(self._holes):
-            out.append(flake if hole == 0 else ts)
+            out.append(fill[hole])
             out.append(parts[k + 1])
         return b"".join(out)
 
@@ -524,6 +522,11 @@ class EventFactory:
     PRESENCE_UPDATE, GUILD_MEMBER_UPDATE; any other name gets a small generic payload
     ``{"id", "guild_id"}``. A shard without guilds gets DM-style MESSAGE_CREATE / TYPING_START.
     After each ``make``, :attr:`last_guild` is the guild of that event (None: a DM).
+
+    With :attr:`stamp` set, MESSAGE_CREATE's ``nonce`` is the wall-clock time the event was made
+    in microseconds (``time.time_ns() // 1000``, a decimal string) instead of its snowflake: the
+    simulator makes an event immediately before its one transport write, so a consumer on the same
+    host can measure the latency from the gateway to itself (``scripts/bench_latency.py``).
 
     ``guild_ids`` replaces the shard's own guilds (a session of another shard count owns a subset
     of the bot's guilds, not ``guild_ids_for_shard``); ``flakes`` shares one snowflake source
@@ -553,6 +556,8 @@ class EventFactory:
         self._flakes = flakes or SnowflakeFactory(worker=shard_id % 32, process=(shard_id // 32) % 32)
         #: the guild of the last event ``make`` returned (None: a DM)
         self.last_guild: int | None = None
+        #: MESSAGE_CREATE's nonce is the time it was made, in µs (see the class docstring)
+        self.stamp = False
         now_ms = int(time.time() * 1000)
         self.guilds: list[_Guild] = []
         if guild_ids is None:
@@ -653,7 +658,7 @@ class EventFactory:
                         embed_description=_sentence(rng, 18),
                         fields=fields,
                         mention_roles=[],
-                        nonce=Template.ID,
+                        nonce=Template.NONCE,
                     )
                 )
             )
@@ -714,4 +719,5 @@ class EventFactory:
         self._tpl_pos[t] = (pos + 1) % len(templates)
         # template k was built for guild k % len(guilds) (see _build_templates)
         self.last_guild = guilds[pos % len(guilds)].id if guilds else None
-        return t, templates[pos].render(flake, self._ts_cache)
+        nonce = str(time.time_ns() // 1000).encode() if self.stamp and t == "MESSAGE_CREATE" else None
+        return t, templates[pos].render(flake, self._ts_cache, nonce)

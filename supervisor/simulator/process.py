@@ -56,6 +56,7 @@ class SimulatorProcess:
         record_limit: int = 100_000,
         session_start_total: int | None = None,
         log_path: str | os.PathLike | None = None,
+        stamp: bool = False,
     ) -> None:
         self.port = _free_port()
         self.shard_count = shard_count
@@ -73,6 +74,8 @@ class SimulatorProcess:
             # enough daily identifies for every shard several times over, as Discord gives large bots
             "--session-start-total", str(session_start_total if session_start_total is not None else max(1000, 4 * shard_count)),
         ]  # fmt: skip
+        if stamp:
+            argv.append("--stamp")
         self._log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
         env = dict(os.environ, DISCORD_TOKEN=token)  # the simulator's token: never argv
         self.proc = subprocess.Popen(

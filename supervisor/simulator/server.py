@@ -158,6 +158,9 @@ class SimulatorOptions:
     #: Seed of the payload generator (None: random).
     seed: int | None = None
     zlib_level: int = zlib.Z_DEFAULT_COMPRESSION
+    #: MESSAGE_CREATE's ``nonce`` carries the time the event was made, in µs since the epoch (a
+    #: decimal string), instead of its snowflake: for latency benchmarks (``EventFactory.stamp``).
+    stamp: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message naming the first bad option."""
@@ -1334,12 +1337,14 @@ class Simulator:
                 f = self._foreign_factories[key] = payloads.EventFactory(
                     shard, count, len(mine), self.options.seed, guild_ids=mine, flakes=self._foreign_flakes
                 )
+                f.stamp = self.options.stamp
             return f
         f = self._factories.get(shard)
         if f is None:
             f = self._factories[shard] = payloads.EventFactory(
                 shard, self.options.shard_count, self.options.guilds_per_shard, self.options.seed
             )
+            f.stamp = self.options.stamp
         return f
 
     def _resumable(self, session: _Session) -> bool:

@@ -407,3 +407,15 @@ def test_histogram_quantiles_keep_le(dashboard):
             if "histogram_quantile" in expr:
                 clauses = _grouping_labels(expr, "by")
                 assert clauses and all("le" in labels for labels in clauses), expr
+
+
+def test_confirm_latency_p99_is_on_a_visible_panel_in_seconds(dashboard):
+    """Issue 23: the p99 of the publish-confirm histogram is shown, not hidden in a collapsed row,
+    and its axis is a time (Prometheus gives seconds)."""
+    visible = [p for p in dashboard["panels"] if p.get("type") != "row"]  # collapsed rows nest theirs
+    p99 = re.compile(r"histogram_quantile\(\s*0\.99\s*,.*spectacles_publish_confirm_latency_seconds_bucket")
+    panels = [p for p in visible if any(p99.search(e) for e in exprs(p))]
+    assert panels, "no visible panel plots the confirm-latency p99"
+    for panel in panels:
+        assert "p99" in panel["title"] and "confirm" in panel["title"].lower(), panel["title"]
+        assert panel["fieldConfig"]["defaults"].get("unit") == "s", panel["title"]

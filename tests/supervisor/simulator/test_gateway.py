@@ -238,3 +238,20 @@ def test_sent_records_redact_tokens_everywhere() -> None:
             await c2.close()
 
     asyncio.run(main())
+
+
+def test_stamp_puts_the_send_time_in_message_create_nonces() -> None:
+    async def main():
+        async with Simulator(**opts(events_per_shard=50, stamp=True, seed=3)) as sim:
+            c, _, _ = await hello_identify(sim.url, compress=True)
+            msgs = [await c.recv() for _ in range(52)]  # 2 GUILD_CREATEs, then the stream
+            received = time.time_ns() // 1000
+            creates = [m["d"] for m in msgs if m["t"] == "MESSAGE_CREATE"]
+            assert creates
+            for d in creates:
+                assert d["nonce"] != d["id"]
+                # made within the last few seconds, before it was read
+                assert received - 10_000_000 < int(d["nonce"]) <= received
+            await c.close()
+
+    asyncio.run(main())

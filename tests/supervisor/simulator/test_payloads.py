@@ -82,3 +82,26 @@ def test_guild_create_and_ready() -> None:
     assert r["v"] == 10 and r["shard"] == [0, 1] and r["session_id"] == "abc"
     assert r["guilds"] == [{"id": str(i), "unavailable": True} for i in f.guild_ids()]
     assert r["user"]["bot"] is True and r["application"]["id"]
+
+
+def test_message_create_nonce_is_its_snowflake_unless_stamped() -> None:
+    f = payloads.EventFactory(0, 1, 2, seed=7)
+    _, d = f.make("MESSAGE_CREATE")
+    msg = json.loads(d)
+    assert msg["nonce"] == msg["id"]
+    f.stamp = True
+    before = time.time_ns() // 1000
+    made = [json.loads(f.make("MESSAGE_CREATE")[1]) for _ in range(3)]
+    after = time.time_ns() // 1000
+    for msg in made:
+        assert msg["nonce"] != msg["id"] and int(msg["id"]) > 0
+        assert before <= int(msg["nonce"]) <= after
+    # other types carry no stamp (TYPING_START has no nonce at all)
+    assert "nonce" not in json.loads(f.make("TYPING_START")[1])
+
+
+def test_template_fills_every_hole_in_order() -> None:
+    tpl = payloads.Template({"a": payloads.Template.NONCE, "b": [payloads.Template.ID, payloads.Template.TS],
+                             "c": payloads.Template.ID})  # fmt: skip
+    assert json.loads(tpl.render(b"1", b"T", b"99")) == {"a": "99", "b": ["1", "T"], "c": "1"}
+    assert json.loads(tpl.render(b"1", b"T")) == {"a": "1", "b": ["1", "T"], "c": "1"}
