@@ -55,6 +55,13 @@ class Trimmer:
         #: trims done (reported in the child's sizes)
         self.trims = 0
 
+    def trim(self, buffered_bytes: int, now: float) -> None:
+        """Trim now (after a full collection freed garbage): the drain's watch starts again."""
+        if self._trim is not None:
+            self._trim()
+            self._peak, self._last = buffered_bytes, now
+            self.trims += 1
+
     def observe(self, buffered_bytes: int, now: float) -> bool:
         self._peak = max(self._peak, buffered_bytes)
         if (
@@ -64,7 +71,5 @@ class Trimmer:
             or (self._last is not None and now - self._last < self.min_interval_s)
         ):
             return False
-        self._trim()
-        self._peak, self._last = buffered_bytes, now
-        self.trims += 1
+        self.trim(buffered_bytes, now)
         return True

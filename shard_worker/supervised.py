@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shard_worker import ipc
+from shard_worker import gc_tuning, ipc
 from shard_worker.config import TOKEN_ENV, WorkerConfig
 from shard_worker.gateway.connection import Permit, ShardRunner
 from shard_worker.ipc_vocabulary import (
@@ -101,6 +101,8 @@ class ParentLink:
         self._tasks: list[asyncio.Task] = []
         #: After a broker outage, gives the drained buffer's pages back (memory_trim.py).
         self._trimmer = Trimmer()
+        #: Closed connections are cycles: collected within a minute (gc_tuning.py), when tuned.
+        self._collections = gc_tuning.FullCollections() if gc_tuning.choice() == "tuned" else None
         self._last_order = time.monotonic()
         #: What each of the parent's orders does with its data (``config`` comes only first,
         #: :func:`read_config`: a later one is an unknown order).
@@ -226,7 +228,11 @@ class ParentLink:
             "published_by_type": dict(worker.published_by_type),
             "rate_limited_by_opcode": dict(worker.rate_limited_by_opcode),
             "reshard": worker.reshard_counters(),
-            "sizes": {**worker.sizes(), "memory_trims": self._trimmer.trims},
+            "sizes": {
+                **worker.sizes(), "memory_trims": self._trimmer.trims,
+                "full_collections": self._collections.runs if self._collections else 0,
+                "gc_freed": self._collections.freed if self._collections else 0,
+            },  # fmt: skip
         }
 
     def send_shard_reports(self, *, everything: bool = False) -> None:
@@ -246,6 +252,15 @@ class ParentLink:
         if chunk:
             self.send(Event.SHARDS, {"shards": chunk})
 
+    def _memory_hygiene(self, now: float) -> None:
+        """Once a second: a full collection after connections closed (their cycles), and the
+        freed pages back to the kernel after it or after the publish buffer drained."""
+        buffered = self.worker.bridge.buffered_bytes
+        if self._collections is not None and self._collections.observe(self.worker.connections_closed(), now):
+            self._trimmer.trim(buffered, now)
+        elif self._trimmer.observe(buffered, now):
+            log.debug("the publish buffer drained: its pages went back to the kernel (malloc_trim)")
+
     async def _heartbeats(self) -> None:
         while True:
             # While the parent lags (our buffer is not empty) nothing is queued: the changed
@@ -253,8 +268,7 @@ class ParentLink:
             if not self._out:
                 self.send_shard_reports()
                 self.send(Event.HEARTBEAT, self.report())
-            if self._trimmer.observe(self.worker.bridge.buffered_bytes, time.monotonic()):
-                log.debug("the publish buffer drained: its pages went back to the kernel (malloc_trim)")
+            self._memory_hygiene(time.monotonic())
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def _read_orders(self) -> None:

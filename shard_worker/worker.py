@@ -219,6 +219,10 @@ class Worker:
         """The cut-over: this (new) set consumes its shard queues and SEND from now on."""
         self.bridge.activate()
 
+    def connections_closed(self) -> int:
+        """Connections this process's shards have ended (each reconnect ends one)."""
+        return sum(runner.reconnects for runner in self.runners.values())
+
     def sizes(self) -> dict[str, int]:
         """Sizes of what grows with time in this process: asyncio tasks, the bridge's
         structures, the runners' outboxes and closing tasks, the per-type counters (bounded by
