@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,18 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, *, compact: bool = False) -> None:
+    """``compact``: one line, by the stdlib's C encoder (``indent`` makes it fall back to its
+    Python one: 6x slower for the sessions of 2,000 shards, written every second)."""
     ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            if compact:
+                f.write(json.dumps(data, separators=(",", ":"), sort_keys=True))
+            else:
+                json.dump(data, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -94,9 +98,14 @@ class StateStore:
         data = {
             "shard_count": self.shard_count,
             "saved_at": time.time() if now is None else now,
-            "sessions": {str(k): asdict(v) for k, v in sorted(sessions.items())},
+            "sessions": {
+                str(k): {"session_id": v.session_id, "seq": v.seq, "resume_gateway_url": v.resume_gateway_url}
+                for k, v in sessions.items()
+            },
         }
-        write_json_atomic(self.dir / SESSIONS_FILE, data)
+        # Every second while events flow: 6.3 ms at 2,000 shards, against 38.7 with asdict and
+        # an indented dump (the supervisor's largest cost at that scale, issue 23's latency run).
+        write_json_atomic(self.dir / SESSIONS_FILE, data, compact=True)
 
     def load_sessions(self, now: float | None = None) -> dict[int, SavedSession]:
         """Saved sessions still worth resuming (same shard count, not too old)."""

@@ -19,10 +19,10 @@ def test_a_stalled_disk_never_blocks_the_caller_and_the_latest_snapshot_wins(tmp
     stalled = threading.Event()
     release = threading.Event()
 
-    def slow(path, data):
+    def slow(path, data, **kw):
         stalled.set()
         assert release.wait(10)
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(state_store, "write_json_atomic", slow)
     store = StateStore(tmp_path, 4)
@@ -50,11 +50,11 @@ def test_a_failed_write_is_retried(tmp_path, monkeypatch):
     real = state_store.write_json_atomic
     fails = [2]
 
-    def flaky(path, data):
+    def flaky(path, data, **kw):
         if fails[0]:
             fails[0] -= 1
             raise OSError(28, "No space left on device")
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(state_store, "write_json_atomic", flaky)
     store = StateStore(tmp_path, 4)
