@@ -46,6 +46,11 @@ from shard_worker.reshard import OVERLAP_HEADER
 
 log = logging.getLogger("shard_worker.amqp.broker")
 
+
+def _ignore(_frame: Any) -> None:
+    """A callback that asks pika for the synchronous form of a method (see ``pause_shard``)."""
+
+
 DEFAULT_MAX_BUFFERED = 10_000
 DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 #: The broker is usually local: retry it often (the gateway side keeps its sessions meanwhile).
@@ -410,7 +415,10 @@ class AmqpBridge:
             if source == shard_id:
                 del self._queue_of_consumer[tag]  # deliveries still in flight are given back
                 if self._sub is not None and self._sub.is_open:
-                    self._sub.basic_cancel(tag)
+                    # With a callback: pika then waits for CancelOk and forgets the tag; without
+                    # one it cancels with nowait and keeps the tag in the channel's ``_cancelled``
+                    # set for the channel's life (a soak found one tag kept per reconnect).
+                    self._sub.basic_cancel(tag, callback=_ignore)
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
         """RabbitMQ cancelled one of our consumers (its queue was deleted, a node failed over, an

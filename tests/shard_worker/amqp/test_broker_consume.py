@@ -122,7 +122,9 @@ class ConsumingChannel(FakeChannel):
         self.cancelled: list[str] = []
         self.consumed: list[str] = []
 
-    def basic_cancel(self, tag):
+    def basic_cancel(self, tag, callback=None):
+        # pika cancels with nowait (and keeps the tag for the channel's life) without a callback
+        assert callback is not None, "basic_cancel without a callback leaks the tag in pika"
         self.cancelled.append(tag)
 
     def basic_consume(self, queue, callback):

@@ -79,3 +79,25 @@ def test_packets_for_a_shard_that_is_not_ready_wait_in_rabbitmq_not_in_the_prefe
             counters = bridge.counters()
     assert counters["send_parked"] == 3 * PREFETCH
 
+
+
+def test_a_shard_that_reconnects_often_leaves_no_consumer_tag_behind(amqp_url, rabbit, group):
+    """Each time a shard leaves READY its queue's consumer is cancelled, and consumed again when
+    it is back. pika keeps a tag cancelled with nowait until the channel closes: the bridge must
+    cancel synchronously (the soak found one tag kept per reconnect, for months)."""
+    rabbit.track(spectacles.shard_queue(group, 0), spectacles.send_queue(group))
+    with SimulatorThread(token=TOKEN, shard_count=1, heartbeat_interval_ms=5000) as sim:
+        config = worker_config(sim, amqp_url, group, [0])
+        with WorkerThread(config) as worker:
+            bridge = worker.worker.bridge
+            sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
+            wait_for(lambda: worker.call(lambda: len(bridge._queue_of_consumer)) == 2, 20, what="consuming")
+            for n in range(1, 21):
+                sim.call("reconnect", 0)
+                sim.wait_until(lambda s, n=n: len(s["resumes"]) >= n and 0 in s["ready"], timeout=30)
+            wait_for(lambda: worker.call(lambda: len(bridge._queue_of_consumer)) == 2, 20, what="consuming again")
+            wait_for(lambda: worker.call(lambda: len(bridge._sub._cancelled)) == 0, 20, what="cancels settled")
+            kept = worker.call(lambda: (len(bridge._sub._consumers), len(bridge._sub._cancelled)))
+            reconnects = worker.call(lambda: worker.worker.runners[0].reconnects)
+    assert reconnects >= 20
+    assert kept == (2, 0)  # the shard's queue and SEND: nothing of the 20 cancelled consumers
