@@ -429,6 +429,9 @@ def run(args: argparse.Namespace) -> dict:
                 if now >= next_sample:
                     next_sample += args.sample
                     samples.append(sample(proc.pid, started, state_dir))
+                    partial = {"partial": True, "shards": args.shards, "faults": counts, "broker_cuts_at": cuts}
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps({**partial, "samples": samples}))  # a run cut short keeps them
                 if proxy is not None and now >= next_cut:
                     next_cut = now + args.broker_cut_every
                     cuts.append(round(now - started, 1))
