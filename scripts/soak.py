@@ -171,7 +171,7 @@ class Account:
     def __init__(self, amqp_url: str, exchange: str) -> None:
         self.queue = f"{exchange}:soak-account"
         self.seen: dict[tuple[int, str], bytearray] = {}
-        self.received = self.duplicates = 0
+        self.received = self.duplicates = self.foreign = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._params = pika.URLParameters(amqp_url)
@@ -196,8 +196,12 @@ class Account:
         conn.close()
 
     def _on_message(self, _ch, _method, props, _body) -> None:
-        shard, session, seq = props.message_id.split(":")
-        n = int(seq)
+        try:
+            shard, session, seq = (props.message_id or "").split(":")
+            n = int(seq)
+        except ValueError:
+            self.foreign += 1  # not one of the workers' dispatches
+            return
         with self._lock:
             bits = self.seen.get((int(shard), session))
             if bits is None:
@@ -406,6 +410,7 @@ def run(args: argparse.Namespace) -> dict:
     account = Account(args.amqp_url, group) if args.account else None
     lost: list[str] | None = None
     owed_events = 0
+    ended_sessions = 0
     final = None
     with sim, open(work / "supervisor.log", "wb") as log:
         argv = [PY, "-m", "supervisor", "start", "--api-url", sim.api_url, "--group", group, "--state-dir",
@@ -423,7 +428,7 @@ def run(args: argparse.Namespace) -> dict:
             churner = threading.Thread(target=churn, args=(sim, args.shards, args.churn, stop, counts, rng, faults),
                                        daemon=True)  # fmt: skip
             churner.start()
-            next_cut = started + args.broker_cut_every
+            next_cut = started + args.broker_cut_every if proxy is not None else float("inf")
             next_sample = started + args.sample
             while (now := time.monotonic()) < started + args.duration:
                 if now >= next_sample:
@@ -446,6 +451,11 @@ def run(args: argparse.Namespace) -> dict:
             if account is not None:
                 shards_now = sim.stats()["shards"]
                 owed = {(int(s), v["session_id"]): v["seq"] for s, v in shards_now.items() if v["session_id"]}
+                # Sessions Discord ended (op 9 not resumable) owe what they sent before it: the
+                # op 9 came on the same connection, after them.
+                ended = sim.call("ended_sessions")["result"]
+                owed.update({(int(shard), sid): seq for sid, (shard, seq) in ended.items()})
+                ended_sessions = len(ended)
                 owed_events = sum(owed.values())
                 lost = account.settle(owed, timeout=120)
         finally:
@@ -475,7 +485,7 @@ def run(args: argparse.Namespace) -> dict:
         "shards": args.shards, "duration_s": args.duration, "warmup_s": warmup, "seed": args.seed,
         "rate_per_shard": args.rate, "faults": counts, "broker_cuts_at": cuts, "reconnects": reconnects,
         "restarts": restarts, "simulator": sim_stats.get("counters"), "processes": result, "groups": sizes,
-        "events_owed": owed_events if account else None,
+        "events_owed": owed_events if account else None, "sessions_ended": ended_sessions,
         "events_received": account.received if account else None,
         "duplicates": account.duplicates if account else None,
         "lost": None if lost is None else len(lost), "lost_examples": (lost or [])[:20],

@@ -28,6 +28,7 @@ So :class:`FullCollections` runs a full collection once a connection has closed,
 from __future__ import annotations
 
 import gc
+from collections import deque
 from collections.abc import Callable
 
 from shard_worker.switches import env_choice
@@ -39,6 +40,8 @@ YOUNG_THRESHOLD = 50_000
 OLDER_THRESHOLDS = (20, 20)
 #: At most one full collection this often, and only when a connection has closed since the last.
 FULL_COLLECT_EVERY_S = 60.0
+#: A closed connection is collected once it closed this long ago (its closing handshake is over).
+SETTLE_S = 10.0
 
 
 def choice() -> str:
@@ -57,20 +60,31 @@ def tune() -> str:
 
 class FullCollections:
     """``observe(connections_closed, now)`` once a second: a full collection (``collect``) when
-    the count of closed connections moved since the last one and the last is
-    :data:`FULL_COLLECT_EVERY_S` old. Returns what the collection found unreachable (0: none ran)."""
+    connections closed at least :data:`SETTLE_S` ago have not been collected yet (by then their
+    closing handshake, bounded by ``CLOSE_TIMEOUT_S``, is over and nothing refers to them), and
+    the last collection is :data:`FULL_COLLECT_EVERY_S` old. Returns what the collection found
+    unreachable (0: none ran)."""
 
-    def __init__(self, collect: Callable[[], int] = gc.collect, every_s: float = FULL_COLLECT_EVERY_S) -> None:
-        self._collect, self.every_s = collect, every_s
+    def __init__(
+        self, collect: Callable[[], int] = gc.collect, every_s: float = FULL_COLLECT_EVERY_S, settle_s: float = SETTLE_S
+    ) -> None:
+        self._collect, self.every_s, self.settle_s = collect, every_s, settle_s
         self._seen = 0
         self._last: float | None = None
+        #: (when, count) of the recent changes, oldest first: at most one per second of settle_s
+        self._recent: deque[tuple[float, int]] = deque()
+        self._settled = 0
         #: full collections run, and the objects they freed (reported in the child's sizes)
         self.runs = self.freed = 0
 
     def observe(self, connections_closed: int, now: float) -> int:
-        if connections_closed == self._seen or (self._last is not None and now - self._last < self.every_s):
+        if not self._recent or self._recent[-1][1] != connections_closed:
+            self._recent.append((now, connections_closed))
+        while self._recent and now - self._recent[0][0] >= self.settle_s:
+            self._settled = self._recent.popleft()[1]
+        if self._settled == self._seen or (self._last is not None and now - self._last < self.every_s):
             return 0
-        self._seen, self._last = connections_closed, now
+        self._seen, self._last = self._settled, now
         found = self._collect()
         self.runs += 1
         self.freed += found

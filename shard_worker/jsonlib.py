@@ -80,6 +80,7 @@ def _reject_constant(name: str) -> None:
 
 _strict = json.JSONDecoder(parse_constant=_reject_constant)
 _parsers = threading.local()
+_BOM = b"\xef\xbb\xbf"
 _simdjson: Any = None
 
 
@@ -102,6 +103,8 @@ def check(body: bytes) -> None:
     if _simdjson is None or len(body) > CHECK_SIMDJSON_MAX_BYTES:
         _check_decode(body)
         return
+    if body.startswith(_BOM):
+        raise ValueError("a byte order mark is not JSON")  # simdjson skips one; RFC 8259 forbids it
     try:
         parser = _parsers.parser
     except AttributeError:

@@ -360,6 +360,7 @@ class ShardRunner:
             self.machine.on_connect(loop.time())
             decision = await self._serve(ws)
             self._ws = None
+            del ws  # a closed connection is a cycle: nothing here keeps it through the backoff
             self.ready.clear()
             if isinstance(decision, Fatal):
                 self.fatal = decision

@@ -452,6 +452,9 @@ def _as_bool(value: str | None, default: bool) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+#: Ended sessions remembered (``Simulator.ended_sessions``): far more than a soak ends.
+ENDED_SESSIONS_KEPT = 100_000
+
 class _Limited(list):
     """A list that drops its oldest items beyond ``limit`` (None: unbounded)."""
 
@@ -497,6 +500,9 @@ class Simulator:
         #: connections still to get op 7 instead of HELLO (:meth:`reconnect_before_hello`)
         self._op7_before_hello = 0
         self._sessions: dict[str, _Session] = {}
+        #: Sessions that ended (invalidated, or forgotten by an outage): id -> (shard, last seq),
+        #: the oldest dropped past ENDED_SESSIONS_KEPT. A soak owes their events up to that seq.
+        self.ended_sessions: dict[str, tuple[int, int]] = {}
         #: shard count -> shard -> its current session / connection. The base count's dicts
         #: are also ``_current`` and ``_shard_conn`` (the only ones without ``reshardable``).
         self._sets: dict[int, dict[int, _Session]] = {opts.shard_count: {}}
@@ -850,6 +856,8 @@ class Simulator:
                     int(q.get("op7", "0")), int(q.get("seed", "0")),
                 )
                 return _json_response(200, {"ok": True, "result": result})
+            if command == "ended_sessions":
+                return _json_response(200, {"ok": True, "result": self.ended_sessions})
             if command == "history":
                 return _json_response(200, {"ok": True, "result": self.history(q.get("session_id", ""))})
             if command == "reconnect_before_hello":
@@ -1372,6 +1380,10 @@ class Simulator:
         session.disconnected_at = self._loop.time() if self._loop else 0.0
 
     def _forget(self, session: _Session) -> None:
+        if not session.ended and session.count == self.options.shard_count:
+            self.ended_sessions[session.id] = (session.shard, session.seq)
+            if len(self.ended_sessions) > ENDED_SESSIONS_KEPT:
+                del self.ended_sessions[next(iter(self.ended_sessions))]
         session.ended = True
         self._sessions.pop(session.id, None)
         current = self._sets.get(session.count)

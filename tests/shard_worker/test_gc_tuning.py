@@ -47,15 +47,28 @@ def test_an_unknown_choice_is_one_clear_error(monkeypatch):
 
 
 def test_a_full_collection_follows_closed_connections_at_most_once_a_minute():
+    """Connections count once they closed 10 s ago (their closing handshake is over)."""
     runs: list[int] = []
-    full = gc_tuning.FullCollections(lambda: runs.append(1) or 7, every_s=60)
+    full = gc_tuning.FullCollections(lambda: runs.append(1) or 7, every_s=60, settle_s=10)
     assert full.observe(0, 0.0) == 0  # nothing closed yet
-    assert full.observe(3, 1.0) == 7  # three connections closed: one collection
+    assert full.observe(3, 1.0) == 0  # three just closed: still being closed
+    assert full.observe(3, 10.0) == 0
+    assert full.observe(3, 11.0) == 7  # settled: one collection
     assert full.observe(3, 100.0) == 0  # none closed since
-    assert full.observe(9, 120.0) == 7
-    assert full.observe(12, 150.0) == 0  # too soon: waits for the minute
-    assert full.observe(12, 181.0) == 7
+    assert full.observe(9, 120.0) == 0
+    assert full.observe(9, 130.0) == 7
+    assert full.observe(12, 150.0) == 0
+    assert full.observe(12, 170.0) == 0  # settled, but a minute has not passed
+    assert full.observe(12, 190.0) == 7
     assert (full.runs, full.freed, len(runs)) == (3, 21, 3)
+
+
+def test_steady_churn_still_collects_what_closed_long_enough_ago():
+    runs: list[float] = []
+    full = gc_tuning.FullCollections(lambda: runs.append(1) or 1, every_s=60, settle_s=10)
+    for second in range(0, 300):  # a connection closes every second, for five minutes
+        full.observe(second, float(second))
+    assert len(runs) == 5  # once a minute, each time for what had closed 10 s before
 
 
 def test_a_closed_connection_s_cycle_is_freed_by_the_full_collection():
@@ -75,5 +88,5 @@ def test_a_closed_connection_s_cycle_is_freed_by_the_full_collection():
     del a, b
     gc.collect(0)
     assert gone() is not None  # young collections do not see it
-    assert gc_tuning.FullCollections().observe(1, 0.0) >= 2
+    assert gc_tuning.FullCollections(settle_s=0).observe(1, 0.0) >= 2
     assert gone() is None

@@ -169,6 +169,8 @@ def test_invalidate_session_not_resumable() -> None:
             inv = await a.recv()
             assert inv["op"] == Op.INVALID_SESSION and inv["d"] is False
             assert s.snapshot()["shards"] == {}
+            # remembered with its last seq (READY and the GUILD_CREATE): what a soak owes of it
+            assert s.ended_sessions == {ready["d"]["session_id"]: (0, 2)}
             await a.identify()  # a fresh identify on the same connection is allowed
             ready2 = await a.recv()
             assert ready2["t"] == "READY" and ready2["s"] == 1
