@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pika
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +83,19 @@ def summarize_profile(path: Path, top: int = 15) -> dict:
         "by_process": {k: pct(v) for k, v in by_process.most_common()},
         "top_functions": [[k, pct(v)] for k, v in by_leaf.most_common(top)],
     }
+
+
+def drop_group(amqp_url: str, group: str, shards: int) -> None:
+    """Delete the exchange and the durable queues (one per shard, SEND) a run of ``shards``
+    declared for ``group``: they outlive the run otherwise."""
+    sys.path.insert(0, str(ROOT))
+    from shard_worker import spectacles
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for queue in [spectacles.shard_queue(group, s) for s in range(shards)] + [spectacles.send_queue(group)]:
+            channel.queue_delete(queue)
+        channel.exchange_delete(group)
+    finally:
+        connection.close()

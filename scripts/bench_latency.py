@@ -51,7 +51,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import OUT, PY, ROOT, TOKEN, cpu_seconds, free_port, tree  # noqa: E402
+from bench_common import OUT, PY, ROOT, TOKEN, cpu_seconds, drop_group, free_port, tree  # noqa: E402
 
 from shard_worker import spectacles  # noqa: E402
 from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
@@ -241,18 +241,6 @@ def stop(proc: subprocess.Popen) -> None:
         except Exception:  # noqa: BLE001 - already gone
             pass
     proc.wait(10)
-
-
-def drop_group(amqp_url: str, group: str, shards: int) -> None:
-    """Delete what the project declared for the group (durable queues stay otherwise)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for queue in [spectacles.shard_queue(group, s) for s in range(shards)] + [spectacles.send_queue(group)]:
-            channel.queue_delete(queue)
-        channel.exchange_delete(group)
-    finally:
-        connection.close()
 
 
 def measure(kind: str, case: dict, args: argparse.Namespace, group: str) -> dict:

@@ -45,9 +45,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import OUT, PY, ROOT, TOKEN, cpu_seconds, free_port, tree  # noqa: E402
+from bench_common import OUT, PY, ROOT, TOKEN, cpu_seconds, drop_group, free_port, tree  # noqa: E402,F401
 
-from shard_worker import spectacles  # noqa: E402
 from supervisor.core.control import request  # noqa: E402
 from supervisor.simulator.process import SimulatorProcess  # noqa: E402
 
@@ -196,18 +195,6 @@ class Run:
             if self._log is not None:
                 self._log.close()
             self.sim.close()
-
-
-def drop_group(amqp_url: str, group: str, n: int) -> None:
-    """Delete the exchange and the queues a run of ``n`` shards declared (durable: they stay)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for queue in [spectacles.shard_queue(group, s) for s in range(n)] + [spectacles.send_queue(group)]:
-            channel.queue_delete(queue)
-        channel.exchange_delete(group)
-    finally:
-        connection.close()
 
 
 def cold_start(n: int, args: argparse.Namespace, group: str) -> float:

@@ -46,7 +46,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import PY, ROOT, TOKEN, free_port, tree  # noqa: E402
+from bench_common import PY, ROOT, TOKEN, drop_group, free_port, tree  # noqa: E402
 
 from shard_worker import spectacles  # noqa: E402
 from supervisor.simulator.payloads import DISPATCH_TYPES  # noqa: E402
@@ -266,16 +266,6 @@ def status(state_dir: str) -> dict | None:
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
-def remove_queues(amqp_url: str, group: str, shards: int) -> None:
-    """The workers' durable queues (one per shard and SEND) and the exchange outlive the run."""
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    ch = conn.channel()
-    for queue in [*(spectacles.shard_queue(group, s) for s in range(shards)), spectacles.send_queue(group)]:
-        ch.queue_delete(queue)
-    ch.exchange_delete(group)
-    conn.close()
-
-
 def verdict(samples: list[dict], warmup: float, max_slope: float) -> dict:
     """Per process: RSS first/last and slope after ``warmup``; fds and threads of the first
     sample against the last (the settled one)."""
@@ -467,7 +457,7 @@ def run(args: argparse.Namespace) -> dict:
                 proc.kill()
             if account is not None:
                 account.close()
-            remove_queues(args.amqp_url, group, args.shards)
+            drop_group(args.amqp_url, group, args.shards)
         sim_stats = sim.stats()
     result = verdict(samples, warmup, args.max_slope)
     sizes = sizes_verdict(samples)

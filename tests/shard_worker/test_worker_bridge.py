@@ -82,6 +82,7 @@ def test_outbound_shard_and_send_packets_reach_the_right_shard(amqp_url, rabbit,
         with WorkerThread(config):
             sim.wait_until(lambda s: {0, 1} <= s["ready"], timeout=30)
             rabbit.track(spectacles.shard_queue(group, 0), spectacles.shard_queue(group, 1), spectacles.send_queue(group))
+            rabbit.wait_consumed(spectacles.shard_queue(group, 1), spectacles.send_queue(group))
             # a guild shard 1 owns (a shard packet goes to its guild's owner: see test_worker_reshard)
             guild1 = guild_ids_for_shard(1, 4, 1)[0]
             voice = {"op": 4, "d": {"guild_id": str(guild1), "channel_id": None, "self_mute": False, "self_deaf": False}}
@@ -125,6 +126,7 @@ def test_bad_outbound_input_is_rejected_counted_and_the_next_packet_goes(amqp_ur
         config = worker_config(sim, amqp_url, group, [0])
         with WorkerThread(config) as worker:
             sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
+            rabbit.wait_consumed(spectacles.shard_queue(group, 0), spectacles.send_queue(group))
             rabbit.track(spectacles.shard_queue(group, 0), spectacles.send_queue(group))
             for where, body, _ in BAD_INPUTS:
                 rabbit.publish(group, "0" if where == "shard" else "SEND", body)

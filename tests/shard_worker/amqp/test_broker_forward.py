@@ -25,6 +25,7 @@ def test_a_forward_lost_with_the_connection_is_published_once_after_the_redelive
             bridge = worker.worker.bridge
             sim.wait_until(lambda s: 0 in s["ready"], timeout=30)
             wait_for(lambda: bridge._sub is not None, 20, what="consuming")
+            rabbit.wait_consumed(spectacles.send_queue(group))
             proxy.hold()  # what the worker writes from now on never reaches RabbitMQ
             send = {"guild_id": str(1 << 22), "packet": {"op": 8, "d": {"guild_id": str(1 << 22), "limit": 0}}}
             rabbit.publish(group, spectacles.SEND_EVENT, json.dumps(send).encode())

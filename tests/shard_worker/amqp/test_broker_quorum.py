@@ -44,6 +44,7 @@ def test_quorum_queues_are_declared_and_carry_packets(amqp_url, rabbit, group):
             sim.wait_until(lambda s: s["ready"] == {0, 1}, timeout=30)
             bridge = worker.worker.bridge
             wait_for(lambda: bridge._sub is not None, 10, what="consuming")
+            rabbit.wait_consumed(spectacles.shard_queue(group, 1), spectacles.send_queue(group))
             assert [queue_type(rabbit, q) for q in queues] == ["quorum"] * 3
             for i in range(5):  # through the shard's queue and through SEND
                 presence = {"op": 3, "d": {"since": i, "activities": [], "status": "online", "afk": False}}

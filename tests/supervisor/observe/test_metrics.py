@@ -452,6 +452,7 @@ def test_metrics_of_a_real_supervisor_move_and_survive_a_kill(amqp_url, rabbit, 
 
             # outbound: one packet sent to shard 0, one rejected by group 0's child
             presence = {"op": 3, "d": {"since": None, "activities": [], "status": "idle", "afk": False}}
+            rabbit.wait_consumed(spectacles.shard_queue(group, 0), spectacles.shard_queue(group, 1))
             rabbit.publish(group, "0", json.dumps(presence).encode())
             rabbit.publish(group, "1", json.dumps({"op": 2, "d": {}}).encode())
             wait_for(

@@ -81,6 +81,7 @@ def test_reshard_under_a_live_stream(amqp_url, rabbit, group, tmp_path, old, new
             # the guild's owner under 8 shards (5 and 6 exist only in the new set)
             guild5, guild6 = guild_ids_for_shard(new - 3, new, 1)[0], guild_ids_for_shard(new - 2, new, 1)[0]
             members = {"op": 8, "d": {"guild_id": str(guild5), "query": "", "limit": 0}}
+            rabbit.wait_consumed(spectacles.send_queue(group), spectacles.shard_queue(group, 1))
             rabbit.publish(group, "SEND", json.dumps({"guild_id": str(guild5), "packet": members}).encode())
             voice = {"op": 4, "d": {"guild_id": str(guild6), "channel_id": None, "self_mute": False, "self_deaf": False}}
             rabbit.publish(group, "1", json.dumps(voice).encode())
