@@ -28,6 +28,7 @@ So :class:`FullCollections` runs a full collection once a connection has closed,
 from __future__ import annotations
 
 import gc
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -76,6 +77,8 @@ class FullCollections:
         self._settled = 0
         #: full collections run, and the objects they freed (reported in the child's sizes)
         self.runs = self.freed = 0
+        #: the longest one, in ms: the event loop's pause (the frozen code is not scanned)
+        self.max_ms = 0.0
 
     def observe(self, connections_closed: int, now: float) -> int:
         if not self._recent or self._recent[-1][1] != connections_closed:
@@ -85,7 +88,9 @@ class FullCollections:
         if self._settled == self._seen or (self._last is not None and now - self._last < self.every_s):
             return 0
         self._seen, self._last = self._settled, now
+        began = time.perf_counter()
         found = self._collect()
+        self.max_ms = max(self.max_ms, (time.perf_counter() - began) * 1000)
         self.runs += 1
         self.freed += found
         return found

@@ -232,6 +232,7 @@ class ParentLink:
                 **worker.sizes(), "memory_trims": self._trimmer.trims,
                 "full_collections": self._collections.runs if self._collections else 0,
                 "gc_freed": self._collections.freed if self._collections else 0,
+                "gc_max_ms": round(self._collections.max_ms, 1) if self._collections else 0,
             },  # fmt: skip
         }
 

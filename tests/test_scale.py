@@ -151,6 +151,15 @@ def test_2000_shards_ready_paced_resumed_after_kill_metrics_bounded_and_an_outag
             _check_cardinality(scrape(port))
 
             _outage(sim, rabbit, group)
+            # Every connection closed in the outage: each child runs a full collection for
+            # them (gc_tuning.FullCollections). Its pause at 1,000 shards a child is a figure.
+            groups = wait_for(
+                lambda: (g := json.loads(sup.cli("status", "--json").stdout)["groups"])
+                and all((r["sizes"] or {}).get("full_collections", 0) >= 1 for r in g) and g,
+                120, what="a full collection in each child",
+            )  # fmt: skip
+            print("full collections (runs, longest ms, objects freed) per 1000-shard child: "
+                  f"{[(r['sizes']['full_collections'], r['sizes']['gc_max_ms'], r['sizes']['gc_freed']) for r in groups]}")
         finally:
             sup.stop()
 
