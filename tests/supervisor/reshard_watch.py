@@ -3,12 +3,14 @@ is forgotten): the MESSAGE_CREATE ids due to consumers through a reshard."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
+
+from shard_worker.ipc_vocabulary import Request
+from supervisor.core import control
 
 
 def guilds_in(sim: Any, session_id: str) -> dict[str, int | None]:
@@ -65,6 +67,11 @@ def reshard_command(state_dir: Any, count: int) -> subprocess.Popen:
 
 
 def reshard_phase(sup: Any) -> str | None:
-    """The running supervisor's reshard phase (None: no answer or no reshard)."""
-    done = sup.cli("status", "--json")
-    return (json.loads(done.stdout).get("reshard") or {}).get("phase") if done.returncode == 0 else None
+    """The running supervisor's reshard phase (None: no answer or no reshard). Asked on the
+    control socket from this process: a `status` command is a Python start (a second or more
+    on a loaded machine), long enough to miss a short phase."""
+    try:
+        document = control.request(sup.state_dir, Request.STATUS.value, timeout=10.0)
+    except (control.ControlError, OSError):
+        return None
+    return (document.get("reshard") or {}).get("phase") if isinstance(document, dict) else None
