@@ -171,14 +171,15 @@ class Account:
     def __init__(self, amqp_url: str, exchange: str) -> None:
         self.queue = f"{exchange}:soak-account"
         self.seen: dict[tuple[int, str], bytearray] = {}
-        self.received = self.duplicates = self.foreign = 0
+        self.received = self.duplicates = self.foreign = self.reconnects = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._params = pika.URLParameters(amqp_url)
         conn = pika.BlockingConnection(self._params)
         ch = conn.channel()
         ch.exchange_declare(exchange, "direct", durable=True)
-        ch.queue_declare(self.queue, exclusive=False, auto_delete=False, durable=False)
+        # durable: a RabbitMQ restart (or another test's stop_app) keeps what it holds
+        ch.queue_declare(self.queue, exclusive=False, auto_delete=False, durable=True)
         for t in DISPATCH_TYPES:
             ch.queue_bind(self.queue, exchange, routing_key=t)
         conn.close()
@@ -186,14 +187,20 @@ class Account:
         self._thread.start()
 
     def _consume(self) -> None:
-        conn = pika.BlockingConnection(self._params)
-        ch = conn.channel()
-        ch.basic_qos(prefetch_count=2000)
-        ch.basic_consume(self.queue, self._on_message, auto_ack=True)
+        """Consume until closed; a lost connection (RabbitMQ restarted) is opened again."""
         while not self._stop.is_set():
-            conn.process_data_events(time_limit=0.5)
-        ch.queue_delete(self.queue)
-        conn.close()
+            try:
+                conn = pika.BlockingConnection(self._params)
+                ch = conn.channel()
+                ch.basic_qos(prefetch_count=2000)
+                ch.basic_consume(self.queue, self._on_message, auto_ack=True)
+                while not self._stop.is_set():
+                    conn.process_data_events(time_limit=0.5)
+                ch.queue_delete(self.queue)
+                conn.close()
+            except pika.exceptions.AMQPError:
+                self.reconnects += 1
+                self._stop.wait(1.0)
 
     def _on_message(self, _ch, _method, props, _body) -> None:
         try:
