@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pika
@@ -243,10 +244,19 @@ class Account:
         self._thread.join(10)
 
 
-def sample(root_pid: int, started: float, state_dir: str) -> dict:
+def sample(root_pid: int, started: float, state_dir: str, metrics_addr: str | None = None) -> dict:
     """Every process of the tree (RSS, USS, fds, threads), and each child's own sizes from
-    ``status --json`` (asyncio tasks, the publish ledger, ... see ``Worker.sizes``)."""
+    ``status --json`` (asyncio tasks, the publish ledger, ... see ``Worker.sizes``). With
+    ``metrics_addr`` /metrics is scraped first, as Prometheus would have been all along: a
+    supervisor's first scrape of 500 shards raises its RSS once (2.8 MB, measured alone), which a
+    run without scrapes would count as growth wherever someone first looked."""
     out: dict = {"t": round(time.monotonic() - started, 1), "processes": {}, "groups": {}}
+    if metrics_addr is not None:
+        try:
+            with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=30) as reply:
+                out["metrics_bytes"] = len(reply.read())
+        except OSError as exc:
+            out["metrics_error"] = str(exc)
     try:
         doc = status(state_dir)
     except (subprocess.TimeoutExpired, ValueError):
@@ -411,8 +421,9 @@ def run(args: argparse.Namespace) -> dict:
     ended_sessions = 0
     final = None
     with sim, open(work / "supervisor.log", "wb") as log:
+        metrics_addr = f"127.0.0.1:{free_port()}"
         argv = [PY, "-m", "supervisor", "start", "--api-url", sim.api_url, "--group", group, "--state-dir",
-                state_dir, "--metrics-addr", f"127.0.0.1:{free_port()}", "--log-format", "json"]  # fmt: skip
+                state_dir, "--metrics-addr", metrics_addr, "--log-format", "json"]  # fmt: skip
         if args.per_process:
             argv += ["--shards-per-process", str(args.per_process)]
         env = dict(os.environ, DISCORD_TOKEN=TOKEN, AMQP_URL=amqp_url, PYTHONUNBUFFERED="1")
@@ -422,7 +433,7 @@ def run(args: argparse.Namespace) -> dict:
             sim.wait_until(all_ready, timeout=60 + args.shards / 16 * 6)
             time.sleep(3.0)  # every child's heartbeat report is from after its READYs
             started = time.monotonic()
-            samples.append(sample(proc.pid, started, state_dir))
+            samples.append(sample(proc.pid, started, state_dir, metrics_addr))
             churner = threading.Thread(target=churn, args=(sim, args.shards, args.churn, stop, counts, rng, faults),
                                        daemon=True)  # fmt: skip
             churner.start()
@@ -431,7 +442,7 @@ def run(args: argparse.Namespace) -> dict:
             while (now := time.monotonic()) < started + args.duration:
                 if now >= next_sample:
                     next_sample += args.sample
-                    samples.append(sample(proc.pid, started, state_dir))
+                    samples.append(sample(proc.pid, started, state_dir, metrics_addr))
                     partial = {"partial": True, "shards": args.shards, "faults": counts, "broker_cuts_at": cuts}
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps({**partial, "samples": samples}))  # a run cut short keeps them
@@ -444,7 +455,7 @@ def run(args: argparse.Namespace) -> dict:
             churner.join(30)
             sim.wait_until(all_ready, timeout=args.settle)
             time.sleep(5.0)  # the last reconnects' closing handshakes end
-            samples.append(sample(proc.pid, started, state_dir))
+            samples.append(sample(proc.pid, started, state_dir, metrics_addr))
             final = status(state_dir)
             if account is not None:
                 shards_now = sim.stats()["shards"]
