@@ -312,7 +312,8 @@ def verdict(samples: list[dict], warmup: float, max_slope: float) -> dict:
 
 def sizes_verdict(samples: list[dict]) -> dict:
     """Per group: each size (asyncio tasks, ledger queues...) first, max and settled, and whether
-    the tasks came back (the other sizes are bounded by options and reported, not judged)."""
+    the tasks came back (the other sizes are bounded by options and reported, not judged; a size
+    not known yet, such as malloc's free bytes before the first reading, is None)."""
     by_group: dict[str, list[dict]] = {}
     for s in samples:
         for g, info in s.get("groups", {}).items():
@@ -322,7 +323,7 @@ def sizes_verdict(samples: list[dict]) -> dict:
     for g, rows in by_group.items():
         first, last = rows[0], rows[-1]
         out[g] = {
-            "sizes": {k: {"first": first.get(k), "max": max(r.get(k, 0) for r in rows), "last": last.get(k)}
+            "sizes": {k: {"first": first.get(k), "max": max(r.get(k) or 0 for r in rows), "last": last.get(k)}
                       for k in sorted(last)},  # fmt: skip
             "tasks_ok": last["asyncio_tasks"] <= first["asyncio_tasks"] + TASKS_SLACK,
         }

@@ -99,7 +99,7 @@ class ParentLink:
         self._grants: dict[int, asyncio.Future] = {}
         self.worker: Any = None  # set by attach()
         self._tasks: list[asyncio.Task] = []
-        #: After a broker outage, gives the drained buffer's pages back (memory_trim.py).
+        #: After a burst (a broker outage, its republish), gives the freed pages back (memory_trim.py).
         self._trimmer = Trimmer()
         #: Closed connections are cycles: collected within a minute (gc_tuning.py), when tuned.
         self._collections = gc_tuning.FullCollections() if gc_tuning.choice() == "tuned" else None
@@ -230,6 +230,7 @@ class ParentLink:
             "reshard": worker.reshard_counters(),
             "sizes": {
                 **worker.sizes(), "memory_trims": self._trimmer.trims,
+                "malloc_free_kb": _kb(self._trimmer.free_bytes),
                 "full_collections": self._collections.runs if self._collections else 0,
                 "gc_freed": self._collections.freed if self._collections else 0,
                 "gc_max_ms": round(self._collections.max_ms, 1) if self._collections else 0,
@@ -255,12 +256,13 @@ class ParentLink:
 
     def _memory_hygiene(self, now: float) -> None:
         """Once a second: a full collection after connections closed (their cycles), and the
-        freed pages back to the kernel after it or after the publish buffer drained."""
+        freed pages back to the kernel after it, or when malloc holds enough free once the
+        publish buffer drained."""
         buffered = self.worker.bridge.buffered_bytes
         if self._collections is not None and self._collections.observe(self.worker.connections_closed(), now):
-            self._trimmer.trim(buffered, now)
+            self._trimmer.trim(now)
         elif self._trimmer.observe(buffered, now):
-            log.debug("the publish buffer drained: its pages went back to the kernel (malloc_trim)")
+            log.debug("malloc held over 4 MiB free: its pages went back to the kernel (malloc_trim)")
 
     async def _heartbeats(self) -> None:
         while True:
@@ -361,6 +363,10 @@ class ParentLink:
             asyncio.get_running_loop().remove_writer(self._write_fd)
             self._writer_on = False
         self.drain()
+
+
+def _kb(size: int | None) -> int | None:
+    return None if size is None else size >> 10
 
 
 def _ignore(_: Any) -> None:
