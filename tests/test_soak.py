@@ -42,6 +42,7 @@ def test_fds_threads_and_tasks_stay_flat_across_200_reconnects(amqp_url, tmp_pat
         assert sizes["tasks_ok"], (group, tasks)
         assert sizes["sizes"]["closing_tasks"]["last"] == 0
         assert sizes["sizes"]["outbox"]["last"] == 0
+        assert sizes["sizes"]["malloc_free_kb"]["last"] is not None  # glibc >= 2.33 here and in CI
     assert all(s.get("metrics_bytes", 0) > 1000 for s in report["samples"]), "/metrics not scraped at a sample"
     assert report["sessions_ended"] > 0  # op 9s: what those sessions sent before them is owed too
     assert report["events_owed"] > 1000
