@@ -357,7 +357,7 @@ def _cluster_node(settings: StartSettings, coordinator: Any, groups: int) -> Any
     store = ClusterStore(coordinator.redis, settings.redis_prefix, name, uuid.uuid4().hex)
     assert settings.shard_count is not None and settings.shards_per_process is not None
     return ClusterNode(
-        store, coordinator, shard_count=settings.shard_count, per_group=settings.shards_per_process,
+        store, shard_count=settings.shard_count, per_group=settings.shards_per_process,
         groups=groups, capacity=float(settings.capacity),
     )  # fmt: skip
 

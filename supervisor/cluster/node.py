@@ -59,7 +59,6 @@ class ClusterNode:
     def __init__(
         self,
         store: Any,
-        coordinator: Any,
         *,
         shard_count: int,
         per_group: int,
@@ -70,7 +69,6 @@ class ClusterNode:
         round_s: float = ROUND_S,
     ) -> None:
         self.store = store
-        self.coordinator = coordinator
         self.shard_count = shard_count
         self.per_group = per_group
         self.groups = groups
@@ -223,16 +221,6 @@ class ClusterNode:
             self._epoch = epoch
             self.amnesias += 1
             self._ok_since, self._settle_s = now, AMNESIA_SETTLE_S
-            # The sessions of groups handed over a moment ago lived only in Redis (the taker
-            # may not have read them yet): put them back. Nobody acquires before every live
-            # node has had AMNESIA_SETTLE_S to do so.
-            recent = {}
-            for group, (sessions, at) in list(self._handed.items()):
-                if now - at <= HANDED_KEPT_S:
-                    recent.update(sessions)
-                else:
-                    del self._handed[group]
-            self.store.restore_sessions(self.shard_count, recent)
             self._emit(Event("amnesia"))
         taken = self.store.heartbeat(self._info(), NODE_TTL_S)
         if taken:  # this node's heartbeat lapsed (frozen) and another process took the name
@@ -256,6 +244,7 @@ class ClusterNode:
         self._releases()
         view = self.store.view(self.shard_count, self.groups)
         self.last_view = view
+        self._restore_handed(view, now)
         if self._ok_since is None:
             self._ok_since, self._settle_s = now, SETTLE_S
         if self._quiet:
@@ -272,27 +261,38 @@ class ClusterNode:
             self._emit(Event("release", group=group))
         for group in decided.acquire:
             sent = self.clock()
-            before = self.store.take(self.shard_count, group, LEASE_TTL_S)
-            if before is None:
+            # the lease, the handoff mark and the sessions in one step (ClusterStore.take)
+            taken = self.store.take(self.shard_count, group, LEASE_TTL_S, group_shards(group, self.shard_count, self.per_group))
+            if taken is None:
                 continue
-            shards = group_shards(group, self.shard_count, self.per_group)
-            try:  # its sessions first: a lease is only held with what it needs to run
-                sessions = self.coordinator.load_sessions(self.shard_count, shards)
-                by = self.store.handed_over_by(self.shard_count, group)
-            except Exception:
-                self.store.drop(self.shard_count, group)
-                raise
             self.held.add(group)
             self._handed.pop(group, None)
-            if by:
+            if taken.handed_by:
                 how = "handoff"
-            elif sessions:
+            elif taken.sessions:
                 how = "failover"
-            elif (before and before != self.store.name) or self.amnesias:
+            elif (taken.before and taken.before != self.store.name) or self.amnesias:
                 how = "takeover"  # run elsewhere before, and nothing to resume: wait, then identify
             else:
                 how = "start"
-            self._emit(Event("acquired", group=group, sessions=sessions, how=how, sent_at=sent, reason=by or ""))
+            self._emit(Event("acquired", group=group, sessions=taken.sessions, how=how, sent_at=sent, reason=taken.handed_by or ""))
+
+    def _restore_handed(self, view: Any, now: float) -> None:
+        """The sessions of groups this node handed over lived only in Redis until a taker
+        reads them (with the lease, in one step): while such a group's lease is free, write
+        back any of them Redis lost (``SET NX``, never over a newer one). Redis may forget
+        everything at once (a restart empty, a flush: nobody acquires before every live node
+        has had AMNESIA_SETTLE_S to do this) or key by key (an eviction, a partial flush:
+        found by the fault schedule with keys deleted 100 ms apart, which deleted the
+        sessions written back at the first sign of amnesia), so it is done every round, for
+        HANDED_KEPT_S."""
+        recent: dict[int, Any] = {}
+        for group, (sessions, at) in list(self._handed.items()):
+            if now - at > HANDED_KEPT_S or view.owners.get(group) not in (None, self.store.name):
+                del self._handed[group]  # taken (its sessions read with the lease), or too old
+            elif group not in view.owners:
+                recent.update(sessions)
+        self.store.restore_sessions(self.shard_count, recent)
 
     def _releases(self) -> None:
         with self._lock:

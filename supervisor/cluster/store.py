@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from shard_worker.config import SavedSession
 from supervisor.cluster.rules import Node, View
-from supervisor.coord.coordinator import REDIS_NOW_MS, SESSION_TTL_S
+from supervisor.coord.coordinator import REDIS_NOW_MS, SESSION_TTL_S, parse_sessions
 
 HANDOFF_MARK_S = 60
 
@@ -78,22 +79,32 @@ return 1
 """ % HANDOFF_MARK_S
 
 
-#: KEYS: lease, ran mark. ARGV: owner, ttl ms, node name. Takes a free lease and marks the
-#: group as run by this node (no TTL: one small key per group); returns false when the lease is
-#: taken, else the name of the node that ran the group before ('' when none did).
+#: KEYS: lease, ran mark, handoff mark, then the group's session keys. ARGV: owner, ttl ms, node
+#: name. Takes a free lease, marks the group as run by this node (no TTL: one small key per
+#: group), and reads (and clears) the handoff mark and reads the sessions **in the same
+#: step**: a session deleted between a take and a later read (keys lost one by one: an
+#: eviction, a partial flush) would leave the taker holding the group with nothing to resume.
+#: Returns false when the lease is taken, else {the node that ran the group before, the node
+#: that handed it over, each session}, '' for each one missing.
 _TAKE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-local before = redis.call('GET', KEYS[2]) or ''
+local out = {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or ''}
 redis.call('SET', KEYS[2], ARGV[3])
-return before
+redis.call('DEL', KEYS[3])
+for i = 4, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '' end
+return out
 """
 
 
-_DROP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
+@dataclass(frozen=True)
+class Taken:
+    """A lease just taken: ``before``, the node that ran the group last ('' for none since
+    Redis remembers); ``handed_by``, the node that handed it over (None: a start or a
+    failover); ``sessions``, the group's sessions found in Redis."""
+
+    before: str
+    handed_by: str | None
+    sessions: dict[int, SavedSession]
 
 
 class ClusterStore:
@@ -109,7 +120,6 @@ class ClusterStore:
         self._nodes = client.register_script(_NODES)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
-        self._drop = client.register_script(_DROP)
         self._take = client.register_script(_TAKE)
 
     def _key(self, *parts: object) -> str:
@@ -188,16 +198,24 @@ class ClusterStore:
 
     # -- leases -------------------------------------------------------------------------------
     def acquire(self, shard_count: int, group: int, ttl_s: float) -> bool:
-        """Take ``group``'s lease if it is free."""
+        """Take ``group``'s lease if it is free (a lease this node held and Redis let lapse)."""
         return self.take(shard_count, group, ttl_s) is not None
 
-    def take(self, shard_count: int, group: int, ttl_s: float) -> str | None:
-        """Take ``group``'s lease if it is free, and mark the group as run by this node.
-        Returns None when the lease is taken, else who ran the group before ('' for nobody
-        since Redis remembers: a new cluster, or one whose Redis forgot everything)."""
-        keys = [self.lease_key(shard_count, group), self._key("ran", shard_count, group)]
-        before = self._take(keys=keys, args=[self.owner, int(ttl_s * 1000), self.name])
-        return None if before is None else before.decode()
+    def take(self, shard_count: int, group: int, ttl_s: float, shards: Sequence[int] = ()) -> Taken | None:
+        """Take ``group``'s lease if it is free, mark the group as run by this node, and read
+        the handoff mark and the sessions of ``shards`` in the same script. None when the lease
+        is taken."""
+        keys = [self.lease_key(shard_count, group), self._key("ran", shard_count, group), self._key("handoff", shard_count, group)]
+        keys += [self.session_key(shard_count, s) for s in shards]
+        reply = self._take(keys=keys, args=[self.owner, int(ttl_s * 1000), self.name])
+        if reply is None:
+            return None
+        before, by, *values = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
+        return Taken(before, by or None, parse_sessions(list(shards), values))
+
+    def session_key(self, shard_count: int, shard: int) -> str:
+        """A shard's session, where every supervisor keeps it (``<p>:session:<n>:<shard>``)."""
+        return ":".join([self.prefix, "session", str(shard_count), str(shard)])
 
     def renew(self, shard_count: int, groups: list[int], ttl_s: float) -> dict[int, bool]:
         if not groups:
@@ -210,7 +228,7 @@ class ClusterStore:
         keys = [self.lease_key(shard_count, group)]
         values = []
         for shard, saved in sorted(sessions.items()):
-            keys.append(":".join([self.prefix, "session", str(shard_count), str(shard)]))
+            keys.append(self.session_key(shard_count, shard))
             values.append(json.dumps(asdict(saved)))
         keys.append(self._key("handoff", shard_count, group))
         return bool(int(self._release(keys=keys, args=[self.owner, SESSION_TTL_S, self.name, *values])))
@@ -223,22 +241,8 @@ class ClusterStore:
             return
         pipe = self.redis.pipeline(transaction=False)
         for shard, saved in sorted(sessions.items()):
-            key = ":".join([self.prefix, "session", str(shard_count), str(shard)])
-            pipe.set(key, json.dumps(asdict(saved)), ex=SESSION_TTL_S, nx=True)
+            pipe.set(self.session_key(shard_count, shard), json.dumps(asdict(saved)), ex=SESSION_TTL_S, nx=True)
         pipe.execute()
 
-    def drop(self, shard_count: int, group: int) -> bool:
-        """Delete the lease if it is still ours, writing nothing (an acquisition given up)."""
-        return bool(int(self._drop(keys=[self.lease_key(shard_count, group)], args=[self.owner])))
 
-    def handed_over_by(self, shard_count: int, group: int) -> str | None:
-        """Who handed ``group`` over (and forget it), None: nobody (a start or a failover)."""
-        key = self._key("handoff", shard_count, group)
-        pipe = self.redis.pipeline()
-        pipe.get(key)
-        pipe.delete(key)
-        value, _ = pipe.execute()
-        return value.decode() if value is not None else None
-
-
-__all__ = ["ClusterStore", "HANDOFF_MARK_S"]
+__all__ = ["ClusterStore", "HANDOFF_MARK_S", "Taken"]

@@ -143,6 +143,20 @@ return done
 """
 
 
+def parse_sessions(shard_ids: list[int], values: list[Any]) -> dict[int, SavedSession]:
+    """The sessions among ``values`` (Redis' replies for ``shard_ids``, in order): a missing
+    one (None or empty) is skipped, a malformed one logged and skipped."""
+    sessions = {}
+    for shard, value in zip(shard_ids, values):
+        if not value:
+            continue
+        try:
+            sessions[shard] = SavedSession(**json.loads(value))
+        except (TypeError, ValueError):
+            log.warning("ignoring a malformed session for shard %d in Redis", shard)
+    return sessions
+
+
 class RedisCoordinator:
     """The keys of one bot (``prefix``) in Redis, for one host (``host_id``). Every method is one
     blocking round trip: call them off the supervisor's loop (:mod:`supervisor.coord.shared_state`)."""
@@ -279,13 +293,4 @@ class RedisCoordinator:
         """The sessions of ``shard_ids`` found in Redis (malformed ones skipped)."""
         if not shard_ids:
             return {}
-        values = self.redis.mget([self._key("session", shard_count, s) for s in shard_ids])
-        sessions = {}
-        for shard, value in zip(shard_ids, values):
-            if value is None:
-                continue
-            try:
-                sessions[shard] = SavedSession(**json.loads(value))
-            except (TypeError, ValueError):
-                log.warning("ignoring a malformed session for shard %d in Redis", shard)
-        return sessions
+        return parse_sessions(shard_ids, self.redis.mget([self._key("session", shard_count, s) for s in shard_ids]))

@@ -235,8 +235,15 @@ def test_a_takeover_without_a_session_waits_until_the_guarded_owner_has_stopped(
             wait_for(lambda: "no session to resume" in other.output(), 30, what="node-b's takeover")
             wait_for(lambda: f"could not be renewed for {GUARD_LIMIT_S:.0f} s" in cut_off.output(), 40, what="node-a parks")
             parked_at = time.time()
+
+            def identified_since_the_cut() -> list[dict]:
+                return [i for i in sim.snapshot()["identifies"] if i["accepted"] and i["time"] > cut_at]
+
+            # node-a's connections close a moment after it logs the park (a loaded machine: seconds),
+            # and until then every shard is still READY: wait for node-b's identifies themselves
+            wait_for(lambda: set(fenced) <= {i["shard"] for i in identified_since_the_cut()}, 60, what="node-b identifies")
             sim.wait_until(lambda s: s["ready"] == set(range(SHARDS)), timeout=60)
-            identified = [i for i in sim.snapshot()["identifies"] if i["accepted"] and i["time"] > cut_at]
+            identified = identified_since_the_cut()
             assert sorted(i["shard"] for i in identified) == sorted(fenced)
             assert all(i["time"] > parked_at - 1.0 for i in identified)  # only once node-a stopped
             doubled = sampler.stop()

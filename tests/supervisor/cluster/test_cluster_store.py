@@ -49,8 +49,9 @@ def test_leases_renew_and_release_only_for_their_owner(redis_url, prefix):
     assert client.get(f"{prefix}:session:4:0") is None
     assert a.release(4, 0, {0: session})
     assert a.owners(4, 2) == {1: "b"}
-    assert b.handed_over_by(4, 0) == "a" and b.handed_over_by(4, 0) is None
-    assert b.acquire(4, 0, ttl_s=10)
+    taken = b.take(4, 0, ttl_s=10, shards=[0, 1])  # the mark and the sessions with the lease
+    assert taken is not None and taken.handed_by == "a" and taken.sessions == {0: session} and taken.before == "a"
+    assert client.get(f"{prefix}:cluster:handoff:4:0") is None  # read once
     assert b.renew(4, [0], ttl_s=10) == {0: True}
 
 
@@ -148,13 +149,12 @@ def test_a_redis_that_forgot_everything_moves_no_group(redis_url, prefix):
     every live node had time to do the same. Rounds are driven by hand, with a fake clock."""
     from supervisor.cluster.node import ClusterNode
     from supervisor.cluster.rules import AMNESIA_SETTLE_S, NODE_TTL_S
-    from supervisor.coord.coordinator import RedisCoordinator
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
     now = [0.0]
     nodes = []
     for store in (sa, sb):
-        node = ClusterNode(store, RedisCoordinator(client, prefix), shard_count=8, per_group=2, groups=4, clock=lambda: now[0])
+        node = ClusterNode(store, shard_count=8, per_group=2, groups=4, clock=lambda: now[0])
         reason, node._epoch = store.check_meta(8, 2)  # what the thread does before its first round
         assert reason is None and store.heartbeat(node._info(), NODE_TTL_S) == 0.0
         nodes.append(node)
@@ -189,12 +189,12 @@ def test_a_group_run_elsewhere_and_taken_without_a_session_is_a_takeover(redis_u
     nobody ran is a plain start."""
     from supervisor.cluster.node import ClusterNode
     from supervisor.cluster.rules import NODE_TTL_S
-    from supervisor.coord.coordinator import RedisCoordinator
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
-    assert sa.take(4, 0, ttl_s=10) == "" and sb.take(4, 0, ttl_s=10) is None  # nobody ran it; taken
+    taken = sa.take(4, 0, ttl_s=10)
+    assert taken is not None and taken.before == "" and sb.take(4, 0, ttl_s=10) is None  # nobody ran it; taken
     now = [0.0]
-    b = ClusterNode(sb, RedisCoordinator(client, prefix), shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+    b = ClusterNode(sb, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
     reason, b._epoch = sb.check_meta(4, 2)
     assert reason is None and sb.heartbeat(b._info(), NODE_TTL_S) == 0.0
     client.delete(sa.lease_key(4, 0))  # a's lease expired (a partitioned, or dead)
@@ -213,11 +213,10 @@ def test_a_stuck_supervisor_loop_lets_its_leases_lapse(redis_url, prefix):
     facts (every pass); a round after LOOP_STALE_S of silence does nothing."""
     from supervisor.cluster.node import ClusterNode
     from supervisor.cluster.rules import LOOP_STALE_S, NODE_TTL_S
-    from supervisor.coord.coordinator import RedisCoordinator
 
     client, (sa,) = stores(redis_url, prefix, "a")
     now = [0.0]
-    a = ClusterNode(sa, RedisCoordinator(client, prefix), shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+    a = ClusterNode(sa, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
     reason, a._epoch = sa.check_meta(4, 2)
     assert reason is None and sa.heartbeat(a._info(), NODE_TTL_S) == 0.0
     for t in range(5):
@@ -243,13 +242,12 @@ def test_sessions_handed_over_just_before_redis_forgot_are_written_back(redis_ur
     (only where no session is) when it sees Redis forget."""
     from supervisor.cluster.node import ClusterNode
     from supervisor.cluster.rules import AMNESIA_SETTLE_S, NODE_TTL_S
-    from supervisor.coord.coordinator import RedisCoordinator
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
     now = [0.0]
 
     def node(store):
-        n = ClusterNode(store, RedisCoordinator(client, prefix), shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+        n = ClusterNode(store, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
         reason, n._epoch = store.check_meta(4, 2)
         assert reason is None and store.heartbeat(n._info(), NODE_TTL_S) == 0.0
         return n
@@ -281,3 +279,54 @@ def test_sessions_handed_over_just_before_redis_forgot_are_written_back(redis_ur
     acquired = [e for e in b.events() if e.kind == "acquired"]
     assert [e.group for e in acquired] == [release.group]
     assert acquired[0].sessions == handed and acquired[0].how == "failover"  # resumed, not identified
+
+
+def test_sessions_handed_over_survive_keys_lost_one_by_one(redis_url, prefix):
+    """Found by the fault schedule with Redis' keys deleted 100 ms apart (an eviction, a partial
+    flush; seed 19): the node that handed a group over wrote its sessions back once, when it saw
+    Redis forget, and the deletions still under way removed them again; the taker found none
+    and identified 24 s later. Now the giver writes them back at every round while the group's
+    lease is free, and stops once a taker holds it (the taker read them with the lease, in
+    the same script): a session the taker deleted since (Discord invalidated it) stays deleted."""
+    from supervisor.cluster.node import ClusterNode
+    from supervisor.cluster.rules import AMNESIA_SETTLE_S, NODE_TTL_S
+
+    client, (sa, sb) = stores(redis_url, prefix, "a", "b")
+    now = [0.0]
+
+    def node(store):
+        n = ClusterNode(store, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
+        reason, n._epoch = store.check_meta(4, 2)
+        assert reason is None and store.heartbeat(n._info(), NODE_TTL_S) == 0.0
+        return n
+
+    def rounds(*nodes, until):
+        while now[0] < until:
+            now[0] += 1.0
+            for n in nodes:
+                n.facts(set(n.held))
+                n._round(now[0])
+
+    a = node(sa)
+    rounds(a, until=4.0)
+    assert a.held == {0, 1}
+    b = node(sb)
+    rounds(a, until=5.0)
+    [release] = [e for e in a.events() if e.kind == "release"]
+    handed = {s: SavedSession(f"s{s}", 40 + s, "wss://r") for s in (2 * release.group, 2 * release.group + 1)}
+    a.release(release.group, handed)
+    rounds(a, until=6.0)
+    session_keys = [sa.session_key(4, s) for s in handed]
+    for key in client.scan_iter(f"{prefix}:*"):  # Redis forgets everything...
+        client.delete(key)
+    rounds(a, until=7.0)
+    assert a.amnesias == 1 and all(client.exists(k) for k in session_keys)  # written back
+    client.delete(*session_keys)  # ...and the deletions still under way take them again
+    rounds(a, b, until=7.0 + AMNESIA_SETTLE_S + 4)
+    acquired = [e for e in b.events() if e.kind == "acquired"]
+    assert [e.group for e in acquired] == [release.group]
+    assert acquired[0].sessions == handed and acquired[0].how == "failover"  # resumed, not identified
+
+    client.delete(*session_keys)  # b's shards: Discord invalidated them, b deleted them
+    rounds(a, b, until=now[0] + 3)
+    assert not any(client.exists(k) for k in session_keys)  # a no longer writes them back
