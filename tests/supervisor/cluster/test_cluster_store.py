@@ -28,6 +28,18 @@ def stores(redis_url, prefix, *names):
     return client, [ClusterStore(client, prefix, name, uuid.uuid4().hex) for name in names]
 
 
+def registered_node(store, now: list[float], shard_count: int = 4, per_group: int = 2):
+    """A :class:`ClusterNode` on a clock driven by hand (``now[0]``), its rounds run by the test,
+    registered as its thread does before its first round."""
+    from supervisor.cluster.node import ClusterNode
+    from supervisor.cluster.rules import NODE_TTL_S, group_count
+
+    node = ClusterNode(store, shard_count=shard_count, per_group=per_group, groups=group_count(shard_count, per_group), clock=lambda: now[0])
+    reason, node._epoch = store.check_meta(shard_count, per_group)
+    assert reason is None and store.heartbeat(node._info(), NODE_TTL_S) == 0.0
+    return node
+
+
 def test_a_name_is_taken_while_its_heartbeat_lives(redis_url, prefix):
     client, (a, a_again) = stores(redis_url, prefix, "a", "a")
     assert a.heartbeat({"capacity": 1}, ttl_s=10) == 0.0
@@ -147,17 +159,13 @@ def test_a_redis_that_forgot_everything_moves_no_group(redis_url, prefix):
     without sessions: it would identify them) while that node still ran them. Now the cluster's
     epoch changes with its meta: each node re-asserts its own leases and acquires nothing until
     every live node had time to do the same. Rounds are driven by hand, with a fake clock."""
-    from supervisor.cluster.node import ClusterNode
-    from supervisor.cluster.rules import AMNESIA_SETTLE_S, NODE_TTL_S
+    from supervisor.cluster.rules import AMNESIA_SETTLE_S
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
     now = [0.0]
     nodes = []
     for store in (sa, sb):
-        node = ClusterNode(store, shard_count=8, per_group=2, groups=4, clock=lambda: now[0])
-        reason, node._epoch = store.check_meta(8, 2)  # what the thread does before its first round
-        assert reason is None and store.heartbeat(node._info(), NODE_TTL_S) == 0.0
-        nodes.append(node)
+        nodes.append(registered_node(store, now, shard_count=8))
     a, b = nodes
     for t in range(8):
         now[0] = float(t)
@@ -187,16 +195,12 @@ def test_a_group_run_elsewhere_and_taken_without_a_session_is_a_takeover(redis_u
     """Issue 20, defect 6: a group that another node ran, taken over with no session in Redis
     (lost), is acquired as a "takeover" (the arbiter waits before it identifies); a group
     nobody ran is a plain start."""
-    from supervisor.cluster.node import ClusterNode
-    from supervisor.cluster.rules import NODE_TTL_S
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
     taken = sa.take(4, 0, ttl_s=10)
     assert taken is not None and taken.before == "" and sb.take(4, 0, ttl_s=10) is None  # nobody ran it; taken
     now = [0.0]
-    b = ClusterNode(sb, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
-    reason, b._epoch = sb.check_meta(4, 2)
-    assert reason is None and sb.heartbeat(b._info(), NODE_TTL_S) == 0.0
+    b = registered_node(sb, now)
     client.delete(sa.lease_key(4, 0))  # a's lease expired (a partitioned, or dead)
     for t in range(5):
         now[0] = float(t)
@@ -211,14 +215,11 @@ def test_a_stuck_supervisor_loop_lets_its_leases_lapse(redis_url, prefix):
     stuck (a stalled disk under an fsync): its workers stopped for lack of pings, and no other
     node could take the groups over. Now the thread renews only while the loop tells it the
     facts (every pass); a round after LOOP_STALE_S of silence does nothing."""
-    from supervisor.cluster.node import ClusterNode
-    from supervisor.cluster.rules import LOOP_STALE_S, NODE_TTL_S
+    from supervisor.cluster.rules import LOOP_STALE_S
 
     client, (sa,) = stores(redis_url, prefix, "a")
     now = [0.0]
-    a = ClusterNode(sa, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
-    reason, a._epoch = sa.check_meta(4, 2)
-    assert reason is None and sa.heartbeat(a._info(), NODE_TTL_S) == 0.0
+    a = registered_node(sa, now)
     for t in range(5):
         now[0] = float(t)
         a.facts(set())  # the loop runs
@@ -240,25 +241,18 @@ def test_sessions_handed_over_just_before_redis_forgot_are_written_back(redis_ur
     handed a group over; the handed sessions lived only in Redis, so the taker found none and
     identified. The node that handed them over keeps them for a minute and writes them back
     (only where no session is) when it sees Redis forget."""
-    from supervisor.cluster.node import ClusterNode
-    from supervisor.cluster.rules import AMNESIA_SETTLE_S, NODE_TTL_S
+    from supervisor.cluster.rules import AMNESIA_SETTLE_S
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
     now = [0.0]
 
-    def node(store):
-        n = ClusterNode(store, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
-        reason, n._epoch = store.check_meta(4, 2)
-        assert reason is None and store.heartbeat(n._info(), NODE_TTL_S) == 0.0
-        return n
-
-    a = node(sa)
+    a = registered_node(sa, now)
     for t in range(5):
         now[0] = float(t)
         a.facts({0, 1})
         a._round(now[0])
     assert a.held == {0, 1}
-    b = node(sb)
+    b = registered_node(sb, now)
     now[0] = 5.0
     a.facts({0, 1})
     a._round(now[0])
@@ -288,17 +282,10 @@ def test_sessions_handed_over_survive_keys_lost_one_by_one(redis_url, prefix):
     and identified 24 s later. Now the giver writes them back at every round while the group's
     lease is free, and stops once a taker holds it (the taker read them with the lease, in
     the same script): a session the taker deleted since (Discord invalidated it) stays deleted."""
-    from supervisor.cluster.node import ClusterNode
-    from supervisor.cluster.rules import AMNESIA_SETTLE_S, NODE_TTL_S
+    from supervisor.cluster.rules import AMNESIA_SETTLE_S
 
     client, (sa, sb) = stores(redis_url, prefix, "a", "b")
     now = [0.0]
-
-    def node(store):
-        n = ClusterNode(store, shard_count=4, per_group=2, groups=2, clock=lambda: now[0])
-        reason, n._epoch = store.check_meta(4, 2)
-        assert reason is None and store.heartbeat(n._info(), NODE_TTL_S) == 0.0
-        return n
 
     def rounds(*nodes, until):
         while now[0] < until:
@@ -307,10 +294,10 @@ def test_sessions_handed_over_survive_keys_lost_one_by_one(redis_url, prefix):
                 n.facts(set(n.held))
                 n._round(now[0])
 
-    a = node(sa)
+    a = registered_node(sa, now)
     rounds(a, until=4.0)
     assert a.held == {0, 1}
-    b = node(sb)
+    b = registered_node(sb, now)
     rounds(a, until=5.0)
     [release] = [e for e in a.events() if e.kind == "release"]
     handed = {s: SavedSession(f"s{s}", 40 + s, "wss://r") for s in (2 * release.group, 2 * release.group + 1)}
