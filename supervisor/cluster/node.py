@@ -29,6 +29,7 @@ from supervisor.cluster.rules import (
     NODE_TTL_S,
     ROUND_S,
     SETTLE_S,
+    LeaseMemory,
     group_shards,
     plan,
 )
@@ -103,6 +104,8 @@ class ClusterNode:
         #: group -> (the sessions it was handed over with, when): kept HANDED_KEPT_S, to write
         #: them back if Redis forgets everything before the taker has read them
         self._handed: dict[int, tuple[dict[int, Any], float]] = {}
+        #: who held each group, to tell a lease Redis lost from one given up (LeaseMemory)
+        self.memory = LeaseMemory()
         self._stop = threading.Event()
         #: the supervisor is stopping: no more acquisitions or handoffs, only renewals
         self._quiet = False
@@ -245,6 +248,7 @@ class ClusterNode:
         view = self.store.view(self.shard_count, self.groups)
         self.last_view = view
         self._restore_handed(view, now)
+        vanished = self.memory.vanished(view, self.store.name, now)
         if self._ok_since is None:
             self._ok_since, self._settle_s = now, SETTLE_S
         if self._quiet:
@@ -253,7 +257,7 @@ class ClusterNode:
             ready, releasing = set(self._ready), set(self._releasing)
         decided = plan(
             view, self.store.name, held=self.held, ready=ready & self.held, releasing=releasing,
-            settled=now - self._ok_since >= self._settle_s,
+            settled=now - self._ok_since >= self._settle_s, vanished=vanished,
         )  # fmt: skip
         for group in decided.release:
             with self._lock:

@@ -15,7 +15,8 @@ At every round (:data:`ROUND_S`) a node reads the view (nodes, leases) and :func
 * **acquire**: free groups (no lease) while it holds fewer than its share, lowest ids first,
   at most :data:`ACQUIRE_PER_ROUND` a round. Not before the node has seen the membership for
   :data:`SETTLE_S` (nodes started together see each other before they grab, so nothing is
-  assigned and then reshuffled: every shard identifies once);
+  assigned and then reshuffled: every shard identifies once), and not a lease that vanished
+  while its owner lives (:class:`LeaseMemory`: Redis lost the key; the owner re-asserts it);
 * **release** (graceful handoff): one group at a time while it holds more than its share, and
   only a group whose shards are all READY (a group still identifying is never handed over: the
   new owner would identify it again). The owner stops the group's process (shards closed
@@ -78,6 +79,12 @@ SETTLE_S = 3.0
 #: re-asserts its leases in its next round, and a node not heard from for NODE_TTL_S is dead.
 AMNESIA_SETTLE_S = NODE_TTL_S + SETTLE_S
 ACQUIRE_PER_ROUND = 4
+#: A lease that vanished while the node that held it is alive (its heartbeat lives) and with no
+#: handoff mark was lost by Redis (an eviction, a partial flush), not given up: its owner runs
+#: the group on and re-asserts the lease in its next round. Nobody else takes it before it has
+#: been free this long (the owner of a lease that merely expired is dead or cut off: its
+#: heartbeat, renewed in the same round, expires with it, so a real failover waits a round).
+LOST_LEASE_WAIT_S = AMNESIA_SETTLE_S
 
 
 def group_count(shard_count: int, per_group: int) -> int:
@@ -114,11 +121,17 @@ def fair_shares(nodes: Iterable[Node], groups: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class View:
-    """What one round read from Redis: the live nodes and each group's owner (absent: free)."""
+    """What one round read from Redis: the live nodes and each group's owner (absent: free);
+    ``ran``, the node that took each group last (its ``ran`` mark), and ``handed``, the groups
+    whose handoff mark is there (released by their owner a moment ago)."""
 
     nodes: tuple[Node, ...]
     owners: Mapping[int, str]
     groups: int
+    ran: Mapping[int, str] = field(default_factory=dict)
+    handed: frozenset[int] = frozenset()
+    #: node name -> seconds its heartbeat still lives (by Redis' clock)
+    expiries: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,13 +149,15 @@ def plan(
     ready: Iterable[int],
     releasing: Iterable[int] = (),
     settled: bool = True,
+    vanished: Iterable[int] = (),
     acquire_per_round: int = ACQUIRE_PER_ROUND,
 ) -> Plan:
     """This round's decisions for node ``me`` (see the module docstring).
 
     ``held``: groups it holds a lease on; ``ready``: those of them whose shards are all READY;
     ``releasing``: handoffs already under way (they count as gone); ``settled``: it has seen the
-    membership for :data:`SETTLE_S`."""
+    membership for :data:`SETTLE_S`; ``vanished``: free groups not to take yet
+    (:class:`LeaseMemory`)."""
     shares = fair_shares(view.nodes, view.groups)
     share = shares.get(me, 0)
     mine = set(held) - set(releasing)
@@ -153,8 +168,44 @@ def plan(
         return Plan(share, release=tuple(candidates[:1]))
     if not settled or len(mine) >= share:
         return Plan(share)
-    free = [g for g in range(view.groups) if g not in view.owners]
+    skip = set(vanished)
+    free = [g for g in range(view.groups) if g not in view.owners and g not in skip]
     return Plan(share, acquire=tuple(free[: min(acquire_per_round, share - len(mine))]))
+
+
+@dataclass
+class LeaseMemory:
+    """Who this node last saw holding each group, since when each group is free, and until when
+    each node it saw lives: a free group whose last owner (its ``ran`` mark, else this memory:
+    Redis may have lost the mark too) is another node still alive (in the view, or by the
+    heartbeat expiry last seen: Redis may have lost the membership too), without a handoff
+    mark, has **vanished** (Redis lost the lease) for :data:`LOST_LEASE_WAIT_S` after it went
+    free. Taking it would stop a group that runs (and identify it, if its session or its marks
+    were lost as well)."""
+
+    wait_s: float = LOST_LEASE_WAIT_S
+    last_owner: dict[int, str] = field(default_factory=dict)
+    free_since: dict[int, float] = field(default_factory=dict)
+    alive_until: dict[str, float] = field(default_factory=dict)
+
+    def vanished(self, view: View, me: str, now: float) -> set[int]:
+        for node in view.nodes:
+            self.alive_until[node.name] = max(self.alive_until.get(node.name, now), now + view.expiries.get(node.name, 0.0))
+        for name in [n for n, until in self.alive_until.items() if until <= now]:
+            del self.alive_until[name]
+        live = {n.name for n in view.nodes} | set(self.alive_until)
+        out = set()
+        for group in range(view.groups):
+            owner = view.owners.get(group)
+            if owner is not None:
+                self.last_owner[group] = owner
+                self.free_since.pop(group, None)
+                continue
+            since = self.free_since.setdefault(group, now)
+            last = view.ran.get(group) or self.last_owner.get(group)
+            if last and last != me and last in live and group not in view.handed and now - since < self.wait_s:
+                out.add(group)
+        return out
 
 
 @dataclass
@@ -192,5 +243,6 @@ class Fence:
 
 __all__ = [
     "ACQUIRE_PER_ROUND", "AMNESIA_SETTLE_S", "FENCE_MARGIN_S", "FENCE_S", "GUARD_LIMIT_S", "LEASE_TTL_S", "LOOP_STALE_S",
-    "NODE_TTL_S", "ROUND_S", "SETTLE_S", "STOP_GRACE_S", "TAKEOVER_WAIT_S", "Fence", "Node", "Plan", "View", "fair_shares", "group_count", "group_shards", "plan",
+    "LOST_LEASE_WAIT_S", "NODE_TTL_S", "ROUND_S", "SETTLE_S", "STOP_GRACE_S", "TAKEOVER_WAIT_S", "Fence", "LeaseMemory", "Node",
+    "Plan", "View", "fair_shares", "group_count", "group_shards", "plan",
 ]  # fmt: skip

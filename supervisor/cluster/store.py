@@ -107,6 +107,11 @@ class Taken:
     sessions: dict[int, SavedSession]
 
 
+def _owners(leases: list[Any]) -> dict[int, str]:
+    """Group -> its owner's name, from the leases' values (``<name>|<token>``) by group."""
+    return {g: v.decode().split("|", 1)[0] for g, v in enumerate(leases) if v is not None}
+
+
 class ClusterStore:
     """One node's view of the cluster's keys."""
 
@@ -188,13 +193,24 @@ class ClusterStore:
         return out
 
     def view(self, shard_count: int, groups: int) -> View:
-        nodes = tuple(Node(n["name"], float(n.get("capacity", 1.0))) for n in self.nodes())
-        return View(nodes, self.owners(shard_count, groups), groups)
+        """The live nodes, and each group's lease, ``ran`` mark and handoff mark (one MGET)."""
+        live = self.nodes()
+        nodes = tuple(Node(n["name"], float(n.get("capacity", 1.0))) for n in live)
+        expiries = {n["name"]: float(n["expires_in_s"]) for n in live}
+        if not groups:
+            return View(nodes, {}, 0, expiries=expiries)
+        keys = [self._key(kind, shard_count, g) for kind in ("lease", "ran", "handoff") for g in range(groups)]
+        values = self.redis.mget(keys)
+        leases, ran, handed = values[:groups], values[groups : 2 * groups], values[2 * groups :]
+        return View(
+            nodes, _owners(leases), groups,
+            ran={g: v.decode() for g, v in enumerate(ran) if v is not None},
+            handed=frozenset(g for g, v in enumerate(handed) if v is not None), expiries=expiries,
+        )  # fmt: skip
 
     def owners(self, shard_count: int, groups: int) -> dict[int, str]:
         """Group -> the name of its owner, for every leased group."""
-        values = self.redis.mget([self.lease_key(shard_count, g) for g in range(groups)]) if groups else []
-        return {g: v.decode().split("|", 1)[0] for g, v in enumerate(values) if v is not None}
+        return _owners(self.redis.mget([self.lease_key(shard_count, g) for g in range(groups)]) if groups else [])
 
     # -- leases -------------------------------------------------------------------------------
     def acquire(self, shard_count: int, group: int, ttl_s: float) -> bool:

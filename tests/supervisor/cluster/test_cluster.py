@@ -11,6 +11,7 @@ from supervisor.cluster.rules import (
     LEASE_TTL_S,
     STOP_GRACE_S,
     Fence,
+    LeaseMemory,
     Node,
     View,
     fair_shares,
@@ -101,3 +102,32 @@ def test_a_guarded_group_is_parked_at_the_guard_limit_before_a_takeover_may_iden
     # the earliest a taker can hold the lease is LEASE_TTL_S after the last renewal; it waits
     # until the owner has parked the group and its process is killed
     assert LEASE_TTL_S + TAKEOVER_WAIT_S >= GUARD_LIMIT_S + STOP_GRACE_S + 1.0
+
+
+def test_a_lease_that_vanished_while_its_owner_lives_is_not_taken_for_a_while():
+    # Found by the fault schedule (seed 6, Redis' keys deleted one by one): b's lease on group 1
+    # was gone while the meta was not, so no node saw Redis forget; a took group 1 at once and b
+    # stopped it (a running group, identified again 24 s later).
+    from supervisor.cluster.rules import LOST_LEASE_WAIT_S
+
+    memory = LeaseMemory()
+    both = nodes("a", "b")
+    assert memory.vanished(View(both, {0: "a", 1: "b"}, 3), "a", now=0.0) == set()
+    lost = View(both, {0: "a"}, 3, ran={1: "b"})  # group 2: nobody ever ran it
+    assert memory.vanished(lost, "a", now=1.0) == {1}
+    assert plan(lost, "a", held={0}, ready={0}, vanished={1}).acquire == (2,)
+    assert memory.vanished(View(both, {0: "a"}, 3), "a", now=2.0) == {1}  # the ran mark lost too: memory
+    assert memory.vanished(lost, "b", now=2.0) == set()  # the owner itself takes it back
+    assert memory.vanished(lost, "a", now=1.0 + LOST_LEASE_WAIT_S) == set()  # given up after all: taken
+    # the membership lost too: b counts as alive until the expiry last seen
+    memory = LeaseMemory()
+    memory.vanished(View(both, {0: "a", 1: "b"}, 2, expiries={"a": 9.0, "b": 9.5}), "a", now=0.0)
+    assert memory.vanished(View(nodes("a"), {0: "a"}, 2), "a", now=1.0) == {1}
+    assert memory.vanished(View(nodes("a"), {0: "a"}, 2), "a", now=9.6) == set()  # b's heartbeat ran out
+    # not vanished: a handoff (its mark), an owner that is gone (a failover), a lease held again
+    memory = LeaseMemory()
+    memory.vanished(View(both, {0: "a", 1: "b"}, 2), "a", now=0.0)
+    assert memory.vanished(View(both, {0: "a"}, 2, ran={1: "b"}, handed=frozenset({1})), "a", now=1.0) == set()
+    assert memory.vanished(View(nodes("a"), {0: "a"}, 2, ran={1: "b"}), "a", now=1.0) == set()
+    memory.vanished(View(both, {0: "a", 1: "b"}, 2), "a", now=2.0)
+    assert memory.vanished(View(both, {0: "a"}, 2), "a", now=30.0) == {1}  # free since 30, not since 1

@@ -317,3 +317,48 @@ def test_sessions_handed_over_survive_keys_lost_one_by_one(redis_url, prefix):
     client.delete(*session_keys)  # b's shards: Discord invalidated them, b deleted them
     rounds(a, b, until=now[0] + 3)
     assert not any(client.exists(k) for k in session_keys)  # a no longer writes them back
+
+
+def test_a_lease_redis_lost_while_its_owner_lives_is_reasserted_not_taken(redis_url, prefix):
+    """Found by the fault schedule (seed 6, keys deleted one by one): the leases and marks of
+    some groups were gone while the cluster's meta was not, so no node saw Redis forget; a node
+    under its share took them at once, their owners stopped them, and the taker identified
+    them (one at once: its ran mark was gone too, so it looked never run). Now a free group
+    whose last owner lives waits LOST_LEASE_WAIT_S; its owner re-asserts it in its next round."""
+    client, (sa, sb) = stores(redis_url, prefix, "a", "b")
+    now = [0.0]
+    a = registered_node(sa, now, shard_count=8)
+    for t in range(1, 5):  # a alone: it takes the 4 groups
+        now[0] = float(t)
+        a.facts(set(a.held))
+        a._round(now[0])
+    b = registered_node(sb, now, shard_count=8)
+    a_groups = set(a.held)
+    assert a_groups == {0, 1, 2, 3}
+    for t in range(5, 12):  # b joins: a hands 2 groups over, one at a time
+        now[0] = float(t)
+        for n in (a, b):
+            n.facts(set(n.held))
+            n._round(now[0])
+            for event in n.events():
+                if event.kind == "release":
+                    n.release(event.group, {})
+    assert len(a.held) == len(b.held) == 2
+    lost = min(a.held)
+    # evicted (the meta is not): a's lease and ran mark, and the membership (b sees itself alone,
+    # its share is every group)
+    client.delete(sa.lease_key(8, lost), f"{prefix}:cluster:ran:8:{lost}", f"{prefix}:cluster:members")
+    held_a, held_b = set(a.held), set(b.held)
+    b.events()
+    now[0] += 1.0
+    b.facts(held_b)
+    b._round(now[0])  # b first: it sees the group free, its owner alive
+    assert b.held == held_b and not [e for e in b.events() if e.kind == "acquired"]
+    for _ in range(3):
+        now[0] += 1.0
+        for n in (a, b):
+            n.facts(set(n.held))
+            n._round(now[0])
+    assert a.held == held_a and b.held == held_b
+    assert sa.owners(8, 4) == {g: "a" for g in held_a} | {g: "b" for g in held_b}  # re-asserted by a
+    assert not [e for e in a.events() if e.kind == "renewed" and e.lost]  # a never lost it
