@@ -95,7 +95,9 @@ class Trimmer:
         self._last: float | None = None
         self._next_check = float("-inf")
         #: trims done, and malloc's free bytes at the last reading (the child's sizes; None
-        #: until read, or where it cannot be)
+        #: until read, or where it cannot be). Read after every trim too: what a trim leaves
+        #: free is what it cannot give back (free chunks in pages still partly used), the
+        #: heap's fragmentation, which the soak samples once a minute
         self.trims = 0
         self.free_bytes: int | None = None
 
@@ -105,6 +107,8 @@ class Trimmer:
             self._trim()
             self._last = now
             self.trims += 1
+            if self._free is not None:
+                self.free_bytes = self._free()
 
     def observe(self, buffered_bytes: int, now: float) -> bool:
         if (
