@@ -270,11 +270,36 @@ def sample(root_pid: int, started: float, state_dir: str, metrics_addr: str | No
                 title = (" ".join(proc.cmdline()).replace("\0", " ").strip() or proc.name())[-60:]
                 out["processes"][str(proc.pid)] = {
                     "title": title, "rss": mem.rss, "uss": getattr(mem, "uss", None),
-                    "fds": proc.num_fds(), "threads": proc.num_threads(),
+                    "fds": proc.num_fds(), "threads": proc.num_threads(), **(memory_regions(proc.pid) or {}),
                 }  # fmt: skip
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
+
+
+def memory_regions(pid: int) -> dict[str, int] | None:
+    """Where a process's RSS lives (``/proc/PID/smaps``, KB): ``heap_kb``, glibc's main heap
+    (``brk``: objects over 512 bytes, C allocations; what ``malloc_trim`` works on) and
+    ``anon_kb``, anonymous mappings (CPython's 1 MiB pymalloc arenas for objects up to 512
+    bytes, given back only when wholly empty; other threads' malloc arenas; large chunks).
+    None where there is no smaps (not Linux)."""
+    heap = anon = 0
+    name = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    kb = int(line.split()[1])
+                    if name == "[heap]":
+                        heap += kb
+                    elif name == "":
+                        anon += kb
+                elif not line[:1].isupper():  # a mapping's first line: "start-end perms offset dev inode [path]"
+                    parts = line.split(None, 5)
+                    name = parts[5].strip() if len(parts) > 5 else ""
+    except OSError:
+        return None
+    return {"heap_kb": heap, "anon_kb": anon}
 
 
 def status(state_dir: str) -> dict | None:
@@ -307,6 +332,14 @@ def verdict(samples: list[dict], warmup: float, max_slope: float) -> dict:
             "fds_ok": last["fds"] <= first["fds"] + FDS_SLACK,
             "threads_ok": last["threads"] <= first["threads"] + THREADS_SLACK,
         }  # fmt: skip
+        for region in ("heap_kb", "anon_kb"):  # where the growth lives (memory_regions)
+            values = [(r["t"], r[region] * 1024) for r in late if r.get(region) is not None]
+            if values:
+                region_slope = slope_mb_per_hour(values)
+                name = region.removesuffix("_kb")
+                result[pid][f"{name}_mb_first"] = round(values[0][1] / MB, 1)
+                result[pid][f"{name}_mb_last"] = round(values[-1][1] / MB, 1)
+                result[pid][f"{name}_slope_mb_per_hour"] = None if region_slope is None else round(region_slope, 2)
     return result
 
 

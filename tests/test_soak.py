@@ -36,6 +36,9 @@ def test_fds_threads_and_tasks_stay_flat_across_200_reconnects(amqp_url, tmp_pat
     for pid, proc in report["processes"].items():
         assert proc["fds_ok"], (pid, proc)  # settled fds no more than the first sample's + 4
         assert proc["threads_ok"], (pid, proc)
+        # where the RSS lives (smaps): glibc's heap and the anonymous mappings, parts of the RSS
+        assert 0 < proc["heap_mb_last"] and 0 < proc["anon_mb_last"], (pid, proc)
+        assert proc["heap_mb_last"] + proc["anon_mb_last"] <= proc["rss_mb_last"], (pid, proc)
     assert len(report["groups"]) == 2
     for group, sizes in report["groups"].items():
         tasks = sizes["sizes"]["asyncio_tasks"]
