@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import pika
@@ -278,27 +279,34 @@ def sample(root_pid: int, started: float, state_dir: str, metrics_addr: str | No
 
 
 def memory_regions(pid: int) -> dict[str, int] | None:
-    """Where a process's RSS lives (``/proc/PID/smaps``, KB): ``heap_kb``, glibc's main heap
-    (``brk``: objects over 512 bytes, C allocations; what ``malloc_trim`` works on) and
-    ``anon_kb``, anonymous mappings (CPython's 1 MiB pymalloc arenas for objects up to 512
-    bytes, given back only when wholly empty; other threads' malloc arenas; large chunks).
-    None where there is no smaps (not Linux)."""
-    heap = anon = 0
-    name = None
+    """Where a process's RSS lives (:func:`smaps_regions` of ``/proc/PID/smaps``), or None
+    where there is no smaps (not Linux) or the process is gone."""
     try:
         with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                if line.startswith("Rss:"):
-                    kb = int(line.split()[1])
-                    if name == "[heap]":
-                        heap += kb
-                    elif name == "":
-                        anon += kb
-                elif not line[:1].isupper():  # a mapping's first line: "start-end perms offset dev inode [path]"
-                    parts = line.split(None, 5)
-                    name = parts[5].strip() if len(parts) > 5 else ""
+            return smaps_regions(f)
     except OSError:
         return None
+
+
+def smaps_regions(lines: Iterable[str]) -> dict[str, int]:
+    """The RSS (KB) of glibc's main heap, ``heap_kb`` (``[heap]``, grown by ``brk``: objects
+    over 512 bytes, C allocations; what ``malloc_trim`` works on), and of the anonymous
+    mappings, ``anon_kb`` (CPython's 1 MiB pymalloc arenas for objects up to 512 bytes, given
+    back only when wholly empty; other threads' malloc arenas; large chunks), from smaps'
+    lines: a mapping's line (``start-end perms offset dev inode [path]``) then its fields."""
+    heap = anon = 0
+    name = None
+    for line in lines:
+        if line[:1].isupper():  # a field of the mapping above: "Rss:   1234 kB"
+            if line.startswith("Rss:") and name in ("[heap]", ""):
+                kb = int(line.split()[1])
+                if name == "[heap]":
+                    heap += kb
+                else:
+                    anon += kb
+        else:
+            parts = line.split(None, 5)
+            name = parts[5].strip() if len(parts) > 5 else ""
     return {"heap_kb": heap, "anon_kb": anon}
 
 
