@@ -373,7 +373,8 @@ def sizes_verdict(samples: list[dict]) -> dict:
 
 def plot(report: dict, path: Path) -> None:
     """RSS of every process over the run as an SVG (no plotting library needed), broker cuts
-    marked."""
+    marked; where sampled, the part of it in glibc's heap (dashed) and in anonymous mappings
+    (dotted: pymalloc's arenas), in the process's colour."""
     width, height, left, bottom = 900, 420, 60, 40
     series = {}
     for s in report["samples"]:
@@ -401,12 +402,23 @@ def plot(report: dict, path: Path) -> None:
     for t in report.get("broker_cuts_at", []):
         out.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="20" y2="{height - bottom}" stroke="#bbb" '
                    f'stroke-dasharray="4 3"/>')  # fmt: skip
-    for i, (title, pts) in enumerate(sorted(series.values())):
+    regions: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for s in report["samples"]:
+        for pid, p in s["processes"].items():
+            for region in ("heap_kb", "anon_kb"):
+                if p.get(region) is not None:
+                    regions.setdefault(pid, {}).setdefault(region, []).append((s["t"], p[region] / 1024))
+    for i, (pid, (title, pts)) in enumerate(sorted(series.items(), key=lambda item: item[1])):
         color = colors[i % len(colors)]
         line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{line}"/>')
+        for region, dash in (("heap_kb", "6 3"), ("anon_kb", "1 3")):
+            if len(part := regions.get(pid, {}).get(region, [])) > 1:
+                line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in part)
+                out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1" stroke-dasharray="{dash}" points="{line}"/>')
         out.append(f'<text x="{left + 10}" y="{34 + 14 * i}" fill="{color}">{title[-40:]}</text>')
-    out.append(f'<text x="{width - 300}" y="{height - 6}">dashed: RabbitMQ cut through the proxy</text></svg>')
+    out.append(f'<text x="{width - 560}" y="{height - 6}">grey dashes: RabbitMQ cut through the proxy; thin dashed: '
+               f'heap; dotted: anonymous</text></svg>')  # fmt: skip
     path.write_text("\n".join(out) + "\n")
 
 
