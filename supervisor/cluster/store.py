@@ -31,7 +31,7 @@ from typing import Any
 
 from shard_worker.config import SavedSession
 from supervisor.cluster.rules import Node, View
-from supervisor.coord.coordinator import REDIS_NOW_MS, SESSION_TTL_S, parse_sessions
+from supervisor.coord.coordinator import REDIS_NOW_MS, SESSION_TTL_S, parse_sessions, session_key
 
 HANDOFF_MARK_S = 60
 
@@ -231,7 +231,7 @@ class ClusterStore:
 
     def session_key(self, shard_count: int, shard: int) -> str:
         """A shard's session, where every supervisor keeps it (``<p>:session:<n>:<shard>``)."""
-        return ":".join([self.prefix, "session", str(shard_count), str(shard)])
+        return session_key(self.prefix, shard_count, shard)
 
     def renew(self, shard_count: int, groups: list[int], ttl_s: float) -> dict[int, bool]:
         if not groups:

@@ -143,6 +143,12 @@ return done
 """
 
 
+def session_key(prefix: str, shard_count: int, shard: int) -> str:
+    """Where a shard's session lives in Redis (``<prefix>:session:<count>:<shard>``), for every
+    supervisor and every cluster node."""
+    return f"{prefix}:session:{shard_count}:{shard}"
+
+
 def parse_sessions(shard_ids: list[int], values: list[Any]) -> dict[int, SavedSession]:
     """The sessions among ``values`` (Redis' replies for ``shard_ids``, in order): a missing
     one (None or empty) is skipped, a malformed one logged and skipped."""
@@ -265,7 +271,7 @@ class RedisCoordinator:
         assert self._lease_of is not None
         keys: list[str] = []
         for shard in values:
-            keys += [self._key("session", shard_count, shard), self._lease_of(shard_count, shard)]
+            keys += [session_key(self.prefix, shard_count, shard), self._lease_of(shard_count, shard)]
         return int(self._fenced_write(keys=keys, args=[self._owner, SESSION_TTL_S, *values.values()]))
 
     def save_sessions(self, shard_count: int, sessions: dict[int, SavedSession]) -> None:
@@ -278,7 +284,7 @@ class RedisCoordinator:
             return
         pipe = self.redis.pipeline(transaction=False)
         for shard, saved in sessions.items():
-            pipe.set(self._key("session", shard_count, shard), json.dumps(asdict(saved)), ex=SESSION_TTL_S)
+            pipe.set(session_key(self.prefix, shard_count, shard), json.dumps(asdict(saved)), ex=SESSION_TTL_S)
         pipe.execute()
 
     def delete_sessions(self, shard_count: int, shard_ids: list[int]) -> int:
@@ -287,10 +293,10 @@ class RedisCoordinator:
             return 0
         if self._lease_of is not None:
             return self._write_fenced(shard_count, dict.fromkeys(shard_ids, ""))
-        return int(self.redis.delete(*(self._key("session", shard_count, s) for s in shard_ids)))
+        return int(self.redis.delete(*(session_key(self.prefix, shard_count, s) for s in shard_ids)))
 
     def load_sessions(self, shard_count: int, shard_ids: list[int]) -> dict[int, SavedSession]:
         """The sessions of ``shard_ids`` found in Redis (malformed ones skipped)."""
         if not shard_ids:
             return {}
-        return parse_sessions(shard_ids, self.redis.mget([self._key("session", shard_count, s) for s in shard_ids]))
+        return parse_sessions(shard_ids, self.redis.mget([session_key(self.prefix, shard_count, s) for s in shard_ids]))
